@@ -1,0 +1,1 @@
+"""Adapts `distill_core` to Ray Train, DeepSpeed ZeRO and run storage."""

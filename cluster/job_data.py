@@ -1,0 +1,33 @@
+"""Turn the spec's data section into `datasets` objects: the same deterministic split on
+the driver (for validation and evaluation) and on every worker (for training)."""
+
+from __future__ import annotations
+
+import datasets
+
+from distill_core.data import load_texts, split_eval
+from jobs.spec import JobSpec, SourceSpec
+
+
+def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
+    return load_texts(
+        source.path, fmt=source.format, split=source.split, config_name=source.config_name,
+        text_columns=spec.data.text_columns, where=where,
+    )
+
+
+def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, eval) datasets with one `text` column, capped by the spec's sample limits."""
+    d = spec.data
+    train = _load(d.train, spec, "data.train")
+    if d.eval is not None:
+        held_out = _load(d.eval, spec, "data.eval")
+    else:
+        if len(train) < 2:
+            raise ValueError(f"data.train: {d.train.path} has {len(train)} row; need >= 2 to hold out eval")
+        train, held_out = split_eval(train, d.eval_fraction, spec.training.seed)
+    if d.max_train_samples is not None and len(train) > d.max_train_samples:
+        train = train.shuffle(seed=spec.training.seed).select(range(d.max_train_samples))
+    if len(held_out) > d.max_eval_samples:
+        held_out = held_out.select(range(d.max_eval_samples))
+    return train, held_out

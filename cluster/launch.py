@@ -1,0 +1,67 @@
+"""Start (or join) Ray and run the distillation as a Ray Train `TorchTrainer`.
+
+Checkpoints go to `<run storage>/train/checkpoint_*`; re-running with the same storage and
+name makes Ray Train restore the latest checkpoint into the worker loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from cluster.storage import LocalStorage
+from cluster.worker_loop import train_loop_per_worker
+from jobs.spec import JobSpec
+
+TRAIN_DIR = "train"
+
+
+def worker_env(spec: JobSpec) -> dict[str, str]:
+    threads = str(spec.scaling.cpus_per_worker)
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    if spec.scaling.gpus_per_worker == 0:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+def ensure_ray(spec: JobSpec) -> None:
+    """Join `RAY_ADDRESS` if set, else start a local single-node Ray."""
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        runtime_env={"env_vars": worker_env(spec)},
+        include_dashboard=False,
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+
+
+def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:
+    """Run (or resume) the training; raises if the run failed."""
+    ensure_ray(spec)
+    sc = spec.scaling
+    storage_path, filesystem = storage.ray_storage()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json")},
+        torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=sc.num_workers,
+            use_gpu=sc.gpus_per_worker > 0,
+            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.gpus_per_worker else {})},
+            placement_strategy=sc.placement_strategy,
+        ),
+        run_config=ray.train.RunConfig(
+            name=TRAIN_DIR,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.training.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,227 @@
+"""The Ray Train worker loop: one DeepSpeed-ZeRO distillation on one rank.
+
+Everything arrives through `config` (the resolved job spec as JSON). The teacher is frozen
+and kept out of the DeepSpeed engine. Checkpoints: every rank saves its shard into the same
+temporary folder name, then every rank calls `ray.train.report` with it, which Ray merges
+into one checkpoint. The final checkpoint also carries `student/` (the HF export, written by
+rank 0 with ZeRO-3 weights gathered) and `probe.pt` (embeddings of fixed probe sentences
+from the trained in-memory model, used to check the export).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+
+import deepspeed
+import ray.train
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from transformers import AutoModel
+
+from cluster.deepspeed_config import deepspeed_config
+from cluster.job_data import train_eval_texts
+from distill_core.data import collate, tokenize
+from distill_core.export import SentenceEncoder, export_student
+from distill_core.objective import DistillationModel, Objective, layer_pairs
+from distill_core.student import StudentSize, build_student
+from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_teacher
+from jobs.spec import JobSpec
+
+ENGINE_TAG = "engine"
+STATE_FILE = "train_state.json"
+PROBE_TEXTS = [
+    "A quick check that the exported student matches the trained one.",
+    "Knowledge distillation compresses a large teacher into a small student.",
+    "Short text.",
+]
+
+
+def _batches(dataset, batch_size: int, seed: int, epoch: int, collate_fn):
+    """One epoch of shuffled batches; the order depends only on (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                           collate_fn=collate_fn, drop_last=True))
+
+
+def _mean_across_ranks(value: float) -> float:
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+@torch.no_grad()
+def _eval_loss(engine, teacher, loader) -> float:
+    engine.eval()
+    total, n = 0.0, 0
+    for batch in loader:
+        t_out = teacher(**batch, output_hidden_states=True)
+        loss, _ = engine(batch["input_ids"], batch["attention_mask"], t_out.hidden_states)
+        total, n = total + float(loss), n + 1
+    engine.train()
+    return _mean_across_ranks(total / max(n, 1))
+
+
+def _save_and_report(engine, step: int, metrics: dict, history: list[dict], final_export=None) -> None:
+    """Every rank: save its engine shard (and rank 0 the export), then report together."""
+    with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={"step": step})
+        if final_export is not None:
+            final_export(tmp)
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump({"step": step, "history": history}, f)
+        dist.barrier()
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teacher_path: str):
+    """A callback writing the HF export and probe embeddings into a checkpoint folder."""
+
+    def write(folder: str) -> None:
+        params = list(model.parameters())
+        # ZeRO-3 partitions parameters across ranks: gather them (a collective on every rank).
+        gather = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+                  if spec.deepspeed.zero_stage == 3 else _nullcontext())
+        with gather:
+            if ray.train.get_context().get_world_rank() == 0:
+                student, projection = _plain_fp32_copy(model)
+                export_student(
+                    student, tokenizer, os.path.join(folder, "student"), projection=projection,
+                    sentence_transformer_teacher=teacher_path if is_sentence_transformer(spec.teacher.name) else None,
+                    max_seq_length=spec.data.max_length,
+                )
+                encoder = SentenceEncoder(student, tokenizer, projection)
+                torch.save(encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length),
+                           os.path.join(folder, "probe.pt"))
+
+    return write
+
+
+def _plain_fp32_copy(model: DistillationModel):
+    """A detached fp32 copy of the student (and pooled projection) outside the engine, so
+    exporting never changes the dtype or partitioning of the parameters being trained."""
+    student = AutoModel.from_config(model.student.config)
+    student.load_state_dict({k: v.detach().float().cpu() for k, v in model.student.state_dict().items()})
+    student.eval()
+    projection = None
+    if "pooled" in model.objective.projections:
+        src = model.objective.projections["pooled"]
+        projection = torch.nn.Linear(src.in_features, src.out_features)
+        projection.load_state_dict({k: v.detach().float().cpu() for k, v in src.state_dict().items()})
+        projection.eval()
+    return student, projection
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train_loop_per_worker(config: dict) -> None:
+    spec = JobSpec.model_validate(config["spec"])
+    t = spec.training
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(spec.scaling.cpus_per_worker)
+    torch.manual_seed(t.seed)
+
+    teacher, tokenizer = load_teacher(spec.teacher.name)
+    s = spec.student
+    student = build_student(teacher, StudentSize(s.layers, s.hidden, s.heads, s.ffn),
+                            init=s.init, teacher_layers=s.teacher_layers, seed=t.seed)
+    pairs = layer_pairs(spec.objective.layer_map, s.layers, teacher.config.num_hidden_layers)
+    objective = Objective(spec.objective.weights, student_hidden=s.hidden,
+                          teacher_hidden=teacher.config.hidden_size, pairs=pairs)
+    model = DistillationModel(student, objective)
+
+    train_texts, eval_texts = train_eval_texts(spec)
+    train_ds = tokenize(train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length)
+    eval_ds = tokenize(eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length)
+    pad = collate(tokenizer)
+    eval_loader = DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=pad)
+    steps_per_epoch = len(train_ds) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size {t.batch_size}")
+    total_steps = t.steps
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(spec, total_steps),
+    )
+
+    start_step, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _, client_state = engine.load_checkpoint(folder, tag=ENGINE_TAG)
+            with open(os.path.join(folder, STATE_FILE)) as f:
+                history = json.load(f)["history"]
+        start_step = int(client_state["step"])
+        if rank == 0:
+            print(f"[distill] resumed from checkpoint at step {start_step}", flush=True)
+
+    epoch = start_step // steps_per_epoch
+    batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
+    for _ in range(start_step % steps_per_epoch):  # replay the data position of the checkpoint
+        next(batches)
+
+    engine.train()
+    train_time, samples, loss_sum, loss_n = 0.0, 0, 0.0, 0
+    run_start = time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            epoch += 1
+            batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
+            batch = next(batches)
+        tick = time.perf_counter()
+        with torch.no_grad():
+            teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        loss, parts = engine(batch["input_ids"], batch["attention_mask"], teacher_hidden)
+        engine.backward(loss)
+        engine.step()
+        train_time += time.perf_counter() - tick
+        samples += batch["input_ids"].shape[0]
+        loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
+
+        is_last = step == total_steps
+        if step % t.log_every == 0 or step % t.eval_every == 0 or step % t.checkpoint_every == 0 or is_last:
+            metrics = {
+                "step": step,
+                "epoch": epoch,
+                "loss": _mean_across_ranks(loss_sum / loss_n),
+                "samples_per_s": _mean_across_ranks(samples / train_time) * world,
+                "lr": engine.get_lr()[0],
+                **{f"loss_{k}": float(v) for k, v in parts.items()},
+            }
+            if step % t.eval_every == 0 or is_last:
+                metrics["eval_loss"] = _eval_loss(engine, teacher, eval_loader)
+            if rank == 0:
+                elapsed = time.perf_counter() - run_start
+                eta = elapsed / (step - start_step) * (total_steps - step)
+                extra = f" | eval {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
+                print(f"[distill] step {step}/{total_steps} | loss {metrics['loss']:.4f}{extra} | "
+                      f"{metrics['samples_per_s']:.1f} samples/s | eta {math.ceil(eta)}s", flush=True)
+            loss_sum, loss_n = 0.0, 0
+            history.append(metrics)
+            if is_last:
+                exporter = _exporter(engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name))
+                _save_and_report(engine, step, metrics, history, final_export=exporter)
+            elif step % t.checkpoint_every == 0:
+                _save_and_report(engine, step, metrics, history)
+            else:
+                ray.train.report(metrics)
+
+    if start_step >= total_steps:  # already finished: re-emit the final checkpoint with its export
+        metrics = dict(history[-1]) if history else {"step": total_steps}
+        exporter = _exporter(engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name))
+        _save_and_report(engine, total_steps, metrics, history, final_export=exporter)

@@ -1,0 +1,2 @@
+"""Plain PyTorch + transformers distillation library: teachers, students, losses, data,
+evaluation and export. Nothing here imports Ray; `cluster/` adapts it to Ray Train."""

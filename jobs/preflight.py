@@ -1,0 +1,111 @@
+"""Checks that run before Ray starts: every bad input becomes a one-line `SpecError`
+naming the field or file. Returns the spec with derived values filled in (student width
+from the teacher, steps from epochs)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from cluster.job_data import train_eval_texts
+from distill_core.data import DataError
+from distill_core.objective import LOSSES, layer_pairs
+from distill_core.student import init_teacher_layers
+from distill_core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
+from jobs.spec import JobSpec, SpecError
+
+
+def _teacher_config(spec: JobSpec):
+    name = spec.teacher.name
+    path = resolve_teacher(name)
+    if (looks_like_local_path(name) or os.path.isabs(path)) and not os.path.isdir(path):
+        raise SpecError(f"teacher.name: folder {name} does not exist")
+    try:
+        return load_teacher_config(name)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"teacher.name: cannot load {name!r} as a local folder or hub model ({reason})") from None
+
+
+def _resolve_student(spec: JobSpec, tc) -> JobSpec:
+    s = spec.student
+    hidden = s.hidden or tc.hidden_size
+    head_dim = tc.hidden_size // tc.num_attention_heads
+    heads = s.heads or (tc.num_attention_heads if hidden == tc.hidden_size else max(1, hidden // head_dim))
+    if hidden % heads:
+        raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
+    ffn = s.ffn or round(hidden * tc.intermediate_size / tc.hidden_size)
+    try:
+        init_teacher_layers(s.init, tc.num_hidden_layers, s.layers, s.teacher_layers)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    return spec.model_copy(update={"student": s.model_copy(update={"hidden": hidden, "heads": heads, "ffn": ffn})})
+
+
+def _check_objective(spec: JobSpec, tc) -> None:
+    o = spec.objective
+    unknown = sorted(set(o.weights) - set(LOSSES))
+    if unknown:
+        raise SpecError(f"objective.weights: unknown loss {unknown}; choose from {sorted(LOSSES)}")
+    if not any(w > 0 for w in o.weights.values()):
+        raise SpecError("objective.weights: needs at least one loss with a positive weight")
+    try:
+        layer_pairs(o.layer_map, spec.student.layers, tc.num_hidden_layers)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _check_scaling(spec: JobSpec) -> None:
+    sc, ds = spec.scaling, spec.deepspeed
+    if os.environ.get("RAY_ADDRESS"):
+        return  # a remote cluster's resources are checked by Ray itself
+    cpus = os.cpu_count() or 1
+    need = sc.num_workers * sc.cpus_per_worker
+    if need > cpus:
+        raise SpecError(
+            f"scaling.num_workers: {sc.num_workers} workers x {sc.cpus_per_worker} CPUs needs {need} CPUs, "
+            f"this machine has {cpus}"
+        )
+    if sc.gpus_per_worker > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError("scaling.gpus_per_worker: > 0 but no GPU is visible on this machine")
+    elif ds.precision == "fp16":
+        raise SpecError("deepspeed.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    if ds.offload_optimizer and ds.zero_stage == 0:
+        raise SpecError("deepspeed.offload_optimizer: needs deepspeed.zero_stage >= 1")
+
+
+def _check_data(spec: JobSpec) -> JobSpec:
+    try:
+        train, held_out = train_eval_texts(spec)
+    except DataError as exc:
+        raise SpecError(str(exc)) from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise SpecError(f"data: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # hub unreachable, unparsable file, ...
+        raise SpecError(f"data.train: cannot load {spec.data.train.path!r} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+    if len(held_out) == 0:
+        raise SpecError("data.eval: the held-out split is empty")
+    t, sc = spec.training, spec.scaling
+    per_step = t.batch_size * sc.num_workers
+    if len(train) < per_step:
+        raise SpecError(f"data.train: {len(train)} rows is fewer than one step "
+                        f"(training.batch_size {t.batch_size} x {sc.num_workers} workers)")
+    if t.epochs is not None:
+        steps = max(1, math.floor(t.epochs * len(train) / per_step))
+        spec = spec.model_copy(update={"training": t.model_copy(update={"steps": steps, "epochs": None})})
+    if spec.evaluation.sts_path and not os.path.isfile(spec.evaluation.sts_path):
+        raise SpecError(f"evaluation.sts_path: file {spec.evaluation.sts_path} not found")
+    return spec
+
+
+def preflight(spec: JobSpec) -> JobSpec:
+    """Validate everything that can be checked without Ray; return the resolved spec."""
+    _check_scaling(spec)
+    tc = _teacher_config(spec)
+    spec = _resolve_student(spec, tc)
+    _check_objective(spec, tc)
+    return _check_data(spec)

@@ -1,0 +1,70 @@
+"""`distill run`: validate, train on Ray, export, evaluate, report.
+
+    distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from cluster.job_data import train_eval_texts
+from cluster.storage import LocalStorage
+from cluster.worker_loop import STATE_FILE
+from jobs.preflight import preflight
+from jobs.report import build_report
+from jobs.spec import JobSpec, SpecError, dump_spec
+
+CONFIG_FILE = "config.yaml"
+# Fields that change the trained model's shape or meaning: resuming with others is refused.
+_RESUME_KEYS = ("teacher", "student", "objective")
+
+
+def run_dir_for(spec: JobSpec, output: str | None) -> Path:
+    return Path(output) if output else Path(spec.output.dir) / spec.output.name
+
+
+def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
+    if not storage.exists(CONFIG_FILE):
+        return
+    previous = yaml.safe_load(storage.read_text(CONFIG_FILE)) or {}
+    current = spec.model_dump(mode="json")
+    for key in _RESUME_KEYS:
+        if previous.get(key) != current[key]:
+            raise SpecError(
+                f"{key}: differs from the existing run in {storage.uri}; "
+                "use a new output.name (or --output) to start a fresh run"
+            )
+
+
+def run_job(spec: JobSpec, output: str | None = None) -> dict:
+    """Run one distillation job end to end and return its report."""
+    started = time.perf_counter()
+    spec = preflight(spec)
+    run_dir = run_dir_for(spec, output)
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": run_dir.name})})
+    storage = LocalStorage(run_dir)
+    _check_resumable(storage, spec)
+    storage.write_text(CONFIG_FILE, dump_spec(spec))
+
+    from cluster.launch import fit  # imports Ray: only after every check has passed
+
+    result = fit(spec, storage)
+    if getattr(result, "error", None):
+        raise result.error
+    checkpoint = result.checkpoint
+    with checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        storage.put_dir(folder / "student", "student")
+        probe = torch.load(folder / "probe.pt")
+        state = json.loads((folder / STATE_FILE).read_text())
+    storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
+    _, eval_texts = train_eval_texts(spec)
+    report = build_report(spec, storage.root, list(eval_texts["text"]), state, probe,
+                          checkpoint.path, time.perf_counter() - started)
+    storage.write_text("report.json", json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,216 @@
+"""The job spec: YAML validated by pydantic, with `key=value` overrides.
+
+Every model forbids unknown fields, so a typo fails on load with the field's dotted path.
+Secrets never live here: credentials come from the environment (see `redacted`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from distill_core.teacher import PACKAGED_TEACHER
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class SpecError(ValueError):
+    """Bad user input; the message is one line naming the field or file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherSpec(_Strict):
+    name: str = PACKAGED_TEACHER
+
+
+class StudentSpec(_Strict):
+    layers: PositiveInt = 3
+    hidden: PositiveInt | None = None  # None: the teacher's width
+    heads: PositiveInt | None = None
+    ffn: PositiveInt | None = None
+    init: Literal["random", "every_other_layer", "uniform_map", "first_k"] = "every_other_layer"
+    teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> StudentSpec:
+        if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
+
+
+class SourceSpec(_Strict):
+    path: str
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "txt", "hub", "builtin"] = "auto"
+    split: str = "train"
+    config_name: str | None = None
+
+
+class DataSpec(_Strict):
+    train: SourceSpec = SourceSpec(path="builtin:docstrings")
+    eval: SourceSpec | None = None  # a held-out source; else `eval_fraction` of train
+    eval_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    text_columns: list[str] | None = None  # None: guess (text/sentence/content or the only string column)
+    max_length: PositiveInt = 128
+    max_train_samples: PositiveInt | None = None
+    max_eval_samples: PositiveInt = 512
+
+
+class ObjectiveSpec(_Strict):
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"hidden_mse": 1.0, "pooled_cosine": 1.0}
+    layer_map: Literal["uniform", "last"] | list[int] = "uniform"
+
+
+class TrainingSpec(_Strict):
+    steps: PositiveInt | None = 300
+    epochs: Annotated[float, Field(gt=0)] | None = None  # overrides steps when set
+    batch_size: PositiveInt = 32  # per worker
+    learning_rate: Annotated[float, Field(gt=0)] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_steps: Annotated[int, Field(ge=0)] = 30
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    seed: int = 42
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt = 100
+    checkpoint_every: PositiveInt = 100
+    keep_checkpoints: PositiveInt = 2
+
+
+class ScalingSpec(_Strict):
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveInt = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: Annotated[int, Field(ge=0)] = 0
+
+
+class DeepSpeedSpec(_Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    offload_optimizer: bool = False
+
+
+class EvaluationSpec(_Strict):
+    sts_path: str | None = None  # STS Benchmark-format pairs; quality = Spearman
+    max_sts_pairs: PositiveInt | None = None
+    throughput_texts: PositiveInt = 512
+    throughput_rounds: PositiveInt = 3
+    batch_size: PositiveInt = 32
+
+
+class OutputSpec(_Strict):
+    dir: str = "runs"
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class JobSpec(_Strict):
+    teacher: TeacherSpec = TeacherSpec()
+    student: StudentSpec = StudentSpec()
+    data: DataSpec = DataSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    training: TrainingSpec = TrainingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec = OutputSpec()
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif first["type"] == "literal_error":
+        msg = f"got {first['input']!r}; {msg.lower()}"
+    return f"{loc}: {msg}"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`a.b=1` strings to a nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {pair!r}: expected key=value")
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}: {part} is both a value and a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> JobSpec:
+    """Read YAML (or the defaults when `path` is None), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"config {path}: file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"config {path}: expected a mapping at the top level")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(_format_error(err)) from None
+
+
+def smoke(spec: JobSpec) -> JobSpec:
+    """Shrink steps, data and evaluation so any config finishes in about a minute."""
+    t, d, e = spec.training, spec.data, spec.evaluation
+    steps = min(t.steps or 20, 20)
+    return spec.model_copy(update={
+        "training": t.model_copy(update={
+            "steps": steps, "epochs": None, "batch_size": min(t.batch_size, 16),
+            "warmup_steps": min(t.warmup_steps, 2), "log_every": 5,
+            "eval_every": 10, "checkpoint_every": 10,
+        }),
+        "data": d.model_copy(update={
+            "max_train_samples": min(d.max_train_samples or 2000, 2000),
+            "max_eval_samples": min(d.max_eval_samples, 64),
+            "max_length": min(d.max_length, 64),
+        }),
+        "evaluation": e.model_copy(update={
+            "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
+            "throughput_texts": min(e.throughput_texts, 64), "throughput_rounds": 1,
+        }),
+    })
+
+
+_SECRET_WORDS = ("secret", "password", "token", "access_key", "session_key", "credential")
+
+
+def redacted(value):
+    """A copy of a config tree with every secret-looking key dropped."""
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def dump_spec(spec: JobSpec) -> str:
+    return yaml.safe_dump(redacted(spec.model_dump(mode="json")), sort_keys=False)
