@@ -11,8 +11,12 @@ from jobs.spec import JobSpec, SourceSpec
 
 def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
     return load_texts(
-        source.path, fmt=source.format, split=source.split, config_name=source.config_name,
-        text_columns=spec.data.text_columns, where=where,
+        source.path,
+        fmt=source.format,
+        split=source.split,
+        config_name=source.config_name,
+        text_columns=spec.data.text_columns,
+        where=where,
     )
 
 
@@ -24,7 +28,9 @@ def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]
         held_out = _load(d.eval, spec, "data.eval")
     else:
         if len(train) < 2:
-            raise ValueError(f"data.train: {d.train.path} has {len(train)} row; need >= 2 to hold out eval")
+            raise ValueError(
+                f"data.train: {d.train.path} has {len(train)} row; need >= 2 to hold out eval"
+            )
         train, held_out = split_eval(train, d.eval_fraction, spec.training.seed)
     if d.max_train_samples is not None and len(train) > d.max_train_samples:
         train = train.shuffle(seed=spec.training.seed).select(range(d.max_train_samples))

@@ -21,7 +21,15 @@ TRAIN_DIR = "train"
 
 def worker_env(spec: JobSpec) -> dict[str, str]:
     threads = str(spec.scaling.cpus_per_worker)
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+        # Plain prints reach the driver once; Ray's print patch would echo them twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
     if spec.scaling.gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"
     return env
@@ -34,7 +42,6 @@ def ensure_ray(spec: JobSpec) -> None:
     ray.init(
         address=os.environ.get("RAY_ADDRESS"),
         runtime_env={"env_vars": worker_env(spec)},
-        include_dashboard=False,
         log_to_driver=True,
         configure_logging=True,
         logging_level="WARNING",
@@ -53,14 +60,19 @@ def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,
             use_gpu=sc.gpus_per_worker > 0,
-            resources_per_worker={"CPU": sc.cpus_per_worker, **({"GPU": sc.gpus_per_worker} if sc.gpus_per_worker else {})},
+            resources_per_worker={
+                "CPU": sc.cpus_per_worker,
+                **({"GPU": sc.gpus_per_worker} if sc.gpus_per_worker else {}),
+            },
             placement_strategy=sc.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=TRAIN_DIR,
             storage_path=storage_path,
             storage_filesystem=filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=spec.training.keep_checkpoints),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.training.keep_checkpoints
+            ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
         ),
     )

@@ -11,6 +11,7 @@ from the trained in-memory model, used to check the export).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -28,12 +29,13 @@ from cluster.job_data import train_eval_texts
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
 from distill_core.objective import DistillationModel, Objective, layer_pairs
-from distill_core.student import StudentSize, build_student
+from distill_core.student import StudentSize, build_student, freeze_word_embeddings
 from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_teacher
 from jobs.spec import JobSpec
 
 ENGINE_TAG = "engine"
 STATE_FILE = "train_state.json"
+_UNTIMED_STEPS = 2
 PROBE_TEXTS = [
     "A quick check that the exported student matches the trained one.",
     "Knowledge distillation compresses a large teacher into a small student.",
@@ -44,8 +46,16 @@ PROBE_TEXTS = [
 def _batches(dataset, batch_size: int, seed: int, epoch: int, collate_fn):
     """One epoch of shuffled batches; the order depends only on (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return iter(DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                           collate_fn=collate_fn, drop_last=True))
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=collate_fn,
+            drop_last=True,
+        )
+    )
 
 
 def _mean_across_ranks(value: float) -> float:
@@ -66,7 +76,9 @@ def _eval_loss(engine, teacher, loader) -> float:
     return _mean_across_ranks(total / max(n, 1))
 
 
-def _save_and_report(engine, step: int, metrics: dict, history: list[dict], final_export=None) -> None:
+def _save_and_report(
+    engine, step: int, metrics: dict, history: list[dict], final_export=None
+) -> None:
     """Every rank: save its engine shard (and rank 0 the export), then report together."""
     with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
         engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={"step": step})
@@ -85,19 +97,29 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teache
     def write(folder: str) -> None:
         params = list(model.parameters())
         # ZeRO-3 partitions parameters across ranks: gather them (a collective on every rank).
-        gather = (deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-                  if spec.deepspeed.zero_stage == 3 else _nullcontext())
+        gather = (
+            deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            if spec.deepspeed.zero_stage == 3
+            else _nullcontext()
+        )
         with gather:
             if ray.train.get_context().get_world_rank() == 0:
                 student, projection = _plain_fp32_copy(model)
                 export_student(
-                    student, tokenizer, os.path.join(folder, "student"), projection=projection,
-                    sentence_transformer_teacher=teacher_path if is_sentence_transformer(spec.teacher.name) else None,
+                    student,
+                    tokenizer,
+                    os.path.join(folder, "student"),
+                    projection=projection,
+                    sentence_transformer_teacher=teacher_path
+                    if is_sentence_transformer(spec.teacher.name)
+                    else None,
                     max_seq_length=spec.data.max_length,
                 )
                 encoder = SentenceEncoder(student, tokenizer, projection)
-                torch.save(encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length),
-                           os.path.join(folder, "probe.pt"))
+                torch.save(
+                    encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length),
+                    os.path.join(folder, "probe.pt"),
+                )
 
     return write
 
@@ -106,13 +128,17 @@ def _plain_fp32_copy(model: DistillationModel):
     """A detached fp32 copy of the student (and pooled projection) outside the engine, so
     exporting never changes the dtype or partitioning of the parameters being trained."""
     student = AutoModel.from_config(model.student.config)
-    student.load_state_dict({k: v.detach().float().cpu() for k, v in model.student.state_dict().items()})
+    student.load_state_dict(
+        {k: v.detach().float().cpu() for k, v in model.student.state_dict().items()}
+    )
     student.eval()
     projection = None
     if "pooled" in model.objective.projections:
         src = model.objective.projections["pooled"]
         projection = torch.nn.Linear(src.in_features, src.out_features)
-        projection.load_state_dict({k: v.detach().float().cpu() for k, v in src.state_dict().items()})
+        projection.load_state_dict(
+            {k: v.detach().float().cpu() for k, v in src.state_dict().items()}
+        )
         projection.eval()
     return student, projection
 
@@ -125,7 +151,18 @@ class _nullcontext:
         return False
 
 
+def _quiet_report_logging() -> None:
+    """Ray Train logs every report at INFO on every rank; our own step line says it once."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # internal module moved: keep Ray's default logging
+        pass
+
+
 def train_loop_per_worker(config: dict) -> None:
+    _quiet_report_logging()
     spec = JobSpec.model_validate(config["spec"])
     t = spec.training
     ctx = ray.train.get_context()
@@ -135,25 +172,43 @@ def train_loop_per_worker(config: dict) -> None:
 
     teacher, tokenizer = load_teacher(spec.teacher.name)
     s = spec.student
-    student = build_student(teacher, StudentSize(s.layers, s.hidden, s.heads, s.ffn),
-                            init=s.init, teacher_layers=s.teacher_layers, seed=t.seed)
+    student = build_student(
+        teacher,
+        StudentSize(s.layers, s.hidden, s.heads, s.ffn),
+        init=s.init,
+        teacher_layers=s.teacher_layers,
+        seed=t.seed,
+    )
+    if s.freeze_word_embeddings:
+        freeze_word_embeddings(student)
     pairs = layer_pairs(spec.objective.layer_map, s.layers, teacher.config.num_hidden_layers)
-    objective = Objective(spec.objective.weights, student_hidden=s.hidden,
-                          teacher_hidden=teacher.config.hidden_size, pairs=pairs)
+    objective = Objective(
+        spec.objective.weights,
+        student_hidden=s.hidden,
+        teacher_hidden=teacher.config.hidden_size,
+        pairs=pairs,
+    )
     model = DistillationModel(student, objective)
 
     train_texts, eval_texts = train_eval_texts(spec)
-    train_ds = tokenize(train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length)
-    eval_ds = tokenize(eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length)
+    train_ds = tokenize(
+        train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
+    )
+    eval_ds = tokenize(
+        eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
+    )
     pad = collate(tokenizer)
     eval_loader = DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=pad)
     steps_per_epoch = len(train_ds) // t.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size {t.batch_size}")
+        raise ValueError(
+            f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size {t.batch_size}"
+        )
     total_steps = t.steps
 
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(spec, total_steps),
     )
 
@@ -189,19 +244,26 @@ def train_loop_per_worker(config: dict) -> None:
         loss, parts = engine(batch["input_ids"], batch["attention_mask"], teacher_hidden)
         engine.backward(loss)
         engine.step()
-        train_time += time.perf_counter() - tick
-        samples += batch["input_ids"].shape[0]
-        loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
+        if step > start_step + _UNTIMED_STEPS:  # the first steps warm up allocators and comm
+            train_time += time.perf_counter() - tick
+            samples += batch["input_ids"].shape[0]
+        loss_sum, loss_n = loss_sum + loss.detach().item(), loss_n + 1
 
         is_last = step == total_steps
-        if step % t.log_every == 0 or step % t.eval_every == 0 or step % t.checkpoint_every == 0 or is_last:
+        if (
+            step % t.log_every == 0
+            or step % t.eval_every == 0
+            or step % t.checkpoint_every == 0
+            or is_last
+        ):
             metrics = {
                 "step": step,
                 "epoch": epoch,
                 "loss": _mean_across_ranks(loss_sum / loss_n),
-                "samples_per_s": _mean_across_ranks(samples / train_time) * world,
+                "samples_per_s": _mean_across_ranks(samples / train_time if train_time else 0.0)
+                * world,
                 "lr": engine.get_lr()[0],
-                **{f"loss_{k}": float(v) for k, v in parts.items()},
+                **{f"loss_{k}": v.detach().item() for k, v in parts.items()},
             }
             if step % t.eval_every == 0 or is_last:
                 metrics["eval_loss"] = _eval_loss(engine, teacher, eval_loader)
@@ -209,12 +271,17 @@ def train_loop_per_worker(config: dict) -> None:
                 elapsed = time.perf_counter() - run_start
                 eta = elapsed / (step - start_step) * (total_steps - step)
                 extra = f" | eval {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
-                print(f"[distill] step {step}/{total_steps} | loss {metrics['loss']:.4f}{extra} | "
-                      f"{metrics['samples_per_s']:.1f} samples/s | eta {math.ceil(eta)}s", flush=True)
+                print(
+                    f"[distill] step {step}/{total_steps} | loss {metrics['loss']:.4f}{extra} | "
+                    f"{metrics['samples_per_s']:.1f} samples/s | eta {math.ceil(eta)}s",
+                    flush=True,
+                )
             loss_sum, loss_n = 0.0, 0
             history.append(metrics)
             if is_last:
-                exporter = _exporter(engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name))
+                exporter = _exporter(
+                    engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name)
+                )
                 _save_and_report(engine, step, metrics, history, final_export=exporter)
             elif step % t.checkpoint_every == 0:
                 _save_and_report(engine, step, metrics, history)

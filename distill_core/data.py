@@ -8,6 +8,8 @@ A source is a local csv/tsv/json/jsonl/parquet/txt file, a hub dataset name, or
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +18,14 @@ import datasets
 import torch
 
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
-_FORMATS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt": "text"}
+_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
 _PREFERRED_TEXT_COLUMNS = ("text", "sentence", "content", "document")
 
 
@@ -36,7 +45,9 @@ def source_format(path: str, fmt: str = "auto") -> str:
     return "local-unknown" if os.path.exists(path) else "hub"
 
 
-def load_source(path: str, fmt: str = "auto", split: str = "train", config_name: str | None = None) -> datasets.Dataset:
+def load_source(
+    path: str, fmt: str = "auto", split: str = "train", config_name: str | None = None
+) -> datasets.Dataset:
     """Load one source as a `datasets.Dataset` (no column selection yet)."""
     kind = source_format(path, fmt)
     if kind == "builtin":
@@ -49,12 +60,16 @@ def load_source(path: str, fmt: str = "auto", split: str = "train", config_name:
         return datasets.load_dataset(path, config_name, split=split)
     if not os.path.isfile(path):
         raise DataError(f"data file {path}: not found")
-    if kind == "tsv":
-        # QUOTE_NONE: GLUE-style TSVs contain bare quote characters inside sentences.
-        return datasets.load_dataset(
-            "csv", data_files=path, delimiter="\t", quoting=csv.QUOTE_NONE, split="train"
-        )
-    return datasets.load_dataset(kind, data_files=path, split="train")
+    try:
+        if kind == "tsv":
+            # QUOTE_NONE: GLUE-style TSVs contain bare quote characters inside sentences.
+            return datasets.load_dataset(
+                "csv", data_files=path, delimiter="\t", quoting=csv.QUOTE_NONE, split="train"
+            )
+        return datasets.load_dataset(kind, data_files=path, split="train")
+    except Exception as exc:  # datasets raises several types for empty or unparsable files
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"data file {path}: cannot read it as {kind} ({first})") from None
 
 
 def pick_text_columns(ds: datasets.Dataset, wanted: Sequence[str] | None, where: str) -> list[str]:
@@ -62,17 +77,27 @@ def pick_text_columns(ds: datasets.Dataset, wanted: Sequence[str] | None, where:
     if wanted:
         missing = [c for c in wanted if c not in ds.column_names]
         if missing:
-            raise DataError(f"{where}: text column {missing} not found; columns are {ds.column_names}")
+            raise DataError(
+                f"{where}: text column {missing} not found; columns are {ds.column_names}"
+            )
         return list(wanted)
     for name in _PREFERRED_TEXT_COLUMNS:
         if name in ds.column_names:
             return [name]
-    strings = [c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    strings = [
+        c for c, f in ds.features.items() if getattr(f, "dtype", None) in ("string", "large_string")
+    ]
     if len(strings) == 1:
         return strings
     raise DataError(
         f"{where}: cannot guess the text column among {ds.column_names}; set data.text_columns"
     )
+
+
+def _fingerprint(ds: datasets.Dataset, *parts: object) -> str:
+    """An explicit cache fingerprint: spares `datasets` from pickling the mapped closure
+    (slow, and noisy under Ray's log capture)."""
+    return hashlib.sha256(repr((ds._fingerprint, *parts)).encode()).hexdigest()[:32]
 
 
 def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
@@ -82,11 +107,23 @@ def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
         texts = [t for c in columns for t in batch[c] if isinstance(t, str) and t.strip()]
         return {"text": texts}
 
-    return ds.map(flatten, batched=True, remove_columns=ds.column_names)
+    return ds.map(
+        flatten,
+        batched=True,
+        remove_columns=ds.column_names,
+        new_fingerprint=_fingerprint(ds, "as_texts", tuple(columns)),
+    )
 
 
-def load_texts(path: str, *, fmt: str = "auto", split: str = "train", config_name: str | None = None,
-               text_columns: Sequence[str] | None = None, where: str = "data.train") -> datasets.Dataset:
+def load_texts(
+    path: str,
+    *,
+    fmt: str = "auto",
+    split: str = "train",
+    config_name: str | None = None,
+    text_columns: Sequence[str] | None = None,
+    where: str = "data.train",
+) -> datasets.Dataset:
     """Load a source and return a dataset with a single non-empty `text` column."""
     ds = load_source(path, fmt, split, config_name)
     texts = as_texts(ds, pick_text_columns(ds, text_columns, where))
@@ -95,10 +132,23 @@ def load_texts(path: str, *, fmt: str = "auto", split: str = "train", config_nam
     return texts
 
 
-def split_eval(ds: datasets.Dataset, fraction: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+def split_eval(
+    ds: datasets.Dataset, fraction: float, seed: int
+) -> tuple[datasets.Dataset, datasets.Dataset]:
     """Deterministic held-out split (same on every worker for the same seed)."""
     parts = ds.train_test_split(test_size=fraction, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """Content hash of a tokenizer (vocabulary, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = (
+        backend.to_str()
+        if backend is not None
+        else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
@@ -108,7 +158,13 @@ def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Datas
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     keep = ["input_ids", "attention_mask"]
-    out = ds.map(encode, batched=True, remove_columns=ds.column_names)
+    tok_id = (type(tokenizer).__name__, _tokenizer_digest(tokenizer), max_length)
+    out = ds.map(
+        encode,
+        batched=True,
+        remove_columns=ds.column_names,
+        new_fingerprint=_fingerprint(ds, "tokenize", tok_id),
+    )
     return out.remove_columns([c for c in out.column_names if c not in keep])
 
 

@@ -41,7 +41,9 @@ def load_sts_pairs(path: str, limit: int | None = None) -> StsPairs:
             if limit is not None and len(scores) >= limit:
                 break
     if not scores:
-        raise ValueError(f"evaluation.sts_path: {path} has no STS rows (expected 7 tab-separated fields)")
+        raise ValueError(
+            f"evaluation.sts_path: {path} has no STS rows (expected 7 tab-separated fields)"
+        )
     return StsPairs(first, second, scores)
 
 

@@ -27,13 +27,27 @@ def _modules(teacher_dir: Path, has_dense: bool) -> list[dict]:
     normalize = any(m["type"].endswith("Normalize") for m in teacher_modules)
     mods = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
     ]
     if has_dense:
-        mods.append({"idx": 2, "name": "2", "path": _DENSE, "type": "sentence_transformers.models.Dense"})
+        mods.append(
+            {"idx": 2, "name": "2", "path": _DENSE, "type": "sentence_transformers.models.Dense"}
+        )
     if normalize:
         i = len(mods)
-        mods.append({"idx": i, "name": str(i), "path": f"{i}_Normalize", "type": "sentence_transformers.models.Normalize"})
+        mods.append(
+            {
+                "idx": i,
+                "name": str(i),
+                "path": f"{i}_Normalize",
+                "type": "sentence_transformers.models.Normalize",
+            }
+        )
     return mods
 
 
@@ -53,12 +67,16 @@ def export_student(
     tokenizer.save_pretrained(out)
     if projection is not None:
         (out / _DENSE).mkdir(exist_ok=True)
-        (out / _DENSE / "config.json").write_text(json.dumps({
-            "in_features": projection.in_features,
-            "out_features": projection.out_features,
-            "bias": projection.bias is not None,
-            "activation_function": "torch.nn.modules.linear.Identity",
-        }))
+        (out / _DENSE / "config.json").write_text(
+            json.dumps(
+                {
+                    "in_features": projection.in_features,
+                    "out_features": projection.out_features,
+                    "bias": projection.bias is not None,
+                    "activation_function": "torch.nn.modules.linear.Identity",
+                }
+            )
+        )
         weights = {"linear.weight": projection.weight.detach().float().contiguous().cpu()}
         if projection.bias is not None:
             weights["linear.bias"] = projection.bias.detach().float().contiguous().cpu()
@@ -68,15 +86,25 @@ def export_student(
         modules = _modules(teacher_dir, projection is not None)
         (out / "modules.json").write_text(json.dumps(modules, indent=2))
         (out / "1_Pooling").mkdir(exist_ok=True)
-        (out / "1_Pooling" / "config.json").write_text(json.dumps({
-            "word_embedding_dimension": student.config.hidden_size,
-            "pooling_mode_cls_token": False,
-            "pooling_mode_mean_tokens": True,
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-        }, indent=2))
+        (out / "1_Pooling" / "config.json").write_text(
+            json.dumps(
+                {
+                    "word_embedding_dimension": student.config.hidden_size,
+                    "pooling_mode_cls_token": False,
+                    "pooling_mode_mean_tokens": True,
+                    "pooling_mode_max_tokens": False,
+                    "pooling_mode_mean_sqrt_len_tokens": False,
+                },
+                indent=2,
+            )
+        )
         (out / "sentence_bert_config.json").write_text(
-            json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+            json.dumps(
+                {
+                    "max_seq_length": min(max_seq_length, student.config.max_position_embeddings),
+                    "do_lower_case": False,
+                }
+            )
         )
         for extra in ("config_sentence_transformers.json",):
             if (teacher_dir / extra).is_file():
@@ -102,8 +130,11 @@ class SentenceEncoder(nn.Module):
         chunks = []
         for i in range(0, len(texts), batch_size):
             batch = self.tokenizer(
-                texts[i : i + batch_size], padding=True, truncation=True,
-                max_length=max_length, return_tensors="pt",
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
             )
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             pooled = masked_mean_pool(out.last_hidden_state, batch["attention_mask"])
@@ -123,7 +154,10 @@ def load_encoder(folder: str | Path) -> SentenceEncoder:
         cfg = json.loads((folder / _DENSE / "config.json").read_text())
         projection = nn.Linear(cfg["in_features"], cfg["out_features"], bias=cfg["bias"])
         projection.load_state_dict(
-            {k.removeprefix("linear."): v for k, v in load_file(str(folder / _DENSE / "model.safetensors")).items()}
+            {
+                k.removeprefix("linear."): v
+                for k, v in load_file(str(folder / _DENSE / "model.safetensors")).items()
+            }
         )
         projection.eval()
     return SentenceEncoder(model, tokenizer, projection)

@@ -28,9 +28,15 @@ def layer_pairs(
     for each student layer 1..S.
     """
     if layer_map == "uniform":
-        return [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
+        return [
+            (i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)
+        ]
     if layer_map == "last":
         return [(student_layers, teacher_layers)]
+    if isinstance(layer_map, str):
+        raise ValueError(
+            f"objective.layer_map: unknown {layer_map!r}; choose uniform, last or a list"
+        )
     explicit = list(layer_map)
     if len(explicit) != student_layers:
         raise ValueError(
@@ -68,7 +74,9 @@ class DistillView:
 
 def _hidden_mse(view: DistillView) -> torch.Tensor:
     terms = [
-        losses.hidden_mse(view.project(f"hidden_{s}", view.student_hidden[s]), view.teacher_hidden[t], view.mask)
+        losses.hidden_mse(
+            view.project(f"hidden_{s}", view.student_hidden[s]), view.teacher_hidden[t], view.mask
+        )
         for s, t in view.pairs
     ]
     return torch.stack(terms).mean()
@@ -107,7 +115,9 @@ class Objective(nn.Module):
         super().__init__()
         unknown = sorted(set(weights) - set(LOSSES))
         if unknown:
-            raise ValueError(f"objective.weights: unknown loss {unknown}; choose from {sorted(LOSSES)}")
+            raise ValueError(
+                f"objective.weights: unknown loss {unknown}; choose from {sorted(LOSSES)}"
+            )
         self.weights = dict(weights)
         self.pairs = pairs
         self.projections = nn.ModuleDict()
@@ -146,5 +156,7 @@ class DistillationModel(nn.Module):
         attention_mask: torch.Tensor,
         teacher_hidden: Sequence[torch.Tensor],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.student(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        out = self.student(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
+        )
         return self.objective(out.hidden_states, teacher_hidden, attention_mask)

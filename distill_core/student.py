@@ -36,6 +36,11 @@ def every_other_layer(n_teacher: int, n_student: int) -> list[int]:
 
 def uniform_map(n_teacher: int, n_student: int) -> list[int]:
     """Teacher layers spread evenly from the first to the last."""
+    if n_student > n_teacher:
+        raise ValueError(
+            f"student.init=uniform_map: {n_student} student layers need a teacher with >= "
+            f"{n_student} layers, it has {n_teacher}"
+        )
     if n_student == 1:
         return [n_teacher - 1]
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
@@ -43,6 +48,11 @@ def uniform_map(n_teacher: int, n_student: int) -> list[int]:
 
 def first_k(n_teacher: int, n_student: int) -> list[int]:
     """The bottom S teacher layers."""
+    if n_student > n_teacher:
+        raise ValueError(
+            f"student.init=first_k: {n_student} student layers need a teacher with >= {n_student} "
+            f"layers, it has {n_teacher}"
+        )
     return list(range(n_student))
 
 
@@ -57,7 +67,9 @@ STUDENT_INITS: dict[str, Callable[[int, int], list[int]] | None] = {
 def student_config(teacher_config: PretrainedConfig, size: StudentSize) -> PretrainedConfig:
     """The teacher's config with depth and width replaced."""
     if size.hidden % size.heads:
-        raise ValueError(f"student.heads: {size.heads} does not divide student.hidden {size.hidden}")
+        raise ValueError(
+            f"student.heads: {size.heads} does not divide student.hidden {size.hidden}"
+        )
     config = copy.deepcopy(teacher_config)
     config.num_hidden_layers = size.layers
     config.hidden_size = size.hidden
@@ -126,10 +138,17 @@ def build_student(
     config = student_config(teacher.config, size)
     torch.manual_seed(seed)
     student = AutoModel.from_config(config, attn_implementation=teacher.config._attn_implementation)
-    chosen = init_teacher_layers(init, teacher.config.num_hidden_layers, size.layers, teacher_layers)
+    chosen = init_teacher_layers(
+        init, teacher.config.num_hidden_layers, size.layers, teacher_layers
+    )
     if chosen is not None:
         copy_teacher_weights(student, teacher, chosen)
     return student
+
+
+def freeze_word_embeddings(model: nn.Module) -> None:
+    """Stop training the token-embedding table (positions and LayerNorm still train)."""
+    model.get_input_embeddings().requires_grad_(False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,14 +18,25 @@ EXIT_BAD_INPUT = 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="distill", description="Distributed knowledge distillation on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="distill", description="Distributed knowledge distillation on Ray."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a distillation job (no CONFIG: the offline quickstart)")
     run.add_argument("config", nargs="?", help="job spec YAML")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     nargs="+", help="override a spec field, e.g. training.steps=50")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
+        help="override a spec field, e.g. training.steps=50",
+    )
     run.add_argument("--output", help="run folder (default: output.dir/output.name)")
-    run.add_argument("--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute")
+    run.add_argument(
+        "--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute"
+    )
     report = sub.add_parser("report", help="print a run's report.json as a table")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true", help="print the raw JSON")

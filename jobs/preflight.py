@@ -24,14 +24,18 @@ def _teacher_config(spec: JobSpec):
         return load_teacher_config(name)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise SpecError(f"teacher.name: cannot load {name!r} as a local folder or hub model ({reason})") from None
+        raise SpecError(
+            f"teacher.name: cannot load {name!r} as a local folder or hub model ({reason})"
+        ) from None
 
 
 def _resolve_student(spec: JobSpec, tc) -> JobSpec:
     s = spec.student
     hidden = s.hidden or tc.hidden_size
     head_dim = tc.hidden_size // tc.num_attention_heads
-    heads = s.heads or (tc.num_attention_heads if hidden == tc.hidden_size else max(1, hidden // head_dim))
+    heads = s.heads or (
+        tc.num_attention_heads if hidden == tc.hidden_size else max(1, hidden // head_dim)
+    )
     if hidden % heads:
         raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
     ffn = s.ffn or round(hidden * tc.intermediate_size / tc.hidden_size)
@@ -39,7 +43,25 @@ def _resolve_student(spec: JobSpec, tc) -> JobSpec:
         init_teacher_layers(s.init, tc.num_hidden_layers, s.layers, s.teacher_layers)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
-    return spec.model_copy(update={"student": s.model_copy(update={"hidden": hidden, "heads": heads, "ffn": ffn})})
+    freeze = s.freeze_word_embeddings
+    if freeze is None:
+        freeze = s.init != "random" and hidden == tc.hidden_size
+    elif freeze and s.init == "random":
+        raise SpecError(
+            "student.freeze_word_embeddings: true needs a teacher-initialised student, not init=random"
+        )
+    return spec.model_copy(
+        update={
+            "student": s.model_copy(
+                update={
+                    "hidden": hidden,
+                    "heads": heads,
+                    "ffn": ffn,
+                    "freeze_word_embeddings": freeze,
+                }
+            )
+        }
+    )
 
 
 def _check_objective(spec: JobSpec, tc) -> None:
@@ -85,18 +107,24 @@ def _check_data(spec: JobSpec) -> JobSpec:
     except (FileNotFoundError, ValueError) as exc:
         raise SpecError(f"data: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # hub unreachable, unparsable file, ...
-        raise SpecError(f"data.train: cannot load {spec.data.train.path!r} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise SpecError(
+            f"data.train: cannot load {spec.data.train.path!r} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
     if len(held_out) == 0:
         raise SpecError("data.eval: the held-out split is empty")
     t, sc = spec.training, spec.scaling
     per_step = t.batch_size * sc.num_workers
     if len(train) < per_step:
-        raise SpecError(f"data.train: {len(train)} rows is fewer than one step "
-                        f"(training.batch_size {t.batch_size} x {sc.num_workers} workers)")
+        raise SpecError(
+            f"data.train: {len(train)} rows is fewer than one step "
+            f"(training.batch_size {t.batch_size} x {sc.num_workers} workers)"
+        )
     if t.epochs is not None:
         steps = max(1, math.floor(t.epochs * len(train) / per_step))
-        spec = spec.model_copy(update={"training": t.model_copy(update={"steps": steps, "epochs": None})})
+        spec = spec.model_copy(
+            update={"training": t.model_copy(update={"steps": steps, "epochs": None})}
+        )
     if spec.evaluation.sts_path and not os.path.isfile(spec.evaluation.sts_path):
         raise SpecError(f"evaluation.sts_path: file {spec.evaluation.sts_path} not found")
     return spec

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import torch
 
-from distill_core.evaluation import cosine_agreement, load_sts_pairs, measure_throughput, sts_spearman
+from distill_core.evaluation import (
+    cosine_agreement,
+    load_sts_pairs,
+    measure_throughput,
+    sts_spearman,
+)
 from distill_core.export import load_encoder
 from distill_core.student import count_parameters
 from distill_core.teacher import resolve_teacher
@@ -25,31 +30,56 @@ def _quality(spec: JobSpec, teacher, student, eval_texts: list[str]) -> dict:
     if e.sts_path:
         pairs = load_sts_pairs(e.sts_path, e.max_sts_pairs)
         t, s = sts_spearman(teacher, pairs, max_len), sts_spearman(student, pairs, max_len)
-        return {"metric": "sts_spearman", "split": e.sts_path, "n": len(pairs.scores),
-                "teacher": t, "student": s, "retention": s / t if t else None}
+        return {
+            "metric": "sts_spearman",
+            "split": e.sts_path,
+            "n": len(pairs.scores),
+            "teacher": t,
+            "student": s,
+            "retention": s / t if t else None,
+        }
     t_emb = teacher.encode(eval_texts, max_length=max_len)
     s = cosine_agreement(student.encode(eval_texts, max_length=max_len), t_emb)
-    return {"metric": "cosine_agreement", "split": "held-out", "n": len(eval_texts),
-            "teacher": 1.0, "student": s, "retention": s}
+    return {
+        "metric": "cosine_agreement",
+        "split": "held-out",
+        "n": len(eval_texts),
+        "teacher": 1.0,
+        "student": s,
+        "retention": s,
+    }
 
 
 def build_report(
-    spec: JobSpec, run_dir: Path, eval_texts: list[str], train_state: dict, probe: torch.Tensor,
-    checkpoint_path: str, wall_time_s: float,
+    spec: JobSpec,
+    run_dir: Path,
+    eval_texts: list[str],
+    train_state: dict,
+    probe: torch.Tensor,
+    checkpoint_path: str,
+    wall_time_s: float,
 ) -> dict:
     """Evaluate teacher and exported student in this process and assemble the report."""
     teacher = load_encoder(resolve_teacher(spec.teacher.name))
     student = load_encoder(run_dir / "student")
-    from distill_core.export import SentenceEncoder  # noqa: F401  (type of the two encoders)
     from cluster.worker_loop import PROBE_TEXTS
+    from distill_core.export import SentenceEncoder  # noqa: F401  (type of the two encoders)
 
-    export_diff = float((student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max())
+    export_diff = float(
+        (student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max()
+    )
     quality = _quality(spec, teacher, student, eval_texts)
     e = spec.evaluation
-    speed_texts = (eval_texts * (e.throughput_texts // max(len(eval_texts), 1) + 1))[: e.throughput_texts]
-    speed = measure_throughput({"teacher": teacher, "student": student}, speed_texts,
-                               rounds=e.throughput_rounds, batch_size=e.batch_size,
-                               max_length=spec.data.max_length)
+    speed_texts = (eval_texts * (e.throughput_texts // max(len(eval_texts), 1) + 1))[
+        : e.throughput_texts
+    ]
+    speed = measure_throughput(
+        {"teacher": teacher, "student": student},
+        speed_texts,
+        rounds=e.throughput_rounds,
+        batch_size=e.batch_size,
+        max_length=spec.data.max_length,
+    )
     t_params = count_parameters(teacher)
     s_params = count_parameters(student)
     history = train_state.get("history", [])
@@ -57,18 +87,41 @@ def build_report(
     s, t = spec.student, teacher.model.config
     return {
         "schema_version": SCHEMA_VERSION,
-        "run": {"name": spec.output.name, "dir": str(run_dir), "status": "completed",
-                "wall_time_s": wall_time_s},
-        "teacher": {"name": spec.teacher.name, "parameters": t_params,
-                    "layers": t.num_hidden_layers, "hidden": t.hidden_size},
-        "student": {"parameters": s_params, "layers": s.layers, "hidden": s.hidden,
-                    "heads": s.heads, "ffn": s.ffn, "init": s.init},
-        "size": {"teacher_parameters": t_params, "student_parameters": s_params,
-                 "compression": t_params / s_params},
+        "run": {
+            "name": spec.output.name,
+            "dir": str(run_dir),
+            "status": "completed",
+            "wall_time_s": wall_time_s,
+        },
+        "teacher": {
+            "name": spec.teacher.name,
+            "parameters": t_params,
+            "layers": t.num_hidden_layers,
+            "hidden": t.hidden_size,
+        },
+        "student": {
+            "parameters": s_params,
+            "layers": s.layers,
+            "hidden": s.hidden,
+            "heads": s.heads,
+            "ffn": s.ffn,
+            "init": s.init,
+        },
+        "size": {
+            "teacher_parameters": t_params,
+            "student_parameters": s_params,
+            "compression": t_params / s_params,
+        },
         "quality": quality,
-        "speed": {"unit": "sentences/s", "teacher": speed["teacher"], "student": speed["student"],
-                  "speedup": speed["student"] / speed["teacher"], "texts": len(speed_texts),
-                  "batch_size": e.batch_size, "threads": torch.get_num_threads()},
+        "speed": {
+            "unit": "sentences/s",
+            "teacher": speed["teacher"],
+            "student": speed["student"],
+            "speedup": speed["student"] / speed["teacher"],
+            "texts": len(speed_texts),
+            "batch_size": e.batch_size,
+            "threads": torch.get_num_threads(),
+        },
         "training": {
             "steps": train_state.get("step"),
             "first_loss": history[0]["loss"] if history else None,
@@ -81,8 +134,11 @@ def build_report(
             "precision": spec.deepspeed.precision,
         },
         "export_check": {"max_abs_diff": export_diff, "probe_texts": len(PROBE_TEXTS)},
-        "paths": {"checkpoint": checkpoint_path, "student": str(run_dir / "student"),
-                  "config": str(run_dir / "config.yaml")},
+        "paths": {
+            "checkpoint": checkpoint_path,
+            "student": str(run_dir / "student"),
+            "config": str(run_dir / "config.yaml"),
+        },
     }
 
 
@@ -99,10 +155,24 @@ def format_table(report: dict) -> str:
     q, sp, sz, tr = report["quality"], report["speed"], report["size"], report["training"]
     rows = [
         ("", "teacher", "student", "student/teacher"),
-        ("parameters", _fmt(sz["teacher_parameters"]), _fmt(sz["student_parameters"]),
-         _fmt(sz["student_parameters"] / sz["teacher_parameters"], 3)),
-        (f"{q['metric']} ({q['n']})", _fmt(q["teacher"]), _fmt(q["student"]), _fmt(q["retention"], 3)),
-        (f"throughput ({sp['unit']})", _fmt(sp["teacher"]), _fmt(sp["student"]), _fmt(sp["speedup"], 3)),
+        (
+            "parameters",
+            _fmt(sz["teacher_parameters"]),
+            _fmt(sz["student_parameters"]),
+            _fmt(sz["student_parameters"] / sz["teacher_parameters"], 3),
+        ),
+        (
+            f"{q['metric']} ({q['n']})",
+            _fmt(q["teacher"]),
+            _fmt(q["student"]),
+            _fmt(q["retention"], 3),
+        ),
+        (
+            f"throughput ({sp['unit']})",
+            _fmt(sp["teacher"]),
+            _fmt(sp["student"]),
+            _fmt(sp["speedup"], 3),
+        ),
     ]
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]

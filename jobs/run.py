@@ -1,6 +1,6 @@
 """`distill run`: validate, train on Ray, export, evaluate, report.
 
-    distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
+distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -64,7 +64,14 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
         state = json.loads((folder / STATE_FILE).read_text())
     storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
     _, eval_texts = train_eval_texts(spec)
-    report = build_report(spec, storage.root, list(eval_texts["text"]), state, probe,
-                          checkpoint.path, time.perf_counter() - started)
+    report = build_report(
+        spec,
+        storage.root,
+        list(eval_texts["text"]),
+        state,
+        probe,
+        checkpoint.path,
+        time.perf_counter() - started,
+    )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report

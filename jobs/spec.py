@@ -6,11 +6,12 @@ Secrets never live here: credentials come from the environment (see `redacted`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from distill_core.teacher import PACKAGED_TEACHER
 
@@ -22,7 +23,7 @@ class SpecError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
 class TeacherSpec(_Strict):
@@ -36,17 +37,25 @@ class StudentSpec(_Strict):
     ffn: PositiveInt | None = None
     init: Literal["random", "every_other_layer", "uniform_map", "first_k"] = "every_other_layer"
     teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
+    # Keep the teacher's token embeddings frozen. None: freeze when they are copied from the
+    # teacher at full width (they are then already trained; updating the 30k x H table
+    # dominates the optimizer step on CPU).
+    freeze_word_embeddings: bool | None = None
 
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> StudentSpec:
-        if self.hidden is not None and self.heads is not None and self.hidden % self.heads:
-            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
-        return self
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide_hidden(cls, heads: int | None, info: ValidationInfo) -> int | None:
+        hidden = info.data.get("hidden")
+        if heads is not None and hidden is not None and hidden % heads:
+            raise ValueError(f"{heads} does not divide student.hidden {hidden}")
+        return heads
 
 
 class SourceSpec(_Strict):
     path: str
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "txt", "hub", "builtin"] = "auto"
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "txt", "hub", "builtin"] = (
+        "auto"
+    )
     split: str = "train"
     config_name: str | None = None
 
@@ -55,8 +64,10 @@ class DataSpec(_Strict):
     train: SourceSpec = SourceSpec(path="builtin:docstrings")
     eval: SourceSpec | None = None  # a held-out source; else `eval_fraction` of train
     eval_fraction: float = Field(0.05, gt=0.0, lt=0.5)
-    text_columns: list[str] | None = None  # None: guess (text/sentence/content or the only string column)
-    max_length: PositiveInt = 128
+    text_columns: list[str] | None = (
+        None  # None: guess (text/sentence/content or the only string column)
+    )
+    max_length: PositiveInt = 64
     max_train_samples: PositiveInt | None = None
     max_eval_samples: PositiveInt = 512
 
@@ -67,17 +78,17 @@ class ObjectiveSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    steps: PositiveInt | None = 300
+    steps: PositiveInt | None = 120
     epochs: Annotated[float, Field(gt=0)] | None = None  # overrides steps when set
-    batch_size: PositiveInt = 32  # per worker
-    learning_rate: Annotated[float, Field(gt=0)] = 1e-4
+    batch_size: PositiveInt = 16  # per worker
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_steps: Annotated[int, Field(ge=0)] = 30
+    warmup_steps: Annotated[int, Field(ge=0)] = 10
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     seed: int = 42
     log_every: PositiveInt = 10
-    eval_every: PositiveInt = 100
-    checkpoint_every: PositiveInt = 100
+    eval_every: PositiveInt = 40
+    checkpoint_every: PositiveInt = 40
     keep_checkpoints: PositiveInt = 2
 
 
@@ -182,31 +193,47 @@ def smoke(spec: JobSpec) -> JobSpec:
     """Shrink steps, data and evaluation so any config finishes in about a minute."""
     t, d, e = spec.training, spec.data, spec.evaluation
     steps = min(t.steps or 20, 20)
-    return spec.model_copy(update={
-        "training": t.model_copy(update={
-            "steps": steps, "epochs": None, "batch_size": min(t.batch_size, 16),
-            "warmup_steps": min(t.warmup_steps, 2), "log_every": 5,
-            "eval_every": 10, "checkpoint_every": 10,
-        }),
-        "data": d.model_copy(update={
-            "max_train_samples": min(d.max_train_samples or 2000, 2000),
-            "max_eval_samples": min(d.max_eval_samples, 64),
-            "max_length": min(d.max_length, 64),
-        }),
-        "evaluation": e.model_copy(update={
-            "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
-            "throughput_texts": min(e.throughput_texts, 64), "throughput_rounds": 1,
-        }),
-    })
+    return spec.model_copy(
+        update={
+            "training": t.model_copy(
+                update={
+                    "steps": steps,
+                    "epochs": None,
+                    "batch_size": min(t.batch_size, 16),
+                    "warmup_steps": min(t.warmup_steps, 2),
+                    "log_every": 5,
+                    "eval_every": 10,
+                    "checkpoint_every": 10,
+                }
+            ),
+            "data": d.model_copy(
+                update={
+                    "max_train_samples": min(d.max_train_samples or 2000, 2000),
+                    "max_eval_samples": min(d.max_eval_samples, 64),
+                    "max_length": min(d.max_length, 64),
+                }
+            ),
+            "evaluation": e.model_copy(
+                update={
+                    "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
+                    "throughput_texts": min(e.throughput_texts, 64),
+                    "throughput_rounds": 1,
+                }
+            ),
+        }
+    )
 
 
-_SECRET_WORDS = ("secret", "password", "token", "access_key", "session_key", "credential")
+_SECRET_KEY = re.compile(
+    r"secret|password|passwd|credential|api_?key|access_?key|session_?key|(^|_)token($|_)",
+    re.IGNORECASE,
+)
 
 
 def redacted(value):
     """A copy of a config tree with every secret-looking key dropped."""
     if isinstance(value, dict):
-        return {k: redacted(v) for k, v in value.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+        return {k: redacted(v) for k, v in value.items() if not _SECRET_KEY.search(k)}
     if isinstance(value, list):
         return [redacted(v) for v in value]
     return value

@@ -1,0 +1,140 @@
+"""Throughput of the 2-worker Ray Train + DeepSpeed job against a plain single-process
+PyTorch loop doing the same distillation with the same number of threads, in one run.
+
+    python bench/ray_vs_plain.py --steps 40 [--zero-stage 2] [--out bench/results/ray_vs_plain.json]
+
+Both sides: the packaged all-MiniLM-L6-v2 teacher, a 3-layer every-other-layer student,
+hidden-MSE + pooled-cosine, the same global batch and sequence length, fp32, AdamW. The
+plain loop uses `workers x cpus_per_worker` torch threads; samples/s skip 2 warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from cluster.job_data import train_eval_texts
+from distill_core.data import collate, tokenize
+from distill_core.objective import DistillationModel, Objective, layer_pairs
+from distill_core.student import StudentSize, build_student, freeze_word_embeddings
+from distill_core.teacher import load_teacher
+from jobs.preflight import preflight
+from jobs.spec import load_spec
+
+
+def plain_loop(spec, steps: int, threads: int) -> float:
+    """Samples/s of one process running the same distillation with `threads` threads."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(spec.training.seed)
+    teacher, tokenizer = load_teacher(spec.teacher.name)
+    s = spec.student
+    student = build_student(teacher, StudentSize(s.layers, s.hidden, s.heads, s.ffn), init=s.init)
+    if s.freeze_word_embeddings:
+        freeze_word_embeddings(student)
+    pairs = layer_pairs(spec.objective.layer_map, s.layers, teacher.config.num_hidden_layers)
+    model = DistillationModel(
+        student,
+        Objective(
+            spec.objective.weights,
+            student_hidden=s.hidden,
+            teacher_hidden=teacher.config.hidden_size,
+            pairs=pairs,
+        ),
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=spec.training.learning_rate,
+        weight_decay=spec.training.weight_decay,
+    )
+    train, _ = train_eval_texts(spec)
+    global_batch = spec.training.batch_size * spec.scaling.num_workers
+    loader = DataLoader(
+        tokenize(train, tokenizer, spec.data.max_length),
+        batch_size=global_batch,
+        shuffle=True,
+        collate_fn=collate(tokenizer),
+        drop_last=True,
+    )
+    batches = iter(loader)
+    samples, elapsed = 0, 0.0
+    for step in range(steps):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        tick = time.perf_counter()
+        with torch.no_grad():
+            teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        loss, _ = model(batch["input_ids"], batch["attention_mask"], teacher_hidden)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.training.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 2:
+            elapsed += time.perf_counter() - tick
+            samples += batch["input_ids"].shape[0]
+    return samples / elapsed
+
+
+def ray_job(spec, run_dir: str) -> float:
+    from cluster.launch import fit
+    from cluster.storage import LocalStorage
+
+    result = fit(spec, LocalStorage(run_dir))
+    return float(result.metrics["samples_per_s"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16, help="per worker")
+    parser.add_argument("--zero-stage", type=int, default=2)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--out", default="bench/results/ray_vs_plain.json")
+    args = parser.parse_args()
+    spec = preflight(
+        load_spec(
+            None,
+            [
+                f"training.steps={args.steps}",
+                f"training.batch_size={args.batch_size}",
+                f"training.checkpoint_every={args.steps}",
+                f"training.eval_every={args.steps}",
+                f"training.log_every={args.steps}",
+                f"deepspeed.zero_stage={args.zero_stage}",
+                f"data.max_length={args.max_length}",
+            ],
+        )
+    )
+    threads = spec.scaling.num_workers * spec.scaling.cpus_per_worker
+    plain = plain_loop(spec, args.steps, threads)
+    with tempfile.TemporaryDirectory() as run_dir:
+        ray_sps = ray_job(spec, run_dir)
+    result = {
+        "plain_samples_per_s": plain,
+        "ray_deepspeed_samples_per_s": ray_sps,
+        "ratio": ray_sps / plain,
+        "steps": args.steps,
+        "global_batch": args.batch_size * spec.scaling.num_workers,
+        "workers": spec.scaling.num_workers,
+        "threads": threads,
+        "zero_stage": args.zero_stage,
+        "max_length": args.max_length,
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

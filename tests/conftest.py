@@ -1,0 +1,58 @@
+"""Shared pytest fixtures: tiny CPU models and a real tokenizer over a 99-word vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from distill_core.teacher import freeze
+
+# ---------------------------------------------------------------------------
+# Tiny teacher model
+# ---------------------------------------------------------------------------
+
+TINY_BERT = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
+@pytest.fixture
+def tiny_bert() -> BertModel:
+    """A seeded, frozen 4-layer BERT (hidden 32, vocab 99); the global RNG is left untouched."""
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        model = BertModel(BertConfig(**TINY_BERT))
+    return freeze(model)
+
+
+# ---------------------------------------------------------------------------
+# Tiny tokenizer
+# ---------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+WORDS = """
+the a an and or but not no is was are were be been it this that these those i you he she we
+they my your his her our their cat dog bird fish mat sat on in at of to for with by from
+good bad great awful fine very quite really movie film story plot actor music scene end
+man woman child people day night time year world life love hate like make made see seen
+run ran walk house car road tree water fire light dark old new big small
+""".split()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> BertTokenizerFast:
+    """A real BERT WordPiece tokenizer whose ids all stay below 99."""
+    vocab = SPECIAL_TOKENS + WORDS
+    assert len(vocab) == len(set(vocab)) == 99
+    path = tmp_path_factory.mktemp("tokenizer") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    # transformers 5: the keyword is `vocab`; `vocab_file=` is silently ignored (empty vocab).
+    tokenizer = BertTokenizerFast(vocab=str(path))
+    assert len(tokenizer) == 99
+    return tokenizer
