@@ -10,6 +10,7 @@ from the trained in-memory model, used to check the export).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -77,7 +78,7 @@ def _eval_loss(engine, teacher, loader) -> float:
 
 
 def _save_and_report(
-    engine, step: int, metrics: dict, history: list[dict], final_export=None
+    engine, step: int, metrics: dict, history: list[dict], final_export=None, extra_state=None
 ) -> None:
     """Every rank: save its engine shard (and rank 0 the export), then report together."""
     with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
@@ -86,7 +87,7 @@ def _save_and_report(
             final_export(tmp)
         if ray.train.get_context().get_world_rank() == 0:
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
-                json.dump({"step": step, "history": history}, f)
+                json.dump({"step": step, "history": history, **(extra_state or {})}, f)
         dist.barrier()
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -151,6 +152,31 @@ class _nullcontext:
         return False
 
 
+def _fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over every parameter's bytes: proves the teacher was never modified."""
+    digest = hashlib.sha256()
+    for name, param in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _assert_teacher_outside(engine, teacher: torch.nn.Module) -> None:
+    """The teacher must be in neither the engine nor its optimizer."""
+    teacher_ids = {id(p) for p in teacher.parameters()}
+    in_engine = any(id(p) in teacher_ids for p in engine.module.parameters())
+    in_optimizer = any(
+        id(p) in teacher_ids for group in engine.optimizer.param_groups for p in group["params"]
+    )
+    if in_engine or in_optimizer:
+        raise RuntimeError("a teacher parameter reached the DeepSpeed engine or its optimizer")
+
+
+def _teacher_state(before: str, teacher: torch.nn.Module) -> dict:
+    after = _fingerprint(teacher)
+    return {"teacher_fingerprint": {"before": before, "after": after, "unchanged": before == after}}
+
+
 def _quiet_report_logging() -> None:
     """Ray Train logs every report at INFO on every rank; our own step line says it once."""
     try:
@@ -211,6 +237,9 @@ def train_loop_per_worker(config: dict) -> None:
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=deepspeed_config(spec, total_steps),
     )
+
+    _assert_teacher_outside(engine, teacher)
+    teacher_before = _fingerprint(teacher)
 
     start_step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -282,7 +311,14 @@ def train_loop_per_worker(config: dict) -> None:
                 exporter = _exporter(
                     engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name)
                 )
-                _save_and_report(engine, step, metrics, history, final_export=exporter)
+                _save_and_report(
+                    engine,
+                    step,
+                    metrics,
+                    history,
+                    final_export=exporter,
+                    extra_state=_teacher_state(teacher_before, teacher),
+                )
             elif step % t.checkpoint_every == 0:
                 _save_and_report(engine, step, metrics, history)
             else:
@@ -291,4 +327,11 @@ def train_loop_per_worker(config: dict) -> None:
     if start_step >= total_steps:  # already finished: re-emit the final checkpoint with its export
         metrics = dict(history[-1]) if history else {"step": total_steps}
         exporter = _exporter(engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name))
-        _save_and_report(engine, total_steps, metrics, history, final_export=exporter)
+        _save_and_report(
+            engine,
+            total_steps,
+            metrics,
+            history,
+            final_export=exporter,
+            extra_state=_teacher_state(teacher_before, teacher),
+        )

@@ -63,7 +63,6 @@ def build_report(
     teacher = load_encoder(resolve_teacher(spec.teacher.name))
     student = load_encoder(run_dir / "student")
     from cluster.worker_loop import PROBE_TEXTS
-    from distill_core.export import SentenceEncoder  # noqa: F401  (type of the two encoders)
 
     export_diff = float(
         (student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max()
@@ -134,6 +133,7 @@ def build_report(
             "precision": spec.deepspeed.precision,
         },
         "export_check": {"max_abs_diff": export_diff, "probe_texts": len(PROBE_TEXTS)},
+        "teacher_check": train_state.get("teacher_fingerprint"),
         "paths": {
             "checkpoint": checkpoint_path,
             "student": str(run_dir / "student"),

@@ -56,3 +56,18 @@ def tiny_tokenizer(tmp_path_factory) -> BertTokenizerFast:
     tokenizer = BertTokenizerFast(vocab=str(path))
     assert len(tokenizer) == 99
     return tokenizer
+
+
+# --- Ray integration (tests/test_ray_*.py) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) shared by the integration tests."""
+    ray = pytest.importorskip("ray")
+    from cluster.launch import worker_env
+    from jobs.spec import JobSpec
+
+    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
