@@ -27,6 +27,7 @@ from transformers import AutoModel
 
 from cluster.deepspeed_config import deepspeed_config
 from cluster.job_data import train_eval_texts
+from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
 from distill_core.objective import DistillationModel, Objective, layer_pairs
@@ -34,14 +35,7 @@ from distill_core.student import StudentSize, build_student, freeze_word_embeddi
 from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_teacher
 from jobs.spec import JobSpec
 
-ENGINE_TAG = "engine"
-STATE_FILE = "train_state.json"
-_UNTIMED_STEPS = 2
-PROBE_TEXTS = [
-    "A quick check that the exported student matches the trained one.",
-    "Knowledge distillation compresses a large teacher into a small student.",
-    "Short text.",
-]
+_UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
 
 
 def _batches(dataset, batch_size: int, seed: int, epoch: int, collate_fn):
@@ -109,7 +103,7 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teache
                 export_student(
                     student,
                     tokenizer,
-                    os.path.join(folder, "student"),
+                    os.path.join(folder, STUDENT_DIR),
                     projection=projection,
                     sentence_transformer_teacher=teacher_path
                     if is_sentence_transformer(spec.teacher.name)
@@ -119,7 +113,7 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teache
                 encoder = SentenceEncoder(student, tokenizer, projection)
                 torch.save(
                     encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length),
-                    os.path.join(folder, "probe.pt"),
+                    os.path.join(folder, PROBE_FILE),
                 )
 
     return write

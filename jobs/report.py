@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.run_files import PROBE_TEXTS
 from distill_core.evaluation import (
     cosine_agreement,
     load_sts_pairs,
@@ -62,8 +63,6 @@ def build_report(
     """Evaluate teacher and exported student in this process and assemble the report."""
     teacher = load_encoder(resolve_teacher(spec.teacher.name))
     student = load_encoder(run_dir / "student")
-    from cluster.worker_loop import PROBE_TEXTS
-
     export_diff = float(
         (student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max()
     )

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from cluster.job_data import train_eval_texts
+from cluster.run_files import PROBE_FILE, STATE_FILE, STUDENT_DIR
 from cluster.storage import LocalStorage
-from cluster.worker_loop import STATE_FILE
 from jobs.preflight import preflight
 from jobs.report import build_report
 from jobs.spec import JobSpec, SpecError, dump_spec
@@ -59,8 +59,8 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     checkpoint = result.checkpoint
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
-        storage.put_dir(folder / "student", "student")
-        probe = torch.load(folder / "probe.pt")
+        storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
+        probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
     storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
     _, eval_texts = train_eval_texts(spec)
