@@ -28,8 +28,10 @@ from distill_core.teacher import load_teacher
 from jobs.preflight import preflight
 from jobs.spec import load_spec
 
+PHASES = ("teacher", "forward", "backward", "step")
 
-def plain_loop(spec, steps: int, threads: int) -> float:
+
+def plain_loop(spec, steps: int, threads: int) -> dict:
     """Samples/s of one process running the same distillation with `threads` threads."""
     torch.set_num_threads(threads)
     torch.manual_seed(spec.training.seed)
@@ -64,43 +66,47 @@ def plain_loop(spec, steps: int, threads: int) -> float:
     )
     batches = iter(loader)
     samples, elapsed = 0, 0.0
+    phases = dict.fromkeys(PHASES, 0.0)
     for step in range(steps):
         try:
             batch = next(batches)
         except StopIteration:
             batches = iter(loader)
             batch = next(batches)
-        tick = time.perf_counter()
+        marks = [time.perf_counter()]
         with torch.no_grad():
             teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        marks.append(time.perf_counter())
         loss, _ = model(batch["input_ids"], batch["attention_mask"], teacher_hidden)
+        marks.append(time.perf_counter())
         loss.backward()
+        marks.append(time.perf_counter())
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.training.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        marks.append(time.perf_counter())
         if step >= 2:
-            elapsed += time.perf_counter() - tick
+            elapsed += marks[-1] - marks[0]
             samples += batch["input_ids"].shape[0]
-    return samples / elapsed
+            for phase, begin, end in zip(PHASES, marks, marks[1:]):
+                phases[phase] += end - begin
+    timed = steps - 2
+    return {
+        "samples_per_s": samples / elapsed,
+        **{f"ms_{k}": 1000 * v / timed for k, v in phases.items()},
+    }
 
 
-def ray_job(spec, run_dir: str) -> float:
+def ray_job(spec, run_dir: str) -> dict:
     from cluster.launch import fit
     from cluster.storage import LocalStorage
 
-    result = fit(spec, LocalStorage(run_dir))
-    return float(result.metrics["samples_per_s"])
+    metrics = fit(spec, LocalStorage(run_dir)).metrics
+    return {k: float(v) for k, v in metrics.items() if k == "samples_per_s" or k.startswith("ms_")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=16, help="per worker")
-    parser.add_argument("--zero-stage", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--out", default="bench/results/ray_vs_plain.json")
-    args = parser.parse_args()
-    spec = preflight(
+def _spec(args: argparse.Namespace, zero_stage: int):
+    return preflight(
         load_spec(
             None,
             [
@@ -109,24 +115,40 @@ def main() -> None:
                 f"training.checkpoint_every={args.steps}",
                 f"training.eval_every={args.steps}",
                 f"training.log_every={args.steps}",
-                f"deepspeed.zero_stage={args.zero_stage}",
+                f"deepspeed.zero_stage={zero_stage}",
                 f"data.max_length={args.max_length}",
             ],
         )
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=16, help="per worker")
+    parser.add_argument("--zero-stages", type=int, nargs="+", default=[2])
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--out", default="bench/results/ray_vs_plain.json")
+    args = parser.parse_args()
+    spec = _spec(args, args.zero_stages[0])
     threads = spec.scaling.num_workers * spec.scaling.cpus_per_worker
-    plain = plain_loop(spec, args.steps, threads)
-    with tempfile.TemporaryDirectory() as run_dir:
-        ray_sps = ray_job(spec, run_dir)
+    # Plain runs bracket the Ray runs so drift in machine load shows up as their spread.
+    plain = [plain_loop(spec, args.steps, threads)]
+    ray_runs = {}
+    for stage in args.zero_stages:
+        with tempfile.TemporaryDirectory() as run_dir:
+            ray_runs[f"zero{stage}"] = ray_job(_spec(args, stage), run_dir)
+    plain.append(plain_loop(spec, args.steps, threads))
+    plain_sps = sum(p["samples_per_s"] for p in plain) / len(plain)
     result = {
-        "plain_samples_per_s": plain,
-        "ray_deepspeed_samples_per_s": ray_sps,
-        "ratio": ray_sps / plain,
+        "plain": plain,
+        "plain_samples_per_s_mean": plain_sps,
+        "ray_deepspeed": ray_runs,
+        "ratio": {k: v["samples_per_s"] / plain_sps for k, v in ray_runs.items()},
         "steps": args.steps,
         "global_batch": args.batch_size * spec.scaling.num_workers,
         "workers": spec.scaling.num_workers,
         "threads": threads,
-        "zero_stage": args.zero_stage,
         "max_length": args.max_length,
         "cpus": os.cpu_count(),
         "torch": torch.__version__,

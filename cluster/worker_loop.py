@@ -36,6 +36,7 @@ from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_
 from jobs.spec import JobSpec
 
 _UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
+_PHASES = ("teacher", "forward", "backward", "step")  # per-step time breakdown in metrics
 
 
 def _batches(dataset, batch_size: int, seed: int, epoch: int, collate_fn):
@@ -252,7 +253,8 @@ def train_loop_per_worker(config: dict) -> None:
         next(batches)
 
     engine.train()
-    train_time, samples, loss_sum, loss_n = 0.0, 0, 0.0, 0
+    train_time, samples, loss_sum, loss_n, timed_steps = 0.0, 0, 0.0, 0, 0
+    phase_time = dict.fromkeys(_PHASES, 0.0)
     run_start = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         try:
@@ -261,15 +263,22 @@ def train_loop_per_worker(config: dict) -> None:
             epoch += 1
             batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
             batch = next(batches)
-        tick = time.perf_counter()
+        marks = [time.perf_counter()]
         with torch.no_grad():
             teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        marks.append(time.perf_counter())
         loss, parts = engine(batch["input_ids"], batch["attention_mask"], teacher_hidden)
-        engine.backward(loss)
-        engine.step()
+        marks.append(time.perf_counter())
+        engine.backward(loss)  # includes ZeRO gradient reduction
+        marks.append(time.perf_counter())
+        engine.step()  # optimizer on this rank's partition + parameter all-gather
+        marks.append(time.perf_counter())
         if step > start_step + _UNTIMED_STEPS:  # the first steps warm up allocators and comm
-            train_time += time.perf_counter() - tick
+            train_time += marks[-1] - marks[0]
             samples += batch["input_ids"].shape[0]
+            timed_steps += 1
+            for phase, begin, end in zip(_PHASES, marks, marks[1:]):
+                phase_time[phase] += end - begin
         loss_sum, loss_n = loss_sum + loss.detach().item(), loss_n + 1
 
         is_last = step == total_steps
@@ -287,6 +296,10 @@ def train_loop_per_worker(config: dict) -> None:
                 * world,
                 "lr": engine.get_lr()[0],
                 **{f"loss_{k}": v.detach().item() for k, v in parts.items()},
+                **{
+                    f"ms_{phase}": _mean_across_ranks(1000 * spent / max(timed_steps, 1))
+                    for phase, spent in phase_time.items()
+                },
             }
             if step % t.eval_every == 0 or is_last:
                 metrics["eval_loss"] = _eval_loss(engine, teacher, eval_loader)
