@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 
 import deepspeed
 import ray.train
@@ -36,6 +37,7 @@ from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_
 from jobs.spec import JobSpec
 
 _UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
+_TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PHASES = ("teacher", "forward", "backward", "step")  # per-step time breakdown in metrics
 
 
@@ -55,7 +57,9 @@ def _batches(dataset, batch_size: int, seed: int, epoch: int, collate_fn):
 
 
 def _mean_across_ranks(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
+    # NCCL reduces only CUDA tensors; gloo takes CPU ones.
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
 
@@ -65,6 +69,7 @@ def _eval_loss(engine, teacher, loader) -> float:
     engine.eval()
     total, n = 0.0, 0
     for batch in loader:
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
         t_out = teacher(**batch, output_hidden_states=True)
         loss, _ = engine(batch["input_ids"], batch["attention_mask"], t_out.hidden_states)
         total, n = total + float(loss), n + 1
@@ -173,7 +178,11 @@ def _teacher_state(before: str, teacher: torch.nn.Module) -> dict:
 
 
 def _quiet_report_logging() -> None:
-    """Ray Train logs every report at INFO on every rank; our own step line says it once."""
+    """Ray Train logs every report at INFO on every rank; our own step line says it once.
+    DeepSpeed's ZeRO calls torch collectives that warn of a rename on every call."""
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning
+    )
     try:
         from ray.train.v2._internal.execution import context as train_context
 
@@ -233,6 +242,8 @@ def train_loop_per_worker(config: dict) -> None:
         config=deepspeed_config(spec, total_steps),
     )
 
+    # The frozen teacher runs on the workers' device, in the training precision.
+    teacher.to(device=engine.device, dtype=_TEACHER_DTYPES[spec.deepspeed.precision])
     _assert_teacher_outside(engine, teacher)
     teacher_before = _fingerprint(teacher)
 
@@ -263,6 +274,7 @@ def train_loop_per_worker(config: dict) -> None:
             epoch += 1
             batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
             batch = next(batches)
+        batch = {k: v.to(engine.device) for k, v in batch.items()}
         marks = [time.perf_counter()]
         with torch.no_grad():
             teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states

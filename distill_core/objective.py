@@ -60,7 +60,11 @@ class DistillView:
     extras: dict = field(default_factory=dict)
 
     def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        return self.projections[name](x) if name in self.projections else x
+        if name not in self.projections:
+            return x
+        layer = self.projections[name]
+        # Pooled vectors arrive in float32; the projection may hold bf16/fp16 weights.
+        return layer(x.to(layer.weight.dtype))
 
     @cached_property
     def student_embedding(self) -> torch.Tensor:
