@@ -69,6 +69,8 @@ def load_source(
         return datasets.load_dataset(kind, data_files=path, split="train")
     except Exception as exc:  # datasets raises several types for empty or unparsable files
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if "corresponds to no data" in first or "no data" in first.lower():
+            first = "no rows"
         raise DataError(f"data file {path}: cannot read it as {kind} ({first})") from None
 
 
@@ -125,7 +127,10 @@ def load_texts(
     where: str = "data.train",
 ) -> datasets.Dataset:
     """Load a source and return a dataset with a single non-empty `text` column."""
-    ds = load_source(path, fmt, split, config_name)
+    try:
+        ds = load_source(path, fmt, split, config_name)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
     texts = as_texts(ds, pick_text_columns(ds, text_columns, where))
     if len(texts) == 0:
         raise DataError(f"{where}: {path} has no non-empty text rows")

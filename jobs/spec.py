@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from distill_core.teacher import PACKAGED_TEACHER
+from distill_core.packaged_teacher import PACKAGED_TEACHER
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -133,7 +133,9 @@ class JobSpec(_Strict):
 
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "config"
+    # Drop union-branch tags such as "literal['uniform','last']" from the location.
+    parts = [str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier()]
+    loc = ".".join(parts) or "config"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
@@ -180,6 +182,8 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise SpecError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"config {path}: not UTF-8 text") from None
         if not isinstance(raw, dict):
             raise SpecError(f"config {path}: expected a mapping at the top level")
     raw = _merge(raw, parse_overrides(overrides or []))
