@@ -17,7 +17,6 @@ from distill_core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_pat
 __all__ = ["PACKAGED_TEACHER", "freeze", "load_teacher", "load_teacher_config", "resolve_teacher"]
 
 
-
 def resolve_teacher(name: str) -> str:
     """Map the packaged-teacher name to its installed folder; other names pass through."""
     if name == PACKAGED_TEACHER:

@@ -15,6 +15,7 @@ import sys
 from jobs.spec import SpecError, load_spec, smoke
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import datasets
     import transformers
+    from ray.train import TrainingFailedError
 
     from jobs.report import format_table
     from jobs.run import run_job
@@ -58,7 +60,13 @@ def _run(args: argparse.Namespace) -> int:
     # Progress bars on the driver would split a one-line error; workers keep their own logs.
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
-    report = run_job(spec, args.output)
+    try:
+        report = run_job(spec, args.output)
+    except TrainingFailedError as exc:
+        # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        print(f"distill: error: training failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
     print(format_table(report))
     return 0
 

@@ -68,7 +68,9 @@ def _resolve_student(spec: JobSpec, tc) -> JobSpec:
 def _check_lengths(spec: JobSpec, tc) -> None:
     limit = getattr(tc, "max_position_embeddings", None)
     if limit is not None and spec.data.max_length > limit:
-        raise SpecError(f"data.max_length: {spec.data.max_length} exceeds the teacher's {limit} positions")
+        raise SpecError(
+            f"data.max_length: {spec.data.max_length} exceeds the teacher's {limit} positions"
+        )
 
 
 def _check_objective(spec: JobSpec, tc) -> None:
@@ -139,12 +141,43 @@ def _check_data(spec: JobSpec) -> JobSpec:
         try:
             load_sts_pairs(sts, limit=1)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise SpecError(f"evaluation.sts_path: {sts} is not an STS Benchmark file ({exc})") from None
+            raise SpecError(
+                f"evaluation.sts_path: {sts} is not an STS Benchmark file ({exc})"
+            ) from None
     return spec
+
+
+def _absolute(path: str | None) -> str | None:
+    return (
+        os.path.abspath(os.path.expanduser(path))
+        if path and os.path.exists(os.path.expanduser(path))
+        else path
+    )
+
+
+def _absolute_paths(spec: JobSpec) -> JobSpec:
+    """Local paths made absolute: Ray workers do not share the driver's working directory."""
+    d = spec.data
+    update = {
+        "teacher": spec.teacher.model_copy(update={"name": _absolute(spec.teacher.name)}),
+        "data": d.model_copy(
+            update={
+                "train": d.train.model_copy(update={"path": _absolute(d.train.path)}),
+                "eval": d.eval.model_copy(update={"path": _absolute(d.eval.path)})
+                if d.eval
+                else None,
+            }
+        ),
+        "evaluation": spec.evaluation.model_copy(
+            update={"sts_path": _absolute(spec.evaluation.sts_path)}
+        ),
+    }
+    return spec.model_copy(update=update)
 
 
 def preflight(spec: JobSpec) -> JobSpec:
     """Validate everything that can be checked without Ray; return the resolved spec."""
+    spec = _absolute_paths(spec)
     _check_scaling(spec)
     tc = _teacher_config(spec)
     spec = _resolve_student(spec, tc)

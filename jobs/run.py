@@ -60,7 +60,9 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))
     except OSError as exc:
-        raise SpecError(f"--output {run_dir}: cannot create the run folder ({exc.strerror})") from None
+        raise SpecError(
+            f"--output {run_dir}: cannot create the run folder ({exc.strerror})"
+        ) from None
 
     from cluster.launch import fit  # imports Ray: only after every check has passed
 
