@@ -224,6 +224,9 @@ def train_loop_per_worker(config: dict) -> None:
     train_ds = tokenize(
         train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
     )
+    # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
+    # same number of eval batches or the longer one waits forever.
+    eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
     eval_ds = tokenize(
         eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
     )

@@ -120,8 +120,11 @@ def _check_data(spec: JobSpec) -> JobSpec:
             f"data.train: cannot load {spec.data.train.path!r} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
-    if len(held_out) == 0:
-        raise SpecError("data.eval: the held-out split is empty")
+    if len(held_out) < spec.scaling.num_workers:
+        raise SpecError(
+            f"data.eval: the held-out split has {len(held_out)} rows; "
+            f"need at least one per worker ({spec.scaling.num_workers})"
+        )
     t, sc = spec.training, spec.scaling
     per_step = t.batch_size * sc.num_workers
     if len(train) < per_step:

@@ -7,6 +7,7 @@ The schema is documented in docs/report.md; `SCHEMA_VERSION` changes on any brea
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -58,7 +59,7 @@ def build_report(
     train_state: dict,
     probe: torch.Tensor,
     checkpoint_path: str,
-    wall_time_s: float,
+    started: float,
 ) -> dict:
     """Evaluate teacher and exported student in this process and assemble the report."""
     teacher = load_encoder(resolve_teacher(spec.teacher.name))
@@ -83,13 +84,13 @@ def build_report(
     history = train_state.get("history", [])
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     s, t = spec.student, teacher.model.config
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "run": {
             "name": spec.output.name,
             "dir": str(run_dir),
             "status": "completed",
-            "wall_time_s": wall_time_s,
+            "wall_time_s": None,  # set last, so it includes this evaluation
         },
         "teacher": {
             "name": spec.teacher.name,
@@ -139,6 +140,8 @@ def build_report(
             "config": str(run_dir / "config.yaml"),
         },
     }
+    report["run"]["wall_time_s"] = time.perf_counter() - started
+    return report
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -78,13 +78,7 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
     _, eval_texts = train_eval_texts(spec)
     report = build_report(
-        spec,
-        storage.root,
-        list(eval_texts["text"]),
-        state,
-        probe,
-        checkpoint.path,
-        time.perf_counter() - started,
+        spec, storage.root, list(eval_texts["text"]), state, probe, checkpoint.path, started
     )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report

@@ -109,7 +109,7 @@ class DeepSpeedSpec(_Strict):
 class EvaluationSpec(_Strict):
     sts_path: str | None = None  # STS Benchmark-format pairs; quality = Spearman
     max_sts_pairs: PositiveInt | None = None
-    throughput_texts: PositiveInt = 512
+    throughput_texts: PositiveInt = 256
     throughput_rounds: PositiveInt = 3
     batch_size: PositiveInt = 32
 
