@@ -82,12 +82,24 @@ def test_epochs_become_steps(teacher_dir, corpus):
 
 
 def test_too_little_data_for_one_step_is_refused(teacher_dir, tmp_path):
+    """Defaults: 2 workers x batch 16 = 32 rows per step."""
     small = tmp_path / "small.txt"
-    small.write_text("the cat\nthe mat\nthe dog\n")
+    small.write_text("".join(f"the cat sat {i}\n" for i in range(30)))  # 28 train rows < 2 x 16
     with pytest.raises(SpecError, match=r"^data.train: .*fewer than one step"):
         preflight(
             load_spec(
                 None,
                 [f"teacher.name={teacher_dir}", f"data.train.path={small}", "student.layers=2"],
+            )
+        )
+
+
+def test_held_out_split_needs_a_row_per_worker(teacher_dir, tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("the cat\nthe mat\nthe dog\n")
+    with pytest.raises(SpecError, match=r"^data.eval: .*at least one per worker"):
+        preflight(
+            load_spec(
+                None, [f"teacher.name={teacher_dir}", f"data.train.path={tiny}", "student.layers=2"]
             )
         )
