@@ -21,9 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cluster.job_data import train_eval_texts
+from cluster.job_model import distillation_model
 from distill_core.data import collate, tokenize
-from distill_core.objective import DistillationModel, Objective, layer_pairs
-from distill_core.student import StudentSize, build_student, freeze_word_embeddings
 from distill_core.teacher import load_teacher
 from jobs.preflight import preflight
 from jobs.spec import load_spec
@@ -36,20 +35,7 @@ def plain_loop(spec, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(spec.training.seed)
     teacher, tokenizer = load_teacher(spec.teacher.name)
-    s = spec.student
-    student = build_student(teacher, StudentSize(s.layers, s.hidden, s.heads, s.ffn), init=s.init)
-    if s.freeze_word_embeddings:
-        freeze_word_embeddings(student)
-    pairs = layer_pairs(spec.objective.layer_map, s.layers, teacher.config.num_hidden_layers)
-    model = DistillationModel(
-        student,
-        Objective(
-            spec.objective.weights,
-            student_hidden=s.hidden,
-            teacher_hidden=teacher.config.hidden_size,
-            pairs=pairs,
-        ),
-    )
+    model = distillation_model(spec, teacher)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=spec.training.learning_rate,

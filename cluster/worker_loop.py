@@ -28,11 +28,11 @@ from transformers import AutoModel
 
 from cluster.deepspeed_config import deepspeed_config
 from cluster.job_data import train_eval_texts
+from cluster.job_model import distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
-from distill_core.objective import DistillationModel, Objective, layer_pairs
-from distill_core.student import StudentSize, build_student, freeze_word_embeddings
+from distill_core.objective import DistillationModel
 from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_teacher
 from jobs.spec import JobSpec
 
@@ -201,24 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(t.seed)
 
     teacher, tokenizer = load_teacher(spec.teacher.name)
-    s = spec.student
-    student = build_student(
-        teacher,
-        StudentSize(s.layers, s.hidden, s.heads, s.ffn),
-        init=s.init,
-        teacher_layers=s.teacher_layers,
-        seed=t.seed,
-    )
-    if s.freeze_word_embeddings:
-        freeze_word_embeddings(student)
-    pairs = layer_pairs(spec.objective.layer_map, s.layers, teacher.config.num_hidden_layers)
-    objective = Objective(
-        spec.objective.weights,
-        student_hidden=s.hidden,
-        teacher_hidden=teacher.config.hidden_size,
-        pairs=pairs,
-    )
-    model = DistillationModel(student, objective)
+    model = distillation_model(spec, teacher)
 
     train_texts, eval_texts = train_eval_texts(spec)
     train_ds = tokenize(
