@@ -78,7 +78,7 @@ class ObjectiveSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    steps: PositiveInt | None = 120
+    steps: PositiveInt | None = 100
     epochs: Annotated[float, Field(gt=0)] | None = None  # overrides steps when set
     batch_size: PositiveInt = 16  # per worker
     learning_rate: Annotated[float, Field(gt=0)] = 2e-4
@@ -87,8 +87,8 @@ class TrainingSpec(_Strict):
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     seed: int = 42
     log_every: PositiveInt = 10
-    eval_every: PositiveInt = 40
-    checkpoint_every: PositiveInt = 40
+    eval_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 50
     keep_checkpoints: PositiveInt = 2
 
 
