@@ -10,6 +10,7 @@ from the trained in-memory model, used to check the export).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -101,7 +102,7 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teache
         gather = (
             deepspeed.zero.GatheredParameters(params, modifier_rank=None)
             if spec.deepspeed.zero_stage == 3
-            else _nullcontext()
+            else contextlib.nullcontext()
         )
         with gather:
             if ray.train.get_context().get_world_rank() == 0:
@@ -142,14 +143,6 @@ def _plain_fp32_copy(model: DistillationModel):
         )
         projection.eval()
     return student, projection
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _fingerprint(module: torch.nn.Module) -> str:
