@@ -9,7 +9,7 @@ pure loss from `losses.py`. The projections (student width -> teacher width) liv
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -57,7 +57,6 @@ class DistillView:
     mask: torch.Tensor
     pairs: list[tuple[int, int]]
     projections: nn.ModuleDict
-    extras: dict = field(default_factory=dict)
 
     def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name not in self.projections:
