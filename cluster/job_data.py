@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import datasets
 
-from distill_core.data import load_texts, split_eval
+from distill_core.data import load_examples, load_texts, split_eval
 from jobs.spec import JobSpec, SourceSpec
 
 
 def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
+    if spec.task is not None:
+        return load_examples(
+            source.path,
+            label_column=spec.task.label_column,
+            fmt=source.format,
+            split=source.split,
+            config_name=source.config_name,
+            text_columns=spec.data.text_columns,
+            where=where,
+        )
     return load_texts(
         source.path,
         fmt=source.format,
@@ -21,7 +31,8 @@ def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
 
 
 def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, eval) datasets with one `text` column, capped by the spec's sample limits."""
+    """(train, eval) datasets, capped by the spec's sample limits: one `text` column, or
+    `text` (+ `text_pair`) and `label` when the spec has a task."""
     d = spec.data
     train = _load(d.train, spec, "data.train")
     if d.eval is not None:

@@ -12,11 +12,10 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cluster.run_files import TRAIN_DIR
 from cluster.storage import LocalStorage
 from cluster.worker_loop import train_loop_per_worker
 from jobs.spec import JobSpec
-
-TRAIN_DIR = "train"
 
 
 def worker_env(spec: JobSpec) -> dict[str, str]:
@@ -48,14 +47,27 @@ def ensure_ray(spec: JobSpec) -> None:
     )
 
 
-def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:
-    """Run (or resume) the training; raises if the run failed."""
+def fit(
+    spec: JobSpec,
+    storage: LocalStorage,
+    *,
+    name: str = TRAIN_DIR,
+    subdir: str | None = None,
+    stage_inputs: dict | None = None,
+) -> ray.train.Result:
+    """Run (or resume) one stage's training under `<storage>[/subdir]/name`.
+
+    stage_inputs: what the worker loop takes besides the spec: `kind`, the checkpoints of
+    the stages whose outputs are this stage's teacher and initial student, `st_teacher`.
+    """
     ensure_ray(spec)
     sc = spec.scaling
     storage_path, filesystem = storage.ray_storage()
+    if subdir:
+        storage_path = f"{storage_path.rstrip('/')}/{subdir}"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json")},
+        train_loop_config={"spec": spec.model_dump(mode="json"), **(stage_inputs or {})},
         torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,
@@ -67,7 +79,7 @@ def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:
             placement_strategy=sc.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
-            name=TRAIN_DIR,
+            name=name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(

@@ -1,6 +1,8 @@
 """Names of the files a run's checkpoints carry, shared by the worker loop and the driver
 (kept apart from `worker_loop` so the driver can read them without importing DeepSpeed)."""
 
+TRAIN_DIR = "train"  # a one-stage job's Ray Train run folder: <run>/train/checkpoint_*
+STAGES_DIR = "stages"  # a pipeline's stages: <run>/stages/<name>/checkpoint_*, done.json
 ENGINE_TAG = "engine"  # DeepSpeed checkpoint tag: <checkpoint>/engine/...
 STATE_FILE = "train_state.json"  # step, metrics history, teacher fingerprint
 STUDENT_DIR = "student"  # HF export, final checkpoint only

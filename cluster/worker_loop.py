@@ -24,8 +24,8 @@ import deepspeed
 import ray.train
 import torch
 import torch.distributed as dist
+from distill_core.mixup import mix_labels, sample_lambda
 from torch.utils.data import DataLoader
-from transformers import AutoModel
 
 from cluster.deepspeed_config import deepspeed_config
 from cluster.job_data import train_eval_texts
@@ -33,8 +33,9 @@ from cluster.job_model import distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
-from distill_core.objective import DistillationModel
-from distill_core.teacher import is_sentence_transformer, load_teacher, resolve_teacher
+from distill_core.objective import DistillationModel, MixedBatch
+from distill_core.outputs import TaskHead, forward_outputs
+from distill_core.teacher import freeze, load_teacher, resolve_teacher
 from jobs.spec import JobSpec
 
 _UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
@@ -65,17 +66,71 @@ def _mean_across_ranks(value: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+@contextlib.contextmanager
+def _model_folder(checkpoint: ray.train.Checkpoint | None, fallback: str | None = None):
+    """The exported model inside a previous stage's final checkpoint (downloaded from the
+    run's storage, so this works on any node), or `fallback` when there is no checkpoint."""
+    if checkpoint is None:
+        yield fallback
+        return
+    with checkpoint.as_directory() as folder:
+        yield os.path.join(folder, STUDENT_DIR)
+
+
 @torch.no_grad()
-def _eval_loss(engine, teacher, loader) -> float:
+def _teacher_outputs(teacher, head, batch, model: DistillationModel, inputs_embeds=None):
+    if not model.objective.needs_teacher:
+        return None
+    return forward_outputs(
+        teacher,
+        batch,
+        head=head,
+        qkv_layers=model.objective.teacher_qkv_layers,
+        inputs_embeds=inputs_embeds,
+    )
+
+
+def _mixed_batch(batch, teacher, head, model, spec: JobSpec, generator) -> MixedBatch | None:
+    """MixKD: mix each example with a random partner; the teacher runs on its own token
+    embeddings mixed the same way, the student does the same inside the engine."""
+    mixup = spec.objective.mixup
+    if mixup is None:
+        return None
+    n = batch["input_ids"].shape[0]
+    perm = torch.randperm(n, generator=generator).to(batch["input_ids"].device)
+    lam = float(sample_lambda(mixup.alpha, generator))
+    mask = batch["attention_mask"]
+    mixed = {k: v for k, v in batch.items() if k != "labels"}
+    mixed["attention_mask"] = torch.maximum(mask, mask[perm])
+    with torch.no_grad():
+        t_embeds = teacher.get_input_embeddings()(batch["input_ids"])
+        t_embeds = lam * t_embeds + (1.0 - lam) * t_embeds[perm]
+    teacher_out = _teacher_outputs(teacher, head, mixed, model, t_embeds)
+    soft = None
+    if "labels" in batch and spec.task is not None:
+        classes = spec.task.num_labels if spec.task.type == "classification" else None
+        soft = mix_labels(batch["labels"], perm, lam, classes)
+    return MixedBatch(mixed, teacher_out, perm, lam, mixup.weight, soft)
+
+
+@torch.no_grad()
+def _evaluate(engine, teacher, head, loader, model: DistillationModel) -> dict[str, float]:
+    """Mean eval loss (and accuracy for classification) over every rank's shard."""
     engine.eval()
-    total, n = 0.0, 0
+    total, n, correct, seen = 0.0, 0, 0, 0
     for batch in loader:
         batch = {k: v.to(engine.device) for k, v in batch.items()}
-        t_out = teacher(**batch, output_hidden_states=True)
-        loss, _ = engine(batch["input_ids"], batch["attention_mask"], t_out.hidden_states)
+        loss, _ = engine(batch, _teacher_outputs(teacher, head, batch, model))
         total, n = total + float(loss), n + 1
+        if model.head is not None and model.head.task_type == "classification":
+            logits = forward_outputs(model.student, batch, head=model.head).logits
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            seen += len(batch["labels"])
     engine.train()
-    return _mean_across_ranks(total / max(n, 1))
+    out = {"eval_loss": _mean_across_ranks(total / max(n, 1))}
+    if model.head is not None and model.head.task_type == "classification":
+        out["eval_accuracy"] = _mean_across_ranks(correct / max(seen, 1))
+    return out
 
 
 def _save_and_report(
@@ -93,7 +148,7 @@ def _save_and_report(
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teacher_path: str):
+def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, st_teacher: str | None):
     """A callback writing the HF export and probe embeddings into a checkpoint folder."""
 
     def write(folder: str) -> None:
@@ -106,17 +161,17 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teache
         )
         with gather:
             if ray.train.get_context().get_world_rank() == 0:
-                student, projection = _plain_fp32_copy(model)
-                export_student(
+                student, projection, head = _plain_fp32_copy(model)
+                out = export_student(
                     student,
                     tokenizer,
                     os.path.join(folder, STUDENT_DIR),
                     projection=projection,
-                    sentence_transformer_teacher=teacher_path
-                    if is_sentence_transformer(spec.teacher.name)
-                    else None,
+                    sentence_transformer_teacher=st_teacher,
                     max_seq_length=spec.data.max_length,
                 )
+                if head is not None:
+                    head.save(out)
                 encoder = SentenceEncoder(student, tokenizer, projection)
                 torch.save(
                     encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length),
@@ -129,7 +184,7 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, teache
 def _plain_fp32_copy(model: DistillationModel):
     """A detached fp32 copy of the student (and pooled projection) outside the engine, so
     exporting never changes the dtype or partitioning of the parameters being trained."""
-    student = AutoModel.from_config(model.student.config)
+    student = type(model.student)(model.student.config)
     student.load_state_dict(
         {k: v.detach().float().cpu() for k, v in model.student.state_dict().items()}
     )
@@ -142,7 +197,12 @@ def _plain_fp32_copy(model: DistillationModel):
             {k: v.detach().float().cpu() for k, v in src.state_dict().items()}
         )
         projection.eval()
-    return student, projection
+    head = None
+    if model.head is not None:
+        head = TaskHead(model.head.linear.in_features, model.head.linear.out_features, model.head.task_type)
+        head.load_state_dict({k: v.detach().float().cpu() for k, v in model.head.state_dict().items()})
+        head.eval()
+    return student, projection, head
 
 
 def _fingerprint(module: torch.nn.Module) -> str:
@@ -193,8 +253,17 @@ def train_loop_per_worker(config: dict) -> None:
     torch.set_num_threads(spec.scaling.cpus_per_worker)
     torch.manual_seed(t.seed)
 
-    teacher, tokenizer = load_teacher(spec.teacher.name)
-    model = distillation_model(spec, teacher)
+    kind = config.get("kind", "distill")
+    with _model_folder(
+        config.get("teacher_checkpoint"), resolve_teacher(spec.teacher.name)
+    ) as teacher_dir:
+        teacher, tokenizer = load_teacher(teacher_dir)
+        teacher_head = TaskHead.load(teacher_dir)
+        if teacher_head is not None:
+            freeze(teacher_head)
+    with _model_folder(config.get("previous_checkpoint")) as previous:
+        model = distillation_model(spec, teacher, kind=kind, previous_student=previous)
+    mix_generator = torch.Generator().manual_seed(t.seed * 7919 + rank)
 
     train_texts, eval_texts = train_eval_texts(spec)
     train_ds = tokenize(
@@ -223,6 +292,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     # The frozen teacher runs on the workers' device, in the training precision.
     teacher.to(device=engine.device, dtype=_TEACHER_DTYPES[spec.deepspeed.precision])
+    if teacher_head is not None:
+        teacher_head.to(device=engine.device, dtype=_TEACHER_DTYPES[spec.deepspeed.precision])
     _assert_teacher_outside(engine, teacher)
     teacher_before = _fingerprint(teacher)
 
@@ -255,10 +326,10 @@ def train_loop_per_worker(config: dict) -> None:
             batch = next(batches)
         batch = {k: v.to(engine.device) for k, v in batch.items()}
         marks = [time.perf_counter()]
-        with torch.no_grad():
-            teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        teacher_out = _teacher_outputs(teacher, teacher_head, batch, model)
+        mixed = _mixed_batch(batch, teacher, teacher_head, model, spec, mix_generator)
         marks.append(time.perf_counter())
-        loss, parts = engine(batch["input_ids"], batch["attention_mask"], teacher_hidden)
+        loss, parts = engine(batch, teacher_out, mixed)
         marks.append(time.perf_counter())
         engine.backward(loss)  # includes ZeRO gradient reduction
         marks.append(time.perf_counter())
@@ -293,7 +364,7 @@ def train_loop_per_worker(config: dict) -> None:
                 },
             }
             if step % t.eval_every == 0 or is_last:
-                metrics["eval_loss"] = _eval_loss(engine, teacher, eval_loader)
+                metrics.update(_evaluate(engine, teacher, teacher_head, eval_loader, model))
             if rank == 0:
                 elapsed = time.perf_counter() - run_start
                 eta = elapsed / (step - start_step) * (total_steps - step)
@@ -306,9 +377,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss_sum, loss_n = 0.0, 0
             history.append(metrics)
             if is_last:
-                exporter = _exporter(
-                    engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name)
-                )
+                exporter = _exporter(engine, model, tokenizer, spec, config.get("st_teacher"))
                 _save_and_report(
                     engine,
                     step,
@@ -324,7 +393,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     if start_step >= total_steps:  # already finished: re-emit the final checkpoint with its export
         metrics = dict(history[-1]) if history else {"step": total_steps}
-        exporter = _exporter(engine, model, tokenizer, spec, resolve_teacher(spec.teacher.name))
+        exporter = _exporter(engine, model, tokenizer, spec, config.get("st_teacher"))
         _save_and_report(
             engine,
             total_steps,

@@ -54,6 +54,8 @@ def load_source(
         from distill_core.corpus import docstring_sentences
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
+    if kind == "sts":
+        return _load_sts(path)
     if kind == "local-unknown":
         raise DataError(f"data file {path}: unknown extension; expected one of {sorted(_FORMATS)}")
     if kind == "hub":
@@ -74,6 +76,20 @@ def load_source(
         raise DataError(f"data file {path}: cannot read it as {kind} ({first})") from None
 
 
+def _load_sts(path: str) -> datasets.Dataset:
+    """An STS Benchmark file (no header) as columns sentence1, sentence2, score."""
+    from distill_core.evaluation import load_sts_pairs
+
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path}: not found")
+    pairs = load_sts_pairs(path)
+    if not pairs.scores:
+        raise DataError(f"data file {path}: no STS Benchmark rows (7 tab-separated fields)")
+    return datasets.Dataset.from_dict(
+        {"sentence1": pairs.first, "sentence2": pairs.second, "score": pairs.scores}
+    )
+
+
 def pick_text_columns(ds: datasets.Dataset, wanted: Sequence[str] | None, where: str) -> list[str]:
     """The text columns to use: `wanted`, or a guess (a preferred name, else the only string column)."""
     if wanted:
@@ -83,6 +99,8 @@ def pick_text_columns(ds: datasets.Dataset, wanted: Sequence[str] | None, where:
                 f"{where}: text column {missing} not found; columns are {ds.column_names}"
             )
         return list(wanted)
+    if {"sentence1", "sentence2"} <= set(ds.column_names):
+        return ["sentence1", "sentence2"]
     for name in _PREFERRED_TEXT_COLUMNS:
         if name in ds.column_names:
             return [name]
@@ -137,6 +155,47 @@ def load_texts(
     return texts
 
 
+def load_examples(
+    path: str,
+    *,
+    label_column: str,
+    fmt: str = "auto",
+    split: str = "train",
+    config_name: str | None = None,
+    text_columns: Sequence[str] | None = None,
+    where: str = "data.train",
+) -> datasets.Dataset:
+    """Labelled rows for a task: columns `text`, `text_pair` (sentence-pair tasks, when two
+    text columns are chosen) and `label`."""
+    try:
+        ds = load_source(path, fmt, split, config_name)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
+    columns = pick_text_columns(ds, text_columns, where)
+    if len(columns) > 2:
+        raise DataError(f"{where}: a task takes one or two text columns, got {columns}")
+    if label_column not in ds.column_names:
+        if label_column == "label" and "score" in ds.column_names:
+            label_column = "score"  # STS Benchmark files
+        else:
+            raise DataError(
+                f"{where}: label column {label_column!r} not found; columns are {ds.column_names}"
+            )
+    renames = {columns[0]: "text", label_column: "label"}
+    if len(columns) == 2:
+        renames[columns[1]] = "text_pair"
+    keep = set(renames)
+    ds = ds.remove_columns([c for c in ds.column_names if c not in keep])
+    ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
+    ds = ds.filter(
+        lambda row: isinstance(row["text"], str) and row["label"] is not None,
+        new_fingerprint=_fingerprint(ds, "labelled"),
+    )
+    if len(ds) == 0:
+        raise DataError(f"{where}: {path} has no labelled rows")
+    return ds
+
+
 def split_eval(
     ds: datasets.Dataset, fraction: float, seed: int
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -157,12 +216,22 @@ def _tokenizer_digest(tokenizer) -> str:
 
 
 def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
-    """Token ids without padding; `collate` pads each batch to its own longest row."""
+    """Token ids without padding; `collate` pads each batch to its own longest row.
+    Sentence pairs (`text_pair`) are encoded together; a `label` column becomes `labels`."""
+    pairs = "text_pair" in ds.column_names
 
     def encode(batch: dict) -> dict:
-        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+        out = tokenizer(
+            batch["text"],
+            batch["text_pair"] if pairs else None,
+            truncation=True,
+            max_length=max_length,
+        )
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        return out
 
-    keep = ["input_ids", "attention_mask"]
+    keep = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if pairs else [])
     tok_id = (type(tokenizer).__name__, _tokenizer_digest(tokenizer), max_length)
     out = ds.map(
         encode,

@@ -78,3 +78,35 @@ def measure_throughput(
             enc.encode(texts, batch_size=batch_size, max_length=max_length)
             timings[name].append(time.perf_counter() - start)
     return {name: len(texts) / statistics.median(t) for name, t in timings.items()}
+
+
+@torch.no_grad()
+def task_scores(folder, rows, *, max_length: int = 128, batch_size: int = 64) -> float:
+    """A model folder's own task head on labelled rows (`text`, optional `text_pair`,
+    `label`): accuracy for classification, Spearman for regression."""
+    from distill_core.export import load_encoder
+    from distill_core.outputs import TaskHead, forward_outputs
+
+    encoder, head = load_encoder(folder), TaskHead.load(folder)
+    if head is None:
+        raise ValueError(f"{folder}: no task head to evaluate")
+    head.eval()
+    preds = []
+    pairs = "text_pair" in rows.column_names
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        batch = encoder.tokenizer(
+            chunk["text"],
+            chunk["text_pair"] if pairs else None,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        logits = forward_outputs(encoder.model, dict(batch), head=head).logits
+        preds.append(logits.argmax(-1) if head.task_type == "classification" else logits[:, 0])
+    predicted = torch.cat(preds)
+    labels = torch.tensor(rows["label"])
+    if head.task_type == "classification":
+        return float((predicted == labels).float().mean())
+    return float(spearmanr(predicted.numpy(), labels.numpy()).statistic)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill_core import losses
+from distill_core.outputs import ModelOutputs, forward_outputs
 
 
 def layer_pairs(
@@ -48,15 +49,38 @@ def layer_pairs(
     return list(zip(range(1, student_layers + 1), explicit))
 
 
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    """Knobs of the attention, relation and logit losses (see `jobs.spec.ObjectiveSpec`).
+
+    attention_layer / student_attention_layer: 1-based layers whose self-attention MiniLM and
+    MiniLMv2 distil (MiniLMv2 found an upper-middle teacher layer better for large teachers);
+    attention_heads: heads of both models for `attention_kl` / `value_relation_kl`;
+    relation_heads: MiniLMv2 relation heads (Q, K, V concatenated over heads, re-split).
+    """
+
+    temperature: float = 1.0
+    attention_layer: int | None = None
+    student_attention_layer: int | None = None
+    attention_heads: int = 1
+    relation_heads: int = 1
+    task_type: str | None = None  # "classification" | "regression" when a task head exists
+    causal: bool = False
+
+
 @dataclass
 class DistillView:
-    """Everything a loss term may read for one batch."""
+    """Everything a loss term may read for one batch. `labels` are class ids (or scores);
+    `soft_labels` replace them on MixKD's mixed batches (interpolated targets)."""
 
-    student_hidden: Sequence[torch.Tensor]
-    teacher_hidden: Sequence[torch.Tensor]
+    student: ModelOutputs
+    teacher: ModelOutputs | None
     mask: torch.Tensor
     pairs: list[tuple[int, int]]
     projections: nn.ModuleDict
+    settings: ObjectiveSettings
+    labels: torch.Tensor | None = None
+    soft_labels: torch.Tensor | None = None
 
     def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name not in self.projections:
@@ -67,18 +91,37 @@ class DistillView:
 
     @cached_property
     def student_embedding(self) -> torch.Tensor:
-        pooled = losses.masked_mean_pool(self.student_hidden[-1], self.mask)
-        return self.project("pooled", pooled)
+        return self.project("pooled", self.student.pooled)
 
     @cached_property
     def teacher_embedding(self) -> torch.Tensor:
-        return losses.masked_mean_pool(self.teacher_hidden[-1], self.mask)
+        return self.teacher.pooled
+
+    def attention(self) -> tuple[tuple, tuple]:
+        """(student q,k,v; teacher q,k,v) of the distilled self-attention layers."""
+        s = self.settings
+        return self.student.qkv[s.student_attention_layer], self.teacher.qkv[s.attention_layer]
 
 
 def _hidden_mse(view: DistillView) -> torch.Tensor:
     terms = [
         losses.hidden_mse(
-            view.project(f"hidden_{s}", view.student_hidden[s]), view.teacher_hidden[t], view.mask
+            view.project(f"hidden_{s}", view.student.hidden[s]), view.teacher.hidden[t], view.mask
+        )
+        for s, t in view.pairs
+    ]
+    return torch.stack(terms).mean()
+
+
+def _embedding_mse(view: DistillView) -> torch.Tensor:
+    student = view.project("hidden_0", view.student.hidden[0])
+    return losses.hidden_mse(student, view.teacher.hidden[0], view.mask)
+
+
+def _hidden_cosine(view: DistillView) -> torch.Tensor:
+    terms = [
+        losses.hidden_cosine(
+            view.project(f"hidden_{s}", view.student.hidden[s]), view.teacher.hidden[t], view.mask
         )
         for s, t in view.pairs
     ]
@@ -93,15 +136,78 @@ def _pooled_cosine(view: DistillView) -> torch.Tensor:
     return losses.pooled_cosine(view.student_embedding, view.teacher_embedding)
 
 
+def _logit_kl(view: DistillView) -> torch.Tensor:
+    return losses.logit_kl(
+        view.student.logits, view.teacher.logits, temperature=view.settings.temperature
+    )
+
+
+def _logit_mse(view: DistillView) -> torch.Tensor:
+    return losses.pooled_mse(view.student.logits, view.teacher.logits)
+
+
+def _hard_label(view: DistillView) -> torch.Tensor:
+    logits = view.student.logits
+    regression = view.settings.task_type == "regression"
+    if view.soft_labels is not None:  # MixKD: interpolated targets of a mixed pair
+        if regression:
+            return losses.hard_label_mse(logits.squeeze(-1), view.soft_labels)
+        return losses.soft_label_ce(logits, view.soft_labels)
+    if regression:
+        return losses.hard_label_mse(logits.squeeze(-1), view.labels)
+    return losses.hard_label_ce(logits, view.labels)
+
+
+def _attention_kl(view: DistillView) -> torch.Tensor:
+    (sq, sk, _), (tq, tk, _) = view.attention()
+    s = view.settings
+    return losses.attention_kl(
+        sq, sk, tq, tk, view.mask, num_heads=s.attention_heads, causal=s.causal
+    )
+
+
+def _value_relation_kl(view: DistillView) -> torch.Tensor:
+    (_, _, sv), (_, _, tv) = view.attention()
+    s = view.settings
+    return losses.value_relation_kl(sv, tv, view.mask, num_heads=s.attention_heads, causal=s.causal)
+
+
+def _minilmv2_relations(view: DistillView) -> torch.Tensor:
+    student, teacher = view.attention()
+    s = view.settings
+    terms = [
+        losses.self_attention_relation_kl(
+            sx, tx, view.mask, num_relation_heads=s.relation_heads, causal=s.causal
+        )
+        for sx, tx in zip(student, teacher)
+    ]
+    return torch.stack(terms).mean()
+
+
 LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
     "hidden_mse": _hidden_mse,
+    "embedding_mse": _embedding_mse,
+    "hidden_cosine": _hidden_cosine,
     "pooled_mse": _pooled_mse,
     "pooled_cosine": _pooled_cosine,
+    "logit_kl": _logit_kl,
+    "logit_mse": _logit_mse,
+    "hard_label": _hard_label,
+    "attention_kl": _attention_kl,
+    "value_relation_kl": _value_relation_kl,
+    "minilmv2_relations": _minilmv2_relations,
 }
 
-# Which learned projections each loss needs when student and teacher widths differ.
-_NEEDS_LAYER_PROJECTIONS = {"hidden_mse"}
-_NEEDS_POOLED_PROJECTION = {"pooled_mse", "pooled_cosine"}
+# What each loss reads, so the job runs only the forwards and hooks it needs.
+LAYER_PROJECTION_LOSSES = {"hidden_mse", "hidden_cosine"}
+POOLED_LOSSES = {"pooled_mse", "pooled_cosine"}
+ATTENTION_LOSSES = {"attention_kl", "value_relation_kl", "minilmv2_relations"}
+TASK_LOSSES = {"logit_kl", "logit_mse", "hard_label"}  # need a task head
+TEACHERLESS_LOSSES = {"hard_label"}  # fine-tuning: no teacher forward at all
+
+
+def needs_teacher(weights: dict[str, float]) -> bool:
+    return any(w > 0 and name not in TEACHERLESS_LOSSES for name, w in weights.items())
 
 
 class Objective(nn.Module):
@@ -114,6 +220,7 @@ class Objective(nn.Module):
         student_hidden: int,
         teacher_hidden: int,
         pairs: list[tuple[int, int]],
+        settings: ObjectiveSettings = ObjectiveSettings(),
     ) -> None:
         super().__init__()
         unknown = sorted(set(weights) - set(LOSSES))
@@ -121,45 +228,103 @@ class Objective(nn.Module):
             raise ValueError(
                 f"objective.weights: unknown loss {unknown}; choose from {sorted(LOSSES)}"
             )
-        self.weights = dict(weights)
+        self.weights = {name: w for name, w in weights.items() if w > 0}
         self.pairs = pairs
+        self.settings = settings
         self.projections = nn.ModuleDict()
         if student_hidden != teacher_hidden:
-            if _NEEDS_LAYER_PROJECTIONS & set(weights):
-                for s, _ in pairs:
-                    self.projections[f"hidden_{s}"] = nn.Linear(student_hidden, teacher_hidden)
+            layers = [s for s, _ in pairs] if LAYER_PROJECTION_LOSSES & set(self.weights) else []
+            if "embedding_mse" in self.weights:
+                layers = sorted({0, *layers})
+            for s in layers:
+                self.projections[f"hidden_{s}"] = nn.Linear(student_hidden, teacher_hidden)
             # The pooled projection is always built when widths differ: it maps the student's
             # sentence embedding into the teacher's space for evaluation and export.
             self.projections["pooled"] = nn.Linear(student_hidden, teacher_hidden)
 
+    @property
+    def student_qkv_layers(self) -> list[int]:
+        if not ATTENTION_LOSSES & set(self.weights):
+            return []
+        return [self.settings.student_attention_layer]
+
+    @property
+    def teacher_qkv_layers(self) -> list[int]:
+        if not ATTENTION_LOSSES & set(self.weights):
+            return []
+        return [self.settings.attention_layer]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return needs_teacher(self.weights)
+
     def forward(
         self,
-        student_hidden: Sequence[torch.Tensor],
-        teacher_hidden: Sequence[torch.Tensor],
+        student: ModelOutputs,
+        teacher: ModelOutputs | None,
         mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        soft_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        view = DistillView(student_hidden, teacher_hidden, mask, self.pairs, self.projections)
+        view = DistillView(
+            student, teacher, mask, self.pairs, self.projections, self.settings, labels, soft_labels
+        )
         parts = {name: LOSSES[name](view) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in parts.items())
         return total, parts
 
 
-class DistillationModel(nn.Module):
-    """The trainable half of a distillation: student plus objective. The teacher stays out,
-    so neither the optimizer nor DeepSpeed ever sees a teacher parameter."""
+@dataclass
+class MixedBatch:
+    """MixKD's second view of a batch: pairs (i, perm[i]) mixed with weight `lam`.
+    `batch` carries the union attention mask; `teacher` are the teacher's outputs on its own
+    mixed embeddings; `soft_labels` the interpolated targets (None without labels)."""
 
-    def __init__(self, student: nn.Module, objective: Objective) -> None:
+    batch: dict[str, torch.Tensor]
+    teacher: ModelOutputs | None
+    perm: torch.Tensor
+    lam: float
+    weight: float
+    soft_labels: torch.Tensor | None = None
+
+
+class DistillationModel(nn.Module):
+    """The trainable half of a distillation: student, optional task head and objective. The
+    teacher stays out, so neither the optimizer nor DeepSpeed ever sees a teacher parameter."""
+
+    def __init__(
+        self, student: nn.Module, objective: Objective, head: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
+        self.head = head
+
+    def _loss(self, batch, teacher, inputs_embeds=None, soft_labels=None):
+        student = forward_outputs(
+            self.student,
+            batch,
+            head=self.head,
+            qkv_layers=self.objective.student_qkv_layers,
+            inputs_embeds=inputs_embeds,
+        )
+        return self.objective(
+            student, teacher, batch["attention_mask"], batch.get("labels"), soft_labels
+        )
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        teacher_hidden: Sequence[torch.Tensor],
+        batch: dict[str, torch.Tensor],
+        teacher: ModelOutputs | None,
+        mixed: MixedBatch | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        out = self.student(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True
-        )
-        return self.objective(out.hidden_states, teacher_hidden, attention_mask)
+        """The objective on `batch`, plus `mixed.weight` x the objective on the mixed batch,
+        where the student runs on its own token embeddings mixed the same way (MixKD)."""
+        loss, parts = self._loss(batch, teacher)
+        if mixed is not None:
+            embeds = self.student.get_input_embeddings()(mixed.batch["input_ids"])
+            embeds = mixed.lam * embeds + (1.0 - mixed.lam) * embeds[mixed.perm]
+            mix_loss, mix_parts = self._loss(mixed.batch, mixed.teacher, embeds, mixed.soft_labels)
+            loss = loss + mixed.weight * mix_loss
+            parts.update({f"mix_{k}": v for k, v in mix_parts.items()})
+        return loss, parts

@@ -10,10 +10,18 @@ import os
 from cluster.job_data import train_eval_texts
 from distill_core.data import DataError
 from distill_core.evaluation import load_sts_pairs
-from distill_core.objective import LOSSES, layer_pairs
-from distill_core.student import init_teacher_layers
+from distill_core.objective import (
+    ATTENTION_LOSSES,
+    LOSSES,
+    TASK_LOSSES,
+    TEACHERLESS_LOSSES,
+    layer_pairs,
+)
+from distill_core.outputs import TASK_HEAD_DIR
+from distill_core.student import StudentSize, init_teacher_layers, student_config
 from distill_core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
 from jobs.spec import JobSpec, SpecError
+from jobs.stages import Stage, expand_stages
 
 
 def _teacher_config(spec: JobSpec):
@@ -32,6 +40,12 @@ def _teacher_config(spec: JobSpec):
 
 def _resolve_student(spec: JobSpec, tc) -> JobSpec:
     s = spec.student
+    if s.kind == "lstm":
+        if s.init not in ("random", "every_other_layer") or s.teacher_layers:
+            raise SpecError("student.init: an LSTM student takes no teacher layers; drop student.init")
+        return spec.model_copy(
+            update={"student": s.model_copy(update={"freeze_word_embeddings": bool(s.freeze_word_embeddings)})}
+        )
     hidden = s.hidden or tc.hidden_size
     head_dim = tc.hidden_size // tc.num_attention_heads
     heads = s.heads or (
@@ -73,17 +87,45 @@ def _check_lengths(spec: JobSpec, tc) -> None:
         )
 
 
-def _check_objective(spec: JobSpec, tc) -> None:
-    o = spec.objective
+def _check_objective(spec: JobSpec, tc, teacher_has_head: bool) -> None:
+    o, s = spec.objective, spec.student
     unknown = sorted(set(o.weights) - set(LOSSES))
     if unknown:
         raise SpecError(f"objective.weights: unknown loss {unknown}; choose from {sorted(LOSSES)}")
-    if not any(w > 0 for w in o.weights.values()):
+    used = {name for name, w in o.weights.items() if w > 0}
+    if not used:
         raise SpecError("objective.weights: needs at least one loss with a positive weight")
+    student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
     try:
-        layer_pairs(o.layer_map, spec.student.layers, tc.num_hidden_layers)
+        layer_pairs(o.layer_map, student_depth, tc.num_hidden_layers)
     except ValueError as exc:
         raise SpecError(str(exc)) from None
+    if used & TASK_LOSSES and spec.task is None:
+        raise SpecError(f"objective.weights: {sorted(used & TASK_LOSSES)} need a task (task.type)")
+    if {"logit_kl", "logit_mse"} & used and not teacher_has_head:
+        raise SpecError(
+            "objective.weights: logit_kl/logit_mse need a teacher with a task head: a "
+            "finetune stage (teacher.name: stage:NAME) or a folder with task_head/"
+        )
+    if "logit_kl" in used and spec.task and spec.task.type == "regression":
+        raise SpecError("objective.weights: logit_kl needs classification; use logit_mse for regression")
+    attention = used & ATTENTION_LOSSES
+    if attention and s.kind == "lstm":
+        raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")
+    if o.attention_layer is not None and o.attention_layer > tc.num_hidden_layers:
+        raise SpecError(
+            f"objective.attention_layer: {o.attention_layer} not in 1..{tc.num_hidden_layers}"
+        )
+    if {"attention_kl", "value_relation_kl"} & used and s.heads != tc.num_attention_heads:
+        raise SpecError(
+            f"student.heads: attention_kl/value_relation_kl need the teacher's "
+            f"{tc.num_attention_heads} heads, got {s.heads}; use minilmv2_relations"
+        )
+    if "minilmv2_relations" in used:
+        heads = o.relation_heads or tc.num_attention_heads
+        for who, width in (("student.hidden", s.hidden), ("teacher hidden", tc.hidden_size)):
+            if width % heads:
+                raise SpecError(f"objective.relation_heads: {heads} does not divide {who} {width}")
 
 
 def _check_scaling(spec: JobSpec) -> None:
@@ -179,11 +221,71 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
 
 
 def preflight(spec: JobSpec) -> JobSpec:
-    """Validate everything that can be checked without Ray; return the resolved spec."""
-    spec = _absolute_paths(spec)
-    _check_scaling(spec)
-    tc = _teacher_config(spec)
-    spec = _resolve_student(spec, tc)
-    _check_objective(spec, tc)
-    _check_lengths(spec, tc)
-    return _check_data(spec)
+    """Validate a one-stage spec without Ray; return the resolved spec."""
+    return preflight_stages(spec)[-1].spec
+
+
+def _as_finetune(spec: JobSpec, tc) -> JobSpec:
+    """A finetune stage trains a full copy of its teacher: the student is the teacher."""
+    heads = spec.objective.weights
+    if any(w > 0 and name not in TEACHERLESS_LOSSES for name, w in heads.items()):
+        raise SpecError(
+            f"objective.weights: a finetune stage trains on labels only ({sorted(TEACHERLESS_LOSSES)})"
+        )
+    student = spec.student.model_copy(
+        update={
+            "kind": "transformer",
+            "layers": tc.num_hidden_layers,
+            "hidden": tc.hidden_size,
+            "heads": tc.num_attention_heads,
+            "ffn": tc.intermediate_size,
+            "init": "first_k",
+            "teacher_layers": None,
+            "freeze_word_embeddings": False,
+        }
+    )
+    return spec.model_copy(update={"student": student})
+
+
+def _output_config(stage: Stage, tc):
+    """The config of the model a stage produces (for a later stage that uses it as teacher)."""
+    s = stage.spec.student
+    if stage.kind == "finetune":
+        return tc
+    if s.kind == "lstm":
+        return None
+    return student_config(tc, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
+
+
+def preflight_stages(spec: JobSpec) -> list[Stage]:
+    """Validate every stage without Ray; return them resolved (absolute paths, student
+    dims from the teacher, steps from epochs). Errors name `stages.I.field` in pipelines."""
+    stages = expand_stages(spec)
+    resolved: list[Stage] = []
+    made: dict[str, tuple] = {}  # stage name -> (output config, has task head)
+    for i, stage in enumerate(stages):
+        prefix = f"stages.{i} ({stage.name}): " if len(stages) > 1 else ""
+        try:
+            s = _absolute_paths(stage.spec)
+            if i == 0:
+                _check_scaling(s)
+            ref = stage.teacher_stage
+            if ref is not None:
+                tc, has_head = made[ref]
+                if tc is None:
+                    raise SpecError(f"teacher.name: stage {ref} makes an LSTM, which cannot teach")
+            else:
+                tc = _teacher_config(s)
+                has_head = os.path.isfile(
+                    os.path.join(resolve_teacher(s.teacher.name), TASK_HEAD_DIR, "config.json")
+                )
+            s = _as_finetune(s, tc) if stage.kind == "finetune" else _resolve_student(s, tc)
+            _check_objective(s, tc, has_head)
+            _check_lengths(s, tc)
+            s = _check_data(s)
+        except SpecError as exc:
+            raise SpecError(f"{prefix}{exc}") from None
+        done = Stage(stage.name, stage.kind, s)
+        made[stage.name] = (_output_config(done, tc), s.task is not None)
+        resolved.append(done)
+    return resolved

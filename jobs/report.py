@@ -18,8 +18,10 @@ from distill_core.evaluation import (
     load_sts_pairs,
     measure_throughput,
     sts_spearman,
+    task_scores,
 )
 from distill_core.export import load_encoder
+from distill_core.outputs import TaskHead
 from distill_core.student import count_parameters
 from distill_core.teacher import resolve_teacher
 from jobs.spec import JobSpec
@@ -52,18 +54,43 @@ def _quality(spec: JobSpec, teacher, student, eval_texts: list[str]) -> dict:
     }
 
 
+def _task_quality(spec: JobSpec, teacher_dir: str, student_dir: Path, eval_rows) -> dict | None:
+    """Accuracy (classification) or Spearman (regression) of each model's own task head on
+    the held-out labelled rows; None when the stage has no task or the teacher no head."""
+    if spec.task is None or TaskHead.load(teacher_dir) is None:
+        return None
+    scores = {
+        who: task_scores(folder, eval_rows, max_length=spec.data.max_length)
+        for who, folder in (("teacher", teacher_dir), ("student", student_dir))
+    }
+    t, s = scores["teacher"], scores["student"]
+    return {
+        "metric": "accuracy" if spec.task.type == "classification" else "spearman",
+        "n": len(eval_rows),
+        "teacher": t,
+        "student": s,
+        "retention": s / t if t else None,
+    }
+
+
 def build_report(
     spec: JobSpec,
     run_dir: Path,
-    eval_texts: list[str],
+    eval_rows,
     train_state: dict,
     probe: torch.Tensor,
     checkpoint_path: str,
     started: float,
+    *,
+    teacher_dir: str | None = None,
+    stages: list[dict] | None = None,
 ) -> dict:
-    """Evaluate teacher and exported student in this process and assemble the report."""
-    teacher = load_encoder(resolve_teacher(spec.teacher.name))
+    """Evaluate teacher and exported student in this process and assemble the report.
+    eval_rows: the held-out `datasets.Dataset` (`text`, and `label` for tasks)."""
+    teacher_dir = teacher_dir or resolve_teacher(spec.teacher.name)
+    teacher = load_encoder(teacher_dir)
     student = load_encoder(run_dir / "student")
+    eval_texts = list(eval_rows["text"])
     export_diff = float(
         (student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max()
     )
@@ -105,6 +132,7 @@ def build_report(
             "heads": s.heads,
             "ffn": s.ffn,
             "init": s.init,
+            "kind": s.kind,
         },
         "size": {
             "teacher_parameters": t_params,
@@ -112,6 +140,8 @@ def build_report(
             "compression": t_params / s_params,
         },
         "quality": quality,
+        "task": _task_quality(spec, teacher_dir, run_dir / "student", eval_rows),
+        "stages": stages or [],
         "speed": {
             "unit": "sentences/s",
             "teacher": speed["teacher"],

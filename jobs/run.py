@@ -5,6 +5,7 @@ distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,15 +14,17 @@ import torch
 import yaml
 
 from cluster.job_data import train_eval_texts
-from cluster.run_files import PROBE_FILE, STATE_FILE, STUDENT_DIR
+from cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
 from cluster.storage import LocalStorage
-from jobs.preflight import preflight
+from distill_core.teacher import is_sentence_transformer, resolve_teacher
+from jobs.preflight import preflight_stages
 from jobs.report import build_report
 from jobs.spec import JobSpec, SpecError, dump_spec
+from jobs.stages import Stage
 
 CONFIG_FILE = "config.yaml"
 # Fields that change the trained model's shape or meaning: resuming with others is refused.
-_RESUME_KEYS = ("teacher", "student", "objective")
+_RESUME_KEYS = ("teacher", "student", "task", "objective", "stages")
 
 
 def run_dir_for(spec: JobSpec, output: str | None) -> Path:
@@ -42,19 +45,91 @@ def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
         )
     current = spec.model_dump(mode="json")
     for key in _RESUME_KEYS:
-        if previous.get(key) != current[key]:
+        if (previous.get(key) or None) != (current[key] or None):
             raise SpecError(
                 f"{key}: differs from the existing run in {storage.uri}; "
                 "use a new output.name (or --output) to start a fresh run"
             )
 
 
+def _stage_marker(stage: Stage) -> str:
+    return f"{STAGES_DIR}/{stage.name}/done.json"
+
+
+def _stage_location(stage: Stage, single: bool) -> tuple[str | None, str]:
+    """(subdir, Ray run name): a one-stage job keeps Ray's run at `<run>/train`."""
+    return (None, TRAIN_DIR) if single else (STAGES_DIR, stage.name)
+
+
+def _finished_checkpoint(storage, stage: Stage):
+    """The final checkpoint of a stage that already finished with this very spec, or None."""
+    import ray.train
+
+    if not storage.exists(_stage_marker(stage)):
+        return None
+    done = json.loads(storage.read_text(_stage_marker(stage)))
+    if done.get("spec") != stage.spec.model_dump(mode="json"):
+        return None  # the stage changed (e.g. more steps): Ray resumes it from its checkpoint
+    return ray.train.Checkpoint(done["checkpoint"], filesystem=storage.ray_storage()[1])
+
+
+def _run_stages(stages: list[Stage], storage) -> dict:
+    """Run each stage in order (skipping finished ones); {stage name: final checkpoint}."""
+    from cluster.launch import fit  # imports Ray: only after every check has passed
+
+    root = stages[0].spec.teacher.name
+    st_teacher = resolve_teacher(root) if is_sentence_transformer(root) else None
+    outputs: dict = {}
+    previous_student = None  # the last distill stage, whose student the next one carries on
+    for stage in stages:
+        carry = previous_student is not None and _same_student(previous_student, stage)
+        checkpoint = _finished_checkpoint(storage, stage)
+        if checkpoint is None:
+            subdir, name = _stage_location(stage, len(stages) == 1)
+            if len(stages) > 1:
+                print(f"[distill] stage {stage.name} ({stage.kind})", flush=True)
+            result = fit(
+                stage.spec,
+                storage,
+                name=name,
+                subdir=subdir,
+                stage_inputs={
+                    "kind": stage.kind,
+                    "teacher_checkpoint": outputs.get(stage.teacher_stage),
+                    "previous_checkpoint": outputs[previous_student.name] if carry else None,
+                    "st_teacher": st_teacher,
+                },
+            )
+            if getattr(result, "error", None):
+                raise result.error
+            checkpoint = result.checkpoint
+            storage.write_text(
+                _stage_marker(stage),
+                json.dumps(
+                    {"checkpoint": checkpoint.path, "spec": stage.spec.model_dump(mode="json")}
+                ),
+            )
+        outputs[stage.name] = checkpoint
+        if stage.kind == "distill":
+            previous_student = stage
+    return outputs
+
+
+def _same_student(previous: Stage, stage: Stage) -> bool:
+    """A stage continues the previous distill stage's student when it asks for the same one
+    (MiniLM's teacher assistant changes the student and so starts a new one)."""
+    return stage.kind == "distill" and previous.spec.student == stage.spec.student
+
+
 def run_job(spec: JobSpec, output: str | None = None) -> dict:
-    """Run one distillation job end to end and return its report."""
+    """Run one distillation job (all its stages) end to end and return its report."""
     started = time.perf_counter()
-    spec = preflight(spec)
+    stages = preflight_stages(spec)
     run_dir = run_dir_for(spec, output)
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": run_dir.name})})
+    if len(stages) == 1:
+        spec = stages[0].spec.model_copy(update={"output": spec.output})
+        stages = [Stage(stages[0].name, stages[0].kind, spec)]
     storage = LocalStorage(run_dir)
     _check_resumable(storage, spec)
     try:
@@ -64,21 +139,38 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
             f"--output {run_dir}: cannot create the run folder ({exc.strerror})"
         ) from None
 
-    from cluster.launch import fit  # imports Ray: only after every check has passed
-
-    result = fit(spec, storage)
-    if getattr(result, "error", None):
-        raise result.error
-    checkpoint = result.checkpoint
+    outputs = _run_stages(stages, storage)
+    final = stages[-1]
+    checkpoint = outputs[final.name]
     with checkpoint.as_directory() as folder:
         folder = Path(folder)
         storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
     storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
-    _, eval_texts = train_eval_texts(spec)
-    report = build_report(
-        spec, storage.root, list(eval_texts["text"]), state, probe, checkpoint.path, started
-    )
+    final_spec = final.spec.model_copy(update={"output": spec.output})
+    _, eval_rows = train_eval_texts(final_spec)
+    teacher_checkpoint = outputs.get(final.teacher_stage)
+    with _teacher_folder(teacher_checkpoint, final_spec) as teacher_dir:
+        report = build_report(
+            final_spec,
+            storage.root,
+            eval_rows,
+            state,
+            probe,
+            checkpoint.path,
+            started,
+            teacher_dir=teacher_dir,
+            stages=[{"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages],
+        )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report
+
+
+@contextlib.contextmanager
+def _teacher_folder(checkpoint, spec: JobSpec):
+    if checkpoint is None:
+        yield resolve_teacher(spec.teacher.name)
+        return
+    with checkpoint.as_directory() as folder:
+        yield str(Path(folder) / STUDENT_DIR)

@@ -30,12 +30,26 @@ class TeacherSpec(_Strict):
     name: str = PACKAGED_TEACHER
 
 
+class LstmSpec(_Strict):
+    """The BiLSTM student (Tang et al., 2019; BERT->LSTM sentence approximation)."""
+
+    embedding_dim: PositiveInt = 300
+    hidden: PositiveInt = 300  # per direction; the output width is twice this
+    layers: PositiveInt = 1
+    pooling: Literal["mean", "max"] = "mean"
+    init_embeddings: Literal["teacher_projection", "random"] = "teacher_projection"
+
+
 class StudentSpec(_Strict):
+    kind: Literal["transformer", "lstm"] = "transformer"
+    lstm: LstmSpec = LstmSpec()
     layers: PositiveInt = 3
     hidden: PositiveInt | None = None  # None: the teacher's width
     heads: PositiveInt | None = None
     ffn: PositiveInt | None = None
-    init: Literal["random", "every_other_layer", "uniform_map", "first_k"] = "every_other_layer"
+    init: Literal["random", "every_other_layer", "uniform_map", "first_k", "width_slice"] = (
+        "every_other_layer"
+    )
     teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
     # Keep the teacher's token embeddings frozen. None: freeze when they are copied from the
     # teacher at full width (they are then already trained; updating the 30k x H table
@@ -51,11 +65,28 @@ class StudentSpec(_Strict):
         return heads
 
 
+class TaskSpec(_Strict):
+    """A supervised task: a linear head over the mean-pooled sentence vector."""
+
+    type: Literal["classification", "regression"]
+    num_labels: PositiveInt = 2  # regression: 1
+    label_column: str = "label"
+
+    @field_validator("num_labels")
+    @classmethod
+    def _regression_has_one_output(cls, n: int, info: ValidationInfo) -> int:
+        if info.data.get("type") == "regression" and n != 1:
+            raise ValueError(f"regression has one output, got {n}")
+        if info.data.get("type") == "classification" and n < 2:
+            raise ValueError(f"classification needs >= 2 labels, got {n}")
+        return n
+
+
 class SourceSpec(_Strict):
     path: str
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "txt", "hub", "builtin"] = (
-        "auto"
-    )
+    format: Literal[
+        "auto", "csv", "tsv", "json", "jsonl", "parquet", "txt", "sts", "hub", "builtin"
+    ] = "auto"
     split: str = "train"
     config_name: str | None = None
 
@@ -72,9 +103,22 @@ class DataSpec(_Strict):
     max_eval_samples: PositiveInt = 512
 
 
+class MixupSpec(_Strict):
+    """MixKD (Liang et al., 2021): each step also trains on a mixed copy of the batch."""
+
+    alpha: Annotated[float, Field(gt=0)] = 0.4  # lambda ~ Beta(alpha, alpha)
+    weight: Annotated[float, Field(ge=0)] = 1.0  # of the objective on the mixed batch
+
+
 class ObjectiveSpec(_Strict):
     weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"hidden_mse": 1.0, "pooled_cosine": 1.0}
     layer_map: Literal["uniform", "last"] | list[int] = "uniform"
+    temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl
+    # MiniLM / MiniLMv2: the teacher layer (1-based) whose self-attention is distilled into
+    # the student's last layer; None = the teacher's last layer.
+    attention_layer: PositiveInt | None = None
+    relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
+    mixup: MixupSpec | None = None
 
 
 class TrainingSpec(_Strict):
@@ -119,9 +163,29 @@ class OutputSpec(_Strict):
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+STAGE_TEACHER_PREFIX = "stage:"  # teacher.name "stage:NAME": the model a previous stage made
+_STAGE_SECTIONS = ("teacher", "student", "task", "data", "objective", "training")
+
+
+class StageSpec(_Strict):
+    """One step of a pipeline. Sections given here replace (deep-merge into) the job's own;
+    `objective.weights` is replaced whole. `kind: finetune` trains a full copy of the
+    teacher with a task head on labels; its output can be a later stage's teacher."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    kind: Literal["distill", "finetune"] = "distill"
+    teacher: dict | None = None
+    student: dict | None = None
+    task: dict | None = None
+    data: dict | None = None
+    objective: dict | None = None
+    training: dict | None = None
+
+
 class JobSpec(_Strict):
     teacher: TeacherSpec = TeacherSpec()
     student: StudentSpec = StudentSpec()
+    task: TaskSpec | None = None
     data: DataSpec = DataSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
     training: TrainingSpec = TrainingSpec()
@@ -129,6 +193,16 @@ class JobSpec(_Strict):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
+    stages: list[StageSpec] = []
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        names = [s.name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {dupes}")
+        return stages
 
 
 def _format_error(err: ValidationError) -> str:

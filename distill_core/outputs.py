@@ -1,0 +1,106 @@
+"""One forward pass of a student or teacher, with exactly the internals the objective reads.
+
+`forward_outputs` runs any HF encoder (or the BiLSTM student) and returns `ModelOutputs`:
+hidden states, the mean-pooled sentence vector, task logits when the model carries a
+`TaskHead`, and Q/K/V of the requested layers captured by forward hooks
+(`internals.capture_qkv`), so attention relations work for any BERT- or GPT-2-family model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from distill_core.internals import capture_qkv
+from distill_core.losses import masked_mean_pool
+
+TASK_HEAD_DIR = "task_head"
+
+
+@dataclass
+class ModelOutputs:
+    """hidden: `hidden_states` (0 = embeddings, i = layer i), each [batch, seq, width];
+    pooled: [batch, width] float32; logits: [batch, labels] or None;
+    qkv: {layer (1-based): (q, k, v)}, each [batch, seq, heads * head_dim]."""
+
+    hidden: Sequence[torch.Tensor]
+    pooled: torch.Tensor
+    logits: torch.Tensor | None = None
+    qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+class TaskHead(nn.Module):
+    """A linear task head over the mean-pooled sentence vector: classification logits or a
+    regression score. Mean pooling matches how sentence-transformers teachers embed."""
+
+    def __init__(self, width: int, num_labels: int, task_type: str) -> None:
+        super().__init__()
+        self.task_type = task_type
+        self.dropout = nn.Dropout(0.1)
+        self.linear = nn.Linear(width, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.dropout(pooled.to(self.linear.weight.dtype)))
+
+    def save(self, folder: str | Path) -> None:
+        out = Path(folder) / TASK_HEAD_DIR
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "width": self.linear.in_features,
+            "num_labels": self.linear.out_features,
+            "task_type": self.task_type,
+        }
+        (out / "config.json").write_text(json.dumps(meta))
+        state = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TaskHead | None:
+        """The head saved in an exported model folder, or None when it has none."""
+        src = Path(folder) / TASK_HEAD_DIR
+        if not (src / "config.json").is_file():
+            return None
+        meta = json.loads((src / "config.json").read_text())
+        head = cls(meta["width"], meta["num_labels"], meta["task_type"])
+        head.load_state_dict(load_file(str(src / "model.safetensors")))
+        return head
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    return name in inspect.signature(model.forward).parameters
+
+
+def forward_outputs(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    *,
+    head: nn.Module | None = None,
+    qkv_layers: Sequence[int] = (),
+    inputs_embeds: torch.Tensor | None = None,
+) -> ModelOutputs:
+    """Run `model` on a batch (`input_ids`, `attention_mask`, optional `token_type_ids`), or
+    on `inputs_embeds` instead of ids (MixKD's mixed embeddings)."""
+    mask = batch["attention_mask"]
+    kwargs: dict = {"attention_mask": mask, "output_hidden_states": True}
+    if inputs_embeds is not None:
+        kwargs["inputs_embeds"] = inputs_embeds
+    else:
+        kwargs["input_ids"] = batch["input_ids"]
+    if "token_type_ids" in batch and _accepts(model, "token_type_ids"):
+        kwargs["token_type_ids"] = batch["token_type_ids"]
+    with capture_qkv(model, [layer - 1 for layer in qkv_layers]) as captured:
+        out = model(**kwargs)
+    pooled = masked_mean_pool(out.last_hidden_state, mask)
+    return ModelOutputs(
+        hidden=out.hidden_states,
+        pooled=pooled,
+        logits=head(pooled) if head is not None else None,
+        qkv={layer + 1: qkv for layer, qkv in captured.items()},
+    )
