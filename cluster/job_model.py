@@ -12,7 +12,7 @@ from torch import nn
 
 from distill_core.export import load_encoder
 from distill_core.objective import DistillationModel, Objective, ObjectiveSettings, layer_pairs
-from distill_core.outputs import TaskHead
+from distill_core.outputs import MlmHead, TaskHead
 from distill_core.student import StudentSize, build_student, freeze_word_embeddings
 from jobs.spec import JobSpec
 
@@ -104,4 +104,10 @@ def distillation_model(
         target = objective.projections["pooled"]
         if target.weight.shape == projection.weight.shape:
             target.load_state_dict(projection.state_dict())
-    return DistillationModel(student, objective, head)
+    mlm_head = None
+    if spec.objective.weights.get("mlm", 0) > 0:
+        mlm_head = MlmHead(
+            student.get_input_embeddings().weight.detach(),
+            eps=getattr(student.config, "layer_norm_eps", 1e-12),
+        )
+    return DistillationModel(student, objective, head, mlm_head)

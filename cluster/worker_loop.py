@@ -34,7 +34,7 @@ from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, S
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
 from distill_core.objective import DistillationModel, MixedBatch
-from distill_core.outputs import TaskHead, forward_outputs
+from distill_core.outputs import TaskHead, forward_outputs, mask_tokens
 from distill_core.teacher import freeze, load_teacher, resolve_teacher
 from jobs.spec import JobSpec
 
@@ -113,13 +113,29 @@ def _mixed_batch(batch, teacher, head, model, spec: JobSpec, generator) -> Mixed
     return MixedBatch(mixed, teacher_out, perm, lam, mixup.weight, soft)
 
 
+def _with_mlm_masks(batch: dict, tokenizer, spec: JobSpec, generator) -> dict:
+    """Masked-LM inputs (both models see the masked text) and `mlm_labels`."""
+    ids = batch["input_ids"]
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids, device=ids.device))
+    special |= batch["attention_mask"] == 0
+    masked, labels = mask_tokens(
+        ids,
+        special,
+        mask_id=tokenizer.mask_token_id,
+        vocab_size=len(tokenizer),
+        probability=spec.objective.mlm_probability,
+        generator=generator,
+    )
+    return {**batch, "input_ids": masked, "mlm_labels": labels}
+
+
 @torch.no_grad()
-def _evaluate(engine, teacher, head, loader, model: DistillationModel) -> dict[str, float]:
+def _evaluate(engine, teacher, head, loader, model: DistillationModel, mask_fn) -> dict[str, float]:
     """Mean eval loss (and accuracy for classification) over every rank's shard."""
     engine.eval()
     total, n, correct, seen = 0.0, 0, 0, 0
     for batch in loader:
-        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        batch = mask_fn({k: v.to(engine.device) for k, v in batch.items()})
         loss, _ = engine(batch, _teacher_outputs(teacher, head, batch, model))
         total, n = total + float(loss), n + 1
         if model.head is not None and model.head.task_type == "classification":
@@ -199,8 +215,12 @@ def _plain_fp32_copy(model: DistillationModel):
         projection.eval()
     head = None
     if model.head is not None:
-        head = TaskHead(model.head.linear.in_features, model.head.linear.out_features, model.head.task_type)
-        head.load_state_dict({k: v.detach().float().cpu() for k, v in model.head.state_dict().items()})
+        head = TaskHead(
+            model.head.linear.in_features, model.head.linear.out_features, model.head.task_type
+        )
+        head.load_state_dict(
+            {k: v.detach().float().cpu() for k, v in model.head.state_dict().items()}
+        )
         head.eval()
     return student, projection, head
 
@@ -264,6 +284,15 @@ def train_loop_per_worker(config: dict) -> None:
     with _model_folder(config.get("previous_checkpoint")) as previous:
         model = distillation_model(spec, teacher, kind=kind, previous_student=previous)
     mix_generator = torch.Generator().manual_seed(t.seed * 7919 + rank)
+    mlm_generator = torch.Generator().manual_seed(t.seed * 104729 + rank)
+
+    def mlm_masks(batch: dict, generator: torch.Generator | None = None) -> dict:
+        if model.mlm_head is None:
+            return batch
+        return _with_mlm_masks(batch, tokenizer, spec, generator or mlm_generator)
+
+    def eval_masks(batch: dict) -> dict:  # the same masks at every evaluation
+        return mlm_masks(batch, torch.Generator().manual_seed(t.seed + rank))
 
     train_texts, eval_texts = train_eval_texts(spec)
     train_ds = tokenize(
@@ -324,7 +353,7 @@ def train_loop_per_worker(config: dict) -> None:
             epoch += 1
             batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
             batch = next(batches)
-        batch = {k: v.to(engine.device) for k, v in batch.items()}
+        batch = mlm_masks({k: v.to(engine.device) for k, v in batch.items()})
         marks = [time.perf_counter()]
         teacher_out = _teacher_outputs(teacher, teacher_head, batch, model)
         mixed = _mixed_batch(batch, teacher, teacher_head, model, spec, mix_generator)
@@ -364,7 +393,9 @@ def train_loop_per_worker(config: dict) -> None:
                 },
             }
             if step % t.eval_every == 0 or is_last:
-                metrics.update(_evaluate(engine, teacher, teacher_head, eval_loader, model))
+                metrics.update(
+                    _evaluate(engine, teacher, teacher_head, eval_loader, model, eval_masks)
+                )
             if rank == 0:
                 elapsed = time.perf_counter() - run_start
                 eta = elapsed / (step - start_step) * (total_steps - step)

@@ -81,6 +81,7 @@ class DistillView:
     settings: ObjectiveSettings
     labels: torch.Tensor | None = None
     soft_labels: torch.Tensor | None = None
+    mlm_labels: torch.Tensor | None = None  # [masked tokens] vocabulary ids
 
     def project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name not in self.projections:
@@ -158,6 +159,10 @@ def _hard_label(view: DistillView) -> torch.Tensor:
     return losses.hard_label_ce(logits, view.labels)
 
 
+def _mlm(view: DistillView) -> torch.Tensor:
+    return losses.hard_label_ce(view.student.mlm_logits, view.mlm_labels)
+
+
 def _attention_kl(view: DistillView) -> torch.Tensor:
     (sq, sk, _), (tq, tk, _) = view.attention()
     s = view.settings
@@ -193,6 +198,7 @@ LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
     "logit_kl": _logit_kl,
     "logit_mse": _logit_mse,
     "hard_label": _hard_label,
+    "mlm": _mlm,
     "attention_kl": _attention_kl,
     "value_relation_kl": _value_relation_kl,
     "minilmv2_relations": _minilmv2_relations,
@@ -203,7 +209,7 @@ LAYER_PROJECTION_LOSSES = {"hidden_mse", "hidden_cosine"}
 POOLED_LOSSES = {"pooled_mse", "pooled_cosine"}
 ATTENTION_LOSSES = {"attention_kl", "value_relation_kl", "minilmv2_relations"}
 TASK_LOSSES = {"logit_kl", "logit_mse", "hard_label"}  # need a task head
-TEACHERLESS_LOSSES = {"hard_label"}  # fine-tuning: no teacher forward at all
+TEACHERLESS_LOSSES = {"hard_label", "mlm"}  # no teacher forward needed
 
 
 def needs_teacher(weights: dict[str, float]) -> bool:
@@ -265,9 +271,18 @@ class Objective(nn.Module):
         mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         soft_labels: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         view = DistillView(
-            student, teacher, mask, self.pairs, self.projections, self.settings, labels, soft_labels
+            student,
+            teacher,
+            mask,
+            self.pairs,
+            self.projections,
+            self.settings,
+            labels,
+            soft_labels,
+            mlm_labels,
         )
         parts = {name: LOSSES[name](view) for name in self.weights}
         total = sum(self.weights[name] * value for name, value in parts.items())
@@ -293,12 +308,17 @@ class DistillationModel(nn.Module):
     teacher stays out, so neither the optimizer nor DeepSpeed ever sees a teacher parameter."""
 
     def __init__(
-        self, student: nn.Module, objective: Objective, head: nn.Module | None = None
+        self,
+        student: nn.Module,
+        objective: Objective,
+        head: nn.Module | None = None,
+        mlm_head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
         self.head = head
+        self.mlm_head = mlm_head
 
     def _loss(self, batch, teacher, inputs_embeds=None, soft_labels=None):
         student = forward_outputs(
@@ -308,8 +328,13 @@ class DistillationModel(nn.Module):
             qkv_layers=self.objective.student_qkv_layers,
             inputs_embeds=inputs_embeds,
         )
+        mlm_labels = None
+        if self.mlm_head is not None and "mlm_labels" in batch:
+            chosen = batch["mlm_labels"] != -100
+            student.mlm_logits = self.mlm_head(student.hidden[-1][chosen])
+            mlm_labels = batch["mlm_labels"][chosen]
         return self.objective(
-            student, teacher, batch["attention_mask"], batch.get("labels"), soft_labels
+            student, teacher, batch["attention_mask"], batch.get("labels"), soft_labels, mlm_labels
         )
 
     def forward(

@@ -34,6 +34,7 @@ class ModelOutputs:
     pooled: torch.Tensor
     logits: torch.Tensor | None = None
     qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    mlm_logits: torch.Tensor | None = None  # [masked tokens, vocab], rows where labels != -100
 
 
 class TaskHead(nn.Module):
@@ -71,6 +72,50 @@ class TaskHead(nn.Module):
         head = cls(meta["width"], meta["num_labels"], meta["task_type"])
         head.load_state_dict(load_file(str(src / "model.safetensors")))
         return head
+
+
+class MlmHead(nn.Module):
+    """BERT's masked-LM head (dense, GELU, LayerNorm, decoder to the vocabulary). The decoder
+    starts as the model's token-embedding table and stays frozen, as a tied decoder would
+    with frozen embeddings, without sharing a tensor across modules (safe under ZeRO-3)."""
+
+    def __init__(self, embeddings: torch.Tensor, eps: float = 1e-12) -> None:
+        super().__init__()
+        vocab, width = embeddings.shape
+        self.dense = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width, eps=eps)
+        self.decoder = nn.Linear(width, vocab)
+        with torch.no_grad():
+            self.decoder.weight.copy_(embeddings)
+            self.decoder.bias.zero_()
+        self.decoder.weight.requires_grad_(False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = self.norm(nn.functional.gelu(self.dense(hidden)))
+        return self.decoder(x)
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special: torch.Tensor,
+    *,
+    mask_id: int,
+    vocab_size: int,
+    probability: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: choose `probability` of the non-special tokens; of those 80% become
+    [MASK], 10% a random token, 10% stay. Returns (masked ids, labels with -100 elsewhere).
+    special: [batch, seq] bool, True for padding/[CLS]/[SEP] (never chosen)."""
+    probs = torch.full(input_ids.shape, probability)
+    chosen = torch.bernoulli(probs, generator=generator).bool() & ~special.cpu()
+    labels = torch.where(chosen, input_ids.cpu(), torch.full_like(input_ids.cpu(), -100))
+    draw = torch.rand(input_ids.shape, generator=generator)
+    masked = input_ids.cpu().clone()
+    masked[chosen & (draw < 0.8)] = mask_id
+    swap = chosen & (draw >= 0.8) & (draw < 0.9)
+    masked[swap] = torch.randint(vocab_size, (int(swap.sum()),), generator=generator)
+    return masked.to(input_ids.device), labels.to(input_ids.device)
 
 
 def _accepts(model: nn.Module, name: str) -> bool:

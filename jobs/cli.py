@@ -12,7 +12,8 @@ import argparse
 import json
 import sys
 
-from jobs.spec import SpecError, load_spec, smoke
+from jobs.spec import SpecError, load_spec
+from jobs.stages import smoke_pipeline
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -48,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = [item for group in args.overrides for item in group]
     spec = load_spec(args.config, overrides)  # before the heavy imports: bad specs fail fast
     if args.smoke:
-        spec = smoke(spec)
+        spec = smoke_pipeline(spec)
 
     import datasets
     import transformers

@@ -42,9 +42,15 @@ def _resolve_student(spec: JobSpec, tc) -> JobSpec:
     s = spec.student
     if s.kind == "lstm":
         if s.init not in ("random", "every_other_layer") or s.teacher_layers:
-            raise SpecError("student.init: an LSTM student takes no teacher layers; drop student.init")
+            raise SpecError(
+                "student.init: an LSTM student takes no teacher layers; drop student.init"
+            )
         return spec.model_copy(
-            update={"student": s.model_copy(update={"freeze_word_embeddings": bool(s.freeze_word_embeddings)})}
+            update={
+                "student": s.model_copy(
+                    update={"freeze_word_embeddings": bool(s.freeze_word_embeddings)}
+                )
+            }
         )
     hidden = s.hidden or tc.hidden_size
     head_dim = tc.hidden_size // tc.num_attention_heads
@@ -108,7 +114,11 @@ def _check_objective(spec: JobSpec, tc, teacher_has_head: bool) -> None:
             "finetune stage (teacher.name: stage:NAME) or a folder with task_head/"
         )
     if "logit_kl" in used and spec.task and spec.task.type == "regression":
-        raise SpecError("objective.weights: logit_kl needs classification; use logit_mse for regression")
+        raise SpecError(
+            "objective.weights: logit_kl needs classification; use logit_mse for regression"
+        )
+    if "mlm" in used and s.kind == "lstm":
+        raise SpecError("objective.weights: mlm needs a transformer student")
     attention = used & ATTENTION_LOSSES
     if attention and s.kind == "lstm":
         raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")

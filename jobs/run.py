@@ -161,7 +161,9 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
             checkpoint.path,
             started,
             teacher_dir=teacher_dir,
-            stages=[{"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages],
+            stages=[
+                {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages
+            ],
         )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report

@@ -119,6 +119,7 @@ class ObjectiveSpec(_Strict):
     attention_layer: PositiveInt | None = None
     relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
     mixup: MixupSpec | None = None
+    mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
 
 
 class TrainingSpec(_Strict):

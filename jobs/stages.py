@@ -34,7 +34,11 @@ class Stage:
     def teacher_stage(self) -> str | None:
         """The earlier stage whose output is this stage's teacher, if any."""
         name = self.spec.teacher.name
-        return name.removeprefix(STAGE_TEACHER_PREFIX) if name.startswith(STAGE_TEACHER_PREFIX) else None
+        return (
+            name.removeprefix(STAGE_TEACHER_PREFIX)
+            if name.startswith(STAGE_TEACHER_PREFIX)
+            else None
+        )
 
 
 def _stage_raw(base: dict, stage) -> dict:
@@ -44,7 +48,9 @@ def _stage_raw(base: dict, stage) -> dict:
         if override is None:
             continue
         if section == "objective" and "weights" in override:
-            raw["objective"] = {k: v for k, v in (raw.get("objective") or {}).items() if k != "weights"}
+            raw["objective"] = {
+                k: v for k, v in (raw.get("objective") or {}).items() if k != "weights"
+            }
         current = raw.get(section)
         raw[section] = _merge(current, override) if isinstance(current, dict) else override
     return raw
