@@ -24,7 +24,6 @@ import deepspeed
 import ray.train
 import torch
 import torch.distributed as dist
-from distill_core.mixup import mix_labels, sample_lambda
 from torch.utils.data import DataLoader
 
 from cluster.deepspeed_config import deepspeed_config
@@ -33,6 +32,7 @@ from cluster.job_model import distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
+from distill_core.mixup import mix_labels, sample_lambda
 from distill_core.objective import DistillationModel, MixedBatch
 from distill_core.outputs import TaskHead, forward_outputs, mask_tokens
 from distill_core.teacher import freeze, load_teacher, resolve_teacher
@@ -99,12 +99,11 @@ def _mixed_batch(batch, teacher, head, model, spec: JobSpec, generator) -> Mixed
     n = batch["input_ids"].shape[0]
     perm = torch.randperm(n, generator=generator).to(batch["input_ids"].device)
     lam = float(sample_lambda(mixup.alpha, generator))
-    mask = batch["attention_mask"]
-    mixed = {k: v for k, v in batch.items() if k != "labels"}
-    mixed["attention_mask"] = torch.maximum(mask, mask[perm])
     with torch.no_grad():
-        t_embeds = teacher.get_input_embeddings()(batch["input_ids"])
-        t_embeds = lam * t_embeds + (1.0 - lam) * t_embeds[perm]
+        own = teacher.get_input_embeddings()(batch["input_ids"])
+        t_embeds, mask = mixup(own, batch["attention_mask"], perm, lam)
+    mixed = {k: v for k, v in batch.items() if k != "labels"}
+    mixed["attention_mask"] = mask
     teacher_out = _teacher_outputs(teacher, head, mixed, model, t_embeds)
     soft = None
     if "labels" in batch and spec.task is not None:

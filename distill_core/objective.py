@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill_core import losses
+from distill_core.mixup import mixup
 from distill_core.outputs import ModelOutputs, forward_outputs
 
 
@@ -347,8 +348,8 @@ class DistillationModel(nn.Module):
         where the student runs on its own token embeddings mixed the same way (MixKD)."""
         loss, parts = self._loss(batch, teacher)
         if mixed is not None:
-            embeds = self.student.get_input_embeddings()(mixed.batch["input_ids"])
-            embeds = mixed.lam * embeds + (1.0 - mixed.lam) * embeds[mixed.perm]
+            own = self.student.get_input_embeddings()(mixed.batch["input_ids"])
+            embeds, _ = mixup(own, mixed.batch["attention_mask"], mixed.perm, mixed.lam)
             mix_loss, mix_parts = self._loss(mixed.batch, mixed.teacher, embeds, mixed.soft_labels)
             loss = loss + mixed.weight * mix_loss
             parts.update({f"mix_{k}": v for k, v in mix_parts.items()})

@@ -31,6 +31,16 @@ def run_dir_for(spec: JobSpec, output: str | None) -> Path:
     return Path(output) if output else Path(spec.output.dir) / spec.output.name
 
 
+def _model_shape(key: str, value):
+    """The part of a spec section that decides what the trained model is. A stage's
+    `training` and `data` may change between invocations (e.g. more steps): Ray resumes."""
+    if key == "stages" and value:
+        return [
+            {k: v for k, v in stage.items() if k not in ("training", "data")} for stage in value
+        ]
+    return value or None
+
+
 def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
     if not storage.exists(CONFIG_FILE):
         return
@@ -45,7 +55,7 @@ def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
         )
     current = spec.model_dump(mode="json")
     for key in _RESUME_KEYS:
-        if (previous.get(key) or None) != (current[key] or None):
+        if _model_shape(key, previous.get(key)) != _model_shape(key, current[key]):
             raise SpecError(
                 f"{key}: differs from the existing run in {storage.uri}; "
                 "use a new output.name (or --output) to start a fresh run"

@@ -237,10 +237,24 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def _merge(base: dict, update: dict) -> dict:
+    """Deep merge; `stages.1.training.steps=5` addresses list items by index."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        current = out.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            out[key] = _merge(current, value)
+        elif (
+            isinstance(value, dict)
+            and isinstance(current, list)
+            and all(k.isdigit() for k in value)
+        ):
+            items = list(current)
+            for index, item in value.items():
+                i = int(index)
+                if i >= len(items):
+                    raise SpecError(f"--set {key}.{index}: {key} has {len(items)} items")
+                items[i] = _merge(items[i], item) if isinstance(item, dict) else item
+            out[key] = items
         else:
             out[key] = value
     return out
