@@ -24,6 +24,7 @@ __all__ = [
     "BiLSTMConfig",
     "BiLSTMModel",
     "build_lstm_student",
+    "masked_max_pool",
     "pca_projection",
     "register_lstm_student",
 ]
@@ -70,13 +71,19 @@ class BiLSTMConfig(PretrainedConfig):
         return self.num_layers
 
 
+def masked_max_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over real tokens: hidden [batch, seq, dim], mask [batch, seq] -> [batch, dim].
+    A row with no real token pools to zeros."""
+    real = mask.bool()
+    filled = hidden.masked_fill(~real.unsqueeze(-1), float("-inf")).amax(1)
+    return torch.where(real.any(1, keepdim=True), filled, torch.zeros_like(filled))
+
+
 def _masked_pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """[batch, seq, dim] -> [batch, dim] over real tokens; a row with none pools to zeros."""
+    if pooling == "max":
+        return masked_max_pool(hidden, mask)
     m = mask.to(hidden.dtype).unsqueeze(-1)
-    if pooling == "mean":
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    filled = hidden.masked_fill(m == 0, float("-inf")).amax(1)
-    return torch.where(mask.any(1, keepdim=True), filled, torch.zeros_like(filled))
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
 class BiLSTMModel(PreTrainedModel):

@@ -1,4 +1,5 @@
-"""BiLSTM student: shapes, padding invariance, HF round trip, PCA embedding init, gradients."""
+"""BiLSTM student: shapes, padding invariance, HF round trip, PCA embedding init, gradients,
+export."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+from distill_core.export import SentenceEncoder, export_student, load_encoder
 from distill_core.losses import masked_mean_pool
 from distill_core.lstm_student import (
     BiLSTMConfig,
@@ -160,3 +162,38 @@ def test_gradients_reach_every_parameter(lstm):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     # The pad token (id 0) only ever sits at padding: its embedding gets no gradient.
     assert (lstm.embeddings.weight.grad[0] == 0).all()
+
+
+# --- export --------------------------------------------------------------------------------
+
+TEXTS = ["the cat sat on the mat", "a very good movie", "not bad", "zebra quux dog"]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_export_reloads_to_the_same_embeddings(tmp_path, tiny_bert, tiny_tokenizer, pooling):
+    student = build_lstm_student(
+        tiny_bert, embedding_dim=EMB, hidden=HIDDEN, layers=LAYERS, pooling=pooling
+    ).eval()
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        projection = torch.nn.Linear(2 * HIDDEN, 32)
+    st_teacher = tmp_path / "teacher"
+    st_teacher.mkdir()
+    (st_teacher / "modules.json").write_text("[]")
+    out = export_student(
+        student,
+        tiny_tokenizer,
+        tmp_path / "export",
+        projection=projection,
+        sentence_transformer_teacher=st_teacher,
+    )
+    # A plain HF folder + our projection: no sentence-transformers modules for an LSTM.
+    assert not (out / "modules.json").exists() and (out / "2_Dense" / "config.json").is_file()
+    expected = SentenceEncoder(student, tiny_tokenizer, projection).encode(TEXTS)
+    assert expected.shape == (len(TEXTS), 32)
+    loaded = load_encoder(out)
+    assert isinstance(loaded.model, BiLSTMModel) and loaded.pooling == pooling
+    torch.testing.assert_close(loaded.encode(TEXTS), expected, atol=1e-6, rtol=0)
+    batch = tiny_tokenizer(TEXTS, padding=True, return_tensors="pt")
+    pooled = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.testing.assert_close(expected, projection(pooled.pooler_output), atol=1e-6, rtol=0)
