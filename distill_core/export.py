@@ -4,6 +4,8 @@ when the teacher is one), and load it back as a sentence encoder.
 Layout: `save_pretrained` files and the tokenizer at the root; for sentence-transformers
 teachers also `modules.json`, `1_Pooling/`, `2_Dense/` (the learned student->teacher
 projection, when widths differ) and `3_Normalize/` when the teacher normalises.
+A BiLSTM student (`lstm_student.py`) is exported as the plain HF folder plus `2_Dense/`
+only: sentence-transformers cannot load it, and its pooling is `config.pooling`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from distill_core.losses import masked_mean_pool
+from distill_core.lstm_student import BiLSTMConfig, masked_max_pool, register_lstm_student
 
 _DENSE = "2_Dense"
 
@@ -60,7 +63,11 @@ def export_student(
     sentence_transformer_teacher: str | Path | None = None,
     max_seq_length: int = 256,
 ) -> Path:
-    """Write the student, its tokenizer and (optionally) the sentence-transformers modules."""
+    """Write the student, its tokenizer and (optionally) the sentence-transformers modules.
+
+    The sentence-transformers modules are skipped for a BiLSTM student, whatever
+    `sentence_transformer_teacher` says: that library only loads transformer folders.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(out)
@@ -81,7 +88,7 @@ def export_student(
         if projection.bias is not None:
             weights["linear.bias"] = projection.bias.detach().float().contiguous().cpu()
         save_file(weights, str(out / _DENSE / "model.safetensors"))
-    if sentence_transformer_teacher is not None:
+    if sentence_transformer_teacher is not None and not _is_lstm(student):
         teacher_dir = Path(sentence_transformer_teacher)
         modules = _modules(teacher_dir, projection is not None)
         (out / "modules.json").write_text(json.dumps(modules, indent=2))
@@ -115,15 +122,21 @@ def export_student(
     return out
 
 
+def _is_lstm(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "model_type", None) == BiLSTMConfig.model_type
+
+
 class SentenceEncoder(nn.Module):
-    """Transformer + mean pooling (+ optional projection): the embedding used everywhere
-    for evaluation, so teacher and student are measured the same way."""
+    """Encoder + masked pooling (+ optional projection): the embedding used everywhere
+    for evaluation, so teacher and student are measured the same way. Pooling is the mean
+    over real tokens, or `model.config.pooling` where the model has one (BiLSTM students)."""
 
     def __init__(self, model: nn.Module, tokenizer, projection: nn.Linear | None = None) -> None:
         super().__init__()
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.projection = projection
+        self.pooling = model.config.pooling if _is_lstm(model) else "mean"
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
@@ -137,7 +150,10 @@ class SentenceEncoder(nn.Module):
                 return_tensors="pt",
             )
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            pooled = masked_mean_pool(out.last_hidden_state, batch["attention_mask"])
+            if self.pooling == "max":
+                pooled = masked_max_pool(out.last_hidden_state, batch["attention_mask"]).float()
+            else:
+                pooled = masked_mean_pool(out.last_hidden_state, batch["attention_mask"])
             if self.projection is not None:
                 pooled = self.projection(pooled)
             chunks.append(pooled)
@@ -147,6 +163,7 @@ class SentenceEncoder(nn.Module):
 def load_encoder(folder: str | Path) -> SentenceEncoder:
     """Load a teacher folder or an exported student as a `SentenceEncoder`."""
     folder = Path(folder)
+    register_lstm_student()  # so AutoModel can read an exported BiLSTM student
     model = AutoModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     projection = None

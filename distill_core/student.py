@@ -1,8 +1,11 @@
 """Students built from a teacher's config by depth and width, with a named initialisation.
 
 `STUDENT_INITS` maps an init name to the teacher layers each student layer copies
-(`random` copies nothing). Copies slice teacher tensors to the student's shape, so a
-narrower student takes the leading rows/columns of each weight (width slicing).
+(`random` copies nothing) and to how the copy narrows teacher tensors. The layer-choice
+inits (`every_other_layer`, `uniform_map`, `first_k`) take the leading rows/columns of
+each weight when the student is narrower; `width_slice` keeps the teacher's most
+important hidden channels, attention heads and FFN neurons instead (Minitron, Muralidharan
+et al. 2024; DynaBERT, Hou et al. 2020), see `width_slice_plan`.
 """
 
 from __future__ import annotations
@@ -56,14 +59,6 @@ def first_k(n_teacher: int, n_student: int) -> list[int]:
     return list(range(n_student))
 
 
-STUDENT_INITS: dict[str, Callable[[int, int], list[int]] | None] = {
-    "random": None,
-    "every_other_layer": every_other_layer,
-    "uniform_map": uniform_map,
-    "first_k": first_k,
-}
-
-
 def student_config(teacher_config: PretrainedConfig, size: StudentSize) -> PretrainedConfig:
     """The teacher's config with depth and width replaced."""
     if size.hidden % size.heads:
@@ -92,7 +87,7 @@ def init_teacher_layers(
         return list(explicit)
     if init not in STUDENT_INITS:
         raise ValueError(f"student.init: unknown '{init}'; choose from {sorted(STUDENT_INITS)}")
-    chooser = STUDENT_INITS[init]
+    chooser = STUDENT_INITS[init].layers
     return None if chooser is None else chooser(n_teacher, n_student)
 
 
@@ -127,6 +122,220 @@ def copy_teacher_weights(student: nn.Module, teacher: nn.Module, teacher_layers:
             _copy_sliced(param, t_all[name])
 
 
+# --- width_slice: importance-ranked width pruning ------------------------------------------
+#
+# Which axis of each BERT-family tensor is the residual stream ("hidden"), the attention
+# heads' dims ("head") or the FFN neurons ("ffn"); None keeps the axis whole. Names are those
+# of BertModel / RobertaModel / MiniLM (a BertModel); a parameter outside these tables makes
+# width_slice refuse the model rather than guess.
+_BLOCK_AXES: dict[str, tuple[str | None, ...]] = {
+    **{
+        f"attention.self.{proj}.{kind}": axes
+        for proj in ("query", "key", "value")
+        for kind, axes in (("weight", ("head", "hidden")), ("bias", ("head",)))
+    },
+    "attention.output.dense.weight": ("hidden", "head"),
+    "attention.output.dense.bias": ("hidden",),
+    "attention.output.LayerNorm.weight": ("hidden",),
+    "attention.output.LayerNorm.bias": ("hidden",),
+    "intermediate.dense.weight": ("ffn", "hidden"),
+    "intermediate.dense.bias": ("ffn",),
+    "output.dense.weight": ("hidden", "ffn"),
+    "output.dense.bias": ("hidden",),
+    "output.LayerNorm.weight": ("hidden",),
+    "output.LayerNorm.bias": ("hidden",),
+}
+_OUTER_AXES: dict[str, tuple[str | None, ...]] = {
+    "embeddings.word_embeddings.weight": (None, "hidden"),
+    "embeddings.position_embeddings.weight": (None, "hidden"),
+    "embeddings.token_type_embeddings.weight": (None, "hidden"),
+    "embeddings.LayerNorm.weight": ("hidden",),
+    "embeddings.LayerNorm.bias": ("hidden",),
+    "pooler.dense.weight": ("hidden", "hidden"),
+    "pooler.dense.bias": ("hidden",),
+}
+_REQUIRED_OUTER = ("embeddings.word_embeddings.weight", "embeddings.LayerNorm.weight")
+_RESIDUAL_NORMS = ("attention.output.LayerNorm", "output.LayerNorm")
+
+
+@dataclass(frozen=True)
+class WidthSlicePlan:
+    """Teacher indices a `width_slice` student keeps, each ascending.
+
+    hidden: [student hidden] residual-stream channels, shared by every tensor of the model;
+    heads[i] / ffn[i]: the attention heads and FFN neurons student layer i keeps from teacher
+    layer teacher_layers[i].
+    """
+
+    teacher_layers: list[int]
+    hidden: torch.Tensor
+    heads: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores (ties to the lower index), ascending."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    return order[:k].sort().values
+
+
+def _outer_and_block_params(
+    model: nn.Module,
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """Non-layer parameters by full name, and each layer's parameters by in-block name."""
+    layers = layer_list(model)
+    in_layers = {id(p) for p in layers.parameters()}
+    outer = {n: p for n, p in model.named_parameters() if id(p) not in in_layers}
+    return outer, [dict(block.named_parameters()) for block in layers]
+
+
+def _check_width_slice_supported(model: nn.Module) -> None:
+    """Raise unless every parameter of `model` has a known width role (BERT-family names)
+    whose axes have the sizes its config promises."""
+    outer, blocks = _outer_and_block_params(model)
+    block_names = {n for b in blocks for n in b}
+    unknown = sorted(set(outer) - set(_OUTER_AXES)) + sorted(block_names - set(_BLOCK_AXES))
+    missing = [n for n in _REQUIRED_OUTER if n not in outer]
+    missing += sorted(n for n in _BLOCK_AXES if any(n not in b for b in blocks))
+    if unknown or missing:
+        raise ValueError(
+            "student.init=width_slice supports BERT-family encoders (BERT, RoBERTa, MiniLM) "
+            f"with BertModel's parameter names; {type(model).__name__} has unsupported "
+            f"parameters {unknown[:6]} and lacks {missing[:6]}. Use a layer-choice init "
+            "(uniform_map, first_k, every_other_layer) for this teacher."
+        )
+    c = model.config
+    sizes = {"hidden": c.hidden_size, "head": c.hidden_size, "ffn": c.intermediate_size}
+    named = [(n, p, _OUTER_AXES[n]) for n, p in outer.items()]
+    named += [(f"<layer>.{n}", p, _BLOCK_AXES[n]) for b in blocks for n, p in b.items()]
+    for name, param, axes in named:
+        expected = [sizes[r] if r else d for r, d in zip(axes, param.shape)]
+        if list(param.shape) != expected:
+            raise ValueError(
+                f"student.init=width_slice: {type(model).__name__}.{name} has shape "
+                f"{tuple(param.shape)}, expected {tuple(expected)} from its config"
+            )
+
+
+def hidden_channel_scores(teacher: nn.Module, teacher_layers: Sequence[int]) -> torch.Tensor:
+    """Importance of each residual-stream channel, [teacher hidden].
+
+    The sum of |gamma| + |beta| of every LayerNorm that writes the residual stream the
+    student will run: the embedding LayerNorm and the attention-output and output LayerNorms
+    of the chosen teacher layers. In a post-LN BERT every block's output is such a LayerNorm
+    output, gamma_c * z_c + beta_c, so this is a data-free stand-in for Minitron's
+    activation score (mean |LayerNorm output| of a channel over a calibration batch).
+    """
+    outer, blocks = _outer_and_block_params(teacher)
+    norms = [(outer["embeddings.LayerNorm.weight"], outer["embeddings.LayerNorm.bias"])]
+    for t in teacher_layers:
+        norms += [(blocks[t][f"{n}.weight"], blocks[t][f"{n}.bias"]) for n in _RESIDUAL_NORMS]
+    return sum(w.detach().abs().float() + b.detach().abs().float() for w, b in norms)
+
+
+def head_scores(block_params: dict[str, torch.Tensor], n_heads: int) -> torch.Tensor:
+    """Importance of each attention head of one layer, [heads]: the Frobenius norm of its
+    columns of the attention output projection (how much it can write to the residual)."""
+    w_o = block_params["attention.output.dense.weight"].detach().float()  # [hidden, heads*d]
+    return w_o.reshape(w_o.shape[0], n_heads, -1).norm(dim=(0, 2))
+
+
+def ffn_scores(block_params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Importance of each FFN neuron of one layer, [ffn]: the L2 norm of its output weights
+    (its column of `output.dense`), as in DynaBERT's weight-magnitude fallback."""
+    return block_params["output.dense.weight"].detach().float().norm(dim=0)
+
+
+def width_slice_plan(
+    teacher: nn.Module, size: StudentSize, teacher_layers: Sequence[int]
+) -> WidthSlicePlan:
+    """Which teacher channels, heads and neurons a `width_slice` student of `size` keeps.
+
+    Whole heads are kept, so the student's head size hidden/heads must equal the teacher's;
+    slicing inside heads would change every attention logit's scale and is not done.
+    """
+    _check_width_slice_supported(teacher)
+    tc = teacher.config
+    head_dim = tc.hidden_size // tc.num_attention_heads
+    limits = (
+        ("hidden", size.hidden, tc.hidden_size),
+        ("heads", size.heads, tc.num_attention_heads),
+        ("ffn", size.ffn, tc.intermediate_size),
+    )
+    for field, value, most in limits:
+        if value > most:
+            raise ValueError(
+                f"student.{field}: width_slice can only narrow the teacher; {value} > teacher {most}"
+            )
+    if size.hidden != size.heads * head_dim:
+        raise ValueError(
+            f"student.heads: width_slice keeps whole teacher heads of size {head_dim}, so "
+            f"student.hidden {size.hidden} needs heads={size.hidden // head_dim}, got {size.heads}"
+        )
+    _, blocks = _outer_and_block_params(teacher)
+    layers = list(teacher_layers)
+    return WidthSlicePlan(
+        teacher_layers=layers,
+        hidden=_top(hidden_channel_scores(teacher, layers), size.hidden),
+        heads=[_top(head_scores(blocks[t], tc.num_attention_heads), size.heads) for t in layers],
+        ffn=[_top(ffn_scores(blocks[t]), size.ffn) for t in layers],
+    )
+
+
+def _take(
+    src: torch.Tensor, axes: tuple[str | None, ...], index: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    for dim, role in enumerate(axes):
+        if role is not None:
+            src = src.index_select(dim, index[role].to(src.device))
+    return src
+
+
+def _copy_exact(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
+    if dst.shape != src.shape:  # copy_ would broadcast a mismatch silently
+        raise ValueError(f"width_slice: {name} is {tuple(dst.shape)}, slice is {tuple(src.shape)}")
+    dst.copy_(src)
+
+
+@torch.no_grad()
+def copy_width_sliced(student: nn.Module, teacher: nn.Module, teacher_layers: list[int]) -> None:
+    """Initialise `student` from the teacher layers `teacher_layers`, keeping the channels,
+    heads and neurons `width_slice_plan` ranks highest (identity when widths match)."""
+    sc = student.config
+    size = StudentSize(
+        sc.num_hidden_layers, sc.hidden_size, sc.num_attention_heads, sc.intermediate_size
+    )
+    plan = width_slice_plan(teacher, size, teacher_layers)
+    head_dim = teacher.config.hidden_size // teacher.config.num_attention_heads
+    t_outer, t_blocks = _outer_and_block_params(teacher)
+    s_outer, s_blocks = _outer_and_block_params(student)
+    for name, param in s_outer.items():
+        _copy_exact(param, _take(t_outer[name], _OUTER_AXES[name], {"hidden": plan.hidden}), name)
+    for s_block, t, heads, ffn in zip(s_blocks, plan.teacher_layers, plan.heads, plan.ffn):
+        head_rows = (heads[:, None] * head_dim + torch.arange(head_dim)).flatten()
+        index = {"hidden": plan.hidden, "head": head_rows, "ffn": ffn}
+        for name, param in s_block.items():
+            _copy_exact(param, _take(t_blocks[t][name], _BLOCK_AXES[name], index), name)
+
+
+@dataclass(frozen=True)
+class StudentInit:
+    """A named init: which teacher layer each student layer copies (None: random init) and
+    how the copy narrows teacher tensors to the student's width."""
+
+    layers: Callable[[int, int], list[int]] | None
+    copy: Callable[[nn.Module, nn.Module, list[int]], None] = copy_teacher_weights
+
+
+STUDENT_INITS: dict[str, StudentInit] = {
+    "random": StudentInit(None),
+    "every_other_layer": StudentInit(every_other_layer),
+    "uniform_map": StudentInit(uniform_map),
+    "first_k": StudentInit(first_k),
+    "width_slice": StudentInit(uniform_map, copy_width_sliced),
+}
+
+
 def build_student(
     teacher: nn.Module,
     size: StudentSize,
@@ -142,7 +351,7 @@ def build_student(
         init, teacher.config.num_hidden_layers, size.layers, teacher_layers
     )
     if chosen is not None:
-        copy_teacher_weights(student, teacher, chosen)
+        STUDENT_INITS[init].copy(student, teacher, chosen)
     return student
 
 
