@@ -27,6 +27,7 @@ def worker_env(spec: JobSpec) -> dict[str, str]:
         # Plain prints reach the driver once; Ray's print patch would echo them twice.
         "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
         "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TRANSFORMERS_VERBOSITY": "error",
     }
     if spec.scaling.gpus_per_worker == 0:

@@ -32,7 +32,7 @@ from cluster.job_model import distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
-from distill_core.mixup import mix_labels, sample_lambda
+from distill_core.mixup import mix_labels, mixup, sample_lambda
 from distill_core.objective import DistillationModel, MixedBatch
 from distill_core.outputs import TaskHead, forward_outputs, mask_tokens
 from distill_core.teacher import freeze, load_teacher, resolve_teacher
@@ -93,12 +93,12 @@ def _teacher_outputs(teacher, head, batch, model: DistillationModel, inputs_embe
 def _mixed_batch(batch, teacher, head, model, spec: JobSpec, generator) -> MixedBatch | None:
     """MixKD: mix each example with a random partner; the teacher runs on its own token
     embeddings mixed the same way, the student does the same inside the engine."""
-    mixup = spec.objective.mixup
-    if mixup is None:
+    setting = spec.objective.mixup
+    if setting is None:
         return None
     n = batch["input_ids"].shape[0]
     perm = torch.randperm(n, generator=generator).to(batch["input_ids"].device)
-    lam = float(sample_lambda(mixup.alpha, generator))
+    lam = float(sample_lambda(setting.alpha, generator))
     with torch.no_grad():
         own = teacher.get_input_embeddings()(batch["input_ids"])
         t_embeds, mask = mixup(own, batch["attention_mask"], perm, lam)
@@ -109,7 +109,7 @@ def _mixed_batch(batch, teacher, head, model, spec: JobSpec, generator) -> Mixed
     if "labels" in batch and spec.task is not None:
         classes = spec.task.num_labels if spec.task.type == "classification" else None
         soft = mix_labels(batch["labels"], perm, lam, classes)
-    return MixedBatch(mixed, teacher_out, perm, lam, mixup.weight, soft)
+    return MixedBatch(mixed, teacher_out, perm, lam, setting.weight, soft)
 
 
 def _with_mlm_masks(batch: dict, tokenizer, spec: JobSpec, generator) -> dict:

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from distill_core.losses import masked_mean_pool
-from distill_core.lstm_student import BiLSTMConfig, masked_max_pool, register_lstm_student
+from distill_core.lstm_student import BiLSTMConfig, register_lstm_student
+from distill_core.outputs import sentence_pool
 
 _DENSE = "2_Dense"
 
@@ -136,7 +136,6 @@ class SentenceEncoder(nn.Module):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.projection = projection
-        self.pooling = model.config.pooling if _is_lstm(model) else "mean"
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
@@ -150,10 +149,7 @@ class SentenceEncoder(nn.Module):
                 return_tensors="pt",
             )
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            if self.pooling == "max":
-                pooled = masked_max_pool(out.last_hidden_state, batch["attention_mask"]).float()
-            else:
-                pooled = masked_mean_pool(out.last_hidden_state, batch["attention_mask"])
+            pooled = sentence_pool(self.model, out.last_hidden_state, batch["attention_mask"])
             if self.projection is not None:
                 pooled = self.projection(pooled)
             chunks.append(pooled)

@@ -20,6 +20,7 @@ from torch import nn
 
 from distill_core.internals import capture_qkv
 from distill_core.losses import masked_mean_pool
+from distill_core.lstm_student import masked_max_pool
 
 TASK_HEAD_DIR = "task_head"
 
@@ -118,6 +119,14 @@ def mask_tokens(
     return masked.to(input_ids.device), labels.to(input_ids.device)
 
 
+def sentence_pool(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The model's sentence vector, [batch, width] float32: mean over real tokens, or max
+    where the model's config says so (BiLSTM students). Training and evaluation share it."""
+    if getattr(model.config, "pooling", "mean") == "max":
+        return masked_max_pool(hidden, mask).float()
+    return masked_mean_pool(hidden, mask)
+
+
 def _accepts(model: nn.Module, name: str) -> bool:
     return name in inspect.signature(model.forward).parameters
 
@@ -142,7 +151,7 @@ def forward_outputs(
         kwargs["token_type_ids"] = batch["token_type_ids"]
     with capture_qkv(model, [layer - 1 for layer in qkv_layers]) as captured:
         out = model(**kwargs)
-    pooled = masked_mean_pool(out.last_hidden_state, mask)
+    pooled = sentence_pool(model, out.last_hidden_state, mask)
     return ModelOutputs(
         hidden=out.hidden_states,
         pooled=pooled,

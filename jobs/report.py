@@ -206,6 +206,16 @@ def format_table(report: dict) -> str:
             _fmt(sp["speedup"], 3),
         ),
     ]
+    task = report.get("task")
+    if task:
+        rows.append(
+            (
+                f"task {task['metric']} ({task['n']})",
+                _fmt(task["teacher"]),
+                _fmt(task["student"]),
+                _fmt(task["retention"], 3),
+            )
+        )
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
     lines += [
@@ -215,6 +225,13 @@ def format_table(report: dict) -> str:
         f"(ZeRO-{tr['zero_stage']}, {tr['precision']}), wall {report['run']['wall_time_s']:.0f}s",
         f"student: {report['paths']['student']}",
     ]
+    if len(report.get("stages", [])) > 1:
+        lines.append(
+            "stages: "
+            + " -> ".join(
+                f"{s['name']} ({s['kind']}, {s['steps']} steps)" for s in report["stages"]
+            )
+        )
     return "\n".join(lines)
 
 

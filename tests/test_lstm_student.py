@@ -192,7 +192,7 @@ def test_export_reloads_to_the_same_embeddings(tmp_path, tiny_bert, tiny_tokeniz
     expected = SentenceEncoder(student, tiny_tokenizer, projection).encode(TEXTS)
     assert expected.shape == (len(TEXTS), 32)
     loaded = load_encoder(out)
-    assert isinstance(loaded.model, BiLSTMModel) and loaded.pooling == pooling
+    assert isinstance(loaded.model, BiLSTMModel) and loaded.model.config.pooling == pooling
     torch.testing.assert_close(loaded.encode(TEXTS), expected, atol=1e-6, rtol=0)
     batch = tiny_tokenizer(TEXTS, padding=True, return_tensors="pt")
     pooled = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
