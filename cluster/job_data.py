@@ -14,6 +14,7 @@ def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
         return load_examples(
             source.path,
             label_column=spec.task.label_column,
+            task_type=spec.task.type,
             fmt=source.format,
             split=source.split,
             config_name=source.config_name,

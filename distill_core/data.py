@@ -159,6 +159,7 @@ def load_examples(
     path: str,
     *,
     label_column: str,
+    task_type: str = "classification",
     fmt: str = "auto",
     split: str = "train",
     config_name: str | None = None,
@@ -193,7 +194,12 @@ def load_examples(
     )
     if len(ds) == 0:
         raise DataError(f"{where}: {path} has no labelled rows")
-    return ds
+    dtype = "int64" if task_type == "classification" else "float32"
+    try:
+        return ds.cast_column("label", datasets.Value(dtype))
+    except (ValueError, TypeError):
+        kind = "integer class ids" if task_type == "classification" else "numbers"
+        raise DataError(f"{where}: label column {label_column!r} must hold {kind}") from None
 
 
 def split_eval(
