@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from cluster.job_data import train_eval_texts
 from cluster.job_model import distillation_model
+from cluster.step_inputs import teacher_outputs
 from distill_core.data import collate, tokenize
 from distill_core.teacher import load_teacher
 from jobs.preflight import preflight
@@ -60,10 +61,9 @@ def plain_loop(spec, steps: int, threads: int) -> dict:
             batches = iter(loader)
             batch = next(batches)
         marks = [time.perf_counter()]
-        with torch.no_grad():
-            teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states
+        teacher_out = teacher_outputs(teacher, None, batch, model)
         marks.append(time.perf_counter())
-        loss, _ = model(batch["input_ids"], batch["attention_mask"], teacher_hidden)
+        loss, _ = model(batch, teacher_out)
         marks.append(time.perf_counter())
         loss.backward()
         marks.append(time.perf_counter())

@@ -30,11 +30,11 @@ from cluster.deepspeed_config import deepspeed_config
 from cluster.job_data import train_eval_texts
 from cluster.job_model import distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
+from cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
 from distill_core.data import collate, tokenize
 from distill_core.export import SentenceEncoder, export_student
-from distill_core.mixup import mix_labels, mixup, sample_lambda
-from distill_core.objective import DistillationModel, MixedBatch
-from distill_core.outputs import TaskHead, forward_outputs, mask_tokens
+from distill_core.objective import DistillationModel
+from distill_core.outputs import TaskHead, forward_outputs
 from distill_core.teacher import freeze, load_teacher, resolve_teacher
 from jobs.spec import JobSpec
 
@@ -78,64 +78,13 @@ def _model_folder(checkpoint: ray.train.Checkpoint | None, fallback: str | None 
 
 
 @torch.no_grad()
-def _teacher_outputs(teacher, head, batch, model: DistillationModel, inputs_embeds=None):
-    if not model.objective.needs_teacher:
-        return None
-    return forward_outputs(
-        teacher,
-        batch,
-        head=head,
-        qkv_layers=model.objective.teacher_qkv_layers,
-        inputs_embeds=inputs_embeds,
-    )
-
-
-def _mixed_batch(batch, teacher, head, model, spec: JobSpec, generator) -> MixedBatch | None:
-    """MixKD: mix each example with a random partner; the teacher runs on its own token
-    embeddings mixed the same way, the student does the same inside the engine."""
-    setting = spec.objective.mixup
-    if setting is None:
-        return None
-    n = batch["input_ids"].shape[0]
-    perm = torch.randperm(n, generator=generator).to(batch["input_ids"].device)
-    lam = float(sample_lambda(setting.alpha, generator))
-    with torch.no_grad():
-        own = teacher.get_input_embeddings()(batch["input_ids"])
-        t_embeds, mask = mixup(own, batch["attention_mask"], perm, lam)
-    mixed = {k: v for k, v in batch.items() if k != "labels"}
-    mixed["attention_mask"] = mask
-    teacher_out = _teacher_outputs(teacher, head, mixed, model, t_embeds)
-    soft = None
-    if "labels" in batch and spec.task is not None:
-        classes = spec.task.num_labels if spec.task.type == "classification" else None
-        soft = mix_labels(batch["labels"], perm, lam, classes)
-    return MixedBatch(mixed, teacher_out, perm, lam, setting.weight, soft)
-
-
-def _with_mlm_masks(batch: dict, tokenizer, spec: JobSpec, generator) -> dict:
-    """Masked-LM inputs (both models see the masked text) and `mlm_labels`."""
-    ids = batch["input_ids"]
-    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids, device=ids.device))
-    special |= batch["attention_mask"] == 0
-    masked, labels = mask_tokens(
-        ids,
-        special,
-        mask_id=tokenizer.mask_token_id,
-        vocab_size=len(tokenizer),
-        probability=spec.objective.mlm_probability,
-        generator=generator,
-    )
-    return {**batch, "input_ids": masked, "mlm_labels": labels}
-
-
-@torch.no_grad()
 def _evaluate(engine, teacher, head, loader, model: DistillationModel, mask_fn) -> dict[str, float]:
     """Mean eval loss (and accuracy for classification) over every rank's shard."""
     engine.eval()
     total, n, correct, seen = 0.0, 0, 0, 0
     for batch in loader:
         batch = mask_fn({k: v.to(engine.device) for k, v in batch.items()})
-        loss, _ = engine(batch, _teacher_outputs(teacher, head, batch, model))
+        loss, _ = engine(batch, teacher_outputs(teacher, head, batch, model))
         total, n = total + float(loss), n + 1
         if model.head is not None and model.head.task_type == "classification":
             logits = forward_outputs(model.student, batch, head=model.head).logits
@@ -288,7 +237,7 @@ def train_loop_per_worker(config: dict) -> None:
     def mlm_masks(batch: dict, generator: torch.Generator | None = None) -> dict:
         if model.mlm_head is None:
             return batch
-        return _with_mlm_masks(batch, tokenizer, spec, generator or mlm_generator)
+        return with_mlm_masks(batch, tokenizer, spec, generator or mlm_generator)
 
     def eval_masks(batch: dict) -> dict:  # the same masks at every evaluation
         return mlm_masks(batch, torch.Generator().manual_seed(t.seed + rank))
@@ -354,8 +303,8 @@ def train_loop_per_worker(config: dict) -> None:
             batch = next(batches)
         batch = mlm_masks({k: v.to(engine.device) for k, v in batch.items()})
         marks = [time.perf_counter()]
-        teacher_out = _teacher_outputs(teacher, teacher_head, batch, model)
-        mixed = _mixed_batch(batch, teacher, teacher_head, model, spec, mix_generator)
+        teacher_out = teacher_outputs(teacher, teacher_head, batch, model)
+        mixed = mixed_batch(batch, teacher, teacher_head, model, spec, mix_generator)
         marks.append(time.perf_counter())
         loss, parts = engine(batch, teacher_out, mixed)
         marks.append(time.perf_counter())

