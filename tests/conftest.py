@@ -7,6 +7,7 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from distill_core.teacher import freeze
+from s3_fixtures import bucket, locked_s3, moto_endpoint  # noqa: F401  (S3 on loopback)
 
 # ---------------------------------------------------------------------------
 # Tiny teacher model
