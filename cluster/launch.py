@@ -12,6 +12,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cluster.manifest_callback import CheckpointManifest
 from cluster.storage import LocalStorage
 from cluster.worker_loop import train_loop_per_worker
 from jobs.spec import JobSpec
@@ -48,7 +49,7 @@ def ensure_ray(spec: JobSpec) -> None:
     )
 
 
-def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:
+def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:  # or S3Storage
     """Run (or resume) the training; raises if the run failed."""
     ensure_ray(spec)
     sc = spec.scaling
@@ -74,6 +75,7 @@ def fit(spec: JobSpec, storage: LocalStorage) -> ray.train.Result:
                 num_to_keep=spec.training.keep_checkpoints
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            callbacks=[CheckpointManifest()],  # COMPLETE.json, written once all ranks uploaded
         ),
     )
     return trainer.fit()

@@ -32,16 +32,14 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from cluster.storage import StorageError
+
 MANIFEST = ".distill-manifest.json"
 PROBE_KEY = ".distill-write-probe"
 # DNS-compatible bucket names (what S3 and MinIO accept for new buckets).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PROBE_CONNECT_TIMEOUT_S = 3
 _PROBE_READ_TIMEOUT_S = 5
-
-
-class StorageError(ValueError):
-    """The storage location is malformed, missing or unreachable; one line, no secrets."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +197,9 @@ class S3Storage:
         for page in self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=prefix, Delimiter="/"
         ):
-            names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+            names.update(
+                p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+            )
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
         return sorted(n for n in names if n)
 

@@ -14,6 +14,10 @@ import tempfile
 from pathlib import Path
 
 
+class StorageError(ValueError):
+    """The storage location is malformed, missing or unreachable; one line, no secrets."""
+
+
 class LocalStorage:
     """A run folder on local (or shared network) disk."""
 

@@ -14,8 +14,8 @@ import yaml
 
 from cluster.job_data import train_eval_texts
 from cluster.run_files import PROBE_FILE, STATE_FILE, STUDENT_DIR
-from cluster.storage import LocalStorage
-from jobs.preflight import preflight
+from cluster.storage import LocalStorage, is_s3_uri
+from jobs.preflight import check_storage, preflight
 from jobs.report import build_report
 from jobs.spec import JobSpec, SpecError, dump_spec
 
@@ -24,7 +24,9 @@ CONFIG_FILE = "config.yaml"
 _RESUME_KEYS = ("teacher", "student", "objective")
 
 
-def run_dir_for(spec: JobSpec, output: str | None) -> Path:
+def run_dir_for(spec: JobSpec, output: str | None) -> Path | str:
+    if is_s3_uri(output or spec.output.dir):  # an S3 URI is no Path: "s3://" would lose a "/"
+        return (output or f"{spec.output.dir.rstrip('/')}/{spec.output.name}").rstrip("/")
     return Path(output) if output else Path(spec.output.dir) / spec.output.name
 
 
@@ -37,7 +39,7 @@ def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
         previous = None
     if not isinstance(previous, dict):
         raise SpecError(
-            f"{storage.path(CONFIG_FILE)}: existing run config is unreadable; "
+            f"{storage.uri}/{CONFIG_FILE}: existing run config is unreadable; "
             "use a new output.name (or --output)"
         )
     current = spec.model_dump(mode="json")
@@ -54,8 +56,8 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     started = time.perf_counter()
     spec = preflight(spec)
     run_dir = run_dir_for(spec, output)
-    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": run_dir.name})})
-    storage = LocalStorage(run_dir)
+    storage = check_storage(run_dir, spec, "--output" if output else "output.dir")
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
     _check_resumable(storage, spec)
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))
@@ -70,15 +72,22 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     if getattr(result, "error", None):
         raise result.error
     checkpoint = result.checkpoint
-    with checkpoint.as_directory() as folder:
+    with checkpoint.as_directory() as folder:  # from S3: a local download, removed after
         folder = Path(folder)
         storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
-    storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
-    _, eval_texts = train_eval_texts(spec)
-    report = build_report(
-        spec, storage.root, list(eval_texts["text"]), state, probe, checkpoint.path, started
-    )
+        storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
+        _, eval_texts = train_eval_texts(spec)
+        report = build_report(
+            spec,
+            storage.uri,
+            list(eval_texts["text"]),
+            state,
+            probe,
+            f"s3://{checkpoint.path}" if is_s3_uri(storage.uri) else checkpoint.path,
+            started,
+            student_dir=folder / STUDENT_DIR,
+        )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report

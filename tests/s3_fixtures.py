@@ -10,6 +10,7 @@ deployment; tests assert that these values never show up in what a run writes or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -59,6 +60,7 @@ def moto_endpoint() -> str:
     """`http://127.0.0.1:PORT` of a moto S3 server running in a thread of this process."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -74,9 +74,7 @@ def test_files_folders_and_listing(moto_endpoint, bucket, tmp_path):
     assert list_keys(moto_endpoint, bucket, "runs/r1/student") == {}
 
 
-def test_pyarrow_filesystem_reaches_the_endpoint_and_pickles_without_secrets(
-    moto_endpoint, bucket
-):
+def test_pyarrow_filesystem_reaches_the_endpoint_and_pickles_without_secrets(moto_endpoint, bucket):
     store = _storage(moto_endpoint, f"s3://{bucket}/runs/r1")
     path, fs = store.ray_storage()
     assert path == f"{bucket}/runs/r1"
