@@ -218,9 +218,14 @@ class S3Storage:
         return files
 
     def delete(self, relpath: str) -> None:
-        """Delete a file or a whole folder."""
-        keys = [self.key(relpath)] + [
-            f"{self.key(relpath)}/{rel}" for rel in self.list_files(relpath)
+        """Delete a file or a whole folder (with any `folder/` marker objects in it)."""
+        prefix = self.key(relpath)
+        keys = [prefix] + [
+            obj["Key"]
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{prefix}/"
+            )
+            for obj in page.get("Contents", [])
         ]
         for start in range(0, len(keys), 1000):
             self.client.delete_objects(
@@ -285,6 +290,17 @@ class S3Storage:
                     raise
             s3.put_object(Bucket=self.bucket, Key=key, Body=b"distill write probe\n")
             s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise StorageError(self._explain(exc)) from None
+
+    def check_readable(self) -> None:
+        """Head-bucket with short timeouts, so readers (`runs list`, `export`, `report`) fail
+        in seconds with one line on a missing bucket, bad keys or an unreachable endpoint."""
+        try:
+            _client(self.options, probe=True).head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) not in ("403", "AccessDenied"):  # reading may still be allowed
+                raise StorageError(self._explain(exc)) from None
         except Exception as exc:
             raise StorageError(self._explain(exc)) from None
 

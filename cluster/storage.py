@@ -100,6 +100,9 @@ class LocalStorage:
     def probe(self) -> None:
         """Nothing to check up front: the run folder is created (or refused) on first write."""
 
+    def check_readable(self) -> None:
+        """Nothing to check: a missing folder reads as empty."""
+
 
 def is_s3_uri(uri: str | Path) -> bool:
     return str(uri).startswith("s3:")

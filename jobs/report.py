@@ -198,6 +198,7 @@ def read_report(run_dir: str | Path, s3=None) -> dict:
 
     try:
         storage = open_storage(run_dir, s3)
+        storage.check_readable()
         text = storage.read_text("report.json")
     except StorageError as exc:
         raise SpecError(f"report: {exc}") from None

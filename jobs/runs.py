@@ -29,7 +29,9 @@ REPORT_FILE = "report.json"
 
 def _open(uri: str, s3, what: str):
     try:
-        return open_storage(uri, s3)
+        storage = open_storage(uri, s3)
+        storage.check_readable()
+        return storage
     except StorageError as exc:
         raise SpecError(f"{what}: {exc}") from None
 
@@ -106,7 +108,8 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
     if not checkpoints:
         raise SpecError(f"export: {run.uri} has no student/ and no complete checkpoint")
     newest = checkpoints[0]
-    if STUDENT_DIR in run.list(newest["path"]):  # the final checkpoint carries the export
+    files = run.list_files(newest["path"])
+    if any(f.startswith(f"{STUDENT_DIR}/") for f in files):  # the final one carries the export
         run.get_dir(f"{newest['path']}/{STUDENT_DIR}", out)
         return {"source": "checkpoint", "checkpoint": newest["name"], "step": newest["step"]}
 

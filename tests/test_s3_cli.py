@@ -78,7 +78,9 @@ def _run_case(case: Case, env: dict[str, str], folder, hf_cache) -> tuple[Outcom
         text=True,
         timeout=240,
     )
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, folder, {}), time.monotonic() - started
+    return Outcome(
+        proc.returncode, proc.stdout, proc.stderr, folder, {}
+    ), time.monotonic() - started
 
 
 @pytest.fixture(scope="module")

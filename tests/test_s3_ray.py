@@ -79,7 +79,11 @@ def test_s3_job_writes_everything_to_the_bucket(s3_run, moto_endpoint, tmp_path,
     assert f"{TRAIN_DIR}/checkpoint_manager_snapshot.json" in rel
 
     # keep_checkpoints=1 holds in the bucket: Ray deleted the step-4 checkpoint there.
-    checkpoints = {k.split("/")[1] for k in rel if k.startswith(f"{TRAIN_DIR}/checkpoint_")}
+    checkpoints = {
+        k.split("/")[1]
+        for k in rel
+        if k.startswith(f"{TRAIN_DIR}/checkpoint_") and k.count("/") > 1
+    }
     assert len(checkpoints) == 1, checkpoints
     (name,) = checkpoints
     manifest = json.loads(
@@ -90,9 +94,7 @@ def test_s3_job_writes_everything_to_the_bucket(s3_run, moto_endpoint, tmp_path,
     assert manifest["step"] == 8 and manifest["ranks"] == 2
     for rank in (0, 1):  # ZeRO-3 shards of both ranks, each listed with its size
         for kind in ("model_states", "optim_states"):
-            shard = next(
-                f for f in manifest["files"] if f"zero_pp_rank_{rank}_" in f and kind in f
-            )
+            shard = next(f for f in manifest["files"] if f"zero_pp_rank_{rank}_" in f and kind in f)
             assert rel[f"{TRAIN_DIR}/{name}/{shard}"] == manifest["files"][shard] > 0
 
     storage = S3Storage(f"s3://{bucket}/{RUN}", S3Options(endpoint_url=moto_endpoint))
@@ -157,7 +159,14 @@ def test_export_consolidates_zero3_shards_of_a_stopped_run(s3_run, moto_endpoint
 
     done = export_run(uri, tmp_path / "consolidated", s3)
     assert done["source"] == "consolidated" and done["step"] == 8
-    for weights in ("model.safetensors", "2_Dense/model.safetensors"):
+    trained = sorted(p.relative_to(tmp_path / "trained") for p in (tmp_path / "trained").rglob("*"))
+    assert (
+        sorted(
+            p.relative_to(tmp_path / "consolidated") for p in (tmp_path / "consolidated").rglob("*")
+        )
+        == trained
+    )  # same folder layout (2_Dense only when the student is narrower)
+    for weights in [p for p in trained if p.name == "model.safetensors"]:
         expected = load_file(str(tmp_path / "trained" / weights))
         got = load_file(str(tmp_path / "consolidated" / weights))
         assert set(got) == set(expected), weights
