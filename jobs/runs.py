@@ -92,6 +92,16 @@ def format_runs(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width)).rstrip() for row in table)
 
 
+def _restore_empty_module_dirs(folder: Path) -> None:
+    """Object stores keep no empty folders; sentence-transformers expects every module path
+    in modules.json (e.g. an empty `2_Normalize/`) to exist."""
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text()):
+            if module.get("path"):
+                (folder / module["path"]).mkdir(parents=True, exist_ok=True)
+
+
 def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
     """Put the run's student into `out` (created; must not hold files). Returns where it
     came from: {"source": "student" | "checkpoint" | "consolidated", ...}."""
@@ -101,6 +111,7 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
         raise SpecError(f"--out: {out} is not empty")
     if run.dir_complete(STUDENT_DIR):
         run.get_dir(STUDENT_DIR, out)
+        _restore_empty_module_dirs(out)
         return {"source": "student", "run": run.uri}
     if not run.exists(CONFIG_FILE):
         raise SpecError(f"export: {run.uri} is not a run folder (no {CONFIG_FILE})")
@@ -111,6 +122,7 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
     files = run.list_files(newest["path"])
     if any(f.startswith(f"{STUDENT_DIR}/") for f in files):  # the final one carries the export
         run.get_dir(f"{newest['path']}/{STUDENT_DIR}", out)
+        _restore_empty_module_dirs(out)
         return {"source": "checkpoint", "checkpoint": newest["name"], "step": newest["step"]}
 
     from cluster.consolidate import export_from_checkpoint  # imports DeepSpeed

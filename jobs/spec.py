@@ -121,7 +121,7 @@ class S3Spec(_Strict):
     region: str | None = None  # None: AWS_REGION / AWS_DEFAULT_REGION / profile
     addressing_style: Literal["auto", "path", "virtual"] = "auto"  # MinIO: path
     retry_mode: Literal["standard", "adaptive"] = "standard"
-    max_attempts: PositiveInt = 10  # per request, with exponential backoff (~45 s at 10)
+    max_attempts: PositiveInt = 10  # per request (boto3 and pyarrow), exponential backoff
 
 
 class OutputSpec(_Strict):
