@@ -13,6 +13,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.run_files import TRAIN_DIR
+from cluster.manifest_callback import CheckpointManifest
 from cluster.storage import LocalStorage
 from cluster.worker_loop import train_loop_per_worker
 from jobs.spec import JobSpec
@@ -87,6 +88,7 @@ def fit(
                 num_to_keep=spec.training.keep_checkpoints
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
+            callbacks=[CheckpointManifest()],  # COMPLETE.json, written once all ranks uploaded
         ),
     )
     return trainer.fit()

@@ -2,6 +2,8 @@
 
     distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
     distill report RUN_DIR [--json]
+    distill runs list LOCATION          (a folder or s3://bucket/prefix)
+    distill export RUN --out DIR        (RUN: a run folder or s3://bucket/prefix/RUN)
 
 Bad input prints one line naming the field or file and exits with code 2, before Ray starts.
 """
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 
+from jobs import runs
 from jobs.spec import SpecError, load_spec
 from jobs.stages import smoke_pipeline
 
@@ -42,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="print a run's report.json as a table")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true", help="print the raw JSON")
+    runs.add_s3_flags(report)
+    runs.add_parsers(sub)
     return parser
 
 
@@ -75,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from jobs.report import format_table, read_report
 
-    report = read_report(args.run_dir)
+    report = read_report(args.run_dir, runs.s3_options(args))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
@@ -83,7 +88,9 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "report": _report}[args.command](args)
+        commands = {"run": _run, "report": _report}
+        commands.update(runs=runs.runs_command, export=runs.export_command)
+        return commands[args.command](args)
     except SpecError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

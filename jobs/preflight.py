@@ -230,6 +230,20 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
     return spec.model_copy(update=update)
 
 
+def check_storage(uri, spec: JobSpec, field: str = "output.dir"):
+    """Open the run's storage and probe it (S3: head-bucket plus a small write, short
+    timeouts), so a malformed URI, a missing bucket, rejected credentials, a missing
+    permission or an unreachable endpoint fail in seconds, before Ray. Returns the storage."""
+    from cluster.storage import StorageError, open_storage
+
+    try:
+        storage = open_storage(uri, spec.output.s3)
+        storage.probe()
+    except StorageError as exc:
+        raise SpecError(f"{field}: {exc}") from None
+    return storage
+
+
 def preflight(spec: JobSpec) -> JobSpec:
     """Validate a one-stage spec without Ray; return the resolved spec."""
     return preflight_stages(spec)[-1].spec

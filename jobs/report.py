@@ -75,21 +75,25 @@ def _task_quality(spec: JobSpec, teacher_dir: str, student_dir: Path, eval_rows)
 
 def build_report(
     spec: JobSpec,
-    run_dir: Path,
+    run_dir: Path | str,
     eval_rows,
     train_state: dict,
     probe: torch.Tensor,
     checkpoint_path: str,
     started: float,
     *,
+    student_dir: Path | None = None,
     teacher_dir: str | None = None,
     stages: list[dict] | None = None,
 ) -> dict:
     """Evaluate teacher and exported student in this process and assemble the report.
+    `run_dir` is the run's location as written in the report (a path or an s3:// URI);
+    `student_dir` a local copy of the export when the run folder is not local;
     eval_rows: the held-out `datasets.Dataset` (`text`, and `label` for tasks)."""
     teacher_dir = teacher_dir or resolve_teacher(spec.teacher.name)
     teacher = load_encoder(teacher_dir)
-    student = load_encoder(run_dir / "student")
+    student_dir = student_dir or Path(run_dir) / "student"
+    student = load_encoder(student_dir)
     eval_texts = list(eval_rows["text"])
     export_diff = float(
         (student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max()
@@ -140,7 +144,7 @@ def build_report(
             "compression": t_params / s_params,
         },
         "quality": quality,
-        "task": _task_quality(spec, teacher_dir, run_dir / "student", eval_rows),
+        "task": _task_quality(spec, teacher_dir, student_dir, eval_rows),
         "stages": stages or [],
         "speed": {
             "unit": "sentences/s",
@@ -166,8 +170,8 @@ def build_report(
         "teacher_check": train_state.get("teacher_fingerprint"),
         "paths": {
             "checkpoint": checkpoint_path,
-            "student": str(run_dir / "student"),
-            "config": str(run_dir / "config.yaml"),
+            "student": f"{run_dir}/student",
+            "config": f"{run_dir}/config.yaml",
         },
     }
     report["run"]["wall_time_s"] = time.perf_counter() - started
@@ -235,10 +239,19 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def read_report(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "report.json"
-    if not path.is_file():
-        from jobs.spec import SpecError
+def read_report(run_dir: str | Path, s3=None) -> dict:
+    """The report of a run folder or `s3://bucket/prefix/RUN` (`s3`: connection settings)."""
+    from cluster.storage import StorageError, open_storage
+    from jobs.spec import SpecError
 
-        raise SpecError(f"report: {path} not found (has the run finished?)")
-    return json.loads(path.read_text())
+    try:
+        storage = open_storage(run_dir, s3)
+        storage.check_readable()
+        text = storage.read_text("report.json")
+    except StorageError as exc:
+        raise SpecError(f"report: {exc}") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise SpecError(
+            f"report: {str(run_dir).rstrip('/')}/report.json not found (has the run finished?)"
+        ) from None
+    return json.loads(text)

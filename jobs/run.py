@@ -15,9 +15,9 @@ import yaml
 
 from cluster.job_data import train_eval_texts
 from cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
-from cluster.storage import LocalStorage
+from cluster.storage import LocalStorage, is_s3_uri
 from distill_core.teacher import is_sentence_transformer, resolve_teacher
-from jobs.preflight import preflight_stages
+from jobs.preflight import check_storage, preflight_stages
 from jobs.report import build_report
 from jobs.spec import JobSpec, SpecError, dump_spec
 from jobs.stages import Stage
@@ -27,7 +27,9 @@ CONFIG_FILE = "config.yaml"
 _RESUME_KEYS = ("teacher", "student", "task", "objective", "stages")
 
 
-def run_dir_for(spec: JobSpec, output: str | None) -> Path:
+def run_dir_for(spec: JobSpec, output: str | None) -> Path | str:
+    if is_s3_uri(output or spec.output.dir):  # an S3 URI is no Path: "s3://" would lose a "/"
+        return (output or f"{spec.output.dir.rstrip('/')}/{spec.output.name}").rstrip("/")
     return Path(output) if output else Path(spec.output.dir) / spec.output.name
 
 
@@ -50,7 +52,7 @@ def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
         previous = None
     if not isinstance(previous, dict):
         raise SpecError(
-            f"{storage.path(CONFIG_FILE)}: existing run config is unreadable; "
+            f"{storage.uri}/{CONFIG_FILE}: existing run config is unreadable; "
             "use a new output.name (or --output)"
         )
     current = spec.model_dump(mode="json")
@@ -136,11 +138,11 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
     started = time.perf_counter()
     stages = preflight_stages(spec)
     run_dir = run_dir_for(spec, output)
-    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": run_dir.name})})
+    storage = check_storage(run_dir, spec, "--output" if output else "output.dir")
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
     if len(stages) == 1:
         spec = stages[0].spec.model_copy(update={"output": spec.output})
         stages = [Stage(stages[0].name, stages[0].kind, spec)]
-    storage = LocalStorage(run_dir)
     _check_resumable(storage, spec)
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))
@@ -151,29 +153,33 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
 
     outputs = _run_stages(stages, storage)
     final = stages[-1]
+    final_spec = final.spec.model_copy(update={"output": spec.output})
     checkpoint = outputs[final.name]
-    with checkpoint.as_directory() as folder:
+    with checkpoint.as_directory() as folder:  # from S3: a local download, removed after
         folder = Path(folder)
         storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
-    storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
-    final_spec = final.spec.model_copy(update={"output": spec.output})
-    _, eval_rows = train_eval_texts(final_spec)
-    teacher_checkpoint = outputs.get(final.teacher_stage)
-    with _teacher_folder(teacher_checkpoint, final_spec) as teacher_dir:
-        report = build_report(
-            final_spec,
-            storage.root,
-            eval_rows,
-            state,
-            probe,
-            checkpoint.path,
-            started,
-            teacher_dir=teacher_dir,
-            stages=[
-                {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages
-            ],
+        storage.write_text(
+            "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"])
+        )
+        _, eval_rows = train_eval_texts(final_spec)
+        with _teacher_folder(outputs.get(final.teacher_stage), final_spec) as teacher_dir:
+            report = build_report(
+                final_spec,
+                storage.uri,
+                eval_rows,
+                state,
+                probe,
+                f"s3://{checkpoint.path}" if is_s3_uri(storage.uri) else checkpoint.path,
+                started,
+                student_dir=folder / STUDENT_DIR,
+                teacher_dir=teacher_dir,
+                stages=[
+                    {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps}
+                    for s in stages
+                ],
+            )
         )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report

@@ -159,8 +159,19 @@ class EvaluationSpec(_Strict):
     batch_size: PositiveInt = 32
 
 
+class S3Spec(_Strict):
+    """Where an `s3://` output lives; credentials come from the AWS chain, never from here."""
+
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL(_S3) or AWS; e.g. http://minio:9000
+    region: str | None = None  # None: AWS_REGION / AWS_DEFAULT_REGION / profile
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"  # MinIO: path
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: PositiveInt = 10  # per request (boto3 and pyarrow), exponential backoff
+
+
 class OutputSpec(_Strict):
-    dir: str = "runs"
+    dir: str = "runs"  # a local folder or s3://bucket/prefix
+    s3: S3Spec = S3Spec()
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

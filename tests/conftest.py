@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from s3_fixtures import bucket, locked_s3, moto_endpoint  # noqa: F401  (S3 on loopback)
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from distill_core.teacher import freeze

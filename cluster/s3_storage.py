@@ -1,0 +1,339 @@
+"""A run folder in S3 (or any S3-compatible store such as MinIO): the `LocalStorage` methods
+over boto3, plus the pyarrow filesystem Ray Train writes checkpoints through.
+
+Credentials come only from the standard AWS chain (environment, profile, instance role):
+neither this module nor the job spec ever holds them, and nothing here logs them. Retries
+are botocore's (`standard` or `adaptive` mode) and the AWS SDK's standard retry strategy for
+pyarrow; there is no retry loop of our own.
+
+A folder written with `put_dir` is complete once its manifest `.distill-manifest.json`
+(written last, listing every file and its size) is present: S3 has no atomic rename, so the
+manifest is the commit point, and readers check it (`dir_complete`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+import pyarrow.fs
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from cluster.storage import StorageError
+
+MANIFEST = ".distill-manifest.json"
+PROBE_KEY = ".distill-write-probe"
+# DNS-compatible bucket names (what S3 and MinIO accept for new buckets).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PROBE_CONNECT_TIMEOUT_S = 3
+_PROBE_READ_TIMEOUT_S = 5
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Connection settings (never credentials). Mirrors `jobs.spec.S3Spec`."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str = "auto"  # auto | path | virtual
+    retry_mode: str = "standard"  # standard | adaptive
+    max_attempts: int = 10
+
+    @classmethod
+    def from_spec(cls, spec) -> S3Options:
+        if spec is None:
+            return cls()
+        if isinstance(spec, cls):
+            return spec
+        fields = ("endpoint_url", "region", "addressing_style", "retry_mode", "max_attempts")
+        return cls(**{f: getattr(spec, f) for f in fields})
+
+    def resolved_endpoint(self) -> str | None:
+        # boto3 reads these by itself; pyarrow may not, so both get the same explicit value.
+        return (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix` -> ("bucket", "some/prefix"); StorageError if malformed."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not uri.startswith("s3://"):
+        raise StorageError(f"{uri!r} is not an s3://bucket/prefix URI")
+    bucket, prefix = parsed.netloc, parsed.path.strip("/")
+    if not bucket:
+        raise StorageError(f"{uri!r} has no bucket name (expected s3://bucket/prefix)")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise StorageError(
+            f"{uri!r}: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')"
+        )
+    if parsed.query or parsed.fragment or "//" in parsed.path:
+        raise StorageError(f"{uri!r}: unexpected '?', '#' or '//' in the prefix")
+    return bucket, prefix
+
+
+def _client(options: S3Options, *, probe: bool = False):
+    retries = {"mode": options.retry_mode, "max_attempts": 2 if probe else options.max_attempts}
+    config = Config(
+        retries=retries,
+        s3={"addressing_style": options.addressing_style},
+        connect_timeout=_PROBE_CONNECT_TIMEOUT_S if probe else 10,
+        read_timeout=_PROBE_READ_TIMEOUT_S if probe else 60,
+    )
+    kwargs = {"config": config}
+    if options.endpoint_url:
+        kwargs["endpoint_url"] = options.endpoint_url
+    if options.region:
+        kwargs["region_name"] = options.region
+    return boto3.session.Session().client("s3", **kwargs)
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Storage:
+    """A run folder at `s3://bucket/prefix`."""
+
+    def __init__(self, uri: str, options: S3Options | None = None) -> None:
+        self.bucket, self.prefix = parse_s3_uri(uri)
+        self.options = options or S3Options()
+        self._s3 = None
+
+    # -- addressing ---------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    @property
+    def name(self) -> str:
+        return self.prefix.rsplit("/", 1)[-1]
+
+    def child(self, relpath: str) -> S3Storage:
+        return S3Storage(f"{self.uri}/{relpath.strip('/')}", self.options)
+
+    def key(self, relpath: str) -> str:
+        return "/".join(p for p in (self.prefix, relpath.strip("/")) if p)
+
+    @property
+    def client(self):
+        if self._s3 is None:
+            self._s3 = _client(self.options)
+        return self._s3
+
+    # -- Ray ----------------------------------------------------------------------------
+    def pyarrow_filesystem(self) -> pyarrow.fs.S3FileSystem:
+        """The filesystem Ray Train uploads checkpoints through (picklable, no credentials
+        inside: every process resolves them from its own AWS chain)."""
+        o = self.options
+        kwargs = {
+            "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=o.max_attempts),
+            "connect_timeout": 10,
+            "request_timeout": 60,
+            "force_virtual_addressing": o.addressing_style == "virtual",
+        }
+        endpoint = o.resolved_endpoint()
+        if endpoint:
+            parsed = urlparse(endpoint)
+            kwargs["endpoint_override"] = parsed.netloc or parsed.path
+            kwargs["scheme"] = parsed.scheme or "https"
+        if o.region:
+            kwargs["region"] = o.region
+        return pyarrow.fs.S3FileSystem(**kwargs)
+
+    def ray_storage(self) -> tuple[str, pyarrow.fs.S3FileSystem]:
+        """(storage_path, storage_filesystem) for `ray.train.RunConfig`."""
+        return f"{self.bucket}/{self.prefix}".rstrip("/"), self.pyarrow_filesystem()
+
+    # -- files --------------------------------------------------------------------------
+    def exists(self, relpath: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.key(relpath))
+            return True
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+        listing = self.client.list_objects_v2(
+            Bucket=self.bucket, Prefix=self.key(relpath) + "/", MaxKeys=1
+        )
+        return listing.get("KeyCount", 0) > 0
+
+    def read_bytes(self, relpath: str) -> bytes:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))["Body"]
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey"):
+                raise FileNotFoundError(f"{self.uri}/{relpath}") from None
+            raise
+        return body.read()
+
+    def read_text(self, relpath: str) -> str:
+        return self.read_bytes(relpath).decode()
+
+    def write_text(self, relpath: str, text: str) -> None:
+        # One PUT: the object appears whole or not at all.
+        self.client.put_object(Bucket=self.bucket, Key=self.key(relpath), Body=text.encode())
+
+    def list(self, relpath: str = "") -> list[str]:
+        """Names of the immediate children (files and folders) of `relpath`."""
+        prefix = self.key(relpath)
+        prefix = f"{prefix}/" if prefix else ""
+        names: set[str] = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix, Delimiter="/"
+        ):
+            names.update(
+                p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+            )
+            names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
+        return sorted(n for n in names if n)
+
+    def list_files(self, relpath: str = "") -> dict[str, int]:
+        """Every file under `relpath`, recursively, as {path relative to relpath: size}."""
+        prefix = self.key(relpath)
+        prefix = f"{prefix}/" if prefix else ""
+        files = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        ):
+            for obj in page.get("Contents", []):
+                rel = obj["Key"][len(prefix) :]
+                if rel and not rel.endswith("/"):
+                    files[rel] = obj["Size"]
+        return files
+
+    def delete(self, relpath: str) -> None:
+        """Delete a file or a whole folder (with any `folder/` marker objects in it)."""
+        prefix = self.key(relpath)
+        keys = [prefix] + [
+            obj["Key"]
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=f"{prefix}/"
+            )
+            for obj in page.get("Contents", [])
+        ]
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True},
+            )
+
+    # -- folders ------------------------------------------------------------------------
+    def put_dir(self, local_dir: str | Path, relpath: str) -> None:
+        """Upload a folder; its manifest goes last, so readers never take a half-upload
+        (or a half-replaced folder) for a complete one."""
+        local_dir = Path(local_dir)
+        files = {
+            p.relative_to(local_dir).as_posix(): p.stat().st_size
+            for p in sorted(local_dir.rglob("*"))
+            if p.is_file()
+        }
+        manifest_key = self.key(f"{relpath}/{MANIFEST}")
+        self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
+        stale = set(self.list_files(relpath)) - set(files) - {MANIFEST}
+        for rel in files:
+            self.client.upload_file(str(local_dir / rel), self.bucket, self.key(f"{relpath}/{rel}"))
+        for rel in sorted(stale):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(f"{relpath}/{rel}"))
+        self.client.put_object(
+            Bucket=self.bucket, Key=manifest_key, Body=json.dumps({"files": files}).encode()
+        )
+
+    def dir_complete(self, relpath: str) -> bool:
+        """The folder's manifest exists and every file it lists is there with its size."""
+        try:
+            manifest = json.loads(self.read_text(f"{relpath}/{MANIFEST}"))
+        except (FileNotFoundError, ValueError):
+            return False
+        present = self.list_files(relpath)
+        return all(present.get(rel) == size for rel, size in manifest["files"].items())
+
+    def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
+        """Download a folder (without its manifest) into `local_dir`."""
+        local_dir = Path(local_dir)
+        for rel in self.list_files(relpath):
+            if rel == MANIFEST:
+                continue
+            target = local_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file(self.bucket, self.key(f"{relpath}/{rel}"), str(target))
+        return local_dir
+
+    # -- preflight ----------------------------------------------------------------------
+    def probe(self) -> None:
+        """One cheap check that the run can write here: head-bucket, then put and delete a
+        small object, with short timeouts. Raises StorageError with a one-line reason."""
+        s3 = _client(self.options, probe=True)
+        key = self.key(PROBE_KEY)
+        try:
+            try:
+                s3.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                # A bare 403 (HEAD has no error body) means wrong keys or no permission:
+                # the write probe's error says which.
+                if _error_code(exc) not in ("403", "AccessDenied"):
+                    raise
+            s3.put_object(Bucket=self.bucket, Key=key, Body=b"distill write probe\n")
+            s3.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise StorageError(self._explain(exc)) from None
+
+    def check_readable(self) -> None:
+        """Head-bucket with short timeouts, so readers (`runs list`, `export`, `report`) fail
+        in seconds with one line on a missing bucket, bad keys or an unreachable endpoint."""
+        try:
+            _client(self.options, probe=True).head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) not in ("403", "AccessDenied"):  # reading may still be allowed
+                raise StorageError(self._explain(exc)) from None
+        except Exception as exc:
+            raise StorageError(self._explain(exc)) from None
+
+    def _explain(self, exc: Exception) -> str:
+        where = self.options.resolved_endpoint() or "AWS S3"
+        if isinstance(exc, NoCredentialsError):
+            return (
+                "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, or use an instance role)"
+            )
+        if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+            return f"cannot reach the S3 endpoint {where} ({type(exc).__name__})"
+        if isinstance(exc, ClientError):
+            code = _error_code(exc)
+            if code in ("404", "NoSuchBucket"):
+                return f"bucket {self.bucket!r} does not exist at {where}"
+            if code in _BAD_CREDENTIALS:
+                return f"the AWS credentials were rejected by {where} ({code})"
+            if code in ("403", "AccessDenied", "AllAccessDisabled"):
+                return (
+                    f"access denied to s3://{self.bucket}/{self.prefix}: the credentials may "
+                    "not write there (s3:PutObject and s3:DeleteObject are needed)"
+                )
+            return f"s3://{self.bucket}: {code or 'request failed'}"
+        if isinstance(exc, BotoCoreError):
+            return f"s3://{self.bucket}: {type(exc).__name__}"
+        raise exc
+
+
+_BAD_CREDENTIALS = (
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "InvalidClientTokenId",
+)
