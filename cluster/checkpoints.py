@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 
-TRAIN_DIR = "train"  # Ray Train's run name under the run folder
+from cluster.run_files import TRAIN_DIR
+
 COMPLETE = "COMPLETE.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
@@ -32,9 +33,9 @@ def manifest_problem(manifest: dict, files: dict[str, int]) -> str | None:
     return None
 
 
-def _ray_registered(storage) -> list[str]:
+def _ray_registered(storage, folder: str) -> list[str]:
     try:
-        snapshot = json.loads(storage.read_text(f"{TRAIN_DIR}/{RAY_SNAPSHOT}"))
+        snapshot = json.loads(storage.read_text(f"{folder}/{RAY_SNAPSHOT}"))
     except (FileNotFoundError, OSError, ValueError):
         return []
     return [
@@ -44,14 +45,14 @@ def _ray_registered(storage) -> list[str]:
     ]
 
 
-def complete_checkpoints(storage) -> list[dict]:
-    """The run's complete checkpoints, newest first: [{"name", "path", "step"}], where
-    `path` is relative to the run folder."""
-    names = [n for n in storage.list(TRAIN_DIR) if n.startswith("checkpoint_")]
-    registered = set(_ray_registered(storage))
+def complete_checkpoints(storage, folder: str = TRAIN_DIR) -> list[dict]:
+    """The complete checkpoints of one Ray Train run (`train`, or `stages/NAME` in a
+    pipeline), newest first: [{"name", "path", "step"}], `path` relative to the run folder."""
+    names = [n for n in storage.list(folder) if n.startswith("checkpoint_")]
+    registered = set(_ray_registered(storage, folder))
     found = []
     for name in names:
-        rel = f"{TRAIN_DIR}/{name}"
+        rel = f"{folder}/{name}"
         files = storage.list_files(rel)
         step = None
         if COMPLETE in files:

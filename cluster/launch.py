@@ -12,8 +12,8 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster.run_files import TRAIN_DIR
 from cluster.manifest_callback import CheckpointManifest
+from cluster.run_files import TRAIN_DIR
 from cluster.storage import LocalStorage
 from cluster.worker_loop import train_loop_per_worker
 from jobs.spec import JobSpec

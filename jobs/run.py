@@ -100,6 +100,7 @@ def _run_stages(stages: list[Stage], storage) -> dict:
             subdir, name = _stage_location(stage, len(stages) == 1)
             if len(stages) > 1:
                 print(f"[distill] stage {stage.name} ({stage.kind})", flush=True)
+                storage.write_text(f"{subdir}/{name}/{CONFIG_FILE}", dump_spec(stage.spec))
             result = fit(
                 stage.spec,
                 storage,
@@ -160,9 +161,7 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
         storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
-        storage.write_text(
-            "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"])
-        )
+        storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
         _, eval_rows = train_eval_texts(final_spec)
         with _teacher_folder(outputs.get(final.teacher_stage), final_spec) as teacher_dir:
             report = build_report(
@@ -176,11 +175,9 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
                 student_dir=folder / STUDENT_DIR,
                 teacher_dir=teacher_dir,
                 stages=[
-                    {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps}
-                    for s in stages
+                    {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages
                 ],
             )
-        )
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report
 

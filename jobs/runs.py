@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from cluster.checkpoints import complete_checkpoints
-from cluster.run_files import STUDENT_DIR
+from cluster.run_files import STAGES_DIR, STUDENT_DIR, TRAIN_DIR
 from cluster.storage import StorageError, open_storage
 from jobs.spec import JobSpec, SpecError
 
@@ -54,7 +54,11 @@ def _run_row(run) -> dict | None:
             speedup=sp.get("speedup"),
         )
         return row
-    checkpoints = complete_checkpoints(run)
+    try:
+        folder, _ = _final_stage(run)
+    except (SpecError, ValueError):
+        return row
+    checkpoints = complete_checkpoints(run, folder)
     if checkpoints:
         row.update(status="stopped (checkpoint)", steps=checkpoints[0]["step"])
     return row
@@ -102,6 +106,17 @@ def _restore_empty_module_dirs(folder: Path) -> None:
                 (folder / module["path"]).mkdir(parents=True, exist_ok=True)
 
 
+def _final_stage(run) -> tuple[str, JobSpec]:
+    """(Ray Train folder, resolved spec) of the run's last stage."""
+    spec = JobSpec.model_validate(yaml.safe_load(run.read_text(CONFIG_FILE)))
+    if not spec.stages:
+        return TRAIN_DIR, spec
+    folder = f"{STAGES_DIR}/{spec.stages[-1].name}"
+    if not run.exists(f"{folder}/{CONFIG_FILE}"):
+        raise SpecError(f"export: {run.uri}: the last stage has not started ({folder})")
+    return folder, JobSpec.model_validate(yaml.safe_load(run.read_text(f"{folder}/{CONFIG_FILE}")))
+
+
 def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
     """Put the run's student into `out` (created; must not hold files). Returns where it
     came from: {"source": "student" | "checkpoint" | "consolidated", ...}."""
@@ -115,7 +130,8 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
         return {"source": "student", "run": run.uri}
     if not run.exists(CONFIG_FILE):
         raise SpecError(f"export: {run.uri} is not a run folder (no {CONFIG_FILE})")
-    checkpoints = complete_checkpoints(run)
+    folder, spec = _final_stage(run)
+    checkpoints = complete_checkpoints(run, folder)
     if not checkpoints:
         raise SpecError(f"export: {run.uri} has no student/ and no complete checkpoint")
     newest = checkpoints[0]
@@ -127,7 +143,6 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
 
     from cluster.consolidate import export_from_checkpoint  # imports DeepSpeed
 
-    spec = JobSpec.model_validate(yaml.safe_load(run.read_text(CONFIG_FILE)))
     with tempfile.TemporaryDirectory(prefix="distill-export-") as tmp:
         run.get_dir(newest["path"], tmp)
         staging = Path(tmp) / "export"
