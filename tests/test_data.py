@@ -7,9 +7,10 @@ from pathlib import Path
 
 import datasets
 import pytest
+import torch
 from transformers import BertTokenizerFast
 
-from distill_core.data import DataError, collate, load_texts, split_eval, tokenize
+from distill_core.data import DataError, collate, load_examples, load_texts, split_eval, tokenize
 
 SST2_TRAIN = Path(__file__).parents[2] / "shared/data/sst2/train.tsv"
 ROWS = ["the cat sat on the mat", 'it \'s a "good" movie', "not bad"]
@@ -160,3 +161,34 @@ def test_real_sst2_train_file():
     assert len(texts) == 67_349
     assert texts[0]["text"] == "hide new secretions from the parental units"
     assert all(t.strip() and not t.endswith("\r") for t in texts["text"])  # the file is CRLF
+
+
+# --- labelled examples for tasks --------------------------------------------------------
+
+
+def test_labelled_pairs_from_an_sts_file_tokenize_as_pairs(tmp_path, tiny_tokenizer):
+    path = tmp_path / "sts.csv"
+    path.write_text(
+        "genre\tf\t2012\t0001\t4.5\tthe cat sat\ta cat sat on the mat\n"
+        "genre\tf\t2012\t0002\t0.5\tthe dog ran\tthe car is red\textra\tfields\n"
+    )
+    rows = load_examples(str(path), label_column="label", task_type="regression", fmt="sts")
+    assert set(rows.column_names) == {"text", "text_pair", "label"}
+    assert rows["label"] == [4.5, 0.5] and rows["text_pair"][0] == "a cat sat on the mat"
+    encoded = tokenize(rows, tiny_tokenizer, max_length=32)
+    assert set(encoded.column_names) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
+    first = encoded[0]
+    sep = tiny_tokenizer.sep_token_id
+    assert first["input_ids"].count(sep) == 2  # [CLS] a [SEP] b [SEP]
+    assert set(first["token_type_ids"]) == {0, 1}
+    batch = collate(tiny_tokenizer)([encoded[0], encoded[1]])
+    assert batch["labels"].dtype == torch.float32
+
+
+def test_classification_labels_must_be_class_ids(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("sentence,label\ngood film,positive\nbad film,negative\n")
+    with pytest.raises(DataError, match="label column 'label' must hold integer class ids"):
+        load_examples(str(path), label_column="label", task_type="classification")
+    with pytest.raises(DataError, match="label column 'stars' not found"):
+        load_examples(str(path), label_column="stars", task_type="classification")
