@@ -35,14 +35,17 @@ def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]
     """(train, eval) datasets, capped by the spec's sample limits: one `text` column, or
     `text` (+ `text_pair`) and `label` when the spec has a task."""
     d = spec.data
-    train = _load(d.train, spec, "data.train")
+    sources = d.train_sources
+    parts = [
+        _load(source, spec, "data.train" if len(sources) == 1 else f"data.train.{i}")
+        for i, source in enumerate(sources)
+    ]
+    train = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if d.eval is not None:
         held_out = _load(d.eval, spec, "data.eval")
     else:
         if len(train) < 2:
-            raise ValueError(
-                f"data.train: {d.train.path} has {len(train)} row; need >= 2 to hold out eval"
-            )
+            raise ValueError(f"data.train: {len(train)} row; need >= 2 to hold out eval")
         train, held_out = split_eval(train, d.eval_fraction, spec.training.seed)
     if d.max_train_samples is not None and len(train) > d.max_train_samples:
         train = train.shuffle(seed=spec.training.seed).select(range(d.max_train_samples))

@@ -169,7 +169,7 @@ def _check_data(spec: JobSpec) -> JobSpec:
         raise SpecError(f"data: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # hub unreachable, unparsable file, ...
         raise SpecError(
-            f"data.train: cannot load {spec.data.train.path!r} ({type(exc).__name__}: "
+            f"data.train: cannot load {[s.path for s in spec.data.train_sources]} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
         ) from None
     if len(held_out) < spec.scaling.num_workers:
@@ -217,7 +217,10 @@ def _absolute_paths(spec: JobSpec) -> JobSpec:
         "teacher": spec.teacher.model_copy(update={"name": _absolute(spec.teacher.name)}),
         "data": d.model_copy(
             update={
-                "train": d.train.model_copy(update={"path": _absolute(d.train.path)}),
+                "train": [
+                    source.model_copy(update={"path": _absolute(source.path)})
+                    for source in d.train_sources
+                ],
                 "eval": d.eval.model_copy(update={"path": _absolute(d.eval.path)})
                 if d.eval
                 else None,

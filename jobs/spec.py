@@ -92,7 +92,8 @@ class SourceSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    train: SourceSpec = SourceSpec(path="builtin:docstrings")
+    # One source, or several whose rows are concatenated (e.g. SST-2 and STS-B sentences).
+    train: list[SourceSpec] = [SourceSpec(path="builtin:docstrings")]
     eval: SourceSpec | None = None  # a held-out source; else `eval_fraction` of train
     eval_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     text_columns: list[str] | None = (
@@ -101,6 +102,19 @@ class DataSpec(_Strict):
     max_length: PositiveInt = 64
     max_train_samples: PositiveInt | None = None
     max_eval_samples: PositiveInt = 512
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_source_is_a_list_of_one(cls, train):
+        if isinstance(train, (dict, SourceSpec)):
+            return [train]
+        if isinstance(train, list) and not train:
+            raise ValueError("needs at least one source")
+        return train
+
+    @property
+    def train_sources(self) -> list[SourceSpec]:
+        return list(self.train)
 
 
 class MixupSpec(_Strict):
@@ -220,7 +234,12 @@ class JobSpec(_Strict):
 def _format_error(err: ValidationError) -> str:
     first = err.errors()[0]
     # Drop union-branch tags such as "literal['uniform','last']" from the location.
-    parts = [str(p) for p in first["loc"] if isinstance(p, int) or str(p).isidentifier()]
+    # and model-class tags of unions ("SourceSpec").
+    parts = [
+        str(p)
+        for p in first["loc"]
+        if isinstance(p, int) or (str(p).isidentifier() and not str(p)[0].isupper())
+    ]
     loc = ".".join(parts) or "config"
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

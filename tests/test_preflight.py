@@ -33,7 +33,7 @@ def test_relative_paths_become_absolute_for_the_workers(tmp_path, teacher_dir, c
         )
     )
     assert spec.teacher.name == str(teacher_dir)
-    assert spec.data.train.path == str(corpus) and os.path.isabs(spec.data.train.path)
+    assert spec.data.train[0].path == str(corpus) and os.path.isabs(spec.data.train[0].path)
 
 
 def test_student_width_and_freezing_are_resolved_from_the_teacher(teacher_dir, corpus):

@@ -16,7 +16,7 @@ def test_defaults():
     assert spec.student.layers == 3 and spec.student.hidden is None
     assert spec.objective.weights == {"hidden_mse": 1.0, "pooled_cosine": 1.0}
     assert spec.deepspeed.zero_stage == 2
-    assert spec.data.train.path == "builtin:docstrings"
+    assert spec.data.train[0].path == "builtin:docstrings"
 
 
 def test_yaml_file_and_overrides_merge(tmp_path):
@@ -44,7 +44,7 @@ def test_yaml_file_and_overrides_merge(tmp_path):
     assert spec.deepspeed.offload_optimizer is True
     assert spec.training.epochs == 1.5 and spec.training.steps is None
     assert spec.training.learning_rate == 0.001
-    assert (spec.data.train.path, spec.data.train.format, spec.data.train.split) == (
+    assert (spec.data.train[0].path, spec.data.train[0].format, spec.data.train[0].split) == (
         "corpus.csv",
         "csv",
         "validation",
@@ -171,3 +171,13 @@ def test_dump_spec_round_trips():
     text = dump_spec(spec)
     assert JobSpec.model_validate(yaml.safe_load(text)) == spec
     assert "secret" not in text and "token" not in text
+
+
+def test_data_train_takes_one_source_or_a_list():
+    spec = load_spec(None, ["data.train=[{path: a.tsv}, {path: b.csv, format: sts}]"])
+    assert [s.path for s in spec.data.train_sources] == ["a.tsv", "b.csv"]
+    assert load_spec().data.train_sources[0].path == "builtin:docstrings"
+    with pytest.raises(SpecError, match=r"^data\.train\.1\.format: got 'nope'"):
+        load_spec(None, ["data.train=[{path: a.tsv}, {path: b.csv, format: nope}]"])
+    with pytest.raises(SpecError, match=r"^data\.train: "):
+        load_spec(None, ["data.train=[]"])
