@@ -35,11 +35,7 @@ def _history(run_dir) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_zero_job_trains_exports_and_reports(ray_session, tmp_path, zero_stage):
-    run_dir = tmp_path / f"zero{zero_stage}"
-    report = run_job(load_spec(None, SMALL + [f"deepspeed.zero_stage={zero_stage}"]), str(run_dir))
-
+def _check_completed_run(run_dir, report) -> None:
     history = _history(run_dir)
     assert [h["step"] for h in history] == [2, 4, 6, 8]
     assert history[-1]["loss"] < history[0]["loss"]
@@ -53,6 +49,12 @@ def test_zero_job_trains_exports_and_reports(ray_session, tmp_path, zero_stage):
     assert on_disk["schema_version"] == 1 and on_disk["run"]["status"] == "completed"
     assert "secret" not in (run_dir / "config.yaml").read_text()
 
+
+def test_zero3_job_trains_exports_and_reports(ray_session, tmp_path):
+    run_dir = tmp_path / "zero3"
+    report = run_job(load_spec(None, SMALL + ["deepspeed.zero_stage=3"]), str(run_dir))
+    _check_completed_run(run_dir, report)
+
     # The export is a plain HF folder whose tokenizer matches the teacher's.
     encoder = load_encoder(run_dir / "student")
     assert encoder.model.config.num_hidden_layers == 2
@@ -62,7 +64,7 @@ def test_zero_job_trains_exports_and_reports(ray_session, tmp_path, zero_stage):
 
 def test_checkpoint_restores_and_training_continues(ray_session, tmp_path):
     run_dir = tmp_path / "resume"
-    run_job(load_spec(None, SMALL), str(run_dir))
+    _check_completed_run(run_dir, run_job(load_spec(None, SMALL), str(run_dir)))  # ZeRO-2
     first = _history(run_dir)
 
     # The final checkpoint holds exactly the exported student's weights (ZeRO-2 keeps the
