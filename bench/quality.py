@@ -112,6 +112,25 @@ def run_row(name: str, corpus: Path, steps: int, work: Path, seed: int) -> dict:
     }
 
 
+def markdown_table(results: dict) -> str:
+    """The results as the docs/benchmarks.md table (one line per row, teacher first)."""
+    t = results["teacher"]
+    lines = [
+        "| student | objective | params | encode speed-up | STS-B dev ρ | STS-B retention | SST-2 probe | SST-2 retention | steps | wall (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| teacher (6 × 384) | – | 22.7M | 1.00× | {t['sts_dev']:.4f} | – | {t['sst2_probe']:.4f} | – | – | – |",
+    ]
+    for r in results["rows"]:
+        spec = yaml.safe_load((HERE / f"quality/{r['row']}.yaml").read_text())
+        weights = "+".join(spec["objective"]["weights"])
+        lines.append(
+            f"| `{r['row']}` | {weights} | {r['parameters'] / 1e6:.1f}M | {r['speedup']:.2f}× "
+            f"| {r['sts_dev']:.4f} | {100 * r['sts_retention']:.1f}% | {r['sst2_probe']:.4f} "
+            f"| {100 * r['sst2_retention']:.1f}% | {r['steps']} | {r['train_wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -123,7 +142,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=str(HERE / "results/quality.json"))
     parser.add_argument("--work", default=None, help="run folders (default: a temp dir)")
+    parser.add_argument("--table", action="store_true", help="print --out as markdown and exit")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.out).read_text())))
+        return
     if not (SHARED / "sst2/train.tsv").is_file():
         raise SystemExit(f"needs {SHARED} (SST-2 and STS-B)")
     torch.set_num_threads(2)
