@@ -38,6 +38,25 @@ def _teacher_config(spec: JobSpec):
         ) from None
 
 
+def _check_width_slice(hidden: int, heads: int, ffn: int, tc) -> None:
+    """width_slice keeps whole teacher heads and can only narrow the teacher."""
+    for field, value, most in (
+        ("hidden", hidden, tc.hidden_size),
+        ("heads", heads, tc.num_attention_heads),
+        ("ffn", ffn, tc.intermediate_size),
+    ):
+        if value > most:
+            raise SpecError(
+                f"student.{field}: width_slice can only narrow the teacher; {value} > {most}"
+            )
+    head_dim = tc.hidden_size // tc.num_attention_heads
+    if hidden != heads * head_dim:
+        raise SpecError(
+            f"student.heads: width_slice keeps whole teacher heads of {head_dim}, so hidden "
+            f"{hidden} needs heads={hidden // head_dim}, got {heads}"
+        )
+
+
 def _resolve_student(spec: JobSpec, tc) -> JobSpec:
     s = spec.student
     if s.kind == "lstm":
@@ -60,6 +79,8 @@ def _resolve_student(spec: JobSpec, tc) -> JobSpec:
     if hidden % heads:
         raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
     ffn = s.ffn or round(hidden * tc.intermediate_size / tc.hidden_size)
+    if s.init == "width_slice":
+        _check_width_slice(hidden, heads, ffn, tc)
     try:
         init_teacher_layers(s.init, tc.num_hidden_layers, s.layers, s.teacher_layers)
     except ValueError as exc:

@@ -24,6 +24,7 @@ FAST_EVAL = [
     "evaluation.throughput_rounds=1",
     "evaluation.max_sts_pairs=64",
     "scaling.num_workers=2",
+    "training.steps=6",  # smoke caps every stage at 20 steps; 6 show the loss terms as well
 ]
 
 
@@ -39,7 +40,11 @@ def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
     if not (SHARED / "sst2" / "train.tsv").is_file():
         if _needs_task_data(raw):
             pytest.skip(f"{example.name} needs labelled SST-2 from ../shared/data (absent)")
-        overrides += ["data.train.path=builtin:docstrings", "evaluation.sts_path=null"]
+        overrides += [
+            "data.train.path=builtin:docstrings",
+            "data.text_columns=null",
+            "evaluation.sts_path=null",
+        ]
     spec = smoke_pipeline(load_spec(example, overrides))
     report = run_job(spec, str(tmp_path / example.stem))
 

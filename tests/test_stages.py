@@ -146,6 +146,10 @@ def test_preflight_errors_name_the_stage(tmp_path, override, message):
             "need a transformer student",
         ),
         (["student.kind=lstm", "objective.weights={mlm: 1.0}"], "mlm needs a transformer student"),
+        (
+            ["student.init=width_slice", "student.hidden=256", "student.heads=4"],
+            "student.heads: width_slice keeps whole teacher heads of 32",
+        ),
     ],
 )
 def test_objective_checks_for_the_seed_methods(overrides, message):
