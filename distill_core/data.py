@@ -135,6 +135,14 @@ def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
     )
 
 
+def _load_named(path: str, fmt: str, split: str, config_name: str | None, where: str):
+    """`load_source` whose errors name the spec field (`where`)."""
+    try:
+        return load_source(path, fmt, split, config_name)
+    except DataError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
 def load_texts(
     path: str,
     *,
@@ -145,10 +153,7 @@ def load_texts(
     where: str = "data.train",
 ) -> datasets.Dataset:
     """Load a source and return a dataset with a single non-empty `text` column."""
-    try:
-        ds = load_source(path, fmt, split, config_name)
-    except DataError as exc:
-        raise DataError(f"{where}: {exc}") from None
+    ds = _load_named(path, fmt, split, config_name, where)
     texts = as_texts(ds, pick_text_columns(ds, text_columns, where))
     if len(texts) == 0:
         raise DataError(f"{where}: {path} has no non-empty text rows")
@@ -168,10 +173,7 @@ def load_examples(
 ) -> datasets.Dataset:
     """Labelled rows for a task: columns `text`, `text_pair` (sentence-pair tasks, when two
     text columns are chosen) and `label`."""
-    try:
-        ds = load_source(path, fmt, split, config_name)
-    except DataError as exc:
-        raise DataError(f"{where}: {exc}") from None
+    ds = _load_named(path, fmt, split, config_name, where)
     columns = pick_text_columns(ds, text_columns, where)
     if len(columns) > 2:
         raise DataError(f"{where}: a task takes one or two text columns, got {columns}")
