@@ -262,7 +262,12 @@ def parse_overrides(pairs: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SpecError(f"--set {key}: {part} is both a value and a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise SpecError(
+                f"--set {key}: {raw!r} is not a YAML value (quote it in the shell)"
+            ) from None
     return tree
 
 

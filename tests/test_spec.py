@@ -181,3 +181,10 @@ def test_data_train_takes_one_source_or_a_list():
         load_spec(None, ["data.train=[{path: a.tsv}, {path: b.csv, format: nope}]"])
     with pytest.raises(SpecError, match=r"^data\.train: "):
         load_spec(None, ["data.train=[]"])
+
+
+def test_an_override_that_is_not_yaml_names_the_key():
+    with pytest.raises(
+        SpecError, match=r"^--set objective.weights: '\{logit_kl:' is not a YAML value"
+    ):
+        parse_overrides(["objective.weights={logit_kl:"])
