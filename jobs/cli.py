@@ -4,6 +4,8 @@
     distill report RUN_DIR [--json]
     distill runs list LOCATION          (a folder or s3://bucket/prefix)
     distill export RUN --out DIR        (RUN: a run folder or s3://bucket/prefix/RUN)
+    distill submit [CONFIG.yaml] --address http://HEAD:8265 [--set ...]   (jobs/submit.py)
+    distill status JOB | logs JOB [--follow] | stop JOB | jobs            (a Ray cluster's jobs)
 
 Bad input prints one line naming the field or file and exits with code 2, before Ray starts.
 """
@@ -14,7 +16,7 @@ import argparse
 import json
 import sys
 
-from jobs import runs
+from jobs import runs, submit
 from jobs.spec import SpecError, load_spec
 from jobs.stages import smoke_pipeline
 
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print the raw JSON")
     runs.add_s3_flags(report)
     runs.add_parsers(sub)
+    submit.add_parsers(sub)
     return parser
 
 
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": _run, "report": _report}
         commands.update(runs=runs.runs_command, export=runs.export_command)
+        commands.update(submit.COMMANDS)
         return commands[args.command](args)
     except SpecError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
