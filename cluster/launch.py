@@ -14,6 +14,7 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.manifest_callback import CheckpointManifest
+from cluster.report_log import ReportLog
 from cluster.run_files import TRAIN_DIR
 from cluster.storage import LocalStorage
 from cluster.worker_env import worker_env
@@ -86,7 +87,8 @@ def fit(
                 num_to_keep=spec.training.keep_checkpoints
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
-            callbacks=[CheckpointManifest()],  # COMPLETE.json, written once all ranks uploaded
+            # COMPLETE.json, written once all ranks uploaded; reports.jsonl: steps, failures
+            callbacks=[CheckpointManifest(), ReportLog()],
         ),
     )
     return trainer.fit()

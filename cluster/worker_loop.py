@@ -97,6 +97,12 @@ def _evaluate(engine, teacher, head, loader, model: DistillationModel, mask_fn) 
     return out
 
 
+def _placement() -> dict:
+    """Where this rank runs, added to every report (not to the history): the controller's
+    `ReportLog` records it per rank, e.g. to show the workers ran on different nodes."""
+    return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
 def _save_and_report(
     engine, step: int, metrics: dict, history: list[dict], final_export=None, extra_state=None
 ) -> None:
@@ -109,7 +115,9 @@ def _save_and_report(
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump({"step": step, "history": history, **(extra_state or {})}, f)
         dist.barrier()
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report(
+            {**metrics, **_placement()}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+        )
 
 
 def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, st_teacher: str | None):
@@ -368,7 +376,7 @@ def train_loop_per_worker(config: dict) -> None:
             elif step % t.checkpoint_every == 0:
                 _save_and_report(engine, step, metrics, history)
             else:
-                ray.train.report(metrics)
+                ray.train.report({**metrics, **_placement()})
 
     if start_step >= total_steps:  # already finished: re-emit the final checkpoint with its export
         metrics = dict(history[-1]) if history else {"step": total_steps}
