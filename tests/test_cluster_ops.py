@@ -1,0 +1,331 @@
+"""Cluster operations on real `ray start` clusters on this machine (tests/ray_cluster.py):
+`distill submit/status/logs/stop/jobs` through the Ray Jobs API, Ray token auth, a 2-node
+run whose Train workers land on two nodes, and the loss of a node mid-run.
+
+Every CLI call is a subprocess with a clean environment: its own HOME (no
+`~/.ray/auth_token` of this machine), no RAY_ADDRESS, the token only where a case gives it.
+The default run keeps the cheap checks (bad input, token refusal); jobs that train are
+`slow` (`python -m pytest -m slow tests/test_cluster_ops.py`, about 6 minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ray_cluster import LocalCluster
+
+from cluster.report_log import REPORTS_FILE, read_reports
+
+pytestmark = pytest.mark.ray
+
+ERROR_PREFIX = "distill: error: "
+VENV_BIN = str(Path(sys.executable).parent)
+TINY = [
+    "student.layers=1",
+    "training.steps=6",
+    "training.batch_size=8",
+    "training.log_every=1",
+    "training.eval_every=6",
+    "training.checkpoint_every=2",
+    "training.warmup_steps=1",
+    "data.max_length=32",
+    "data.max_eval_samples=16",
+    "evaluation.throughput_texts=16",
+    "evaluation.throughput_rounds=1",
+]
+
+
+def distill(*args: str, cwd: Path, token: str | None = None, address: str | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    home = cwd / ".home"
+    home.mkdir(exist_ok=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_AUTH", "RAY_ADDRESS")) and k != "HOME"
+    }
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    if token:
+        env["RAY_AUTH_TOKEN"] = token
+    if address:
+        env["RAY_ADDRESS"] = address
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), done.stderr[-3000:]
+    return lines[0]
+
+
+def cluster_env(token: str) -> dict[str, str]:
+    """`ray start` environment: token auth on, and this venv's python for job drivers."""
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{VENV_BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+
+
+def write_texts(folder: Path, n: int = 300) -> Path:
+    """A small local text file, named relatively in the config: submit must bundle it."""
+    words = "the cat sat on a mat while dogs ran far away under bright light".split()
+    lines = [" ".join(words[(i + j) % len(words)] for j in range(6 + i % 5)) for i in range(n)]
+    path = folder / "texts.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# -- bad input never reaches a cluster ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """An address that records whether anything connected to it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    sock.settimeout(0.2)
+    hits: list[int] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+                hits.append(1)
+                conn.close()
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", hits
+    stop.set()
+    thread.join()
+    sock.close()
+
+
+SUBMIT_ERRORS = {
+    "unknown-field": (["--set", "foo=1", "--output", "/tmp/x"], "foo: unknown field"),
+    "relative-output": (["--set", "student.layers=2"], "output.dir: 'runs' is relative"),
+    "secret-env": (
+        ["--output", "/tmp/x", "--set", "student.layers=2", "--env", "AWS_SECRET_ACCESS_KEY=abc"],
+        "--env AWS_SECRET_ACCESS_KEY: looks like a secret",
+    ),
+    "missing-data": (
+        ["--output", "/tmp/x", "--set", "data.train.path=nope.csv"],
+        "nope.csv",
+    ),
+}
+
+
+def in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """`distill ARGS` in this process (the imports are paid once): exit code, stderr."""
+    from jobs.cli import main
+
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", SUBMIT_ERRORS)
+def test_bad_submission_exits_2_without_contacting_the_cluster(
+    name, listener, tmp_path, monkeypatch, capsys
+):
+    address, hits = listener
+    args, message = SUBMIT_ERRORS[name]
+    monkeypatch.chdir(tmp_path)
+    before = len(hits)
+    code, err = in_process(monkeypatch, capsys, "submit", *args, "--address", address)
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()] and err.startswith(ERROR_PREFIX), err
+    assert message in err, err
+    assert len(hits) == before, "the cluster was contacted"
+
+
+def test_no_address_and_unreachable_address_are_one_line_errors(tmp_path):
+    line = one_line_error(distill("jobs", cwd=tmp_path))
+    assert "--address" in line and "RAY_ADDRESS" in line
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = one_line_error(distill("status", "raysubmit_x", "--address", f"127.0.0.1:{port}",
+                                  cwd=tmp_path))
+    assert f"http://127.0.0.1:{port}" in line and "cannot reach" in line
+
+
+# -- token auth ------------------------------------------------------------------------------
+
+
+def test_token_cluster_refuses_a_client_without_its_token(tmp_path):
+    token = secrets.token_hex(16)
+    with LocalCluster(head_cpus=1, env=cluster_env(token)) as cluster:
+        url = cluster.dashboard_url
+        missing = one_line_error(distill("jobs", "--address", url, cwd=tmp_path))
+        assert "requires an auth token" in missing and "RAY_AUTH_TOKEN" in missing
+        wrong = one_line_error(distill("jobs", "--address", url, cwd=tmp_path, token="nope"))
+        assert "rejected the auth token" in wrong
+        # RAY_ADDRESS is the address when --address is absent; the token also comes from a file.
+        token_file = tmp_path / "token"
+        token_file.write_text(token + "\n")
+        home = tmp_path / ".home"
+        home.mkdir(exist_ok=True)
+        env_file = {**os.environ, "HOME": str(home), "RAY_ADDRESS": url,
+                    "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        env_file.pop("RAY_AUTH_TOKEN", None)
+        env_file["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        ok = subprocess.run([sys.executable, "-m", "jobs.cli", "jobs"], cwd=tmp_path,
+                            env=env_file, capture_output=True, text=True, timeout=120)
+        assert ok.returncode == 0 and ok.stdout.strip() == "no jobs", ok.stderr[-2000:]
+        for done in (ok,):
+            assert token not in done.stdout + done.stderr
+
+
+# -- jobs that train (slow) ------------------------------------------------------------------
+
+
+def wait_status(job: str, cwd: Path, token: str, url: str, want: set[str],
+                timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = distill("status", job, "--json", "--address", url, cwd=cwd, token=token)
+        assert done.returncode == 0, done.stderr[-2000:]
+        info = json.loads(done.stdout)
+        if info["status"] in want:
+            return info
+        time.sleep(3)
+    raise TimeoutError(f"{job} never reached {want}")
+
+
+@pytest.mark.slow
+def test_submit_runs_the_quickstart_and_status_logs_stop_work(tmp_path):
+    token = secrets.token_hex(16)
+    write_texts(tmp_path)
+    run_dir = tmp_path / "out" / "quickstart"
+    with LocalCluster(head_cpus=2, env=cluster_env(token)) as cluster:
+        url = cluster.dashboard_url
+        sub = distill("submit", "--smoke", "--output", str(run_dir), "--address", url,
+                      "--set", "data.train.path=texts.txt", *TINY, cwd=tmp_path, token=token)
+        assert sub.returncode == 0, sub.stderr[-3000:]
+        job = sub.stdout.strip()
+        assert job.startswith("raysubmit_") and token not in sub.stdout + sub.stderr
+
+        info = wait_status(job, tmp_path, token, url, {"SUCCEEDED", "FAILED", "STOPPED"})
+        logs = distill("logs", job, "--address", url, cwd=tmp_path, token=token).stdout
+        assert info["status"] == "SUCCEEDED", logs[-3000:]
+        assert info["output"] == str(run_dir)
+        assert "[distill] step 6/6" in logs
+        listing = distill("jobs", "--address", url, cwd=tmp_path, token=token).stdout
+        assert job in listing and "SUCCEEDED" in listing
+
+        report = json.loads((run_dir / "report.json").read_text())
+        assert report["run"]["status"] == "completed" and report["training"]["steps"] == 6
+        # The bundled relative file was the training data (rows of texts.txt, not docstrings).
+        assert "texts.txt" in (run_dir / "config.yaml").read_text()
+        for path in run_dir.rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".txt"):
+                assert token not in path.read_text(errors="ignore"), path
+        status = distill("status", job, "--json", "--address", url, cwd=tmp_path, token=token)
+        assert token not in status.stdout
+
+        # A second job, stopped while it runs.
+        long = distill("submit", "--output", str(tmp_path / "out" / "long"), "--address", url,
+                       "--set", "student.layers=1", "training.steps=500", cwd=tmp_path,
+                       token=token)
+        job2 = long.stdout.strip()
+        wait_status(job2, tmp_path, token, url, {"RUNNING"})
+        stop = distill("stop", job2, "--wait", "--address", url, cwd=tmp_path, token=token)
+        assert stop.returncode == 0 and stop.stdout.strip() == f"{job2}: STOPPED", stop.stdout
+        assert wait_status(job2, tmp_path, token, url, {"STOPPED"})["status"] == "STOPPED"
+        missing = one_line_error(
+            distill("status", "raysubmit_nope", "--address", url, cwd=tmp_path, token=token)
+        )
+        assert "raysubmit_nope: no such job" in missing
+
+
+def two_node_cluster(token: str, head_cpus: int = 2, worker_cpus: int = 2):
+    cluster = LocalCluster(head_cpus=head_cpus, env=cluster_env(token))
+    worker = cluster.add_node(cpus=worker_cpus)
+    return cluster, worker
+
+
+@pytest.mark.slow
+def test_two_node_run_places_workers_on_two_nodes(tmp_path):
+    token = secrets.token_hex(16)
+    write_texts(tmp_path)
+    run_dir = tmp_path / "out" / "spread"
+    cluster, _ = two_node_cluster(token)
+    with cluster:
+        sub = distill("submit", "--output", str(run_dir), "--address", cluster.dashboard_url,
+                      "--set", "data.train.path=texts.txt", "scaling.placement_strategy=SPREAD",
+                      *TINY, "--follow", cwd=tmp_path, token=token, timeout=600)
+        assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
+    events = read_reports(run_dir / "train" / REPORTS_FILE)
+    nodes = {tuple(e["nodes"]) for e in events if e["event"] == "report"}
+    assert len(nodes) == 1
+    (rank_nodes,) = nodes
+    assert len(rank_nodes) == 2 and len(set(rank_nodes)) == 2, rank_nodes
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["run"]["status"] == "completed" and report["training"]["steps"] == 6
+
+
+@pytest.mark.slow
+def test_losing_the_worker_node_mid_run_retries_on_the_head(tmp_path):
+    """Documented outcome (docs/operations.md): with max_failures >= 1 and room for the
+    workers on the surviving node, Ray Train restarts the worker group there and the run
+    resumes from its latest checkpoint; the failure event names the lost node."""
+    token = secrets.token_hex(16)
+    write_texts(tmp_path)
+    run_dir = tmp_path / "out" / "nodeloss"
+    cluster, worker = two_node_cluster(token)
+    with cluster:
+        sub = distill("submit", "--output", str(run_dir), "--address", cluster.dashboard_url,
+                      "--set", "data.train.path=texts.txt", "scaling.placement_strategy=SPREAD",
+                      "scaling.max_failures=1", *TINY, "training.steps=16",
+                      "training.checkpoint_every=3", cwd=tmp_path, token=token)
+        assert sub.returncode == 0, sub.stderr[-3000:]
+        job = sub.stdout.strip()
+        reports = run_dir / "train" / REPORTS_FILE
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            events = read_reports(reports) if reports.is_file() else []
+            if any(e["event"] == "report" and e["step"] >= 4 for e in events):
+                break
+            time.sleep(0.2)
+        lost = next(e for e in events if e["event"] == "report")["nodes"]
+        cluster.stop_node(worker)
+        info = wait_status(job, tmp_path, token, cluster.dashboard_url,
+                           {"SUCCEEDED", "FAILED", "STOPPED"})
+        logs = distill("logs", job, "--address", cluster.dashboard_url, cwd=tmp_path,
+                       token=token).stdout
+    assert info["status"] == "SUCCEEDED", logs[-4000:]
+    events = read_reports(run_dir / "train" / REPORTS_FILE)
+    failures = [e for e in events if e["event"] == "failure"]
+    assert len(failures) == 1
+    after = [e for e in events[events.index(failures[0]):] if e["event"] == "report"]
+    assert len(set(lost)) == 2 and len(set(after[0]["nodes"])) == 1  # both ranks on the head
+    (lost_node,) = set(lost) - set(after[0]["nodes"])
+    assert lost_node in json.dumps(failures[0]), failures[0]  # the failure names the lost node
+    assert after[-1]["step"] == 16 and after[0]["step"] - 1 in (3, 6, 9, 12, 15)
