@@ -11,6 +11,7 @@ by their temp dir), never a bare `ray stop`.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -78,28 +79,31 @@ class LocalCluster:
         self._next_port += 40
         return ports
 
-    def _start(self, head: bool, cpus: int, resources=None) -> dict[str, int]:
-        temp = self.root / f"n{len(self.nodes)}"
-        temp.mkdir()
+    def _start(self, head: bool, cpus: int, resources=None, attempts: int = 3) -> dict[str, int]:
+        """`ray start` one node. Ray gives a raylet 30 s to register, which a loaded
+        machine can miss: then the node's processes are killed and it is started again."""
         ports = self._ports(head)
-        cmd = [RAY, "start", f"--temp-dir={temp}", f"--num-cpus={cpus}", "--num-gpus=0"]
-        cmd += ["--disable-usage-stats", "--object-store-memory=200000000"]
-        cmd += [f"{k}={v}" for k, v in ports.items()]
-        if resources:
-            import json
-
-            cmd.append(f"--resources={json.dumps(resources)}")
-        if head:
-            cmd += ["--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
-            cmd += ["--include-dashboard=true"]
-        else:
-            cmd += [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"]
-        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=180)
-        self.nodes.append(temp)
-        if done.returncode != 0:
-            self.stop()
-            raise RuntimeError(f"ray start failed: {done.stderr[-2000:]}")
-        return ports
+        for attempt in range(attempts):
+            temp = self.root / f"n{len(self.nodes)}-{attempt}"
+            temp.mkdir()
+            cmd = [RAY, "start", f"--temp-dir={temp}", f"--num-cpus={cpus}", "--num-gpus=0"]
+            cmd += ["--disable-usage-stats", "--object-store-memory=200000000"]
+            cmd += [f"{k}={v}" for k, v in ports.items()]
+            if resources:
+                cmd.append(f"--resources={json.dumps(resources)}")
+            if head:
+                cmd += ["--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+                cmd += ["--include-dashboard=true"]
+            else:
+                cmd += [f"--address={self.gcs_address}", "--node-ip-address=127.0.0.1"]
+            done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                self.nodes.append(temp)
+                return ports
+            self.stop_node(temp)
+            time.sleep(2)
+        self.stop()
+        raise RuntimeError(f"ray start failed {attempts} times: {done.stderr[-2000:]}")
 
     def _wait_dashboard(self, timeout: float = 90) -> None:
         import urllib.request
