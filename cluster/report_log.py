@@ -81,3 +81,29 @@ def read_reports(path) -> list[dict]:
     """The events of a local `reports.jsonl`."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def retries(events: list[dict]) -> list[dict]:
+    """One row per worker-group failure in a run's events: the checkpoint step the retry
+    resumed from, the last step reported before the failure, the steps redone (reported
+    again after it), and seconds from the failure to the retry's first report."""
+    rows = []
+    for i, event in enumerate(events):
+        if event["event"] != "failure":
+            continue
+        before = [e for e in events[:i] if e["event"] == "report" and e["attempt"] == event["attempt"]]
+        after = next((e for e in events[i + 1 :] if e["event"] == "report"), None)
+        last = max((e["step"] for e in before), default=0)
+        if after is None:
+            rows.append({"last_reported": last, "resumed_from": None, "redone": None, "restart_s": None})
+            continue
+        resumed = after["step"] - 1  # the first step after a restore is the checkpoint's + 1
+        rows.append(
+            {
+                "last_reported": last,
+                "resumed_from": resumed,
+                "redone": max(0, last - resumed),
+                "restart_s": round(after["time"] - event["time"], 1),
+            }
+        )
+    return rows

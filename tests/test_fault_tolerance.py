@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from cluster.report_log import REPORTS_FILE, read_reports
+from cluster.report_log import REPORTS_FILE, read_reports, retries
 from jobs.run import run_job
 from jobs.spec import load_spec
 
@@ -73,18 +73,6 @@ def kill_worker_after(run_dir, step: int, timeout: float = 600) -> dict:
     raise TimeoutError(f"the run never reported step {step}")
 
 
-def redone_steps(events: list[dict]) -> tuple[int, int]:
-    """(steps reported before the first failure that were reported again after it, the
-    checkpoint step the retry resumed from)."""
-    first_failure = next(i for i, e in enumerate(events) if e["event"] == "failure")
-    before = [e for e in events[:first_failure] if e["event"] == "report"]
-    after = [e for e in events[first_failure:] if e["event"] == "report"]
-    checkpointed = max((e["step"] for e in before if e["checkpoint"]), default=0)
-    resumed_at = after[0]["step"] - 1
-    assert resumed_at == checkpointed, (resumed_at, checkpointed)
-    return max(e["step"] for e in before) - resumed_at, resumed_at
-
-
 @pytest.fixture(scope="module")
 def killed_run(ray_session, tmp_path_factory) -> dict:
     """The TINY job with one Train worker SIGKILLed right after the report of step
@@ -116,11 +104,14 @@ def test_killed_worker_resumes_from_latest_checkpoint(killed_run):
     assert any("WorkerHealthCheckFailedError" in err for err in failures[0]["ranks"].values())
     assert events[-1]["event"] == "report" and events[-1]["step"] == 12
     assert killed["pid"] in events[0]["pids"]  # the state API's pid was a worker of this run
-    redone, resumed_at = redone_steps(events)
-    assert resumed_at >= CHECKPOINT_EVERY
-    assert 0 <= redone <= CHECKPOINT_EVERY, events
     first_failure = events.index(failures[0])
     before = {e["step"]: e for e in events[:first_failure] if e["event"] == "report"}
+    (retry,) = retries(events)
+    # The retry resumed from the latest checkpoint reported before the kill ...
+    latest = max(s for s, e in before.items() if e["checkpoint"])
+    assert retry["resumed_from"] == latest >= CHECKPOINT_EVERY, events
+    # ... so it redid at most one checkpoint interval of steps.
+    assert 0 <= retry["redone"] <= CHECKPOINT_EVERY, events
     after = [e for e in events[first_failure:] if e["event"] == "report"]
     # The retry ran on a new worker group: none of the killed group's pids report again.
     assert killed["pid"] not in after[0]["pids"]
