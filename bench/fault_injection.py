@@ -131,14 +131,20 @@ def main() -> None:
     from jobs.spec import JobSpec
 
     datasets.disable_progress_bars()
-    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="ERROR",
-             log_to_driver=False)
+    ray.init(
+        num_cpus=2,
+        runtime_env={"env_vars": worker_env(JobSpec())},
+        logging_level="ERROR",
+        log_to_driver=False,
+    )
     rng = random.Random(args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="distill-faults-") as tmp:
         baseline = one_attempt(Path(tmp) / "baseline", None, 0.0, rng)
-        print(f"uninterrupted: wall {baseline['wall_s']} s, final loss {baseline['final_loss']}",
-              flush=True)
+        print(
+            f"uninterrupted: wall {baseline['wall_s']} s, final loss {baseline['final_loss']}",
+            flush=True,
+        )
         for i in range(args.attempts):
             kill_step, delay = rng.randint(2, STEPS - 2), rng.uniform(0.0, 1.5)
             row = one_attempt(Path(tmp) / f"attempt{i}", kill_step, delay, rng)

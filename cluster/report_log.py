@@ -91,11 +91,15 @@ def retries(events: list[dict]) -> list[dict]:
     for i, event in enumerate(events):
         if event["event"] != "failure":
             continue
-        before = [e for e in events[:i] if e["event"] == "report" and e["attempt"] == event["attempt"]]
+        before = [
+            e for e in events[:i] if e["event"] == "report" and e["attempt"] == event["attempt"]
+        ]
         after = next((e for e in events[i + 1 :] if e["event"] == "report"), None)
         last = max((e["step"] for e in before), default=0)
         if after is None:
-            rows.append({"last_reported": last, "resumed_from": None, "redone": None, "restart_s": None})
+            rows.append(
+                {"last_reported": last, "resumed_from": None, "redone": None, "restart_s": None}
+            )
             continue
         resumed = after["step"] - 1  # the first step after a restore is the checkpoint's + 1
         rows.append(

@@ -240,7 +240,7 @@ def _absolute(path: str | None) -> str | None:
     )
 
 
-def _absolute_paths(spec: JobSpec) -> JobSpec:
+def absolute_paths(spec: JobSpec) -> JobSpec:
     """Local paths made absolute: Ray workers do not share the driver's working directory."""
     d = spec.data
     update = {
@@ -314,9 +314,12 @@ def _output_config(stage: Stage, tc):
     return student_config(tc, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
 
 
-def preflight_stages(spec: JobSpec, *, local_resources: bool = True) -> list[Stage]:
+def preflight_stages(
+    spec: JobSpec, *, check_data: bool = True, local_resources: bool = True
+) -> list[Stage]:
     """Validate every stage without Ray; return them resolved (absolute paths, student
     dims from the teacher, steps from epochs). Errors name `stages.I.field` in pipelines.
+    check_data=False skips reading the data (a sweep reads it once for all trials).
     local_resources=False skips the CPU/GPU count of this machine (a job for a cluster)."""
     stages = expand_stages(spec)
     resolved: list[Stage] = []
@@ -324,7 +327,7 @@ def preflight_stages(spec: JobSpec, *, local_resources: bool = True) -> list[Sta
     for i, stage in enumerate(stages):
         prefix = f"stages.{i} ({stage.name}): " if len(stages) > 1 else ""
         try:
-            s = _absolute_paths(stage.spec)
+            s = absolute_paths(stage.spec)
             if i == 0:
                 _check_scaling(s, local_resources)
             ref = stage.teacher_stage
@@ -340,7 +343,8 @@ def preflight_stages(spec: JobSpec, *, local_resources: bool = True) -> list[Sta
             s = _as_finetune(s, tc) if stage.kind == "finetune" else _resolve_student(s, tc)
             _check_objective(s, tc, has_head)
             _check_lengths(s, tc)
-            s = _check_data(s)
+            if check_data:
+                s = _check_data(s)
         except SpecError as exc:
             raise SpecError(f"{prefix}{exc}") from None
         done = Stage(stage.name, stage.kind, s)

@@ -90,10 +90,10 @@ def auth_token() -> str | None:
 
 def client(address: str | None):
     """A `JobSubmissionClient` for the cluster; connection and auth failures are SpecErrors."""
+    import logging
+
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
-
-    import logging
 
     for name in ("ray.dashboard", "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.WARNING)  # per-package upload chatter
@@ -114,7 +114,9 @@ def client(address: str | None):
 
 def _auth_message(url: str, exc: Exception, had_token: bool) -> str:
     if had_token or "403" in str(exc) or "Forbidden" in str(exc):
-        return f"--address {url}: the cluster rejected the auth token (wrong token for this cluster)"
+        return (
+            f"--address {url}: the cluster rejected the auth token (wrong token for this cluster)"
+        )
     return (
         f"--address {url}: the cluster requires an auth token (RAY_AUTH_MODE=token); "
         "set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"
@@ -233,9 +235,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
-def runtime_env(
-    staging: Path, worker_env: dict[str, str], args: argparse.Namespace
-) -> dict:
+def runtime_env(staging: Path, worker_env: dict[str, str], args: argparse.Namespace) -> dict:
     """The Ray `runtime_env` of a submitted job (no secrets: Ray stores and shows it)."""
     env = {**worker_env, KEEP_RELATIVE_ENV: "1", **parse_env(args.env)}
     renv: dict = {"working_dir": str(staging), "env_vars": env}
@@ -246,11 +246,11 @@ def runtime_env(
     return renv
 
 
-def _output_check(output: str | None, spec) -> None:
+def _output_check(output: str | None, spec, prefix: str = "") -> None:
     """A submitted job's working dir is temporary and on one node: results need storage
     that outlives it and that every node reaches."""
     where = output or spec.output.dir
-    field = "--output" if output else "output.dir"
+    field = "--output" if output else f"{prefix}output.dir"
     if where.startswith("s3://") or os.path.isabs(where):
         return
     raise SpecError(
@@ -331,10 +331,19 @@ def entrypoint(remote_argv: list[str], python: str = "python") -> str:
     return " ".join([shlex.quote(python), "-m", "jobs.cli", *map(shlex.quote, remote_argv)])
 
 
-def submit_command(args: argparse.Namespace, argv: list[str], files: list[str] = ()) -> int:
-    """Submit any distill command line (e.g. `["tune", "sweep.yaml", "--set", ...]`) to the
-    cluster. `files`: local files named in `argv`, staged under `job/` with argv pointing at
-    the copies. Wire it into a parser that has `add_submit_flags`."""
+def submit_command(
+    args: argparse.Namespace,
+    argv: list[str],
+    files: list[str] = (),
+    *,
+    stage=None,
+    env: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Submit any distill command line (e.g. `["tune", "sweep.yaml", "--smoke"]`) to the
+    cluster; `args` carries the flags of `add_submit_flags`. `files`: local files named in
+    `argv`, copied under `job/` with argv pointing at the copies. `stage(job_dir)`: writes
+    anything else the command needs into the staged `job/` folder."""
     from cluster.worker_env import worker_env
     from jobs.spec import JobSpec
 
@@ -348,15 +357,74 @@ def submit_command(args: argparse.Namespace, argv: list[str], files: list[str] =
             target = f"{JOB_DIR}/{i}_{Path(name).name}"
             shutil.copy2(name, staging / target)
             remote = [target if a == name else a for a in remote]
+        if stage is not None:
+            stage(staging / JOB_DIR)
         job_id = _submit(
             args.address,
             entrypoint(remote, args.python),
-            runtime_env(staging, worker_env(JobSpec()), args),
-            {"distill_command": argv[0] if argv else ""},
+            runtime_env(staging, env or worker_env(JobSpec()), args),
+            {"distill_command": argv[0] if argv else "", **(metadata or {})},
             args.job_id,
         )
     _announce(job_id, args)
     return _follow_result(args, job_id) if args.follow else 0
+
+
+def submit_sweep(args: argparse.Namespace) -> int:
+    """`distill tune SWEEP --submit`: check the sweep here (schema and every combination,
+    without this machine's CPU count), stage it with its relative data, submit `distill tune`."""
+    from cluster.worker_env import worker_env
+    from jobs.spec import JobSpec
+    from jobs.sweep_check import check_sweep
+    from jobs.sweep_spec import load_sweep
+    from jobs.tune import smoke_sweep
+
+    cluster_address(args.address)
+    overrides = [item for group in args.overrides for item in group]
+    sweep = load_sweep(args.sweep, overrides)
+    if args.smoke:
+        sweep = smoke_sweep(sweep)
+    base = JobSpec.model_validate(sweep.base)
+    _output_check(args.output, base, "base.")
+    import datasets
+
+    datasets.disable_progress_bars()  # a bar would split the one-line error
+    with _cluster_resources():
+        check_sweep(sweep)
+    raw = sweep.model_dump(mode="json", exclude_unset=True)
+
+    def stage(job_dir: Path) -> None:
+        bundle_local_paths(raw["base"], job_dir / "files", Path.cwd())
+        (job_dir / "sweep.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+    remote = ["tune", f"{JOB_DIR}/sweep.yaml"]  # --set overrides are merged into it
+    remote += ["--smoke"] if args.smoke else []
+    remote += ["--output", args.output] if args.output else []
+    for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):
+        remote += [flag, str(value)] if value is not None else []
+    run_dir = args.output or f"{base.output.dir.rstrip('/')}/{base.output.name}"
+    return submit_command(
+        args,
+        remote,
+        stage=stage,
+        env=worker_env(base),
+        metadata={"distill_output": run_dir, "distill_config": Path(args.sweep).name},
+    )
+
+
+class _cluster_resources:
+    """Inside: preflight skips this machine's CPU/GPU count (the job runs on the cluster);
+    the sweep check reads the same `RAY_ADDRESS` switch as `distill run` on a cluster."""
+
+    def __enter__(self) -> None:
+        self._old = os.environ.get("RAY_ADDRESS")
+        os.environ["RAY_ADDRESS"] = self._old or "submit"
+
+    def __exit__(self, *exc) -> None:
+        if self._old is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = self._old
 
 
 # -- command line (wired in jobs/cli.py) -----------------------------------------------------
@@ -396,9 +464,7 @@ def add_submit_flags(parser: argparse.ArgumentParser, *, with_submit: bool = Fal
     parser.add_argument(
         "--python", default="python", help="the cluster's Python executable (default: python)"
     )
-    parser.add_argument(
-        "--follow", action="store_true", help="stream the logs until the job ends"
-    )
+    parser.add_argument("--follow", action="store_true", help="stream the logs until the job ends")
 
 
 def add_parsers(sub) -> None:

@@ -44,8 +44,13 @@ TINY = [
 ]
 
 
-def distill(*args: str, cwd: Path, token: str | None = None, address: str | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
+def distill(
+    *args: str,
+    cwd: Path,
+    token: str | None = None,
+    address: str | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
     home = cwd / ".home"
     home.mkdir(exist_ok=True)
     env = {
@@ -171,9 +176,130 @@ def test_no_address_and_unreachable_address_are_one_line_errors(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    line = one_line_error(distill("status", "raysubmit_x", "--address", f"127.0.0.1:{port}",
-                                  cwd=tmp_path))
+    line = one_line_error(
+        distill("status", "raysubmit_x", "--address", f"127.0.0.1:{port}", cwd=tmp_path)
+    )
     assert f"http://127.0.0.1:{port}" in line and "cannot reach" in line
+
+
+# -- what a submission sends ------------------------------------------------------------------
+
+
+@pytest.fixture
+def captured(monkeypatch, tmp_path):
+    """Replace the Jobs API call: record what would be sent (the staged working dir is
+    copied before distill deletes it)."""
+    import shutil
+
+    from jobs import submit
+
+    sent: dict = {}
+
+    def fake_submit(address, entrypoint, renv, metadata, job_id):
+        copy = tmp_path / "sent_working_dir"
+        shutil.copytree(renv["working_dir"], copy)
+        sent.update(
+            address=address, entrypoint=entrypoint, renv=renv, metadata=metadata, working_dir=copy
+        )
+        return "raysubmit_test"
+
+    monkeypatch.setattr(submit, "_submit", fake_submit)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "tok-never-sent-anywhere")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return sent
+
+
+def test_submit_stages_the_config_and_its_relative_files(captured, tmp_path, monkeypatch, capsys):
+    from jobs.cli import main
+    from jobs.spec import load_spec
+
+    work = tmp_path / "work"
+    work.mkdir()
+    texts = write_texts(work)
+    monkeypatch.chdir(work)
+    code = main(
+        [
+            "submit",
+            "--output",
+            "/shared/runs/x",
+            "--address",
+            "http://head:8265",
+            "--set",
+            "data.train.path=texts.txt",
+            "student.layers=2",
+            "--env",
+            "FOO=1",
+            "--pip",
+            "einops==0.8.0",
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out.strip() == "raysubmit_test"
+    assert captured["address"] == "http://head:8265"
+    assert (
+        captured["entrypoint"] == "python -m jobs.cli run job/config.yaml --output /shared/runs/x"
+    )
+    renv = captured["renv"]
+    assert renv["env_vars"]["DS_ACCELERATOR"] == "cpu" and renv["env_vars"]["FOO"] == "1"
+    assert renv["env_vars"]["DISTILL_RELATIVE_PATHS_IN_WORKING_DIR"] == "1"
+    assert renv["pip"] == ["einops==0.8.0"]
+    assert sorted(Path(p).name for p in renv["py_modules"]) == ["cluster", "distill_core", "jobs"]
+    assert captured["metadata"]["distill_output"] == "/shared/runs/x"
+    sent = json.dumps({k: v for k, v in captured.items() if k != "working_dir"})
+    assert "tok-never-sent-anywhere" not in sent
+
+    # The staged config names the bundled copy, relative to the working dir, and validates
+    # there as the cluster will see it.
+    staged = captured["working_dir"]
+    config = (staged / "job" / "config.yaml").read_text()
+    assert "tok-never" not in config
+    monkeypatch.chdir(staged)
+    spec = load_spec("job/config.yaml")
+    (source,) = spec.data.train
+    assert source.path == "job/files/0_texts.txt"
+    assert (staged / source.path).read_text() == texts.read_text()
+    assert spec.student.layers == 2
+
+
+def test_tune_submit_stages_the_merged_sweep(captured, tmp_path, monkeypatch, capsys):
+    from jobs.cli import main
+    from jobs.sweep_spec import load_sweep
+
+    work = tmp_path / "work"
+    work.mkdir()
+    write_texts(work)
+    (work / "sweep.yaml").write_text(
+        "base:\n"
+        "  data: {train: {path: texts.txt}, max_train_samples: 200}\n"
+        "  training: {steps: 4, checkpoint_every: 2, eval_every: 2, log_every: 2}\n"
+        "  output: {dir: /shared/sweeps, name: depth}\n"
+        "space:\n"
+        "  student.layers: {grid: [1, 2]}\n"
+    )
+    monkeypatch.chdir(work)
+    code = main(
+        [
+            "tune",
+            "sweep.yaml",
+            "--submit",
+            "--address",
+            "http://head:8265",
+            "--set",
+            "base.training.steps=6",
+            "--max-params",
+            "20000000",
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out.strip() == "raysubmit_test"
+    assert captured["entrypoint"] == (
+        "python -m jobs.cli tune job/sweep.yaml --max-params 20000000"
+    )
+    assert captured["metadata"]["distill_output"] == "/shared/sweeps/depth"
+    monkeypatch.chdir(captured["working_dir"])
+    sweep = load_sweep("job/sweep.yaml")
+    assert sweep.base["training"]["steps"] == 6  # the --set override travels merged in
+    assert sweep.base["data"]["train"]["path"] == "job/files/0_texts.txt"
+    assert Path(sweep.base["data"]["train"]["path"]).is_file()
+    assert list(sweep.space) == ["student.layers"]
 
 
 # -- token auth ------------------------------------------------------------------------------
@@ -192,12 +318,22 @@ def test_token_cluster_refuses_a_client_without_its_token(tmp_path):
         token_file.write_text(token + "\n")
         home = tmp_path / ".home"
         home.mkdir(exist_ok=True)
-        env_file = {**os.environ, "HOME": str(home), "RAY_ADDRESS": url,
-                    "RAY_AUTH_TOKEN_PATH": str(token_file)}
+        env_file = {
+            **os.environ,
+            "HOME": str(home),
+            "RAY_ADDRESS": url,
+            "RAY_AUTH_TOKEN_PATH": str(token_file),
+        }
         env_file.pop("RAY_AUTH_TOKEN", None)
         env_file["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
-        ok = subprocess.run([sys.executable, "-m", "jobs.cli", "jobs"], cwd=tmp_path,
-                            env=env_file, capture_output=True, text=True, timeout=120)
+        ok = subprocess.run(
+            [sys.executable, "-m", "jobs.cli", "jobs"],
+            cwd=tmp_path,
+            env=env_file,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert ok.returncode == 0 and ok.stdout.strip() == "no jobs", ok.stderr[-2000:]
         for done in (ok,):
             assert token not in done.stdout + done.stderr
@@ -206,8 +342,9 @@ def test_token_cluster_refuses_a_client_without_its_token(tmp_path):
 # -- jobs that train (slow) ------------------------------------------------------------------
 
 
-def wait_status(job: str, cwd: Path, token: str, url: str, want: set[str],
-                timeout: float = 600) -> dict:
+def wait_status(
+    job: str, cwd: Path, token: str, url: str, want: set[str], timeout: float = 600
+) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
         done = distill("status", job, "--json", "--address", url, cwd=cwd, token=token)
@@ -226,8 +363,19 @@ def test_submit_runs_the_quickstart_and_status_logs_stop_work(tmp_path):
     run_dir = tmp_path / "out" / "quickstart"
     with LocalCluster(head_cpus=2, env=cluster_env(token)) as cluster:
         url = cluster.dashboard_url
-        sub = distill("submit", "--smoke", "--output", str(run_dir), "--address", url,
-                      "--set", "data.train.path=texts.txt", *TINY, cwd=tmp_path, token=token)
+        sub = distill(
+            "submit",
+            "--smoke",
+            "--output",
+            str(run_dir),
+            "--address",
+            url,
+            "--set",
+            "data.train.path=texts.txt",
+            *TINY,
+            cwd=tmp_path,
+            token=token,
+        )
         assert sub.returncode == 0, sub.stderr[-3000:]
         job = sub.stdout.strip()
         assert job.startswith("raysubmit_") and token not in sub.stdout + sub.stderr
@@ -251,9 +399,18 @@ def test_submit_runs_the_quickstart_and_status_logs_stop_work(tmp_path):
         assert token not in status.stdout
 
         # A second job, stopped while it runs.
-        long = distill("submit", "--output", str(tmp_path / "out" / "long"), "--address", url,
-                       "--set", "student.layers=1", "training.steps=500", cwd=tmp_path,
-                       token=token)
+        long = distill(
+            "submit",
+            "--output",
+            str(tmp_path / "out" / "long"),
+            "--address",
+            url,
+            "--set",
+            "student.layers=1",
+            "training.steps=500",
+            cwd=tmp_path,
+            token=token,
+        )
         job2 = long.stdout.strip()
         wait_status(job2, tmp_path, token, url, {"RUNNING"})
         stop = distill("stop", job2, "--wait", "--address", url, cwd=tmp_path, token=token)
@@ -278,9 +435,21 @@ def test_two_node_run_places_workers_on_two_nodes(tmp_path):
     run_dir = tmp_path / "out" / "spread"
     cluster, _ = two_node_cluster(token)
     with cluster:
-        sub = distill("submit", "--output", str(run_dir), "--address", cluster.dashboard_url,
-                      "--set", "data.train.path=texts.txt", "scaling.placement_strategy=SPREAD",
-                      *TINY, "--follow", cwd=tmp_path, token=token, timeout=600)
+        sub = distill(
+            "submit",
+            "--output",
+            str(run_dir),
+            "--address",
+            cluster.dashboard_url,
+            "--set",
+            "data.train.path=texts.txt",
+            "scaling.placement_strategy=SPREAD",
+            *TINY,
+            "--follow",
+            cwd=tmp_path,
+            token=token,
+            timeout=600,
+        )
         assert sub.returncode == 0, (sub.stdout + sub.stderr)[-3000:]
     events = read_reports(run_dir / "train" / REPORTS_FILE)
     nodes = {tuple(e["nodes"]) for e in events if e["event"] == "report"}
@@ -301,10 +470,22 @@ def test_losing_the_worker_node_mid_run_retries_on_the_head(tmp_path):
     run_dir = tmp_path / "out" / "nodeloss"
     cluster, worker = two_node_cluster(token)
     with cluster:
-        sub = distill("submit", "--output", str(run_dir), "--address", cluster.dashboard_url,
-                      "--set", "data.train.path=texts.txt", "scaling.placement_strategy=SPREAD",
-                      "scaling.max_failures=1", *TINY, "training.steps=16",
-                      "training.checkpoint_every=3", cwd=tmp_path, token=token)
+        sub = distill(
+            "submit",
+            "--output",
+            str(run_dir),
+            "--address",
+            cluster.dashboard_url,
+            "--set",
+            "data.train.path=texts.txt",
+            "scaling.placement_strategy=SPREAD",
+            "scaling.max_failures=1",
+            *TINY,
+            "training.steps=16",
+            "training.checkpoint_every=3",
+            cwd=tmp_path,
+            token=token,
+        )
         assert sub.returncode == 0, sub.stderr[-3000:]
         job = sub.stdout.strip()
         reports = run_dir / "train" / REPORTS_FILE
@@ -316,15 +497,17 @@ def test_losing_the_worker_node_mid_run_retries_on_the_head(tmp_path):
             time.sleep(0.2)
         lost = next(e for e in events if e["event"] == "report")["nodes"]
         cluster.stop_node(worker)
-        info = wait_status(job, tmp_path, token, cluster.dashboard_url,
-                           {"SUCCEEDED", "FAILED", "STOPPED"})
-        logs = distill("logs", job, "--address", cluster.dashboard_url, cwd=tmp_path,
-                       token=token).stdout
+        info = wait_status(
+            job, tmp_path, token, cluster.dashboard_url, {"SUCCEEDED", "FAILED", "STOPPED"}
+        )
+        logs = distill(
+            "logs", job, "--address", cluster.dashboard_url, cwd=tmp_path, token=token
+        ).stdout
     assert info["status"] == "SUCCEEDED", logs[-4000:]
     events = read_reports(run_dir / "train" / REPORTS_FILE)
     failures = [e for e in events if e["event"] == "failure"]
     assert len(failures) == 1
-    after = [e for e in events[events.index(failures[0]):] if e["event"] == "report"]
+    after = [e for e in events[events.index(failures[0]) :] if e["event"] == "report"]
     assert len(set(lost)) == 2 and len(set(after[0]["nodes"])) == 1  # both ranks on the head
     (lost_node,) = set(lost) - set(after[0]["nodes"])
     assert lost_node in json.dumps(failures[0]), failures[0]  # the failure names the lost node

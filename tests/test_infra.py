@@ -104,7 +104,7 @@ def check_ray_cluster_spec(spec: dict, where: str) -> None:
             assert "distill-s3" in secrets()
             env = {e["name"] for e in container.get("env", [])}
             assert not env & {"AWS_SECRET_ACCESS_KEY", "RAY_AUTH_TOKEN"}  # only via Secrets
-    for name, group in groups.items():
+    for group in groups.values():
         assert {"groupName", "minReplicas", "maxReplicas", "template"} <= set(group)
         assert group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"]
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]
