@@ -32,6 +32,7 @@ from cluster.job_model import distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
 from cluster.teacher_cache import open_cache
+from cluster.worker_env import in_job_working_dir
 from distill_core.data import collate, tokenize
 from distill_core.evaluation import load_sts_pairs, spearman_of_embeddings
 from distill_core.export import SentenceEncoder, export_student
@@ -258,7 +259,8 @@ def _quiet_report_logging() -> None:
 
 def train_loop_per_worker(config: dict) -> None:
     _quiet_report_logging()
-    spec = JobSpec.model_validate(config["spec"])
+    # A submitted job's relative paths name files in this node's copy of its working dir.
+    spec = in_job_working_dir(JobSpec.model_validate(config["spec"]))
     t = spec.training
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

@@ -224,15 +224,6 @@ def _check_data(spec: JobSpec) -> JobSpec:
 
 
 def _absolute(path: str | None) -> str | None:
-    if (
-        path
-        and os.environ.get("DISTILL_RELATIVE_PATHS_IN_WORKING_DIR")
-        and not os.path.isabs(path)
-        and os.path.exists(path)
-    ):
-        # A submitted job (jobs/submit.py): every node's workers start in their own copy of
-        # the job's working dir, which is at a different absolute path on each node.
-        return path
     return (
         os.path.abspath(os.path.expanduser(path))
         if path and os.path.exists(os.path.expanduser(path))

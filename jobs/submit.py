@@ -38,13 +38,13 @@ from pathlib import Path
 
 import yaml
 
+from cluster.worker_env import JOB_MARKER, SUBMITTED_JOB_ENV
 from jobs.spec import _SECRET_KEY, SpecError, _merge, load_spec, parse_overrides
 
 DASHBOARD_PORT = 8265
 BUNDLE_LIMIT_BYTES = 100 * 2**20  # Ray caps a working_dir package at a few hundred MiB
 JOB_DIR = "job"
 # Set on the cluster: relative paths resolve inside the job's working_dir on every node.
-KEEP_RELATIVE_ENV = "DISTILL_RELATIVE_PATHS_IN_WORKING_DIR"
 _PACKAGES = ("jobs", "cluster", "distill_core")
 _TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -237,7 +237,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 def runtime_env(staging: Path, worker_env: dict[str, str], args: argparse.Namespace) -> dict:
     """The Ray `runtime_env` of a submitted job (no secrets: Ray stores and shows it)."""
-    env = {**worker_env, KEEP_RELATIVE_ENV: "1", **parse_env(args.env)}
+    env = {**worker_env, SUBMITTED_JOB_ENV: "1", **parse_env(args.env)}
     renv: dict = {"working_dir": str(staging), "env_vars": env}
     if args.code == "local":
         renv["py_modules"] = _package_dirs()
@@ -307,6 +307,7 @@ def submit_job(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="distill-submit-") as tmp:
         staging = Path(tmp)
         (staging / JOB_DIR).mkdir()
+        (staging / JOB_MARKER).write_text("")
         raw = _raw_config(args.config, overrides)
         # Relative paths are relative to where distill runs, as for `distill run`.
         bundle_local_paths(raw, staging / JOB_DIR / "files", Path.cwd())
@@ -350,6 +351,7 @@ def submit_command(
     with tempfile.TemporaryDirectory(prefix="distill-submit-") as tmp:
         staging = Path(tmp)
         (staging / JOB_DIR).mkdir()
+        (staging / JOB_MARKER).write_text("")
         remote = list(argv)
         for i, name in enumerate(files):
             if not Path(name).is_file():

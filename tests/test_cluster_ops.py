@@ -240,7 +240,7 @@ def test_submit_stages_the_config_and_its_relative_files(captured, tmp_path, mon
     )
     renv = captured["renv"]
     assert renv["env_vars"]["DS_ACCELERATOR"] == "cpu" and renv["env_vars"]["FOO"] == "1"
-    assert renv["env_vars"]["DISTILL_RELATIVE_PATHS_IN_WORKING_DIR"] == "1"
+    assert renv["env_vars"]["DISTILL_SUBMITTED_JOB"] == "1"
     assert renv["pip"] == ["einops==0.8.0"]
     assert sorted(Path(p).name for p in renv["py_modules"]) == ["cluster", "distill_core", "jobs"]
     assert captured["metadata"]["distill_output"] == "/shared/runs/x"
@@ -300,6 +300,35 @@ def test_tune_submit_stages_the_merged_sweep(captured, tmp_path, monkeypatch, ca
     assert sweep.base["data"]["train"]["path"] == "job/files/0_texts.txt"
     assert Path(sweep.base["data"]["train"]["path"]).is_file()
     assert list(sweep.space) == ["student.layers"]
+
+
+def test_bundled_paths_resolve_in_each_nodes_copy_of_the_working_dir(tmp_path, monkeypatch):
+    """Every node unpacks the job's working dir at its own path, and Ray Train moves the
+    workers' cwd: relative paths, and absolute ones resolved on the driver's node, are
+    rebased onto this node's copy (found on PYTHONPATH by its marker)."""
+    from cluster.worker_env import in_job_working_dir
+    from jobs.spec import load_spec
+
+    node = tmp_path / "node2" / "_ray_pkg_abc"
+    (node / "job" / "files").mkdir(parents=True)
+    (node / "job" / ".distill-job").write_text("")
+    write_texts(node / "job" / "files").rename(node / "job" / "files" / "0_texts.txt")
+    (node / "job" / "files" / "1_sts.csv").write_text("x")
+    spec = load_spec(
+        None,
+        [
+            "data.train.path=job/files/0_texts.txt",
+            "evaluation.sts_path=/head/_ray_pkg_abc/job/files/1_sts.csv",
+        ],
+    )
+    monkeypatch.delenv("DISTILL_SUBMITTED_JOB", raising=False)
+    assert in_job_working_dir(spec) == spec  # outside a submitted job: unchanged
+    monkeypatch.setenv("DISTILL_SUBMITTED_JOB", "1")
+    monkeypatch.setenv("PYTHONPATH", f"/elsewhere:{node}")
+    here = in_job_working_dir(spec)
+    assert here.data.train[0].path == str(node / "job" / "files" / "0_texts.txt")
+    assert here.evaluation.sts_path == str(node / "job" / "files" / "1_sts.csv")
+    assert here.teacher == spec.teacher  # a hub / packaged name is left alone
 
 
 # -- token auth ------------------------------------------------------------------------------
