@@ -569,16 +569,30 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) if ms else "-"
 
 
+def _error_line(address: str | None, job_id: str) -> str | None:
+    """The one-line `distill: error: ...` a failed job's driver printed last, if any."""
+    c = client(address)
+    logs = _call(cluster_address(address), c.get_job_logs, job_id, job=job_id)
+    errors = [ln for ln in logs.splitlines() if ln.startswith("distill: error: ")]
+    return errors[-1].removeprefix("distill: error: ") if errors else None
+
+
 def status_cli(args) -> int:
     row = _row(_details(args.address, args.job))
+    if row["status"] == "FAILED":
+        row["error"] = _error_line(args.address, args.job)
     if args.json:
         print(json.dumps(row, indent=2))
         return 0
     print(f"{row['job']}: {row['status']}")
-    for key in ("config", "output", "message"):
-        if row[key]:
+    for key in ("config", "output", "error"):
+        if row.get(key):
             print(f"  {key}: {row[key]}")
+    if row["message"] and not row.get("error"):
+        print(f"  message: {row['message'].strip().splitlines()[0]}")
     print(f"  started: {_when(row['start'])}  ended: {_when(row['end'])}")
+    if row["output"] and row["status"] == "SUCCEEDED":
+        print(f"  results: distill report {row['output']}")
     return 0
 
 
