@@ -128,11 +128,16 @@ class LocalCluster:
         """Processes of this cluster (or of one node): those whose command line names its
         temp dir, plus their children (workers inherit the raylet's session)."""
         needle = str(node or self.root)
-        out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True)
-        procs = []
-        for line in out.stdout.splitlines():
-            pid, ppid, args = line.strip().split(None, 2) + [""] * (3 - len(line.split(None, 2)))
-            procs.append((int(pid), int(ppid), args))
+        procs = []  # from /proc: `ps` cuts command lines to the terminal's width
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs.append((int(entry.name), ppid, args))
         mine = {pid for pid, _, args in procs if needle in args}
         grew = True
         while grew:
