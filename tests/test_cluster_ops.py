@@ -2,10 +2,11 @@
 `distill submit/status/logs/stop/jobs` through the Ray Jobs API, Ray token auth, a 2-node
 run whose Train workers land on two nodes, and the loss of a node mid-run.
 
-Every CLI call is a subprocess with a clean environment: its own HOME (no
-`~/.ray/auth_token` of this machine), no RAY_ADDRESS, the token only where a case gives it.
+CLI calls that talk to a cluster are subprocesses with a clean environment: their own HOME
+(no `~/.ray/auth_token` of this machine), no RAY_ADDRESS, the token only where a case gives
+it. Checks that never reach a cluster run the CLI in-process (`main([...])`).
 The default run keeps the cheap checks (bad input, token refusal); jobs that train are
-`slow` (`python -m pytest -m slow tests/test_cluster_ops.py`, about 6 minutes).
+`slow` (`python -m pytest -m slow tests/test_cluster_ops.py`: 3 jobs, about 10 minutes here).
 """
 
 from __future__ import annotations
