@@ -33,7 +33,7 @@ def trial_rows(results) -> list[dict]:
                 "params": {k: v for k, v in (result.config or {}).items()},
                 "metrics": {
                     k: m[k]
-                    for k in (*_FINAL, "eval_quality", "eval_loss", "step")
+                    for k in (*_FINAL, "eval_quality", "eval_loss", "step", "time_total_s")
                     if k in m and m[k] is not None
                 },
                 "run_dir": m.get("run_dir"),
