@@ -87,7 +87,6 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
         tmp_path,
         base,
         space={"student.layers": {"grid": [1, 2]}},
-        max_concurrent_trials=1,
     )
     uri = f"s3://{bucket}/sweeps/depth"
     # Ray's socket paths must stay under 107 bytes: a short folder, not pytest's tmp_path.
@@ -122,6 +121,8 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     assert "resuming the sweep" in second.stdout
 
     report = json.loads(storage.read_text("sweep_report.json"))
+    # 2 CPUs, 2 one-CPU Train workers per trial: one trial at a time, never a deadlock.
+    assert report["sweep"]["max_concurrent_trials"] == 1
     trials = report["trials"]
     assert [t["status"] for t in trials] == ["completed", "completed"]
     assert {t["params"]["student.layers"] for t in trials} == {1, 2}

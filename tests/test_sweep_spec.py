@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -9,6 +11,9 @@ from jobs.spec import SpecError
 from jobs.sweep_check import check_sweep
 from jobs.sweep_spec import SweepSpec, apply_params, load_sweep
 from jobs.tune import smoke_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
 
 BASE = {
     "data": {"max_train_samples": 64, "max_eval_samples": 16},
@@ -155,3 +160,15 @@ def test_smoke_sweep_keeps_two_to_four_trials():
     assert 2 <= total <= 4
     assert small.base["training"]["steps"] <= 20
     assert small.scheduler.grace_period <= 10
+
+
+@pytest.mark.skipif(
+    not (SHARED / "stsb" / "sts-dev.csv").is_file(), reason="needs ../shared/data (STS-B, SST-2)"
+)
+def test_example_sweep_is_valid_and_its_smoke_version_small(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the example names data relative to the repo root
+    sweep = load_sweep(ROOT / "examples" / "sweep_depth_width.yaml")
+    checked = check_sweep(sweep)
+    assert len(checked.combinations) == 9
+    assert {s.spec.student.hidden for _, s in checked.combinations} == {384, 256, 192}
+    assert len(check_sweep(smoke_sweep(sweep)).combinations) == 4
