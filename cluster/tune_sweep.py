@@ -173,3 +173,13 @@ def run_tuner(
             ),
         )
     return tuner.fit()
+
+
+def saved_statuses(results: tune.ResultGrid) -> dict[str, str]:
+    """Each trial's status in the experiment state Tune saved last. After Ctrl-C Tune
+    snapshots the state (unfinished trials RUNNING or PENDING) before it stops them, so this
+    tells an interrupted trial from one a scheduler stopped (TERMINATED)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
+    return {t.trial_id: t.status for t in analysis.trials}

@@ -107,7 +107,11 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
         for t in done_first
     }
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-    first.wait(120)
+    out, _ = first.communicate(timeout=180)
+    assert first.returncode == 130, out[-3000:]
+    interrupted = json.loads(storage.read_text("sweep_report.json"))
+    assert interrupted["counts"]["completed"] == len(done_first) >= 1
+    assert interrupted["counts"]["interrupted"] == 2 - len(done_first)
 
     second = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "tune", str(sweep), "--output", uri],
