@@ -282,6 +282,8 @@ def train_loop_per_worker(config: dict) -> None:
         needed = plan_for(model.objective.weights, model.objective.pairs)
         if not cache.plan.covers(needed):
             raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
+    current_group = ray.util.get_current_placement_group()
+    placement_group = current_group.id.hex() if current_group is not None else None
     mix_generator = torch.Generator().manual_seed(t.seed * 7919 + rank)
     mlm_generator = torch.Generator().manual_seed(t.seed * 104729 + rank)
 
@@ -396,6 +398,9 @@ def train_loop_per_worker(config: dict) -> None:
         ):
             metrics = {
                 "step": step,
+                # Which placement group holds this run's workers: a sweep releases it if
+                # Tune stops the trial mid-run (see cluster/tune_sweep.py).
+                "placement_group": placement_group,
                 "epoch": epoch,
                 "loss": _mean_across_ranks(loss_sum / loss_n),
                 "samples_per_s": _mean_across_ranks(samples / train_time if train_time else 0.0)

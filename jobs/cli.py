@@ -24,6 +24,7 @@ from jobs.stages import smoke_pipeline
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -124,6 +125,8 @@ def _tune(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()
     report = run_sweep(sweep, args.output, max_params=args.max_params, min_speedup=args.min_speedup)
     print(format_sweep_table(report))
+    if report["counts"].get("interrupted"):
+        return EXIT_INTERRUPTED  # like Ctrl-C anywhere; the same command resumes the sweep
     return 0 if report["counts"]["completed"] else EXIT_FAILED
 
 

@@ -20,12 +20,17 @@ SCHEMA_VERSION = 1
 _FINAL = ("quality", "retention", "speedup", "params")
 
 
-def trial_rows(results) -> list[dict]:
-    """One row per Tune trial from a `ResultGrid`, in trial-id order."""
+def trial_rows(results, saved_status: dict[str, str] | None = None) -> list[dict]:
+    """One row per Tune trial from a `ResultGrid`, in trial-id order. Status: `completed`,
+    `stopped` (early, by the scheduler), `error`, or `interrupted` (Tune's saved state has it
+    unfinished: running the sweep again resumes it)."""
     rows = []
     for result in results:
         m = dict(result.metrics or {})
         status = "error" if result.error else ("completed" if "quality" in m else "stopped")
+        saved = (saved_status or {}).get(m.get("trial_id"))
+        if status == "stopped" and saved in ("RUNNING", "PENDING", "PAUSED"):
+            status = "interrupted"
         rows.append(
             {
                 "trial_id": m.get("trial_id") or (result.path or "").rstrip("/").rsplit("/", 1)[-1],
@@ -33,7 +38,7 @@ def trial_rows(results) -> list[dict]:
                 "params": {k: v for k, v in (result.config or {}).items()},
                 "metrics": {
                     k: m[k]
-                    for k in (*_FINAL, "eval_quality", "eval_loss", "step")
+                    for k in (*_FINAL, "eval_quality", "eval_loss", "step", "time_total_s")
                     if k in m and m[k] is not None
                 },
                 "run_dir": m.get("run_dir"),
@@ -72,7 +77,8 @@ def build_sweep_report(rows: list[dict], sweep: dict, *, max_params=None, min_sp
         "teacher": {"quality": teacher[0], "parameters": teacher[1], "speedup": 1.0},
         "quality_metric": teacher[2],
         "counts": {
-            s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "error")
+            s: sum(r["status"] == s for r in rows)
+            for s in ("completed", "stopped", "error", "interrupted")
         },
         "pareto": {"quality_vs_speedup": front, "quality_vs_params": front_size},
         "chosen": chosen,
@@ -215,7 +221,8 @@ def format_sweep_table(report: dict) -> str:
     c = report["counts"]
     lines.append("")
     lines.append(
-        f"{c['completed']} completed, {c['stopped']} stopped early, {c['error']} failed; "
+        f"{c['completed']} completed, {c['stopped']} stopped early, {c['error']} failed, "
+        f"{c.get('interrupted', 0)} interrupted (run again to resume); "
         f"front (quality vs speedup): {', '.join(report['pareto']['quality_vs_speedup']) or '-'}"
     )
     if report["chosen"]:

@@ -186,4 +186,17 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as err:
-        raise SpecError(_format_error(err)) from None
+        raise SpecError(_sweep_error(err)) from None
+
+
+def _sweep_error(err: ValidationError) -> str:
+    """Like the job spec's errors, but space keys are dotted paths (`space.student.layers`)
+    and whole-sweep checks already name their field."""
+    first = err.errors()[0]
+    if first["type"] == "value_error" and not first["loc"]:
+        return first["msg"].removeprefix("Value error, ")
+    parts = [str(p) for p in first["loc"] if not str(p)[:1].isupper() and "[" not in str(p)]
+    if parts and parts[0] == "space":
+        message = _format_error(err).partition(": ")[2]
+        return f"{'.'.join(parts)}: {message}"
+    return _format_error(err)

@@ -131,7 +131,7 @@ def run_sweep(
     # Ray and the heavy imports only after every check has passed.
     from cluster.launch import ensure_ray
     from cluster.teacher_cache import cache_summary, prepare_cache
-    from cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner
+    from cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner, saved_statuses
     from jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
 
     plan, bypass = _cache_plan(checked)
@@ -157,7 +157,7 @@ def run_sweep(
     }
     results = run_tuner(sweep, checked.base, first.training.steps, storage, context, concurrency)
     report = build_sweep_report(
-        trial_rows(results),
+        trial_rows(results, saved_statuses(results)),
         {
             "dir": storage.uri,
             "algorithm": sweep.search.algorithm,

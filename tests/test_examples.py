@@ -18,7 +18,8 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# Sweep files (`distill tune`) are checked in tests/test_sweep_spec.py.
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if not p.stem.startswith("sweep_"))
 FAST_EVAL = [
     "evaluation.throughput_texts=16",
     "evaluation.throughput_rounds=1",
