@@ -1,119 +1,146 @@
-"""Epoch time with the teacher-output cache against recomputing the teacher, measured as a
-ratio in one script run.
+"""Epoch time with the teacher-output cache against recomputing the teacher, as a ratio
+measured in one run.
 
-    python -m bench.teacher_cache [--steps 96] [--rows 2000] [--out bench/results/teacher_cache.json]
+    python -m bench.teacher_cache [--rows 2000] [--epochs 1] [--out bench/results/teacher_cache.json]
 
-The job is the sweep example's base (examples/sweep_depth_width.yaml: the packaged
-all-MiniLM-L6-v2 teacher, SST-2 + STS-B sentences, hidden MSE on uniformly mapped layers plus
-the pooled losses) with a 3 x 384 student on 2 Ray Train workers (DeepSpeed ZeRO-2). The
-cache is built once; then the same job runs with and without it, alternating, twice each.
-Epoch time = training rows / the run's measured samples/s (warm-up steps excluded), so Ray
-start-up, evaluation and export do not count.
+The job is the sweep example's (examples/sweep_depth_width.yaml): the packaged
+all-MiniLM-L6-v2 teacher, SST-2 + STS-B training sentences, hidden MSE on uniformly mapped
+layers plus the pooled losses, a width-sliced student (`--student`, default 3 x 384), batch 64, fp32, AdamW,
+2 threads. The cache is built once (`prepare_cache`, the code path `distill tune` uses),
+then one process trains on the same batches in both modes, alternating mode every step, so
+machine noise (this machine is shared) hits both modes alike. Epoch time per mode = the sum
+of that mode's step times (teacher outputs, forward, backward, optimizer step) over one
+pass of the rows. The cache build is reported beside it, as the number of epochs it pays
+back in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from cluster.storage import LocalStorage
+import torch
+from torch.utils.data import DataLoader
+
+PHASES = ("teacher", "forward", "backward", "step")
 
 
-def _spec(steps: int, rows: int):
+def _spec(rows: int, student: dict):
+    from jobs.preflight import preflight
     from jobs.spec import JobSpec
     from jobs.sweep_check import check_sweep
-    from jobs.sweep_spec import apply_params, load_sweep
+    from jobs.sweep_spec import ParamSpec, apply_params, load_sweep
 
     sweep = load_sweep("examples/sweep_depth_width.yaml")
-    sweep = sweep.model_copy(
-        update={
-            "space": {
-                "student.layers": sweep.space["student.layers"].model_copy(update={"grid": [3]})
-            }
-        }
-    )
-    base = check_sweep(sweep).base
+    sweep = sweep.model_copy(update={"space": {"student.layers": ParamSpec(grid=[3])}})
     raw = apply_params(
-        base,
+        check_sweep(sweep).base,
         {
-            "student": {"layers": 3, "hidden": 384, "heads": 12, "ffn": 1536},
-            "training": {
-                "steps": steps,
-                "log_every": steps // 4,
-                "eval_every": steps,
-                "checkpoint_every": steps,
-            },
+            "student": student,
             "data": {"max_train_samples": rows},
-            "evaluation": {"max_sts_pairs": 200, "throughput_texts": 64, "throughput_rounds": 1},
         },
     )
-    return JobSpec.model_validate(raw)
+    return preflight(JobSpec.model_validate(raw))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=96)
     parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--student", default="3,384,12,1536", help="layers,hidden,heads,ffn (width_slice)"
+    )
     parser.add_argument("--out", default="bench/results/teacher_cache.json")
     args = parser.parse_args()
 
-    from cluster.launch import ensure_ray
-    from cluster.teacher_cache import prepare_cache
-    from distill_core.teacher_cache import CachePlan
-    from jobs.preflight import preflight
-    from jobs.run import run_job
+    from cluster.job_data import train_eval_texts
+    from cluster.job_model import distillation_model
+    from cluster.step_inputs import teacher_outputs
+    from cluster.storage import LocalStorage
+    from cluster.teacher_cache import open_cache, prepare_cache
+    from distill_core.data import collate, tokenize
+    from distill_core.teacher import load_teacher
+    from distill_core.teacher_cache import INDEX_COLUMN, plan_for
 
-    spec = preflight(_spec(args.steps, args.rows))
+    torch.set_num_threads(args.threads)
+    layers, hidden, heads, ffn = (int(v) for v in args.student.split(","))
+    student = {"layers": layers, "hidden": hidden, "heads": heads, "ffn": ffn}
+    spec = _spec(args.rows, student)
+    teacher, tokenizer = load_teacher(spec.teacher.name)
+    torch.manual_seed(spec.training.seed)
+    model = distillation_model(spec, teacher)
+    plan = plan_for(model.objective.weights, model.objective.pairs)
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
-        storage = LocalStorage(tmp)
-        plan = CachePlan(layers=(2, 4, 6), pooled=True)  # uniform map of 3 student layers
-        cache = prepare_cache(spec, storage, plan)
-        ensure_ray(spec)
-        runs: dict[str, list[dict]] = {"cache": [], "recompute": []}
-        for repeat in range(args.repeats):
-            for mode in ("recompute", "cache"):
-                started = time.perf_counter()
-                report = run_job(
-                    spec,
-                    f"{tmp}/{mode}{repeat}",
-                    teacher_cache=cache if mode == "cache" else None,
-                    cache_bypass="benchmark baseline" if mode == "recompute" else None,
-                )
-                last = json.loads(
-                    Path(f"{tmp}/{mode}{repeat}/metrics.jsonl").read_text().splitlines()[-1]
-                )
-                sps = report["training"]["samples_per_s"]
-                runs[mode].append(
-                    {
-                        "samples_per_s": sps,
-                        "epoch_s": args.rows / sps,
-                        "ms_teacher": last["ms_teacher"],
-                        "ms_forward": last["ms_forward"],
-                        "ms_backward": last["ms_backward"],
-                        "ms_step": last["ms_step"],
-                        "job_wall_s": time.perf_counter() - started,
-                    }
-                )
-                print(f"[bench] {mode} #{repeat}: {runs[mode][-1]}", flush=True)
-    epoch = {mode: statistics.mean(r["epoch_s"] for r in rs) for mode, rs in runs.items()}
+        info = prepare_cache(spec, LocalStorage(tmp), plan)
+        cache = open_cache(info, spec)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=spec.training.learning_rate
+    )
+    train, _ = train_eval_texts(spec)
+    rows = tokenize(train, tokenizer, spec.data.max_length)
+    rows = rows.add_column(INDEX_COLUMN, list(range(len(rows))))
+    loader = DataLoader(
+        rows,
+        batch_size=args.batch,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=collate(tokenizer),
+        generator=torch.Generator().manual_seed(0),
+    )
+    spent = {mode: dict.fromkeys(PHASES, 0.0) for mode in ("recompute", "cache")}
+    steps = {"recompute": 0, "cache": 0}
+    model.train()
+    for epoch in range(args.epochs):
+        for i, batch in enumerate(loader):
+            index = batch.pop(INDEX_COLUMN)
+            # Each batch runs once in each mode, the order alternating, so both modes see
+            # the same rows and the same machine load.
+            for mode in ("recompute", "cache") if i % 2 == 0 else ("cache", "recompute"):
+                marks = [time.perf_counter()]
+                if mode == "cache":
+                    t_out = cache.lookup(index, batch["attention_mask"])
+                else:
+                    t_out = teacher_outputs(teacher, None, batch, model)
+                marks.append(time.perf_counter())
+                loss, _ = model(batch, t_out)
+                marks.append(time.perf_counter())
+                optimizer.zero_grad()
+                loss.backward()
+                marks.append(time.perf_counter())
+                optimizer.step()
+                marks.append(time.perf_counter())
+                if epoch > 0 or i >= 2:  # warm-up steps of both modes are not timed
+                    for phase, begin, end in zip(PHASES, marks, marks[1:]):
+                        spent[mode][phase] += end - begin
+                    steps[mode] += 1
+        print(f"[bench] epoch {epoch}: {json.dumps(spent)}", flush=True)
+    per_epoch = {m: sum(spent[m].values()) / steps[m] * (len(rows) // args.batch) for m in spent}
     result = {
         "benchmark": "teacher_cache",
-        "rows": args.rows,
-        "steps": args.steps,
-        "student": "3 x 384 (width_slice), 2 workers ZeRO-2, batch 32 per worker",
-        "cache": {k: cache[k] for k in ("key", "rows", "build_s", "size_mib")},
-        "runs": runs,
-        "epoch_s": epoch,
-        "speedup": epoch["recompute"] / epoch["cache"],
-        "break_even_epochs": cache["build_s"] / max(epoch["recompute"] - epoch["cache"], 1e-9),
+        "rows": len(rows),
+        "batch": args.batch,
+        "threads": args.threads,
+        "student": {**student, "init": "width_slice"},
+        "objective": {"weights": spec.objective.weights, "teacher_layers": list(plan.layers)},
+        "cache": {k: info[k] for k in ("key", "rows", "build_s", "size_mib")},
+        "timed_steps": steps,
+        "ms_per_step": {m: {p: 1000 * spent[m][p] / steps[m] for p in PHASES} for m in spent},
+        "epoch_s": per_epoch,
+        "speedup": per_epoch["recompute"] / per_epoch["cache"],
+        "break_even_epochs": info["build_s"] / (per_epoch["recompute"] - per_epoch["cache"]),
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("epoch_s", "speedup", "break_even_epochs")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("ms_per_step", "epoch_s", "speedup", "break_even_epochs")},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

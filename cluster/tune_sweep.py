@@ -131,10 +131,12 @@ def param_space(sweep: SweepSpec) -> dict:
     return space
 
 
-def searcher(sweep: SweepSpec):
+def searcher(sweep: SweepSpec, concurrency: int | None = None):
     s = sweep.search
     if s.algorithm != "optuna":
-        return BasicVariantGenerator(random_state=s.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a variant generator: it takes
+        # its own limit.
+        return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency or 0)
     import optuna
 
     modes = [TRIAL_METRICS[m] for m in s.objectives]
@@ -197,7 +199,7 @@ def run_tuner(
             trainable,
             param_space=param_space(sweep),
             tune_config=tune.TuneConfig(
-                search_alg=searcher(sweep),
+                search_alg=searcher(sweep, concurrency),
                 scheduler=scheduler(sweep, steps),
                 num_samples=sweep.search.num_samples,
                 max_concurrent_trials=concurrency,

@@ -31,10 +31,10 @@ def test_param_space_maps_each_kind_to_tune():
 
 
 def test_searchers_and_schedulers():
-    assert isinstance(
-        tune_sweep.searcher(SweepSpec(space={"student.layers": {"grid": [1]}})),
-        BasicVariantGenerator,
-    )
+    variants = tune_sweep.searcher(SweepSpec(space={"student.layers": {"grid": [1]}}), 2)
+    assert isinstance(variants, BasicVariantGenerator)
+    # Tune ignores TuneConfig.max_concurrent_trials for variant generators: the limit is theirs.
+    assert variants.max_concurrent == 2
     multi = tune_sweep.searcher(
         SweepSpec(space=SPACE, search={"algorithm": "optuna", "objectives": ["quality", "params"]})
     )
