@@ -29,18 +29,32 @@ def _key(teacher_id: str, sources: list[str], spec: JobSpec) -> str:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, sources: list[str], *, num_beams: int, max_new_tokens: int,
-             batch_size: int, max_length: int) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    sources: list[str],
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    batch_size: int,
+    max_length: int,
+) -> list[str]:
     """The model's decoded generations for `sources` (beam search, in order)."""
     model.eval()
     out: list[str] = []
     for i in range(0, len(sources), batch_size):
         enc = tokenizer(
-            sources[i : i + batch_size], padding=True, truncation=True,
-            max_length=max_length, return_tensors="pt",
+            sources[i : i + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
         ).to(model.device)
         ids = model.generate(
-            **enc, num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
+            **enc,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
             early_stopping=num_beams > 1,
         )
         out += tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -59,17 +73,26 @@ def cache_teacher_targets(spec: JobSpec, storage, teacher_dir: str, teacher_id: 
     path = f"{CACHE_DIR}/{_key(teacher_id, sources, spec)}.jsonl"
     if not storage.exists(path):
         g = spec.objective.sequence_kd
-        print(f"[distill] sequence-level KD: the teacher generates {len(sources)} targets", flush=True)
+        print(
+            f"[distill] sequence-level KD: the teacher generates {len(sources)} targets", flush=True
+        )
         model = load_exported(teacher_dir)
         if torch.cuda.is_available():
             model = model.cuda()
         targets = generate(
-            model, AutoTokenizer.from_pretrained(teacher_dir), sources,
-            num_beams=g.num_beams, max_new_tokens=g.max_new_tokens,
-            batch_size=g.batch_size, max_length=spec.data.max_length,
+            model,
+            AutoTokenizer.from_pretrained(teacher_dir),
+            sources,
+            num_beams=g.num_beams,
+            max_new_tokens=g.max_new_tokens,
+            batch_size=g.batch_size,
+            max_length=spec.data.max_length,
         )
         storage.write_text(
-            path, "".join(json.dumps({"source": s, "target": t}) + "\n" for s, t in zip(sources, targets))
+            path,
+            "".join(
+                json.dumps({"source": s, "target": t}) + "\n" for s, t in zip(sources, targets)
+            ),
         )
     return {"uri": storage.uri, "path": path}
 

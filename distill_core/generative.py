@@ -107,7 +107,9 @@ def architecture_size(config: PretrainedConfig) -> GenerativeSize:
 def generative_student_config(teacher_config: PretrainedConfig, size: GenerativeSize):
     """The teacher's config with depth and width replaced."""
     if size.hidden % size.heads:
-        raise ValueError(f"student.heads: {size.heads} does not divide student.hidden {size.hidden}")
+        raise ValueError(
+            f"student.heads: {size.heads} does not divide student.hidden {size.hidden}"
+        )
     config = copy.deepcopy(teacher_config)
     if model_family(config) == "seq2seq":
         config.encoder_layers = size.layers
@@ -168,7 +170,11 @@ def copy_generative_weights(
         for s_block, t_index in zip(s_stack, chosen):
             t_params = dict(t_stack[t_index].named_parameters())
             for name, param in s_block.named_parameters():
-                _copy_leading(param, t_params[name], fused_thirds=name.endswith("c_attn.weight") or name.endswith("c_attn.bias"))
+                _copy_leading(
+                    param,
+                    t_params[name],
+                    fused_thirds=name.endswith("c_attn.weight") or name.endswith("c_attn.bias"),
+                )
     t_all = dict(teacher.named_parameters())
     for name, param in student.named_parameters():
         if id(param) not in in_layers and name in t_all:
@@ -225,7 +231,9 @@ def lm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda h: out(h.to(out.weight.dtype)) + bias.to(h.device)[0]
 
 
-def target_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def target_hidden(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden [batch, seq, width], targets [batch, seq]) of the model's LM positions.
 
     causal: position t predicts token t+1 (`labels` if given, else `input_ids`), padding
@@ -279,8 +287,11 @@ class TokenView:
 def _lm(view: TokenView) -> torch.Tensor:
     s = view.settings
     return token_losses.chunked_lm_cross_entropy(
-        view.student_hidden, view.student_head, view.targets,
-        num_chunks=s.num_chunks, checkpoint=s.checkpoint,
+        view.student_hidden,
+        view.student_head,
+        view.targets,
+        num_chunks=s.num_chunks,
+        checkpoint=s.checkpoint,
     )
 
 
@@ -288,9 +299,15 @@ def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
     def loss(view: TokenView) -> torch.Tensor:
         s = view.settings
         return token_losses.chunked_token_kd(
-            view.student_hidden, view.teacher_hidden, view.student_head, view.teacher_head,
-            num_chunks=s.num_chunks, divergence=divergence, temperature=s.temperature,
-            beta=s.jsd_beta, checkpoint=s.checkpoint,
+            view.student_hidden,
+            view.teacher_hidden,
+            view.student_head,
+            view.teacher_head,
+            num_chunks=s.num_chunks,
+            divergence=divergence,
+            temperature=s.temperature,
+            beta=s.jsd_beta,
+            checkpoint=s.checkpoint,
         )
 
     return loss
@@ -355,7 +372,11 @@ class GenerativeDistillationModel(nn.Module):
 
     def prepare_batch(self, batch: dict, generator: torch.Generator) -> dict:
         """Seq2seq inputs: text infilling for plain text, decoder inputs for pairs."""
-        return prepare_seq2seq_batch(batch, self.batch_ids, generator) if self.batch_ids.seq2seq else batch
+        return (
+            prepare_seq2seq_batch(batch, self.batch_ids, generator)
+            if self.batch_ids.seq2seq
+            else batch
+        )
 
     def forward(self, batch: dict, teacher: ModelOutputs | None, mixed=None):
         hidden, targets = target_hidden(self.student, batch)
@@ -364,14 +385,18 @@ class GenerativeDistillationModel(nn.Module):
             student_hidden=hidden.reshape(-1, hidden.shape[-1])[keep],
             student_head=lm_head(self.student),
             targets=targets.reshape(-1)[keep],
-            teacher_hidden=None if teacher is None else teacher.hidden[-1].reshape(-1, teacher.hidden[-1].shape[-1])[keep],
+            teacher_hidden=None
+            if teacher is None
+            else teacher.hidden[-1].reshape(-1, teacher.hidden[-1].shape[-1])[keep],
             teacher_head=None if teacher is None else teacher.head,
             settings=self.objective.settings,
         )
         return self.objective(view)
 
     @torch.no_grad()
-    def probe_outputs(self, student: nn.Module, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
+    def probe_outputs(
+        self, student: nn.Module, tokenizer, texts: list[str], max_length: int
+    ) -> torch.Tensor:
         """Logits of the exported-to-be student on fixed texts (checked after reload)."""
         return probe_logits(student, tokenizer, texts, max_length)
 
@@ -420,7 +445,12 @@ def shift_right(labels: torch.Tensor, pad: int, start: int) -> torch.Tensor:
 
 
 def text_infilling(
-    ids: list[int], *, mask_id: int, ratio: float, mean_span: float, generator: torch.Generator,
+    ids: list[int],
+    *,
+    mask_id: int,
+    ratio: float,
+    mean_span: float,
+    generator: torch.Generator,
     keep: Sequence[int] = (),
 ) -> list[int]:
     """BART's text infilling: spans with Poisson(mean_span) lengths (0 allowed: an inserted
@@ -466,24 +496,37 @@ def prepare_seq2seq_batch(batch: dict, ids: BatchIds, generator: torch.Generator
         ]
         noisy = [
             text_infilling(
-                r, mask_id=ids.mask, ratio=ids.noise_ratio, mean_span=ids.mean_span,
-                generator=generator, keep=[t for t in (ids.bos, ids.eos) if t is not None],
+                r,
+                mask_id=ids.mask,
+                ratio=ids.noise_ratio,
+                mean_span=ids.mean_span,
+                generator=generator,
+                keep=[t for t in (ids.bos, ids.eos) if t is not None],
             )
             for r in rows
         ]
         device = batch["input_ids"].device
         source = _pad_rows(noisy, ids.pad).to(device)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, token_losses.IGNORE_INDEX)
-        batch = {"input_ids": source, "attention_mask": (source != ids.pad).long(), "labels": labels}
+        labels = batch["input_ids"].masked_fill(
+            batch["attention_mask"] == 0, token_losses.IGNORE_INDEX
+        )
+        batch = {
+            "input_ids": source,
+            "attention_mask": (source != ids.pad).long(),
+            "labels": labels,
+        }
         if ids.pad in (ids.bos, ids.eos):  # pad shares an id: rebuild the mask from lengths
             lengths = torch.tensor([len(r) for r in noisy], device=device)
-            batch["attention_mask"] = (torch.arange(source.shape[1], device=device)[None] < lengths[:, None]).long()
+            batch["attention_mask"] = (
+                torch.arange(source.shape[1], device=device)[None] < lengths[:, None]
+            ).long()
     labels = batch["labels"]
     return {
         **batch,
         "decoder_input_ids": shift_right(labels, ids.pad, ids.decoder_start),
         "decoder_attention_mask": torch.cat(
-            [torch.ones_like(labels[:, :1]), (labels[:, :-1] != token_losses.IGNORE_INDEX).long()], dim=1
+            [torch.ones_like(labels[:, :1]), (labels[:, :-1] != token_losses.IGNORE_INDEX).long()],
+            dim=1,
         ),
     }
 
@@ -502,12 +545,16 @@ def tokenize_generative(ds, tokenizer, max_length: int):
     def encode(batch: dict) -> dict:
         out = tokenizer(batch["text"], truncation=True, max_length=max_length)
         if pairs:
-            out["labels"] = tokenizer(batch["target"], truncation=True, max_length=max_length)["input_ids"]
+            out["labels"] = tokenizer(batch["target"], truncation=True, max_length=max_length)[
+                "input_ids"
+            ]
         return out
 
     tok_id = (type(tokenizer).__name__, _tokenizer_digest(tokenizer), max_length, "generative")
     out = ds.map(
-        encode, batched=True, remove_columns=ds.column_names,
+        encode,
+        batched=True,
+        remove_columns=ds.column_names,
         new_fingerprint=_fingerprint(ds, "tokenize", tok_id),
     )
     keep = ["input_ids", "attention_mask", "labels"]
@@ -538,12 +585,17 @@ def probe_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int)
     """The model's LM logits [texts, seq, vocab] on fixed texts (seq2seq: the texts as
     source and as teacher-forced target)."""
     model.eval()
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    enc = tokenizer(
+        texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
     if model_family(model.config) == "seq2seq":
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, token_losses.IGNORE_INDEX)
         out = model(
-            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-            decoder_input_ids=shift_right(labels, tokenizer.pad_token_id, model.config.decoder_start_token_id),
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            decoder_input_ids=shift_right(
+                labels, tokenizer.pad_token_id, model.config.decoder_start_token_id
+            ),
         )
     else:
         out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])

@@ -54,9 +54,7 @@ def token_divergence(
     else:
         if not 0.0 < beta < 1.0:
             raise ValueError(f"jsd_beta: must lie strictly between 0 and 1, got {beta}")
-        m = torch.logsumexp(
-            torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0
-        )
+        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
         per_token = beta * (t.exp() * (t - m)).sum(-1) + (1.0 - beta) * (s.exp() * (s - m)).sum(-1)
     return per_token * temperature**2
 
@@ -125,7 +123,11 @@ def chunked_token_kd(
     if n == 0:
         return student_hidden.sum() * 0.0
 
-    def chunk_sum(s_hidden: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    def chunk_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
+        # The teacher's logits are rebuilt inside the chunk too: keeping them for the
+        # backward pass would hold [tokens, vocab] for the whole batch again.
+        with torch.no_grad():
+            t_logits = teacher_head(t_hidden)
         return token_divergence(
             student_head(s_hidden),
             t_logits,
@@ -135,13 +137,12 @@ def chunked_token_kd(
         ).sum()
 
     total = student_hidden.new_zeros((), dtype=torch.float32)
-    for s_chunk, t_chunk in zip(_chunks(student_hidden, num_chunks), _chunks(teacher_hidden, num_chunks)):
-        with torch.no_grad():
-            t_logits = teacher_head(t_chunk)
+    pieces = zip(_chunks(student_hidden, num_chunks), _chunks(teacher_hidden, num_chunks))
+    for s_chunk, t_chunk in pieces:
         if checkpoint and torch.is_grad_enabled() and s_chunk.requires_grad:
-            total = total + _checkpoint(chunk_sum, s_chunk, t_logits, use_reentrant=False)
+            total = total + _checkpoint(chunk_sum, s_chunk, t_chunk, use_reentrant=False)
         else:
-            total = total + chunk_sum(s_chunk, t_logits)
+            total = total + chunk_sum(s_chunk, t_chunk)
     return total / n
 
 
@@ -161,9 +162,7 @@ def chunked_lm_cross_entropy(
         return hidden.sum() * 0.0
 
     def chunk_sum(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            head(h).float(), y, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        return F.cross_entropy(head(h).float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for h, y in zip(_chunks(hidden, num_chunks), _chunks(targets, num_chunks)):

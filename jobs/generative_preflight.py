@@ -27,12 +27,16 @@ def resolve_generative_stage(spec: JobSpec, kind: str, tc, teacher_has_weights: 
     if spec.task is not None and (family == "causal" or spec.task.type != "seq2seq"):
         allowed = "no task (it trains on plain text)" if family == "causal" else "type: seq2seq"
         raise SpecError(f"task.type: a {family} teacher ({tc.model_type}) takes {allowed}")
-    if o.sequence_kd is not None and (family != "seq2seq" or spec.task is None or kind != "distill"):
+    if o.sequence_kd is not None and (
+        family != "seq2seq" or spec.task is None or kind != "distill"
+    ):
         raise SpecError(
             "objective.sequence_kd: needs a seq2seq teacher, a seq2seq task and a distill stage"
         )
     if kind in ("pretrain", "finetune") and used != {"lm"}:
-        raise SpecError(f"objective.weights: a {kind} stage trains on the LM loss only: {{lm: 1.0}}")
+        raise SpecError(
+            f"objective.weights: a {kind} stage trains on the LM loss only: {{lm: 1.0}}"
+        )
     if kind != "pretrain" and not teacher_has_weights:
         raise SpecError(
             f"teacher.name: {spec.teacher.name} is an architecture without weights; train it "

@@ -52,10 +52,19 @@ def build_generative_report(
     family = model_family(teacher.config)
     e, max_len = spec.evaluation, spec.data.max_length
     rows = _rows(eval_rows)
-    export_diff = float((probe_logits(student, tokenizer, PROBE_TEXTS, max_len) - probe).abs().max())
+    export_diff = float(
+        (probe_logits(student, tokenizer, PROBE_TEXTS, max_len) - probe).abs().max()
+    )
     ppl = {
-        who: perplexity(m, tokenizer, rows, max_length=max_len, batch_size=e.batch_size,
-                        noise_ratio=spec.objective.noise_ratio, seed=spec.training.seed)
+        who: perplexity(
+            m,
+            tokenizer,
+            rows,
+            max_length=max_len,
+            batch_size=e.batch_size,
+            noise_ratio=spec.objective.noise_ratio,
+            seed=spec.training.seed,
+        )
         for who, m in (("teacher", teacher), ("student", student))
     }
     quality = {
@@ -70,8 +79,14 @@ def build_generative_report(
     if family == "seq2seq" and "target" in rows:
         scores = {
             who: bleu_chrf(
-                generate_texts(m, tokenizer, rows["text"], max_new_tokens=e.generate_tokens * 2,
-                               batch_size=e.batch_size, max_length=max_len),
+                generate_texts(
+                    m,
+                    tokenizer,
+                    rows["text"],
+                    max_new_tokens=e.generate_tokens * 2,
+                    batch_size=e.batch_size,
+                    max_length=max_len,
+                ),
                 rows["target"],
             )
             for who, m in (("teacher", teacher), ("student", student))
@@ -82,13 +97,20 @@ def build_generative_report(
             "teacher": scores["teacher"]["bleu"],
             "student": scores["student"]["bleu"],
             "retention": scores["student"]["bleu"] / scores["teacher"]["bleu"]
-            if scores["teacher"]["bleu"] else None,
+            if scores["teacher"]["bleu"]
+            else None,
             "chrf": {who: s["chrf"] for who, s in scores.items()},
         }
-    texts = (rows["text"] * (e.throughput_texts // max(len(rows["text"]), 1) + 1))[: e.throughput_texts]
+    texts = (rows["text"] * (e.throughput_texts // max(len(rows["text"]), 1) + 1))[
+        : e.throughput_texts
+    ]
     speed = generation_throughput(
-        {"teacher": teacher, "student": student}, tokenizer, texts,
-        new_tokens=e.generate_tokens, rounds=e.throughput_rounds, batch_size=e.batch_size,
+        {"teacher": teacher, "student": student},
+        tokenizer,
+        texts,
+        new_tokens=e.generate_tokens,
+        rounds=e.throughput_rounds,
+        batch_size=e.batch_size,
     )
     t_params, s_params = count_parameters(teacher), count_parameters(student)
     history = train_state.get("history", [])
@@ -96,18 +118,35 @@ def build_generative_report(
     t_size, s_size = architecture_size(teacher.config), architecture_size(student.config)
     report = {
         "schema_version": SCHEMA_VERSION,
-        "run": {"name": spec.output.name, "dir": str(run_dir), "status": "completed", "wall_time_s": None},
+        "run": {
+            "name": spec.output.name,
+            "dir": str(run_dir),
+            "status": "completed",
+            "wall_time_s": None,
+        },
         "teacher": {
-            "name": spec.teacher.name, "family": family, "parameters": t_params,
-            "layers": t_size.layers, "decoder_layers": t_size.decoder_layers, "hidden": t_size.hidden,
+            "name": spec.teacher.name,
+            "family": family,
+            "parameters": t_params,
+            "layers": t_size.layers,
+            "decoder_layers": t_size.decoder_layers,
+            "hidden": t_size.hidden,
         },
         "student": {
-            "parameters": s_params, "layers": s_size.layers, "decoder_layers": s_size.decoder_layers,
-            "hidden": s_size.hidden, "heads": s_size.heads, "ffn": s_size.ffn,
-            "init": spec.student.init, "kind": spec.student.kind,
+            "parameters": s_params,
+            "layers": s_size.layers,
+            "decoder_layers": s_size.decoder_layers,
+            "hidden": s_size.hidden,
+            "heads": s_size.heads,
+            "ffn": s_size.ffn,
+            "init": spec.student.init,
+            "kind": spec.student.kind,
         },
-        "size": {"teacher_parameters": t_params, "student_parameters": s_params,
-                 "compression": t_params / s_params},
+        "size": {
+            "teacher_parameters": t_params,
+            "student_parameters": s_params,
+            "compression": t_params / s_params,
+        },
         "quality": quality,
         "task": task,
         "stages": stages or [],
@@ -132,11 +171,17 @@ def build_generative_report(
             "zero_stage": spec.deepspeed.zero_stage,
             "precision": spec.deepspeed.precision,
         },
-        "export_check": {"max_abs_diff": export_diff, "probe_texts": len(PROBE_TEXTS),
-                         "compared": "LM logits"},
+        "export_check": {
+            "max_abs_diff": export_diff,
+            "probe_texts": len(PROBE_TEXTS),
+            "compared": "LM logits",
+        },
         "teacher_check": train_state.get("teacher_fingerprint"),
-        "paths": {"checkpoint": checkpoint_path, "student": f"{run_dir}/student",
-                  "config": f"{run_dir}/config.yaml"},
+        "paths": {
+            "checkpoint": checkpoint_path,
+            "student": f"{run_dir}/student",
+            "config": f"{run_dir}/config.yaml",
+        },
     }
     report["run"]["wall_time_s"] = time.perf_counter() - started
     return report

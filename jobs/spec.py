@@ -342,10 +342,16 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
 
 def smoke(spec: JobSpec) -> JobSpec:
     """Shrink steps, data and evaluation so any config finishes in about a minute."""
-    t, d, e = spec.training, spec.data, spec.evaluation
+    t, d, e, o = spec.training, spec.data, spec.evaluation, spec.objective
     steps = min(t.steps or 20, 20)
+    # Sequence-level KD generates a target per training row before training: keep it small.
+    rows = 256 if o.sequence_kd is not None else 2000
+    sequence_kd = o.sequence_kd and o.sequence_kd.model_copy(
+        update={"num_beams": 1, "max_new_tokens": min(o.sequence_kd.max_new_tokens, 24), "batch_size": 64}
+    )
     return spec.model_copy(
         update={
+            "objective": o.model_copy(update={"sequence_kd": sequence_kd}),
             "training": t.model_copy(
                 update={
                     "steps": steps,
@@ -359,7 +365,7 @@ def smoke(spec: JobSpec) -> JobSpec:
             ),
             "data": d.model_copy(
                 update={
-                    "max_train_samples": min(d.max_train_samples or 2000, 2000),
+                    "max_train_samples": min(d.max_train_samples or rows, rows),
                     "max_eval_samples": min(d.max_eval_samples, 64),
                     "max_length": min(d.max_length, 64),
                 }
@@ -369,6 +375,7 @@ def smoke(spec: JobSpec) -> JobSpec:
                     "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
                     "throughput_texts": min(e.throughput_texts, 64),
                     "throughput_rounds": 1,
+                    "generate_tokens": min(e.generate_tokens, 16),
                 }
             ),
         }

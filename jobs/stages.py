@@ -113,6 +113,11 @@ def smoke_pipeline(spec: JobSpec) -> JobSpec:
                 update={
                     "training": small.training.model_dump(mode="json"),
                     "data": small.data.model_dump(mode="json"),
+                    **(
+                        {"objective": small.objective.model_dump(mode="json")}
+                        if stage.objective is not None
+                        else {}
+                    ),
                 }
             )
         )

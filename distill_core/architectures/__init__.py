@@ -120,5 +120,3 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         make(folder)
         print(f"wrote {folder}: {sorted(p.name for p in folder.iterdir())}")
-
-
