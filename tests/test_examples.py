@@ -18,7 +18,9 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# The generative LightPAFF examples run (with --smoke and more checks) in test_ray_generative.py.
+GENERATIVE = {"lightpaff_gpt2.yaml", "lightpaff_seq2seq.yaml"}
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name not in GENERATIVE)
 FAST_EVAL = [
     "evaluation.throughput_texts=16",
     "evaluation.throughput_rounds=1",
