@@ -62,7 +62,7 @@ def generative_distillation_model(
     settings = TokenSettings(
         temperature=o.temperature,
         jsd_beta=o.jsd_beta,
-        num_chunks=num_chunks(spec.training.batch_size, spec.data.max_length, o.token_chunk),
+        num_chunks=num_chunks(spec.training.batch_size, spec.data.max_length, o.logit_chunk),
     )
     ids = BatchIds.from_model(teacher.config, tokenizer, noise_ratio=o.noise_ratio)
     return GenerativeDistillationModel(student, TokenObjective(o.weights, settings), ids)

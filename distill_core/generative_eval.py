@@ -125,7 +125,7 @@ def _prompts(model, tokenizer, texts: list[str], prompt_tokens: int, batch_size:
                     texts[i : i + batch_size],
                     padding=True,
                     truncation=True,
-                    max_length=prompt_tokens,
+                    max_length=64 if seq2seq else prompt_tokens,
                     return_tensors="pt",
                 )
             )

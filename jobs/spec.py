@@ -151,7 +151,7 @@ class ObjectiveSpec(_Strict):
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
     # Generative teachers (token_kl / token_reverse_kl / token_jsd / lm):
     jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # token_jsd's mixture weight
-    token_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
+    logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
     noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
     sequence_kd: SequenceKdSpec | None = None  # seq2seq: train on the teacher's outputs
 
@@ -190,7 +190,7 @@ class EvaluationSpec(_Strict):
     max_sts_pairs: PositiveInt | None = None
     throughput_texts: PositiveInt = 256
     throughput_rounds: PositiveInt = 3
-    generate_tokens: PositiveInt = 32  # generative teachers: new tokens per prompt (tokens/s)
+    generation_length: PositiveInt = 32  # generative teachers: new tokens per prompt (tokens/s)
     batch_size: PositiveInt = 32
 
 
@@ -375,7 +375,7 @@ def smoke(spec: JobSpec) -> JobSpec:
                     "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
                     "throughput_texts": min(e.throughput_texts, 64),
                     "throughput_rounds": 1,
-                    "generate_tokens": min(e.generate_tokens, 16),
+                    "generation_length": min(e.generation_length, 16),
                 }
             ),
         }

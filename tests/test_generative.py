@@ -4,6 +4,8 @@ text infilling, export + reload with identical logits, and preflight errors nami
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import (
@@ -322,3 +324,36 @@ def test_weightless_architecture_must_be_pretrained_first(text_file):
     lm, kd = preflight_stages(spec)
     assert (lm.spec.student.layers, lm.spec.student.init) == (4, "random")
     assert kd.spec.student.layers == 2 and kd.spec.student.hidden == 128
+
+
+def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
+    tmp_path, bart, bart_tokenizer, monkeypatch
+):
+    import cluster.teacher_generations as tg
+    from cluster.storage import LocalStorage
+    from jobs.spec import load_spec
+
+    teacher = tmp_path / "bart-teacher"
+    bart.save_pretrained(teacher)
+    bart_tokenizer.save_pretrained(teacher)
+    data = tmp_path / "pairs.csv"
+    data.write_text("text,target\n" + "".join(f"Close file number {i}.,close file {i}\n" for i in range(30)))
+    spec = load_spec(None, [
+        f"teacher.name={teacher}", f"data.train.path={data}", "task={type: seq2seq}",
+        "objective.weights={lm: 1.0}", "objective.sequence_kd={num_beams: 2, max_new_tokens: 4}",
+    ])
+    storage = LocalStorage(tmp_path / "run")
+    ref = tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v1")
+    rows = [json.loads(line) for line in storage.read_text(ref["path"]).splitlines()]
+    train, _ = tg.train_eval_texts(spec)
+    assert sorted(r["source"] for r in rows) == sorted(train["text"])
+    # The cache is reused: a second call generates nothing.
+    monkeypatch.setattr(tg, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v1") == ref
+    swapped = tg.with_teacher_targets(train, ref, spec)
+    by_source = {r["source"]: r["target"] for r in rows}
+    for source, target, reference in zip(swapped["text"], swapped["target"], train["target"]):
+        assert target == (by_source[source] or reference)
+    # Another teacher gets its own file.
+    monkeypatch.undo()
+    assert tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v2")["path"] != ref["path"]

@@ -28,7 +28,7 @@ SHARED = ROOT.parent / "shared" / "data"
 FAST = [
     "evaluation.throughput_texts=8",
     "evaluation.throughput_rounds=1",
-    "evaluation.generate_tokens=8",
+    "evaluation.generation_length=8",
     "evaluation.batch_size=8",
     "data.max_eval_samples=16",
 ]
