@@ -75,7 +75,7 @@ FAMILIES = {
         },
     },
 }
-COMMON = ["objective.weights={lm: 1.0}", "data.max_length=64", "training.batch_size=32", "training.seed=1", "data.max_eval_samples=256"]
+COMMON = ["objective.weights={lm: 1.0}", "data.max_length=48", "training.batch_size=16", "training.seed=1", "data.max_eval_samples=256"]
 
 
 def _spec(teacher: str, overrides: list[str]):
@@ -153,15 +153,15 @@ def run(family: str, teacher_steps: int, steps: int) -> dict:
         started = time.perf_counter()
         sources = list(train_rows["text"])
         targets = generate(teacher, tokenizer, sources, num_beams=1, max_new_tokens=32,
-                           batch_size=64, max_length=64)
+                           batch_size=64, max_length=48)
         targets = [t or r for t, r in zip(targets, train_rows["target"])]
         seq_rows = datasets.Dataset.from_dict({"text": sources, "target": targets})
         result["teacher_generation_s"] = time.perf_counter() - started
 
     def evaluate(model) -> dict:
-        out = {"perplexity": perplexity(model, tokenizer, rows, max_length=64, seed=1)}
+        out = {"perplexity": perplexity(model, tokenizer, rows, max_length=48, seed=1)}
         if family == "seq2seq":
-            hyps = generate_texts(model, tokenizer, rows["text"], max_new_tokens=32, max_length=64)
+            hyps = generate_texts(model, tokenizer, rows["text"], max_new_tokens=32, max_length=48)
             out.update(bleu_chrf(hyps, rows["target"]))
         return out
 
@@ -201,8 +201,8 @@ def table(paths: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--family", choices=sorted(FAMILIES))
-    parser.add_argument("--teacher-steps", type=int, default=800)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--teacher-steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--out")
     parser.add_argument("--table", nargs="*")
     args = parser.parse_args()
