@@ -1,22 +1,25 @@
-"""Generative distillation benchmark: a small teacher trained here from scratch, a 2-3x
-smaller student, KD against no KD on the same budget. In-process, with the job's own model
-builder, losses, batches and evaluation (`cluster.generative_model`, `distill_core`), one
-thread per family, so both families run side by side on the 2-core machine.
+"""Generative distillation benchmark: a small teacher trained here from scratch, a ~2.2x
+smaller student, KD against no KD on the same budget (same init, data order, steps and
+learning rate). In-process, with the job's own model builder, losses, batches and
+evaluation (`cluster.generative_model`, `distill_core`), one thread per family, so both
+families run side by side on the 2-core machine.
 
     python -m bench.generative --family causal  [--out bench/results/generative_causal.json]
     python -m bench.generative --family seq2seq [--out bench/results/generative_seq2seq.json]
     python -m bench.generative --table bench/results/generative_*.json
 
-causal: the packaged tiny GPT-2 architecture (4 layers x 128) trained with the causal-LM
-loss on the built-in docstring corpus; student: 1 layer x 128 initialised from teacher
-layer 0. Arms: `lm` (no KD), `kd_fkl` (lm + forward KL), `kd_rkl` (lm + reverse KL),
-`kd_jsd` (lm + JSD(0.5)). Quality: held-out perplexity.
+causal: the packaged tiny GPT-2 architecture (4 layers x 128, 2,048-token BPE) trained with
+the causal-LM loss on the built-in docstring corpus (500 steps of 16 x 48 tokens); student:
+1 layer x 128 initialised from teacher layer 0 and the teacher's embeddings. Arms (250
+steps each): `lm` (no KD), `kd_fkl` (0.5 lm + 0.5 forward KL), `kd_rkl` (reverse KL),
+`kd_jsd` (JSD, beta 0.5). Quality: held-out perplexity.
 seq2seq: the packaged tiny BART (3+3 layers x 128) pre-trained by text infilling, then
-fine-tuned on the keyword-compression task; student: 1+1 layers from teacher layers
-(uniform map: encoder 0, decoder 2... see report). Arms: `lm` (no KD, references), `word_kd`
-(lm + forward KL on the decoder outputs), `seq_kd` (lm on the teacher's greedy outputs),
-`word_seq_kd` (both). Quality: BLEU of greedy generations on held-out pairs (sacrebleu).
-Speed: generated tokens/s of student vs teacher, interleaved, same process.
+fine-tuned on the keyword-compression task (`builtin:docstring-keywords`); student: 1+1
+layers initialised from the teacher's last encoder and last decoder layer (`uniform_map`
+with one layer) and its embeddings. Arms: `lm` (no KD: references), `word_kd` (0.5 lm + 0.5 forward KL on the
+decoder outputs), `seq_kd` (lm on the teacher's greedy outputs), `word_seq_kd` (both).
+Quality: BLEU / chrF of greedy generations on held-out pairs (sacrebleu) and perplexity.
+Speed: generated tokens/s of the student vs the teacher, interleaved, in the same process.
 """
 
 from __future__ import annotations
@@ -129,20 +132,25 @@ def _rows(ds) -> dict:
     return out
 
 
-def run(family: str, teacher_steps: int, steps: int) -> dict:
+def run(family: str, teacher_steps: int, steps: int, pretrain_steps: int | None = None) -> dict:
     f = FAMILIES[family]
     torch.set_num_threads(1)
     arch, tokenizer = load_teacher(f["teacher"], seed=1)
     result: dict = {"family": family, "teacher_steps": teacher_steps, "student_steps": steps,
+                    "pretrain_steps": pretrain_steps if pretrain_steps is not None else teacher_steps,
                     "threads": 1, "arms": {}}
     t0 = time.perf_counter()
     pre_spec = _spec(f["teacher"], f["pretrain_data"])
-    teacher, log = train(pre_spec, "pretrain", arch, tokenizer, teacher_steps, 1e-3)
-    result["teacher_pretrain"] = log
+    pretrain_steps = teacher_steps if pretrain_steps is None else pretrain_steps
+    teacher = arch
+    if pretrain_steps:
+        teacher, log = train(pre_spec, "pretrain", arch, tokenizer, pretrain_steps, 1e-3)
+        result["teacher_pretrain"] = log
     eval_spec = pre_spec
     if f["task_data"]:
         task_spec = _spec(f["teacher"], f["task_data"])
-        teacher, log = train(task_spec, "finetune", freeze(teacher), tokenizer, teacher_steps, 5e-4)
+        lr = 5e-4 if pretrain_steps else 1e-3  # from scratch: the pre-training rate
+        teacher, log = train(task_spec, "finetune", freeze(teacher), tokenizer, teacher_steps, lr)
         result["teacher_finetune"] = log
         eval_spec = task_spec
     teacher = freeze(teacher)
@@ -203,13 +211,16 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(FAMILIES))
     parser.add_argument("--teacher-steps", type=int, default=500)
     parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument(
+        "--pretrain-steps", type=int, help="seq2seq: denoising steps before fine-tuning (0: none)"
+    )
     parser.add_argument("--out")
     parser.add_argument("--table", nargs="*")
     args = parser.parse_args()
     if args.table:
         print(table(args.table))
         return
-    result = run(args.family, args.teacher_steps, args.steps)
+    result = run(args.family, args.teacher_steps, args.steps, args.pretrain_steps)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
