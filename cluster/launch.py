@@ -56,11 +56,13 @@ def fit(
     name: str = TRAIN_DIR,
     subdir: str | None = None,
     stage_inputs: dict | None = None,
+    callbacks: list | None = None,
 ) -> ray.train.Result:
     """Run (or resume) one stage's training under `<storage>[/subdir]/name`.
 
     stage_inputs: what the worker loop takes besides the spec: `kind`, the checkpoints of
-    the stages whose outputs are this stage's teacher and initial student, `st_teacher`.
+    the stages whose outputs are this stage's teacher and initial student, `st_teacher`,
+    `teacher_cache`. callbacks: extra Ray Train callbacks (a sweep's `TuneReportCallback`).
     """
     ensure_ray(spec)
     sc = spec.scaling
@@ -88,7 +90,8 @@ def fit(
                 num_to_keep=spec.training.keep_checkpoints
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
-            callbacks=[CheckpointManifest()],  # COMPLETE.json, written once all ranks uploaded
+            # COMPLETE.json, written once all ranks uploaded
+            callbacks=[CheckpointManifest(), *(callbacks or [])],
         ),
     )
     return trainer.fit()

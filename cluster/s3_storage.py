@@ -186,8 +186,11 @@ class S3Storage:
         return self.read_bytes(relpath).decode()
 
     def write_text(self, relpath: str, text: str) -> None:
+        self.write_bytes(relpath, text.encode())
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
         # One PUT: the object appears whole or not at all.
-        self.client.put_object(Bucket=self.bucket, Key=self.key(relpath), Body=text.encode())
+        self.client.put_object(Bucket=self.bucket, Key=self.key(relpath), Body=data)
 
     def list(self, relpath: str = "") -> list[str]:
         """Names of the immediate children (files and folders) of `relpath`."""

@@ -49,11 +49,14 @@ class LocalStorage:
         return self.path(relpath).read_text()
 
     def write_text(self, relpath: str, text: str) -> None:
+        self.write_bytes(relpath, text.encode())
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
         target = self.path(relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, target)
 
     def put_dir(self, local_dir: str | Path, relpath: str) -> None:

@@ -31,11 +31,14 @@ from cluster.job_data import train_eval_texts
 from cluster.job_model import batch_functions, distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
+from cluster.teacher_cache import open_cache
 from cluster.teacher_generations import with_teacher_targets
+from distill_core.evaluation import load_sts_pairs, spearman_of_embeddings
 from distill_core.export import SentenceEncoder, export_student
 from distill_core.objective import DistillationModel
 from distill_core.outputs import TaskHead, forward_outputs
 from distill_core.teacher import freeze, load_teacher, resolve_teacher
+from distill_core.teacher_cache import INDEX_COLUMN, plan_for
 from jobs.spec import JobSpec
 
 _UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
@@ -94,7 +97,40 @@ def _evaluate(engine, teacher, head, loader, model: DistillationModel, mask_fn) 
     out = {"eval_loss": _mean_across_ranks(total / max(n, 1))}
     if model.head is not None and model.head.task_type == "classification":
         out["eval_accuracy"] = _mean_across_ranks(correct / max(seen, 1))
+        out["eval_quality"] = out["eval_accuracy"]
     return out
+
+
+@torch.no_grad()
+def _sts_quality(engine, model: DistillationModel, tokenizer, pairs, max_length: int) -> float:
+    """STS Spearman of the in-training student's sentence vectors (through the pooled
+    projection, as exported): the quality signal Tune's schedulers stop trials on. Every
+    rank encodes every pair, so under ZeRO-3 all ranks run the same collectives."""
+    projection = (
+        model.objective.projections["pooled"] if "pooled" in model.objective.projections else None
+    )
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        vectors = []
+        for i in range(0, len(texts), 64):
+            batch = tokenizer(
+                texts[i : i + 64],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            pooled = forward_outputs(model.student, batch).pooled
+            if projection is not None:
+                pooled = projection(pooled.to(projection.weight.dtype))
+            vectors.append(pooled.float())
+        return torch.cat(vectors)
+
+    engine.eval()
+    score = spearman_of_embeddings(embed, pairs)
+    engine.train()
+    return score
 
 
 def _save_and_report(
@@ -236,6 +272,11 @@ def train_loop_per_worker(config: dict) -> None:
         model = distillation_model(
             spec, teacher, kind=kind, previous_student=previous, tokenizer=tokenizer
         )
+    cache = open_cache(config.get("teacher_cache"), spec)
+    if cache is not None:
+        needed = plan_for(model.objective.weights, model.objective.pairs)
+        if not cache.plan.covers(needed):
+            raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
     mix_generator = torch.Generator().manual_seed(t.seed * 7919 + rank)
     mlm_generator = torch.Generator().manual_seed(t.seed * 104729 + rank)
 
@@ -253,9 +294,19 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("teacher_targets"):  # sequence-level KD: the teacher's cached generations
         train_texts = with_teacher_targets(train_texts, config["teacher_targets"], spec)
     tokenize, pad = batch_functions(model, tokenizer)
-    train_ds = tokenize(
-        train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
-    )
+    if cache is None:
+        train_ds = tokenize(
+            train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
+        )
+    else:  # rows keep their index into the cache, which was built on the unsharded set
+        train_ds = tokenize(train_texts, tokenizer, spec.data.max_length)
+        if len(train_ds) != cache.rows:
+            raise ValueError(f"teacher cache: {cache.rows} rows, training data {len(train_ds)}")
+        train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
+        train_ds = train_ds.shard(world, rank, contiguous=True)
+    sts_pairs = None
+    if spec.evaluation.sts_path:
+        sts_pairs = load_sts_pairs(spec.evaluation.sts_path, spec.evaluation.max_sts_pairs)
     # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
     # same number of eval batches or the longer one waits forever.
     eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
@@ -310,9 +361,15 @@ def train_loop_per_worker(config: dict) -> None:
             epoch += 1
             batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
             batch = next(batches)
+        index = batch.pop(INDEX_COLUMN, None)
         batch = mlm_masks({k: v.to(engine.device) for k, v in batch.items()})
         marks = [time.perf_counter()]
-        teacher_out = teacher_outputs(teacher, teacher_head, batch, model)
+        if cache is not None:
+            teacher_out = cache.lookup(
+                index, batch["attention_mask"], _TEACHER_DTYPES[spec.deepspeed.precision]
+            )
+        else:
+            teacher_out = teacher_outputs(teacher, teacher_head, batch, model)
         mixed = mixed_batch(batch, teacher, teacher_head, model, spec, mix_generator)
         marks.append(time.perf_counter())
         loss, parts = engine(batch, teacher_out, mixed)
@@ -353,6 +410,10 @@ def train_loop_per_worker(config: dict) -> None:
                 metrics.update(
                     _evaluate(engine, teacher, teacher_head, eval_loader, model, eval_masks)
                 )
+                if sts_pairs is not None:
+                    metrics["eval_quality"] = _sts_quality(
+                        engine, model, tokenizer, sts_pairs, spec.data.max_length
+                    )
             if rank == 0:
                 elapsed = time.perf_counter() - run_start
                 eta = elapsed / (step - start_step) * (total_steps - step)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,10 +49,14 @@ def load_sts_pairs(path: str, limit: int | None = None) -> StsPairs:
 
 
 def sts_spearman(encoder: SentenceEncoder, pairs: StsPairs, max_length: int = 128) -> float:
-    a = encoder.encode(pairs.first, max_length=max_length)
-    b = encoder.encode(pairs.second, max_length=max_length)
-    cos = F.cosine_similarity(a, b, dim=-1)
-    return float(spearmanr(cos.numpy(), pairs.scores).statistic)
+    return spearman_of_embeddings(lambda texts: encoder.encode(texts, max_length=max_length), pairs)
+
+
+def spearman_of_embeddings(embed: Callable[[list[str]], torch.Tensor], pairs: StsPairs) -> float:
+    """Spearman between gold scores and the cosine of `embed`'s vectors of each pair."""
+    a, b = embed(pairs.first), embed(pairs.second)
+    cos = F.cosine_similarity(a.float(), b.float(), dim=-1)
+    return float(spearmanr(cos.cpu().numpy(), pairs.scores).statistic)
 
 
 def cosine_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:

@@ -1,7 +1,9 @@
 """The `distill` command line.
 
     distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
-    distill report RUN_DIR [--json]
+    distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke]
+                 [--max-params N] [--min-speedup X]
+    distill report RUN_OR_SWEEP_DIR [--json]
     distill runs list LOCATION          (a folder or s3://bucket/prefix)
     distill export RUN --out DIR        (RUN: a run folder or s3://bucket/prefix/RUN)
 
@@ -20,6 +22,7 @@ from jobs.stages import smoke_pipeline
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute"
     )
-    report = sub.add_parser("report", help="print a run's report.json as a table")
+    tune = sub.add_parser("tune", help="search student depth/width with Ray Tune (a sweep)")
+    tune.add_argument("sweep", help="sweep YAML: base job spec + search space")
+    tune.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
+        help="override a sweep field, e.g. base.training.steps=200 or search.num_samples=8",
+    )
+    tune.add_argument("--output", help="sweep folder (default: base output.dir/output.name)")
+    tune.add_argument("--smoke", action="store_true", help="a 2-4-trial version in minutes")
+    tune.add_argument("--max-params", type=int, help="export the best student this small")
+    tune.add_argument("--min-speedup", type=float, help="export the best student this fast")
+    report = sub.add_parser("report", help="print a run's report.json or a sweep's table")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true", help="print the raw JSON")
     runs.add_s3_flags(report)
@@ -77,9 +95,41 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from jobs.sweep_spec import load_sweep
+    from jobs.tune import smoke_sweep
+
+    overrides = [item for group in args.overrides for item in group]
+    sweep = load_sweep(args.sweep, overrides)
+    if args.smoke:
+        sweep = smoke_sweep(sweep)
+    for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):
+        if value is not None and value <= 0:
+            raise SpecError(f"{flag}: expected a positive number, got {value}")
+
+    import datasets
+    import transformers
+
+    from jobs.sweep_report import format_sweep_table
+    from jobs.tune import run_sweep
+
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
+    report = run_sweep(sweep, args.output, max_params=args.max_params, min_speedup=args.min_speedup)
+    print(format_sweep_table(report))
+    if report["counts"].get("interrupted"):
+        return EXIT_INTERRUPTED  # like Ctrl-C anywhere; the same command resumes the sweep
+    return 0 if report["counts"]["completed"] else EXIT_FAILED
+
+
 def _report(args: argparse.Namespace) -> int:
     from jobs.report import format_table, read_report
+    from jobs.sweep_report import format_sweep_table, read_sweep_report
 
+    sweep = read_sweep_report(args.run_dir, runs.s3_options(args))
+    if sweep is not None:
+        print(json.dumps(sweep, indent=2) if args.json else format_sweep_table(sweep))
+        return 0
     report = read_report(args.run_dir, runs.s3_options(args))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
@@ -88,7 +138,7 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"run": _run, "report": _report}
+        commands = {"run": _run, "tune": _tune, "report": _report}
         commands.update(runs=runs.runs_command, export=runs.export_command)
         return commands[args.command](args)
     except SpecError as exc:

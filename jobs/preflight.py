@@ -238,7 +238,7 @@ def _absolute(path: str | None) -> str | None:
     )
 
 
-def _absolute_paths(spec: JobSpec) -> JobSpec:
+def absolute_paths(spec: JobSpec) -> JobSpec:
     """Local paths made absolute: Ray workers do not share the driver's working directory."""
     d = spec.data
     update = {
@@ -316,16 +316,17 @@ def _output_config(stage: Stage, tc):
     return student_config(tc, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
 
 
-def preflight_stages(spec: JobSpec) -> list[Stage]:
+def preflight_stages(spec: JobSpec, *, check_data: bool = True) -> list[Stage]:
     """Validate every stage without Ray; return them resolved (absolute paths, student
-    dims from the teacher, steps from epochs). Errors name `stages.I.field` in pipelines."""
+    dims from the teacher, steps from epochs). Errors name `stages.I.field` in pipelines.
+    check_data=False skips reading the data (a sweep reads it once for all trials)."""
     stages = expand_stages(spec)
     resolved: list[Stage] = []
     made: dict[str, tuple] = {}  # stage name -> (output config, has task head)
     for i, stage in enumerate(stages):
         prefix = f"stages.{i} ({stage.name}): " if len(stages) > 1 else ""
         try:
-            s = _absolute_paths(stage.spec)
+            s = absolute_paths(stage.spec)
             if i == 0:
                 _check_scaling(s)
             ref = stage.teacher_stage
@@ -350,7 +351,8 @@ def preflight_stages(spec: JobSpec) -> list[Stage]:
                 s = _as_finetune(s, tc) if stage.kind == "finetune" else _resolve_student(s, tc)
                 _check_objective(s, tc, has_head)
             _check_lengths(s, tc)
-            s = _check_data(s)
+            if check_data:
+                s = _check_data(s)
         except SpecError as exc:
             raise SpecError(f"{prefix}{exc}") from None
         done = Stage(stage.name, stage.kind, s)

@@ -16,6 +16,7 @@ import yaml
 from cluster.job_data import train_eval_texts
 from cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
 from cluster.storage import LocalStorage, is_s3_uri
+from cluster.teacher_cache import cache_summary
 from distill_core.teacher import is_sentence_transformer, resolve_teacher
 from jobs.generative_report import build_generative_report
 from jobs.preflight import check_storage, preflight_stages
@@ -86,8 +87,10 @@ def _finished_checkpoint(storage, stage: Stage):
     return ray.train.Checkpoint(done["checkpoint"], filesystem=storage.ray_storage()[1])
 
 
-def _run_stages(stages: list[Stage], storage) -> dict:
-    """Run each stage in order (skipping finished ones); {stage name: final checkpoint}."""
+def _run_stages(stages: list[Stage], storage, extra_inputs: dict, callbacks: list | None) -> dict:
+    """Run each stage in order (skipping finished ones); {stage name: final checkpoint}.
+    extra_inputs and callbacks go to every stage's trainer (a sweep trial's cache and
+    `TuneReportCallback`)."""
     from cluster.launch import fit  # imports Ray: only after every check has passed
 
     root = stages[0].spec.teacher.name
@@ -121,7 +124,9 @@ def _run_stages(stages: list[Stage], storage) -> dict:
                     "previous_checkpoint": outputs[previous_student.name] if carry else None,
                     "st_teacher": st_teacher,
                     "teacher_targets": targets,
+                    **extra_inputs,
                 },
+                callbacks=callbacks,
             )
             if getattr(result, "error", None):
                 raise result.error
@@ -144,8 +149,20 @@ def _same_student(previous: Stage, stage: Stage) -> bool:
     return stage.kind == "distill" and previous.spec.student == stage.spec.student
 
 
-def run_job(spec: JobSpec, output: str | None = None) -> dict:
-    """Run one distillation job (all its stages) end to end and return its report."""
+def run_job(
+    spec: JobSpec,
+    output: str | None = None,
+    *,
+    teacher_cache: dict | None = None,
+    cache_bypass: str | None = None,
+    callbacks: list | None = None,
+) -> dict:
+    """Run one distillation job (all its stages) end to end and return its report.
+
+    teacher_cache: a cache `cluster.teacher_cache.prepare_cache` found or built for this
+    single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
+    teacher runs on the fly (both land in the report); callbacks: extra Ray Train
+    callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial."""
     started = time.perf_counter()
     stages = preflight_stages(spec)
     run_dir = run_dir_for(spec, output)
@@ -162,7 +179,10 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
             f"--output {run_dir}: cannot create the run folder ({exc.strerror})"
         ) from None
 
-    outputs = _run_stages(stages, storage)
+    if teacher_cache is not None and len(stages) > 1:
+        raise SpecError("stages: the teacher-output cache serves single-stage jobs only")
+    extra = {"teacher_cache": teacher_cache} if teacher_cache else {}
+    outputs = _run_stages(stages, storage, extra, callbacks)
     final = stages[-1]
     final_spec = final.spec.model_copy(update={"output": spec.output})
     checkpoint = outputs[final.name]
@@ -189,6 +209,7 @@ def run_job(spec: JobSpec, output: str | None = None) -> dict:
                     {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages
                 ],
             )
+    report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report
 

@@ -97,6 +97,32 @@ CASES: dict[str, Case] = {
         run_folder="prev",
     ),
     "report-of-missing-run": Case(("report", "nothere"), "report", "nothere/report.json"),
+    # distill tune: the sweep file and every combination of its space are checked first.
+    "tune-missing-sweep": Case(("tune", "nope.yaml"), "sweep nope.yaml", "not found"),
+    "tune-two-kinds-in-one-dimension": Case(
+        ("tune", "s.yaml"),
+        "space.student.layers",
+        "exactly one",
+        files={"s.yaml": "space:\n  student.layers: {grid: [1], choice: [2]}\n"},
+    ),
+    "tune-combination-never-valid": Case(
+        ("tune", "s.yaml"),
+        "space",
+        "1 of 2 combinations can never run, e.g. student.hidden=200",
+        files={"s.yaml": "space:\n  student.hidden: {grid: [384, 200]}\n"},
+    ),
+    "tune-grid-under-optuna": Case(
+        ("tune", "s.yaml"),
+        "space.student.layers",
+        "use choice",
+        files={"s.yaml": "search: {algorithm: optuna}\nspace:\n  student.layers: {grid: [1]}\n"},
+    ),
+    "tune-bad-max-params": Case(
+        ("tune", "s.yaml", "--max-params", "-5"),
+        "--max-params",
+        "positive",
+        files={"s.yaml": "space:\n  student.layers: {grid: [1]}\n"},
+    ),
 }
 
 # Bad input found by these tests after the first version (each was a traceback or got past

@@ -29,9 +29,14 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-# The generative LightPAFF examples run with --smoke and more checks in their own tests below.
+# The generative LightPAFF examples run with --smoke and more checks in their own tests below;
+# sweep files (`distill tune`) are checked in tests/test_sweep_spec.py.
 GENERATIVE = {"lightpaff_gpt2.yaml", "lightpaff_seq2seq.yaml"}
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name not in GENERATIVE)
+EXAMPLES = sorted(
+    p
+    for p in (ROOT / "examples").glob("*.yaml")
+    if p.name not in GENERATIVE and not p.stem.startswith("sweep_")
+)
 FAST_EVAL = [
     "evaluation.throughput_texts=16",
     "evaluation.throughput_rounds=1",

@@ -1,0 +1,185 @@
+"""Ray Tune over distillation jobs: every trial is a real `distill run` (Ray Train
+`TorchTrainer` with DeepSpeed workers), started from a Tune function trainable whose Train
+metrics reach Tune through `TuneReportCallback` (Ray's pattern since Train V2; wrapping a
+trainer in `Tuner` is deprecated). The trial then reports its final quality, speedup and
+size from the run's `report.json`.
+
+Trial drivers reserve no CPU: each trial's Train workers hold its resources, and
+`max_concurrent_trials` is set so that only as many trials run as the cluster can place
+workers for (more would wait on placement groups forever on a small machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from jobs.spec import JobSpec
+from jobs.sweep_spec import TRIAL_METRICS, SweepSpec, apply_params
+
+TUNE_DIR = "tune"  # Tune's experiment state and trial results, under the sweep's storage
+TRIALS_DIR = "trials"  # one `distill run` folder per trial
+
+
+def max_concurrent_trials(spec: JobSpec, requested: int | None) -> int:
+    """How many trials' Train workers fit in the cluster at once (at least 1)."""
+    resources = ray.cluster_resources()
+    sc = spec.scaling
+    fits = int(resources.get("CPU", 0) // (sc.num_workers * sc.cpus_per_worker))
+    if sc.gpus_per_worker:
+        fits = min(fits, int(resources.get("GPU", 0) // (sc.num_workers * sc.gpus_per_worker)))
+    fits = max(fits, 1)
+    return min(fits, requested) if requested else fits
+
+
+def final_metrics(report: dict) -> dict:
+    """What a finished trial reports to Tune: the searchable metrics plus the teacher's."""
+    return {
+        "quality": report["quality"]["student"],
+        "retention": report["quality"]["retention"],
+        "speedup": report["speed"]["speedup"],
+        "params": report["size"]["student_parameters"],
+        "teacher_quality": report["quality"]["teacher"],
+        "teacher_params": report["size"]["teacher_parameters"],
+        "quality_metric": report["quality"]["metric"],
+        "step": report["training"]["steps"],
+        "checkpoint": report["paths"]["checkpoint"],
+        "run_dir": report["run"]["dir"],
+    }
+
+
+def run_trial(params: dict, context: dict) -> None:
+    """The Tune function trainable: one distillation job with this trial's values."""
+    from jobs.run import run_job  # the same path as `distill run`
+
+    spec = JobSpec.model_validate(apply_params(context["base"], params))
+    trial_id = tune.get_context().get_trial_id()
+    report = run_job(
+        spec,
+        f"{context['trials_uri']}/{trial_id}",
+        teacher_cache=context["cache"],
+        cache_bypass=context["bypass"],
+        callbacks=[TuneReportCallback()],
+    )
+    tune.report(final_metrics(report))
+
+
+class _FinalResultOptuna(OptunaSearch):
+    """Optuna scores a trial on its final report; the in-training results forwarded from
+    Ray Train do not carry the sweep's objectives, so they are not shown to it."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(m in result for m in metrics):
+            super().on_trial_result(trial_id, result)
+
+
+def param_space(sweep: SweepSpec) -> dict:
+    space = {}
+    for key, p in sweep.space.items():
+        if p.grid is not None:
+            space[key] = tune.grid_search(p.grid)
+        elif p.choice is not None:
+            space[key] = tune.choice(p.choice)
+        elif p.uniform is not None:
+            space[key] = tune.uniform(*p.uniform)
+        elif p.loguniform is not None:
+            space[key] = tune.loguniform(*p.loguniform)
+        else:
+            space[key] = tune.randint(*p.randint)
+    return space
+
+
+def searcher(sweep: SweepSpec):
+    s = sweep.search
+    if s.algorithm != "optuna":
+        return BasicVariantGenerator(random_state=s.seed)
+    import optuna
+
+    modes = [TRIAL_METRICS[m] for m in s.objectives]
+    multi = len(s.objectives) > 1
+    sampler = (
+        optuna.samplers.NSGAIISampler(seed=s.seed)
+        if multi
+        else optuna.samplers.TPESampler(seed=s.seed)
+    )
+    return _FinalResultOptuna(
+        metric=s.objectives if multi else s.objectives[0],
+        mode=modes if multi else modes[0],
+        sampler=sampler,
+    )
+
+
+def scheduler(sweep: SweepSpec, steps: int):
+    sc = sweep.scheduler
+    if sc.kind == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step",
+        metric=sc.metric,
+        mode=sc.mode,
+        max_t=steps,
+        grace_period=min(sc.grace_period, steps),
+        reduction_factor=sc.reduction_factor,
+    )
+
+
+def run_tuner(
+    sweep: SweepSpec, base: dict, steps: int, storage, context: dict, concurrency: int
+) -> tune.ResultGrid:
+    """Start the sweep, or continue it when `storage/tune` holds an interrupted one
+    (`Tuner.restore`: finished trials are kept, unfinished ones resume from their last
+    Ray Train checkpoint)."""
+    # Ray Train's in-training reports lack the final metrics a searcher optimises; Tune's
+    # strict check would reject them (schedulers skip results without their metric).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    storage_path, filesystem = storage.ray_storage()
+    # The trial driver must hold no CPU (its Train workers need them all on a small machine),
+    # but Tune refuses an empty request: one byte of memory places it anywhere.
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context), {"CPU": 0, "memory": 1}
+    )
+    experiment = f"{storage_path.rstrip('/')}/{TUNE_DIR}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        print(f"[distill] resuming the sweep in {storage.uri}", flush=True)
+        tuner = tune.Tuner.restore(
+            experiment,
+            trainable,
+            resume_unfinished=True,
+            restart_errored=True,
+            storage_filesystem=filesystem,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(sweep),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher(sweep),
+                scheduler=scheduler(sweep, steps),
+                num_samples=sweep.search.num_samples,
+                max_concurrent_trials=concurrency,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                verbose=1,
+            ),
+        )
+    return tuner.fit()
+
+
+def saved_statuses(results: tune.ResultGrid) -> dict[str, str]:
+    """Each trial's status in the experiment state Tune saved last. After Ctrl-C Tune
+    snapshots the state (unfinished trials RUNNING or PENDING) before it stops them, so this
+    tells an interrupted trial from one a scheduler stopped (TERMINATED)."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem)
+    return {t.trial_id: t.status for t in analysis.trials}

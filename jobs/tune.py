@@ -1,0 +1,180 @@
+"""`distill tune`: search student depth and width with Ray Tune, distilling every trial.
+
+distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke]
+                        [--max-params N] [--min-speedup X]
+
+Order: validate the sweep and every combination of its space (no Ray yet), probe storage,
+find or build the teacher-output cache, run (or resume) the Tune experiment, then write
+`sweep_report.json`, `pareto.png` and the chosen student under the sweep folder.
+"""
+
+from __future__ import annotations
+
+import time
+
+import yaml
+
+from jobs.preflight import check_storage
+from jobs.run import run_dir_for
+from jobs.spec import JobSpec, SpecError, redacted, smoke
+from jobs.sweep_check import CheckedSweep, check_sweep
+from jobs.sweep_spec import SweepSpec
+
+SWEEP_FILE = "sweep.yaml"
+_SMOKE_TRIALS = 4
+_SMOKE_GRACE = 10
+
+
+def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
+    """A 2-4-trial version: the base shrunk like `distill run --smoke`, at most two values
+    per dimension and at most four grid points, at most three sampled trials."""
+    base = smoke(JobSpec.model_validate(sweep.base)).model_dump(mode="json")
+    space = {}
+    for key, p in sweep.space.items():
+        if p.grid is not None:
+            space[key] = p.model_copy(update={"grid": p.grid[:2]})
+        elif p.choice is not None:
+            space[key] = p.model_copy(update={"choice": p.choice[:2]})
+        else:
+            space[key] = p
+    points = 1
+    for key in space:  # the first dimensions keep two grid values while the total stays <= 4
+        p = space[key]
+        if p.grid is not None:
+            if points * len(p.grid) > _SMOKE_TRIALS:
+                space[key] = p.model_copy(update={"grid": p.grid[:1]})
+            points *= len(space[key].grid)
+    search = sweep.search
+    if search.algorithm != "grid":
+        search = search.model_copy(update={"num_samples": min(search.num_samples, 3)})
+    else:
+        search = search.model_copy(update={"num_samples": 1})
+    scheduler = sweep.scheduler.model_copy(
+        update={"grace_period": min(sweep.scheduler.grace_period, _SMOKE_GRACE)}
+    )
+    return sweep.model_copy(
+        update={"base": base, "space": space, "search": search, "scheduler": scheduler}
+    )
+
+
+def _cache_plan(checked: CheckedSweep):
+    """The union of the teacher tensors every combination's objective reads, or the reason
+    the sweep runs its teacher on the fly."""
+    from transformers import AutoConfig
+
+    from cluster.job_model import depth
+    from distill_core.objective import layer_pairs
+    from distill_core.teacher import resolve_teacher
+    from distill_core.teacher_cache import CachePlan, bypass_reason, plan_for
+
+    first = checked.combinations[0][1].spec
+    teacher_depth = depth(AutoConfig.from_pretrained(resolve_teacher(first.teacher.name)))
+    plan = CachePlan()
+    for _, stage in checked.combinations:
+        s = stage.spec
+        reason = bypass_reason(s.objective.weights, mixup=s.objective.mixup is not None)
+        if reason:
+            return None, reason
+        student_depth = s.student.lstm.layers if s.student.kind == "lstm" else s.student.layers
+        pairs = layer_pairs(s.objective.layer_map, student_depth, teacher_depth)
+        plan = plan.union(plan_for(s.objective.weights, pairs))
+    if plan.empty:
+        return None, "the objective reads no teacher output"
+    return plan, None
+
+
+def _data_in_space(sweep: SweepSpec) -> str | None:
+    for key in sweep.space:
+        if key.startswith("data.") or key == "data" or key == "training.seed":
+            return f"space.{key} changes the training rows"
+    return None
+
+
+def _check_same_sweep(storage, sweep: SweepSpec) -> None:
+    if not storage.exists(SWEEP_FILE):
+        return
+    previous = yaml.safe_load(storage.read_text(SWEEP_FILE)) or {}
+    current = redacted(sweep.model_dump(mode="json"))
+    for key in ("base", "space", "search", "scheduler"):
+        if previous.get(key) != current[key]:
+            raise SpecError(
+                f"{key}: differs from the sweep already in {storage.uri}; "
+                "use a new --output to start a fresh sweep"
+            )
+
+
+def run_sweep(
+    sweep: SweepSpec,
+    output: str | None = None,
+    *,
+    max_params: int | None = None,
+    min_speedup: float | None = None,
+) -> dict:
+    """Run (or resume) a sweep end to end; returns its report."""
+    started = time.perf_counter()
+    checked = check_sweep(sweep)
+    first = checked.combinations[0][1].spec
+    base_spec = JobSpec.model_validate(checked.base)
+    storage = check_storage(
+        run_dir_for(base_spec, output), base_spec, "--output" if output else "base.output.dir"
+    )
+    _check_same_sweep(storage, sweep)
+    try:
+        storage.write_text(
+            SWEEP_FILE, yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
+        )
+    except OSError as exc:
+        raise SpecError(
+            f"--output {storage.uri}: cannot create the sweep folder ({exc.strerror})"
+        ) from None
+
+    # Ray and the heavy imports only after every check has passed.
+    from cluster.launch import ensure_ray
+    from cluster.teacher_cache import cache_summary, prepare_cache
+    from cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner, saved_statuses
+    from jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
+
+    plan, bypass = _cache_plan(checked)
+    bypass = _data_in_space(sweep) or bypass
+    if not sweep.teacher_cache:
+        bypass = "teacher_cache: false in the sweep file"
+    cache = prepare_cache(first, storage, plan) if bypass is None else None
+    if bypass:
+        print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
+    ensure_ray(first)
+    concurrency = max_concurrent_trials(first, sweep.max_concurrent_trials)
+    print(
+        f"[distill] sweep: {len(checked.combinations)} valid combinations checked; "
+        f"{sweep.search.algorithm} search, {sweep.scheduler.kind} scheduler, "
+        f"{concurrency} concurrent trial(s)",
+        flush=True,
+    )
+    context = {
+        "base": checked.base,
+        "trials_uri": storage.child(TRIALS_DIR).uri,
+        "cache": cache,
+        "bypass": bypass,
+    }
+    results = run_tuner(sweep, checked.base, first.training.steps, storage, context, concurrency)
+    report = build_sweep_report(
+        trial_rows(results, saved_statuses(results)),
+        {
+            "dir": storage.uri,
+            "algorithm": sweep.search.algorithm,
+            "objectives": sweep.search.objectives,
+            "scheduler": sweep.scheduler.model_dump(mode="json"),
+            "space": {
+                k: v.model_dump(mode="json", exclude_none=True) for k, v in sweep.space.items()
+            },
+            "max_concurrent_trials": concurrency,
+            "steps_per_trial": first.training.steps,
+            "teacher": first.teacher.name,
+            "teacher_cache": cache_summary(cache, bypass),
+            "wall_time_s": None,
+        },
+        max_params=max_params if max_params is not None else sweep.choose.max_params,
+        min_speedup=min_speedup if min_speedup is not None else sweep.choose.min_speedup,
+    )
+    report["sweep"]["wall_time_s"] = time.perf_counter() - started
+    write_sweep_outputs(storage, report)
+    return report
