@@ -57,9 +57,9 @@ FAMILIES = {
         "task_data": None,
         "arms": {
             "lm": {"lm": 1.0},
-            "kd_fkl": {"lm": 0.5, "token_kl": 0.5},
-            "kd_rkl": {"lm": 0.5, "token_reverse_kl": 0.5},
-            "kd_jsd": {"lm": 0.5, "token_jsd": 0.5},
+            "kd_fkl": {"lm": 0.5, "lm_kl": 0.5},
+            "kd_rkl": {"lm": 0.5, "lm_reverse_kl": 0.5},
+            "kd_jsd": {"lm": 0.5, "lm_jsd": 0.5},
         },
     },
     "seq2seq": {
@@ -72,9 +72,9 @@ FAMILIES = {
         ],
         "arms": {
             "lm": {"lm": 1.0},
-            "word_kd": {"lm": 0.5, "token_kl": 0.5},
+            "word_kd": {"lm": 0.5, "lm_kl": 0.5},
             "seq_kd": {"lm": 1.0},
-            "word_seq_kd": {"lm": 0.5, "token_kl": 0.5},
+            "word_seq_kd": {"lm": 0.5, "lm_kl": 0.5},
         },
     },
 }

@@ -315,9 +315,9 @@ def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
 
 TOKEN_LOSSES: dict[str, Callable[[TokenView], torch.Tensor]] = {
     "lm": _lm,
-    "token_kl": _kd("forward_kl"),
-    "token_reverse_kl": _kd("reverse_kl"),
-    "token_jsd": _kd("jsd"),
+    "lm_kl": _kd("forward_kl"),
+    "lm_reverse_kl": _kd("reverse_kl"),
+    "lm_jsd": _kd("jsd"),
 }
 TEACHERLESS_TOKEN_LOSSES = {"lm"}
 

@@ -149,8 +149,8 @@ class ObjectiveSpec(_Strict):
     relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
     mixup: MixupSpec | None = None
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
-    # Generative teachers (token_kl / token_reverse_kl / token_jsd / lm):
-    jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # token_jsd's mixture weight
+    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / lm):
+    jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # lm_jsd's mixture weight
     logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
     noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
     sequence_kd: SequenceKdSpec | None = None  # seq2seq: train on the teacher's outputs

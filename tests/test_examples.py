@@ -176,7 +176,7 @@ def test_lightpaff_gpt2_pipeline_distils_exports_and_resumes_mid_way(
     _check_pipeline(run_dir, report, stages, AutoModelForCausalLM)
     assert report["teacher"]["family"] == "causal"
     last = _stage_history(run_dir, "finetune_kd")[-1]
-    assert {"loss_lm", "loss_token_kl"} <= set(last)
+    assert {"loss_lm", "loss_lm_kl"} <= set(last)
     # Resume mid-pipeline: finished stages are skipped, the last continues from its step 8.
     finished = {s: sorted((run_dir / "stages" / s).glob("checkpoint_2*")) for s in stages[:3]}
     first = _stage_history(run_dir, "finetune_kd")
@@ -205,5 +205,5 @@ def test_lightpaff_seq2seq_pipeline_with_sequence_level_kd(ray_session, tmp_path
     (cache,) = (run_dir / "teacher_generations").glob("*.jsonl")
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
     assert len(rows) == 256 and all(set(r) == {"source", "target"} for r in rows)
-    assert {"loss_lm", "loss_token_kl"} <= set(_stage_history(run_dir, "finetune_kd")[-1])
-    assert {"loss_lm", "loss_token_jsd"} <= set(_stage_history(run_dir, "pretrain_kd")[-1])
+    assert {"loss_lm", "loss_lm_kl"} <= set(_stage_history(run_dir, "finetune_kd")[-1])
+    assert {"loss_lm", "loss_lm_jsd"} <= set(_stage_history(run_dir, "pretrain_kd")[-1])

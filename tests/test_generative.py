@@ -144,13 +144,13 @@ def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
     ids = BatchIds.from_model(gpt2.config, gpt2_tokenizer)
     model = GenerativeDistillationModel(
         student,
-        TokenObjective({"lm": 1.0, "token_kl": 1.0, "token_jsd": 1.0}, TokenSettings(num_chunks=3)),
+        TokenObjective({"lm": 1.0, "lm_kl": 1.0, "lm_jsd": 1.0}, TokenSettings(num_chunks=3)),
         ids,
     )
     loss, parts = model(batch, model.teacher_forward(gpt2, batch))
     assert parts["lm"].item() == pytest.approx(expected.item(), rel=1e-5)
-    assert parts["token_kl"].item() == pytest.approx(0.0, abs=1e-5)  # identical copy
-    assert parts["token_jsd"].item() == pytest.approx(0.0, abs=1e-5)
+    assert parts["lm_kl"].item() == pytest.approx(0.0, abs=1e-5)  # identical copy
+    assert parts["lm_jsd"].item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_bart_lm_loss_matches_hf_on_pairs(bart, bart_tokenizer):
@@ -260,7 +260,7 @@ def _preflight(teacher, text_file, overrides):
         f"data.train.path={text_file}",
         "training.batch_size=4",
         "student.layers=2",
-        "objective.weights={lm: 1.0, token_kl: 1.0}",
+        "objective.weights={lm: 1.0, lm_kl: 1.0}",
     ]
     return preflight_stages(load_spec(None, base + overrides))
 
@@ -318,7 +318,7 @@ def test_weightless_architecture_must_be_pretrained_first(text_file):
             f"data.train.path={text_file}",
             "training.batch_size=4",
             "stages=[{name: lm, kind: pretrain, objective: {weights: {lm: 1.0}}}, "
-            "{name: kd, teacher: {name: 'stage:lm'}, student: {layers: 2}, objective: {weights: {token_kl: 1.0}}}]",
+            "{name: kd, teacher: {name: 'stage:lm'}, student: {layers: 2}, objective: {weights: {lm_kl: 1.0}}}]",
         ],
     )
     lm, kd = preflight_stages(spec)
@@ -337,11 +337,19 @@ def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
     bart.save_pretrained(teacher)
     bart_tokenizer.save_pretrained(teacher)
     data = tmp_path / "pairs.csv"
-    data.write_text("text,target\n" + "".join(f"Close file number {i}.,close file {i}\n" for i in range(30)))
-    spec = load_spec(None, [
-        f"teacher.name={teacher}", f"data.train.path={data}", "task={type: seq2seq}",
-        "objective.weights={lm: 1.0}", "objective.sequence_kd={num_beams: 2, max_new_tokens: 4}",
-    ])
+    data.write_text(
+        "text,target\n" + "".join(f"Close file number {i}.,close file {i}\n" for i in range(30))
+    )
+    spec = load_spec(
+        None,
+        [
+            f"teacher.name={teacher}",
+            f"data.train.path={data}",
+            "task={type: seq2seq}",
+            "objective.weights={lm: 1.0}",
+            "objective.sequence_kd={num_beams: 2, max_new_tokens: 4}",
+        ],
+    )
     storage = LocalStorage(tmp_path / "run")
     ref = tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v1")
     rows = [json.loads(line) for line in storage.read_text(ref["path"]).splitlines()]
@@ -356,4 +364,28 @@ def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
         assert target == (by_source[source] or reference)
     # Another teacher gets its own file.
     monkeypatch.undo()
-    assert tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v2")["path"] != ref["path"]
+    assert (
+        tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v2")["path"] != ref["path"]
+    )
+
+
+def test_config_yaml_keeps_every_generative_loss_and_field():
+    """The secret filter of config.yaml (`redacted`) drops keys that look like credentials
+    (`token_...`): no loss name or generative field may look like one, or a resumed run
+    would see a different objective."""
+    import yaml
+
+    from distill_core.generative import TOKEN_LOSSES
+    from jobs.spec import dump_spec, load_spec
+
+    weights = dict.fromkeys(TOKEN_LOSSES, 1.0)
+    spec = load_spec(
+        None,
+        [
+            f"objective.weights={weights}",
+            "objective.sequence_kd={num_beams: 2}",
+            "student.decoder_layers=1",
+            "task={type: seq2seq, target_column: summary}",
+        ],
+    )
+    assert yaml.safe_load(dump_spec(spec)) == spec.model_dump(mode="json")
