@@ -6,6 +6,7 @@ name makes Ray Train restore the latest checkpoint into the worker loop.
 
 from __future__ import annotations
 
+import json
 import os
 
 import ray
@@ -13,36 +14,34 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from cluster.manifest_callback import CheckpointManifest
+from cluster.report_log import ReportLog
 from cluster.run_files import TRAIN_DIR
 from cluster.storage import LocalStorage
+from cluster.worker_env import worker_env
 from cluster.worker_loop import train_loop_per_worker
 from jobs.spec import JobSpec
 
 
-def worker_env(spec: JobSpec) -> dict[str, str]:
-    threads = str(spec.scaling.cpus_per_worker)
-    env = {
-        "OMP_NUM_THREADS": threads,
-        "MKL_NUM_THREADS": threads,
-        "TOKENIZERS_PARALLELISM": "false",
-        # Plain prints reach the driver once; Ray's print patch would echo them twice.
-        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
-    if spec.scaling.gpus_per_worker == 0:
-        env["DS_ACCELERATOR"] = "cpu"
-    return env
+def _submitted_job_env() -> dict[str, str]:
+    """The env_vars of the Ray Jobs submission this driver runs in (`distill submit`), else {}.
+    Ray refuses a ray.init runtime_env that sets a variable the job already sets."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        return (json.loads(raw).get("runtime_env") or {}).get("env_vars") or {}
+    except (ValueError, AttributeError):
+        return {}
 
 
 def ensure_ray(spec: JobSpec) -> None:
     """Join `RAY_ADDRESS` if set, else start a local single-node Ray."""
     if ray.is_initialized():
         return
+    job_env = _submitted_job_env()
     ray.init(
         address=os.environ.get("RAY_ADDRESS"),
-        runtime_env={"env_vars": worker_env(spec)},
+        runtime_env={"env_vars": {k: v for k, v in worker_env(spec).items() if k not in job_env}},
         log_to_driver=True,
         configure_logging=True,
         logging_level="WARNING",
@@ -90,8 +89,8 @@ def fit(
                 num_to_keep=spec.training.keep_checkpoints
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
-            # COMPLETE.json, written once all ranks uploaded
-            callbacks=[CheckpointManifest(), *(callbacks or [])],
+            # COMPLETE.json, written once all ranks uploaded; reports.jsonl: steps, failures
+            callbacks=[CheckpointManifest(), ReportLog(), *(callbacks or [])],
         ),
     )
     return trainer.fit()

@@ -70,6 +70,41 @@ def run_trial(params: dict, context: dict) -> None:
     tune.report(final_metrics(report))
 
 
+class ReleaseTrainResources(tune.Callback):
+    """Remove a finished or stopped trial's Ray Train placement group.
+
+    When a scheduler (ASHA) stops a trial, Tune kills its driver mid-`fit`. Ray Train's
+    placement group belongs to the job, not to the killed controller, and Train's own cleaner
+    finds the dead controller through the State API, which can be slow or unavailable on a
+    loaded node; until then the trial's CPUs stay reserved and the next trial's workers wait
+    forever. The workers report their placement group with every result, so the sweep
+    driver removes it as soon as Tune is done with the trial."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, set[str]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        group = result.get("placement_group")
+        if group:
+            self._groups.setdefault(trial.trial_id, set()).add(group)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._release(trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._release(trial.trial_id)
+
+    def _release(self, trial_id: str) -> None:
+        from ray._raylet import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+        for group in self._groups.pop(trial_id, ()):
+            try:  # already gone when the run ended normally
+                remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group))))
+            except Exception:  # noqa: BLE001 - nothing to release
+                pass
+
+
 class _FinalResultOptuna(OptunaSearch):
     """Optuna scores a trial on its final report; the in-training results forwarded from
     Ray Train do not carry the sweep's objectives, so they are not shown to it."""
@@ -127,6 +162,8 @@ def scheduler(sweep: SweepSpec, steps: int):
         max_t=steps,
         grace_period=min(sc.grace_period, steps),
         reduction_factor=sc.reduction_factor,
+        # A trial that reaches the last step finishes: it still evaluates and reports.
+        stop_last_trials=False,
     )
 
 
@@ -169,6 +206,7 @@ def run_tuner(
                 name=TUNE_DIR,
                 storage_path=storage_path,
                 storage_filesystem=filesystem,
+                callbacks=[ReleaseTrainResources()],
                 verbose=1,
             ),
         )

@@ -33,6 +33,7 @@ from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, S
 from cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
 from cluster.teacher_cache import open_cache
 from cluster.teacher_generations import with_teacher_targets
+from cluster.worker_env import in_job_working_dir
 from distill_core.evaluation import load_sts_pairs, spearman_of_embeddings
 from distill_core.export import SentenceEncoder, export_student
 from distill_core.objective import DistillationModel
@@ -101,6 +102,12 @@ def _evaluate(engine, teacher, head, loader, model: DistillationModel, mask_fn) 
     return out
 
 
+def _placement() -> dict:
+    """Where this rank runs, added to every report (not to the history): the controller's
+    `ReportLog` records it per rank, e.g. to show the workers ran on different nodes."""
+    return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+
 @torch.no_grad()
 def _sts_quality(engine, model: DistillationModel, tokenizer, pairs, max_length: int) -> float:
     """STS Spearman of the in-training student's sentence vectors (through the pooled
@@ -145,7 +152,9 @@ def _save_and_report(
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump({"step": step, "history": history, **(extra_state or {})}, f)
         dist.barrier()
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        ray.train.report(
+            {**metrics, **_placement()}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+        )
 
 
 def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, st_teacher: str | None):
@@ -253,7 +262,8 @@ def _quiet_report_logging() -> None:
 
 def train_loop_per_worker(config: dict) -> None:
     _quiet_report_logging()
-    spec = JobSpec.model_validate(config["spec"])
+    # A submitted job's relative paths name files in this node's copy of its working dir.
+    spec = in_job_working_dir(JobSpec.model_validate(config["spec"]))
     t = spec.training
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -277,6 +287,8 @@ def train_loop_per_worker(config: dict) -> None:
         needed = plan_for(model.objective.weights, model.objective.pairs)
         if not cache.plan.covers(needed):
             raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
+    current_group = ray.util.get_current_placement_group()
+    placement_group = current_group.id.hex() if current_group is not None else None
     mix_generator = torch.Generator().manual_seed(t.seed * 7919 + rank)
     mlm_generator = torch.Generator().manual_seed(t.seed * 104729 + rank)
 
@@ -395,6 +407,9 @@ def train_loop_per_worker(config: dict) -> None:
         ):
             metrics = {
                 "step": step,
+                # Which placement group holds this run's workers: a sweep releases it if
+                # Tune stops the trial mid-run (see cluster/tune_sweep.py).
+                "placement_group": placement_group,
                 "epoch": epoch,
                 "loss": _mean_across_ranks(loss_sum / loss_n),
                 "samples_per_s": _mean_across_ranks(samples / train_time if train_time else 0.0)
@@ -438,7 +453,7 @@ def train_loop_per_worker(config: dict) -> None:
             elif step % t.checkpoint_every == 0:
                 _save_and_report(engine, step, metrics, history)
             else:
-                ray.train.report(metrics)
+                ray.train.report({**metrics, **_placement()})
 
     if start_step >= total_steps:  # already finished: re-emit the final checkpoint with its export
         metrics = dict(history[-1]) if history else {"step": total_steps}

@@ -2,10 +2,12 @@
 
     distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
     distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke]
-                 [--max-params N] [--min-speedup X]
+                 [--max-params N] [--min-speedup X] [--submit --address URL]
     distill report RUN_OR_SWEEP_DIR [--json]
     distill runs list LOCATION          (a folder or s3://bucket/prefix)
     distill export RUN --out DIR        (RUN: a run folder or s3://bucket/prefix/RUN)
+    distill submit [CONFIG.yaml] --address http://HEAD:8265 [--set ...]   (jobs/submit.py)
+    distill status JOB | logs JOB [--follow] | stop JOB | jobs            (a Ray cluster's jobs)
 
 Bad input prints one line naming the field or file and exits with code 2, before Ray starts.
 """
@@ -16,7 +18,7 @@ import argparse
 import json
 import sys
 
-from jobs import runs
+from jobs import runs, submit
 from jobs.spec import SpecError, load_spec
 from jobs.stages import smoke_pipeline
 
@@ -60,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--smoke", action="store_true", help="a 2-4-trial version in minutes")
     tune.add_argument("--max-params", type=int, help="export the best student this small")
     tune.add_argument("--min-speedup", type=float, help="export the best student this fast")
+    submit.add_submit_flags(tune, with_submit=True)  # tune --submit --address: on a cluster
     report = sub.add_parser("report", help="print a run's report.json or a sweep's table")
     report.add_argument("run_dir")
     report.add_argument("--json", action="store_true", help="print the raw JSON")
     runs.add_s3_flags(report)
     runs.add_parsers(sub)
+    submit.add_parsers(sub)
     return parser
 
 
@@ -96,6 +100,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    if args.submit:
+        return submit.submit_sweep(args)
+    if args.address:
+        raise SpecError("--address: goes with --submit (without it the sweep runs here)")
     from jobs.sweep_spec import load_sweep
     from jobs.tune import smoke_sweep
 
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": _run, "tune": _tune, "report": _report}
         commands.update(runs=runs.runs_command, export=runs.export_command)
+        commands.update(submit.COMMANDS)
         return commands[args.command](args)
     except SpecError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)

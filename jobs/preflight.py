@@ -166,9 +166,13 @@ def _check_objective(spec: JobSpec, tc, teacher_has_head: bool) -> None:
                 raise SpecError(f"objective.relation_heads: {heads} does not divide {who} {width}")
 
 
-def _check_scaling(spec: JobSpec) -> None:
+def _check_scaling(spec: JobSpec, local_resources: bool = True) -> None:
     sc, ds = spec.scaling, spec.deepspeed
-    if os.environ.get("RAY_ADDRESS"):
+    if ds.offload_optimizer and ds.zero_stage == 0:
+        raise SpecError("deepspeed.offload_optimizer: needs deepspeed.zero_stage >= 1")
+    if sc.gpus_per_worker == 0 and ds.precision == "fp16":
+        raise SpecError("deepspeed.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    if os.environ.get("RAY_ADDRESS") or not local_resources:
         return  # a remote cluster's resources are checked by Ray itself
     cpus = os.cpu_count() or 1
     need = sc.num_workers * sc.cpus_per_worker
@@ -182,10 +186,6 @@ def _check_scaling(spec: JobSpec) -> None:
 
         if not torch.cuda.is_available():
             raise SpecError("scaling.gpus_per_worker: > 0 but no GPU is visible on this machine")
-    elif ds.precision == "fp16":
-        raise SpecError("deepspeed.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
-    if ds.offload_optimizer and ds.zero_stage == 0:
-        raise SpecError("deepspeed.offload_optimizer: needs deepspeed.zero_stage >= 1")
 
 
 def _check_data(spec: JobSpec) -> JobSpec:
@@ -316,10 +316,13 @@ def _output_config(stage: Stage, tc):
     return student_config(tc, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
 
 
-def preflight_stages(spec: JobSpec, *, check_data: bool = True) -> list[Stage]:
+def preflight_stages(
+    spec: JobSpec, *, check_data: bool = True, local_resources: bool = True
+) -> list[Stage]:
     """Validate every stage without Ray; return them resolved (absolute paths, student
     dims from the teacher, steps from epochs). Errors name `stages.I.field` in pipelines.
-    check_data=False skips reading the data (a sweep reads it once for all trials)."""
+    check_data=False skips reading the data (a sweep reads it once for all trials).
+    local_resources=False skips the CPU/GPU count of this machine (a job for a cluster)."""
     stages = expand_stages(spec)
     resolved: list[Stage] = []
     made: dict[str, tuple] = {}  # stage name -> (output config, has task head)
@@ -328,7 +331,7 @@ def preflight_stages(spec: JobSpec, *, check_data: bool = True) -> list[Stage]:
         try:
             s = absolute_paths(stage.spec)
             if i == 0:
-                _check_scaling(s)
+                _check_scaling(s, local_resources)
             ref = stage.teacher_stage
             has_weights = True
             if ref is not None:

@@ -17,6 +17,7 @@ from cluster.job_data import train_eval_texts
 from cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
 from cluster.storage import LocalStorage, is_s3_uri
 from cluster.teacher_cache import cache_summary
+from cluster.worker_env import in_job_working_dir
 from distill_core.teacher import is_sentence_transformer, resolve_teacher
 from jobs.generative_report import build_generative_report
 from jobs.preflight import check_storage, preflight_stages
@@ -164,6 +165,7 @@ def run_job(
     teacher runs on the fly (both land in the report); callbacks: extra Ray Train
     callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial."""
     started = time.perf_counter()
+    spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
     stages = preflight_stages(spec)
     run_dir = run_dir_for(spec, output)
     storage = check_storage(run_dir, spec, "--output" if output else "output.dir")

@@ -1,0 +1,83 @@
+"""The environment of Ray Train workers, shared by local runs and submitted jobs. Importing
+it is cheap (no Ray, no DeepSpeed): `distill submit` builds a job's `runtime_env` from it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from jobs.spec import JobSpec
+
+
+def worker_env(spec: JobSpec) -> dict[str, str]:
+    threads = str(spec.scaling.cpus_per_worker)
+    env = {
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "TOKENIZERS_PARALLELISM": "false",
+        # Plain prints reach the driver once; Ray's print patch would echo them twice.
+        "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    if spec.scaling.gpus_per_worker == 0:
+        env["DS_ACCELERATOR"] = "cpu"
+    return env
+
+
+# Set by `distill submit` (jobs/submit.py) in a submitted job's runtime_env: the config's
+# relative paths point into the job's working dir, which Ray unpacks on every node, each at
+# its own path.
+SUBMITTED_JOB_ENV = "DISTILL_SUBMITTED_JOB"
+JOB_MARKER = "job/.distill-job"  # staged by distill submit; finds the working dir on a node
+BUNDLED_DIR = "job/files/"  # where distill submit puts the local files a config names
+
+
+def job_working_dir() -> str | None:
+    """This node's copy of the submitted job's working dir, or None outside one. Ray puts
+    it on PYTHONPATH; Ray Train then moves the workers' cwd elsewhere."""
+    if not os.environ.get(SUBMITTED_JOB_ENV):
+        return None
+    for entry in [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep), *sys.path]:
+        if entry and os.path.isfile(os.path.join(entry, JOB_MARKER)):
+            return entry
+    return None
+
+
+def in_job_working_dir(spec: JobSpec) -> JobSpec:
+    """The spec with its bundled files found in this node's copy of the job's working dir:
+    relative paths, and absolute ones resolved on another node (the driver's), are rebased
+    there. Unchanged outside a submitted job. Called where a spec is used: the driver and
+    Tune trials (run_job) and the Train workers."""
+    base = job_working_dir()
+    if base is None:
+        return spec
+
+    def fix(path: str | None) -> str | None:
+        if not path or os.path.exists(path) and os.path.isabs(path):
+            return path
+        if not os.path.isabs(path):
+            here = os.path.join(base, path)
+        elif f"/{BUNDLED_DIR}" in path:
+            here = os.path.join(base, BUNDLED_DIR + path.split(f"/{BUNDLED_DIR}", 1)[1])
+        else:
+            return path
+        return here if os.path.exists(here) else path
+
+    d = spec.data
+    data = d.model_copy(
+        update={
+            "train": [s.model_copy(update={"path": fix(s.path)}) for s in d.train_sources],
+            "eval": d.eval.model_copy(update={"path": fix(d.eval.path)}) if d.eval else None,
+        }
+    )
+    return spec.model_copy(
+        update={
+            "teacher": spec.teacher.model_copy(update={"name": fix(spec.teacher.name)}),
+            "data": data,
+            "evaluation": spec.evaluation.model_copy(
+                update={"sts_path": fix(spec.evaluation.sts_path)}
+            ),
+        }
+    )
