@@ -95,8 +95,9 @@ def _stage_history(run_dir: Path, stage: str) -> list[dict]:
 
 def _smoke(example: str, extra: list[str]):
     # Smoke caps each stage at 20 steps; these tests use 8, enough to see the loss drop.
-    overrides = GENERATIVE_FAST + extra + [f"stages.{i}.training.steps=8" for i in range(4)]
+    overrides = GENERATIVE_FAST + [f"stages.{i}.training.steps=8" for i in range(4)]
     overrides += [f"stages.{i}.training.learning_rate=0.002" for i in range(4)]
+    overrides += extra  # last: a test's own setting (e.g. more steps to resume) wins
     return smoke_pipeline(load_spec(ROOT / "examples" / example, overrides))
 
 
