@@ -15,6 +15,13 @@ from transformers import AutoModel, AutoTokenizer
 
 from cluster.run_files import ENGINE_TAG
 from distill_core.export import export_student
+from distill_core.generative import (
+    GenerativeSize,
+    _auto_class,
+    generative_student_config,
+    is_generative,
+    model_family,
+)
 from distill_core.student import StudentSize, student_config
 from distill_core.teacher import is_sentence_transformer, load_teacher_config, resolve_teacher
 from jobs.spec import JobSpec
@@ -35,10 +42,15 @@ def export_from_checkpoint(checkpoint_dir: str | Path, spec: JobSpec, out_dir: s
     `spec` is the run's resolved config.yaml (student widths filled in)."""
     state = consolidated_state(checkpoint_dir)
     s = spec.student
-    config = student_config(
-        load_teacher_config(spec.teacher.name), StudentSize(s.layers, s.hidden, s.heads, s.ffn)
-    )
-    student = AutoModel.from_config(config)
+    teacher_config = load_teacher_config(spec.teacher.name)
+    if is_generative(teacher_config):  # a GPT-2 / BART-style student: its Auto LM class
+        config = generative_student_config(
+            teacher_config, GenerativeSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
+        )
+        student = _auto_class(model_family(config)).from_config(config)
+    else:
+        config = student_config(teacher_config, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
+        student = AutoModel.from_config(config)
     weights = {k[len(_STUDENT) :]: v for k, v in state.items() if k.startswith(_STUDENT)}
     missing, unexpected = student.load_state_dict(weights, strict=False)
     persistent_buffers = {n for n, _ in student.named_buffers()}

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import datasets
 
-from distill_core.data import load_examples, load_texts, split_eval
+from distill_core.data import load_examples, load_text_pairs, load_texts, split_eval
 from jobs.spec import JobSpec, SourceSpec
 
 
 def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
+    if spec.task is not None and spec.task.type == "seq2seq":
+        return load_text_pairs(
+            source.path,
+            target_column=spec.task.target_column,
+            fmt=source.format,
+            split=source.split,
+            config_name=source.config_name,
+            text_columns=spec.data.text_columns,
+            where=where,
+        )
     if spec.task is not None:
         return load_examples(
             source.path,

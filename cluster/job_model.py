@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import copy
 
-from distill_core.lstm_student import build_lstm_student
 from torch import nn
 
+from distill_core.data import collate, tokenize
 from distill_core.export import load_encoder
+from distill_core.generative import is_generative
+from distill_core.lstm_student import build_lstm_student
 from distill_core.objective import DistillationModel, Objective, ObjectiveSettings, layer_pairs
 from distill_core.outputs import MlmHead, TaskHead
 from distill_core.student import StudentSize, build_student, freeze_word_embeddings
@@ -69,6 +71,7 @@ def distillation_model(
     *,
     kind: str = "distill",
     previous_student: str | None = None,
+    tokenizer=None,
 ) -> DistillationModel:
     """Student + head + objective for a resolved stage spec.
 
@@ -76,6 +79,12 @@ def distillation_model(
     LightPAFF's fine-tuned teacher). previous_student: an exported student folder from the
     previous stage, carried over with its pooled projection and task head.
     """
+    if is_generative(teacher.config):  # GPT-2 / BART-style: token-level objective
+        from cluster.generative_model import generative_distillation_model
+
+        return generative_distillation_model(
+            spec, teacher, tokenizer, kind=kind, previous_student=previous_student
+        )
     projection, head = None, None
     if kind == "finetune":
         student = copy.deepcopy(teacher).requires_grad_(True).train()
@@ -111,3 +120,13 @@ def distillation_model(
             eps=getattr(student.config, "layer_norm_eps", 1e-12),
         )
     return DistillationModel(student, objective, head, mlm_head)
+
+
+def batch_functions(model, tokenizer):
+    """(tokenize, collate) for the model's batches: sentences (and labels) for encoders,
+    text or source/target pairs for generative students."""
+    if hasattr(model, "prepare_batch"):
+        from cluster.generative_model import generative_batch_functions
+
+        return generative_batch_functions(tokenizer)
+    return tokenize, collate(tokenizer)

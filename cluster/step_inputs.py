@@ -16,6 +16,8 @@ from jobs.spec import JobSpec
 def teacher_outputs(teacher, head, batch, model: DistillationModel, inputs_embeds=None):
     if not model.objective.needs_teacher:
         return None
+    if hasattr(model, "teacher_forward"):  # generative: final hidden states + LM head
+        return model.teacher_forward(teacher, batch)
     return forward_outputs(
         teacher,
         batch,

@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader
 
 from cluster.deepspeed_config import deepspeed_config
 from cluster.job_data import train_eval_texts
-from cluster.job_model import distillation_model
+from cluster.job_model import batch_functions, distillation_model
 from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
 from cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
 from cluster.teacher_cache import open_cache
+from cluster.teacher_generations import with_teacher_targets
 from cluster.worker_env import in_job_working_dir
-from distill_core.data import collate, tokenize
 from distill_core.evaluation import load_sts_pairs, spearman_of_embeddings
 from distill_core.export import SentenceEncoder, export_student
 from distill_core.objective import DistillationModel
@@ -181,11 +181,14 @@ def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, st_tea
                 )
                 if head is not None:
                     head.save(out)
-                encoder = SentenceEncoder(student, tokenizer, projection)
-                torch.save(
-                    encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length),
-                    os.path.join(folder, PROBE_FILE),
-                )
+                if hasattr(model, "probe_outputs"):  # generative: LM logits
+                    probe = model.probe_outputs(
+                        student, tokenizer, PROBE_TEXTS, spec.data.max_length
+                    )
+                else:
+                    encoder = SentenceEncoder(student, tokenizer, projection)
+                    probe = encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length)
+                torch.save(probe, os.path.join(folder, PROBE_FILE))
 
     return write
 
@@ -276,7 +279,9 @@ def train_loop_per_worker(config: dict) -> None:
         if teacher_head is not None:
             freeze(teacher_head)
     with _model_folder(config.get("previous_checkpoint")) as previous:
-        model = distillation_model(spec, teacher, kind=kind, previous_student=previous)
+        model = distillation_model(
+            spec, teacher, kind=kind, previous_student=previous, tokenizer=tokenizer
+        )
     cache = open_cache(config.get("teacher_cache"), spec)
     if cache is not None:
         needed = plan_for(model.objective.weights, model.objective.pairs)
@@ -288,6 +293,8 @@ def train_loop_per_worker(config: dict) -> None:
     mlm_generator = torch.Generator().manual_seed(t.seed * 104729 + rank)
 
     def mlm_masks(batch: dict, generator: torch.Generator | None = None) -> dict:
+        if hasattr(model, "prepare_batch"):  # generative: decoder inputs, text infilling
+            return model.prepare_batch(batch, generator or mlm_generator)
         if model.mlm_head is None:
             return batch
         return with_mlm_masks(batch, tokenizer, spec, generator or mlm_generator)
@@ -296,6 +303,9 @@ def train_loop_per_worker(config: dict) -> None:
         return mlm_masks(batch, torch.Generator().manual_seed(t.seed + rank))
 
     train_texts, eval_texts = train_eval_texts(spec)
+    if config.get("teacher_targets"):  # sequence-level KD: the teacher's cached generations
+        train_texts = with_teacher_targets(train_texts, config["teacher_targets"], spec)
+    tokenize, pad = batch_functions(model, tokenizer)
     if cache is None:
         train_ds = tokenize(
             train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
@@ -315,7 +325,6 @@ def train_loop_per_worker(config: dict) -> None:
     eval_ds = tokenize(
         eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
     )
-    pad = collate(tokenizer)
     eval_loader = DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=pad)
     steps_per_epoch = len(train_ds) // t.batch_size
     if steps_per_epoch == 0:

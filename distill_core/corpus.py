@@ -63,6 +63,29 @@ def docstring_sentences(limit: int | None = None) -> list[str]:
     return sentences if limit is None else sentences[:limit]
 
 
+# Function words dropped by the keyword task (a fixed list, so the task is reproducible).
+_STOPWORDS = frozenset(
+    """a an the and or but if then else of to in on at by for with from into onto as is are
+    was were be been being it its this that these those there here which who whom whose what
+    when where while than so such not no can could may might must shall should will would do
+    does did done has have had having any all each every some other same also only just more
+    most very too you your we our they their he she his her them us i me my""".split()
+)
+
+
+def keyword_target(sentence: str) -> str:
+    """The sentence's content words, lower-cased, in order: a deletion-based compression
+    target for the offline seq2seq task `builtin:docstring-keywords`."""
+    words = (w.strip(".,;:!?()'\"").lower() for w in sentence.split())
+    return " ".join(w for w in words if w and w not in _STOPWORDS)
+
+
+def keyword_pairs(limit: int | None = None) -> tuple[list[str], list[str]]:
+    """(docstring sentences, their keyword compressions)."""
+    sentences = docstring_sentences(limit)
+    return sentences, [keyword_target(s) for s in sentences]
+
+
 def _collect(min_words: int = 6, max_words: int = 60) -> list[str]:
     seen: set[str] = set()
     sentences: list[str] = []

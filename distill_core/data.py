@@ -18,6 +18,8 @@ import datasets
 import torch
 
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
+# Offline seq2seq pairs: docstring sentence -> its content words (corpus.keyword_target).
+BUILTIN_KEYWORDS = "builtin:docstring-keywords"
 _FORMATS = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -37,7 +39,7 @@ def source_format(path: str, fmt: str = "auto") -> str:
     """`csv`, `tsv`, `json`, `parquet`, `text`, `hub` or `builtin`."""
     if fmt != "auto":
         return {"jsonl": "json", "txt": "text"}.get(fmt, fmt)
-    if path == BUILTIN_DOCSTRINGS:
+    if path in (BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS):
         return "builtin"
     suffix = Path(path).suffix.lower()
     if suffix in _FORMATS:
@@ -50,6 +52,11 @@ def load_source(
 ) -> datasets.Dataset:
     """Load one source as a `datasets.Dataset` (no column selection yet)."""
     kind = source_format(path, fmt)
+    if kind == "builtin" and path == BUILTIN_KEYWORDS:
+        from distill_core.corpus import keyword_pairs
+
+        texts, targets = keyword_pairs()
+        return datasets.Dataset.from_dict({"text": texts, "target": targets})
     if kind == "builtin":
         from distill_core.corpus import docstring_sentences
 
@@ -202,6 +209,38 @@ def load_examples(
     except (ValueError, TypeError):
         kind = "integer class ids" if task_type == "classification" else "numbers"
         raise DataError(f"{where}: label column {label_column!r} must hold {kind}") from None
+
+
+def load_text_pairs(
+    path: str,
+    *,
+    target_column: str = "target",
+    fmt: str = "auto",
+    split: str = "train",
+    config_name: str | None = None,
+    text_columns: Sequence[str] | None = None,
+    where: str = "data.train",
+) -> datasets.Dataset:
+    """Source/target text pairs for a seq2seq task: columns `text` and `target`."""
+    ds = _load_named(path, fmt, split, config_name, where)
+    if target_column not in ds.column_names:
+        raise DataError(
+            f"{where}: target column {target_column!r} not found; columns are {ds.column_names}"
+            " (set task.target_column)"
+        )
+    sources = [c for c in pick_text_columns(ds.remove_columns([target_column]), text_columns, where)]
+    if len(sources) != 1:
+        raise DataError(f"{where}: a seq2seq task takes one source text column, got {sources}")
+    ds = ds.select_columns([sources[0], target_column])
+    ds = ds.rename_columns({k: v for k, v in {sources[0]: "text", target_column: "target"}.items() if k != v})
+    ds = ds.filter(
+        lambda row: isinstance(row["text"], str) and isinstance(row["target"], str)
+        and bool(row["text"].strip()) and bool(row["target"].strip()),
+        new_fingerprint=_fingerprint(ds, "pairs"),
+    )
+    if len(ds) == 0:
+        raise DataError(f"{where}: {path} has no non-empty source/target rows")
+    return ds
 
 
 def split_eval(

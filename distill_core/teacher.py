@@ -12,15 +12,20 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
+from distill_core.architectures import builtin_path
 from distill_core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_path
 
 __all__ = ["PACKAGED_TEACHER", "freeze", "load_teacher", "load_teacher_config", "resolve_teacher"]
 
 
 def resolve_teacher(name: str) -> str:
-    """Map the packaged-teacher name to its installed folder; other names pass through."""
+    """Map the packaged-teacher name and `builtin:` architectures (distill_core/architectures)
+    to their installed folders; other names pass through."""
     if name == PACKAGED_TEACHER:
         return packaged_teacher_path()
+    builtin = builtin_path(name)
+    if builtin is not None:
+        return builtin
     return os.path.expanduser(name)
 
 
@@ -33,10 +38,17 @@ def load_teacher_config(name: str) -> PretrainedConfig:
     return AutoConfig.from_pretrained(resolve_teacher(name))
 
 
-def load_teacher(name: str) -> tuple[torch.nn.Module, object]:
-    """Load a frozen teacher encoder and its tokenizer."""
+def load_teacher(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, object]:
+    """Load a frozen teacher and its tokenizer: an encoder (`AutoModel`), or a causal /
+    seq2seq LM with its LM head (a weightless `builtin:` architecture gets seeded random
+    weights: only a `kind: pretrain` stage, which needs no teacher, uses one)."""
+    from distill_core.generative import is_generative, load_generative
+
     path = resolve_teacher(name)
-    model = AutoModel.from_pretrained(path)
+    if is_generative(AutoConfig.from_pretrained(path)):
+        model = load_generative(path, seed=seed)
+    else:
+        model = AutoModel.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return freeze(model), tokenizer
 

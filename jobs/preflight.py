@@ -10,6 +10,12 @@ import os
 from cluster.job_data import train_eval_texts
 from distill_core.data import DataError
 from distill_core.evaluation import load_sts_pairs
+from distill_core.generative import (
+    GenerativeSize,
+    generative_student_config,
+    is_generative,
+)
+from distill_core.generative import has_weights as has_weights_at
 from distill_core.objective import (
     ATTENTION_LOSSES,
     LOSSES,
@@ -20,6 +26,7 @@ from distill_core.objective import (
 from distill_core.outputs import TASK_HEAD_DIR
 from distill_core.student import StudentSize, init_teacher_layers, student_config
 from distill_core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
+from jobs.generative_preflight import resolve_generative_stage
 from jobs.spec import JobSpec, SpecError
 from jobs.stages import Stage, expand_stages
 
@@ -298,8 +305,12 @@ def _as_finetune(spec: JobSpec, tc) -> JobSpec:
 def _output_config(stage: Stage, tc):
     """The config of the model a stage produces (for a later stage that uses it as teacher)."""
     s = stage.spec.student
-    if stage.kind == "finetune":
+    if stage.kind in ("finetune", "pretrain"):
         return tc
+    if is_generative(tc):
+        return generative_student_config(
+            tc, GenerativeSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
+        )
     if s.kind == "lstm":
         return None
     return student_config(tc, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
@@ -322,6 +333,7 @@ def preflight_stages(
             if i == 0:
                 _check_scaling(s, local_resources)
             ref = stage.teacher_stage
+            has_weights = True
             if ref is not None:
                 tc, has_head = made[ref]
                 if tc is None:
@@ -331,8 +343,16 @@ def preflight_stages(
                 has_head = os.path.isfile(
                     os.path.join(resolve_teacher(s.teacher.name), TASK_HEAD_DIR, "config.json")
                 )
-            s = _as_finetune(s, tc) if stage.kind == "finetune" else _resolve_student(s, tc)
-            _check_objective(s, tc, has_head)
+                has_weights = has_weights_at(resolve_teacher(s.teacher.name))
+            if is_generative(tc):  # GPT-2 / BART-style teachers: token-level objectives
+                s = resolve_generative_stage(s, stage.kind, tc, has_weights)
+            else:
+                if stage.kind == "pretrain":
+                    raise SpecError(
+                        "kind: pretrain needs a generative (causal or seq2seq) teacher architecture"
+                    )
+                s = _as_finetune(s, tc) if stage.kind == "finetune" else _resolve_student(s, tc)
+                _check_objective(s, tc, has_head)
             _check_lengths(s, tc)
             if check_data:
                 s = _check_data(s)

@@ -19,6 +19,7 @@ from cluster.storage import LocalStorage, is_s3_uri
 from cluster.teacher_cache import cache_summary
 from cluster.worker_env import in_job_working_dir
 from distill_core.teacher import is_sentence_transformer, resolve_teacher
+from jobs.generative_report import build_generative_report
 from jobs.preflight import check_storage, preflight_stages
 from jobs.report import build_report
 from jobs.spec import JobSpec, SpecError, dump_spec
@@ -105,6 +106,14 @@ def _run_stages(stages: list[Stage], storage, extra_inputs: dict, callbacks: lis
             if len(stages) > 1:
                 print(f"[distill] stage {stage.name} ({stage.kind})", flush=True)
                 storage.write_text(f"{subdir}/{name}/{CONFIG_FILE}", dump_spec(stage.spec))
+            targets = None
+            if stage.spec.objective.sequence_kd is not None:
+                from cluster.teacher_generations import cache_teacher_targets
+
+                teacher_ckpt = outputs.get(stage.teacher_stage)
+                with _teacher_folder(teacher_ckpt, stage.spec) as teacher_dir:
+                    teacher_id = teacher_ckpt.path if teacher_ckpt else teacher_dir
+                    targets = cache_teacher_targets(stage.spec, storage, teacher_dir, teacher_id)
             result = fit(
                 stage.spec,
                 storage,
@@ -115,6 +124,7 @@ def _run_stages(stages: list[Stage], storage, extra_inputs: dict, callbacks: lis
                     "teacher_checkpoint": outputs.get(stage.teacher_stage),
                     "previous_checkpoint": outputs[previous_student.name] if carry else None,
                     "st_teacher": st_teacher,
+                    "teacher_targets": targets,
                     **extra_inputs,
                 },
                 callbacks=callbacks,
@@ -186,7 +196,8 @@ def run_job(
         storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
         _, eval_rows = train_eval_texts(final_spec)
         with _teacher_folder(outputs.get(final.teacher_stage), final_spec) as teacher_dir:
-            report = build_report(
+            build = build_generative_report if _generative(teacher_dir) else build_report
+            report = build(
                 final_spec,
                 storage.uri,
                 eval_rows,
@@ -203,6 +214,14 @@ def run_job(
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report
+
+
+def _generative(folder: str) -> bool:
+    from transformers import AutoConfig
+
+    from distill_core.generative import is_generative
+
+    return is_generative(AutoConfig.from_pretrained(folder))
 
 
 @contextlib.contextmanager

@@ -51,6 +51,8 @@ class StudentSpec(_Strict):
         "every_other_layer"
     )
     teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
+    # Seq2seq (BART-style) students: decoder depth; None = `layers` (encoder depth).
+    decoder_layers: PositiveInt | None = None
     # Keep the teacher's token embeddings frozen. None: freeze when they are copied from the
     # teacher at full width (they are then already trained; updating the 30k x H table
     # dominates the optimizer step on CPU).
@@ -66,15 +68,19 @@ class StudentSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    """A supervised task: a linear head over the mean-pooled sentence vector."""
+    """A supervised task: a linear head over the mean-pooled sentence vector, or (`seq2seq`,
+    encoder-decoder teachers) source text -> `target_column` text."""
 
-    type: Literal["classification", "regression"]
-    num_labels: PositiveInt = 2  # regression: 1
+    type: Literal["classification", "regression", "seq2seq"]
+    num_labels: PositiveInt = 2  # regression: 1; unused by seq2seq
     label_column: str = "label"
+    target_column: str = "target"  # seq2seq: the column holding the target text
 
     @field_validator("num_labels")
     @classmethod
     def _regression_has_one_output(cls, n: int, info: ValidationInfo) -> int:
+        if info.data.get("type") == "seq2seq":
+            return n
         if info.data.get("type") == "regression" and n != 1:
             raise ValueError(f"regression has one output, got {n}")
         if info.data.get("type") == "classification" and n < 2:
@@ -124,6 +130,15 @@ class MixupSpec(_Strict):
     weight: Annotated[float, Field(ge=0)] = 1.0  # of the objective on the mixed batch
 
 
+class SequenceKdSpec(_Strict):
+    """Sequence-level KD (Kim & Rush, 2016): the targets are the teacher's generations for
+    the training sources (cached in the run's storage), not the references."""
+
+    num_beams: PositiveInt = 4
+    max_new_tokens: PositiveInt = 64
+    batch_size: PositiveInt = 32
+
+
 class ObjectiveSpec(_Strict):
     weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"hidden_mse": 1.0, "pooled_cosine": 1.0}
     layer_map: Literal["uniform", "last"] | list[int] = "uniform"
@@ -134,6 +149,11 @@ class ObjectiveSpec(_Strict):
     relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
     mixup: MixupSpec | None = None
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
+    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / lm):
+    jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # lm_jsd's mixture weight
+    logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
+    noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
+    sequence_kd: SequenceKdSpec | None = None  # seq2seq: train on the teacher's outputs
 
 
 class TrainingSpec(_Strict):
@@ -170,6 +190,7 @@ class EvaluationSpec(_Strict):
     max_sts_pairs: PositiveInt | None = None
     throughput_texts: PositiveInt = 256
     throughput_rounds: PositiveInt = 3
+    generation_length: PositiveInt = 32  # generative teachers: new tokens per prompt (tokens/s)
     batch_size: PositiveInt = 32
 
 
@@ -199,7 +220,9 @@ class StageSpec(_Strict):
     teacher with a task head on labels; its output can be a later stage's teacher."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-    kind: Literal["distill", "finetune"] = "distill"
+    # pretrain: trains the teacher's architecture from scratch (random init) with the
+    # family's pre-training loss (`lm`): the offline stand-in for a downloaded teacher.
+    kind: Literal["distill", "finetune", "pretrain"] = "distill"
     teacher: dict | None = None
     student: dict | None = None
     task: dict | None = None
@@ -319,10 +342,16 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | None = None
 
 def smoke(spec: JobSpec) -> JobSpec:
     """Shrink steps, data and evaluation so any config finishes in about a minute."""
-    t, d, e = spec.training, spec.data, spec.evaluation
+    t, d, e, o = spec.training, spec.data, spec.evaluation, spec.objective
     steps = min(t.steps or 20, 20)
+    # Sequence-level KD generates a target per training row before training: keep it small.
+    rows = 256 if o.sequence_kd is not None else 2000
+    sequence_kd = o.sequence_kd and o.sequence_kd.model_copy(
+        update={"num_beams": 1, "max_new_tokens": min(o.sequence_kd.max_new_tokens, 24), "batch_size": 64}
+    )
     return spec.model_copy(
         update={
+            "objective": o.model_copy(update={"sequence_kd": sequence_kd}),
             "training": t.model_copy(
                 update={
                     "steps": steps,
@@ -336,7 +365,7 @@ def smoke(spec: JobSpec) -> JobSpec:
             ),
             "data": d.model_copy(
                 update={
-                    "max_train_samples": min(d.max_train_samples or 2000, 2000),
+                    "max_train_samples": min(d.max_train_samples or rows, rows),
                     "max_eval_samples": min(d.max_eval_samples, 64),
                     "max_length": min(d.max_length, 64),
                 }
@@ -346,6 +375,7 @@ def smoke(spec: JobSpec) -> JobSpec:
                     "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
                     "throughput_texts": min(e.throughput_texts, 64),
                     "throughput_rounds": 1,
+                    "generation_length": min(e.generation_length, 16),
                 }
             ),
         }

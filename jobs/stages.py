@@ -56,12 +56,25 @@ def _stage_raw(base: dict, stage) -> dict:
     return raw
 
 
+def _teacher_family(name: str) -> str:
+    """`encoder`, `causal` or `seq2seq`; `encoder` when the config cannot be read here
+    (preflight then reports why)."""
+    from distill_core.generative import model_family
+    from distill_core.teacher import load_teacher_config
+
+    try:
+        return model_family(load_teacher_config(name))
+    except (OSError, ValueError):
+        return "encoder"
+
+
 def expand_stages(spec: JobSpec) -> list[Stage]:
     """The stages in order; raises `SpecError` naming `stages.I.field` on a bad stage."""
     if not spec.stages:
         return [Stage(SINGLE_STAGE, "distill", spec)]
     base = spec.model_dump(mode="json", exclude={"stages"})
     stages: list[Stage] = []
+    families: dict[str, str] = {}  # stage name -> family of the model it trains
     for i, stage in enumerate(spec.stages):
         try:
             resolved = JobSpec.model_validate(_stage_raw(base, stage))
@@ -75,7 +88,12 @@ def expand_stages(spec: JobSpec) -> list[Stage]:
                 f"stages.{i}.teacher.name: {STAGE_TEACHER_PREFIX}{ref} is not an earlier stage "
                 f"(earlier: {earlier})"
             )
-        if stage.kind == "finetune" and resolved.task is None:
+        families[stage.name] = (
+            families[ref] if ref is not None else _teacher_family(resolved.teacher.name)
+        )
+        # Generative teachers fine-tune on their LM loss (causal: plain text); encoders
+        # fine-tune a task head, so they need a task.
+        if stage.kind == "finetune" and resolved.task is None and families[stage.name] == "encoder":
             raise SpecError(f"stages.{i}.task: a finetune stage needs a task (type, num_labels)")
         stages.append(built)
     return stages
@@ -95,6 +113,11 @@ def smoke_pipeline(spec: JobSpec) -> JobSpec:
                 update={
                     "training": small.training.model_dump(mode="json"),
                     "data": small.data.model_dump(mode="json"),
+                    **(
+                        {"objective": small.objective.model_dump(mode="json")}
+                        if stage.objective is not None
+                        else {}
+                    ),
                 }
             )
         )

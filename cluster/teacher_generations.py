@@ -1,0 +1,116 @@
+"""Sequence-level KD (Kim & Rush, 2016): the teacher generates the targets the student
+trains on. The driver generates them once per stage, before training, and caches them in
+the run's storage (local folder or S3, through `cluster.storage`) under
+`teacher_generations/<key>.jsonl`, keyed by the teacher, the sources and the generation
+settings, so a resumed or re-run stage reuses them. Each worker reads the file back from
+the same storage and swaps its rows' targets for the teacher's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import datasets
+import torch
+
+from cluster.job_data import train_eval_texts
+from jobs.spec import JobSpec
+
+CACHE_DIR = "teacher_generations"
+
+
+def _key(teacher_id: str, sources: list[str], spec: JobSpec) -> str:
+    g = spec.objective.sequence_kd
+    digest = hashlib.sha256()
+    for part in (teacher_id, json.dumps(g.model_dump()), str(spec.data.max_length), *sources):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    sources: list[str],
+    *,
+    num_beams: int,
+    max_new_tokens: int,
+    batch_size: int,
+    max_length: int,
+) -> list[str]:
+    """The model's decoded generations for `sources` (beam search, in order)."""
+    model.eval()
+    out: list[str] = []
+    for i in range(0, len(sources), batch_size):
+        enc = tokenizer(
+            sources[i : i + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(model.device)
+        ids = model.generate(
+            **enc,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            early_stopping=num_beams > 1,
+        )
+        out += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return [text.strip() for text in out]
+
+
+def cache_teacher_targets(spec: JobSpec, storage, teacher_dir: str, teacher_id: str) -> dict:
+    """Generate (or find cached) teacher targets for the stage's training sources; returns
+    the reference the worker loop takes as `teacher_targets`."""
+    from transformers import AutoTokenizer
+
+    from distill_core.generative import load_exported
+
+    train, _ = train_eval_texts(spec)
+    sources = sorted(set(train["text"]))
+    path = f"{CACHE_DIR}/{_key(teacher_id, sources, spec)}.jsonl"
+    if not storage.exists(path):
+        g = spec.objective.sequence_kd
+        print(
+            f"[distill] sequence-level KD: the teacher generates {len(sources)} targets", flush=True
+        )
+        model = load_exported(teacher_dir)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        targets = generate(
+            model,
+            AutoTokenizer.from_pretrained(teacher_dir),
+            sources,
+            num_beams=g.num_beams,
+            max_new_tokens=g.max_new_tokens,
+            batch_size=g.batch_size,
+            max_length=spec.data.max_length,
+        )
+        storage.write_text(
+            path,
+            "".join(
+                json.dumps({"source": s, "target": t}) + "\n" for s, t in zip(sources, targets)
+            ),
+        )
+    return {"uri": storage.uri, "path": path}
+
+
+def read_teacher_targets(ref: dict, spec: JobSpec) -> dict[str, str]:
+    from cluster.storage import open_storage
+
+    text = open_storage(ref["uri"], spec.output.s3).read_text(ref["path"])
+    rows = (json.loads(line) for line in text.splitlines() if line.strip())
+    return {row["source"]: row["target"] for row in rows}
+
+
+def with_teacher_targets(train: datasets.Dataset, ref: dict, spec: JobSpec) -> datasets.Dataset:
+    """`train` with each row's `target` replaced by the teacher's generation for its source
+    (an empty generation keeps the reference, so no row trains on nothing)."""
+    targets = read_teacher_targets(ref, spec)
+    missing = [s for s in train["text"] if s not in targets]
+    if missing:
+        raise ValueError(f"teacher generations {ref['path']} lack {len(missing)} training sources")
+    new = [targets[s] or ref_t for s, ref_t in zip(train["text"], train["target"])]
+    return train.remove_columns("target").add_column("target", new)
