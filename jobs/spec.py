@@ -347,7 +347,11 @@ def smoke(spec: JobSpec) -> JobSpec:
     # Sequence-level KD generates a target per training row before training: keep it small.
     rows = 256 if o.sequence_kd is not None else 2000
     sequence_kd = o.sequence_kd and o.sequence_kd.model_copy(
-        update={"num_beams": 1, "max_new_tokens": min(o.sequence_kd.max_new_tokens, 24), "batch_size": 64}
+        update={
+            "num_beams": 1,
+            "max_new_tokens": min(o.sequence_kd.max_new_tokens, 24),
+            "batch_size": 64,
+        }
     )
     return spec.model_copy(
         update={
@@ -383,7 +387,7 @@ def smoke(spec: JobSpec) -> JobSpec:
 
 
 _SECRET_KEY = re.compile(
-    r"secret|password|passwd|credential|api_?key|access_?key|session_?key|(^|_)token($|_)",
+    r"secret|password|passwd|credential|api_?key|access_?key|session_?key|(^|_)token$",
     re.IGNORECASE,
 )
 

@@ -152,7 +152,7 @@ def test_redacted_drops_secret_looking_keys_at_any_depth():
         "storage": {
             "endpoint": "http://localhost:9000",
             "AWS_SECRET_ACCESS_KEY": "s3cr3t",
-            "nested": {"token": "t", "region": "eu"},
+            "nested": {"token": "t", "RAY_AUTH_TOKEN": "t", "region": "eu", "token_kl": 1.0},
         },
         "users": [{"password": "p", "user": "u"}],
         "session_key": "k",
@@ -160,7 +160,11 @@ def test_redacted_drops_secret_looking_keys_at_any_depth():
     }
     assert redacted(tree) == {
         "name": "run",
-        "storage": {"endpoint": "http://localhost:9000", "nested": {"region": "eu"}},
+        # a loss named token_... is not a secret; a key ending in token is
+        "storage": {
+            "endpoint": "http://localhost:9000",
+            "nested": {"region": "eu", "token_kl": 1.0},
+        },
         "users": [{"user": "u"}],
     }
     assert tree["storage"]["AWS_SECRET_ACCESS_KEY"] == "s3cr3t"  # input untouched
