@@ -202,7 +202,8 @@ def run_tuner(
                 search_alg=searcher(sweep, concurrency),
                 scheduler=scheduler(sweep, steps),
                 num_samples=sweep.search.num_samples,
-                max_concurrent_trials=concurrency,
+                # A Searcher gets Tune's ConcurrencyLimiter; variant generators their own.
+                max_concurrent_trials=concurrency if sweep.search.algorithm == "optuna" else None,
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
