@@ -252,5 +252,9 @@ def read_sweep_report(location, s3=None) -> dict | None:
         if not storage.exists(SWEEP_REPORT):
             return None
         return json.loads(storage.read_text(SWEEP_REPORT))
-    except StorageError:
-        return None  # read_report gives the one-line error
+    except (StorageError, OSError, ValueError):
+        return None  # not readable as a sweep: read_report gives the one-line error
+    except Exception as exc:  # botocore's errors (no such bucket, access denied, ...)
+        if type(exc).__module__.startswith("botocore"):
+            return None
+        raise
