@@ -78,7 +78,13 @@ FAMILIES = {
         },
     },
 }
-COMMON = ["objective.weights={lm: 1.0}", "data.max_length=48", "training.batch_size=16", "training.seed=1", "data.max_eval_samples=256"]
+COMMON = [
+    "objective.weights={lm: 1.0}",
+    "data.max_length=48",
+    "training.batch_size=16",
+    "training.seed=1",
+    "data.max_eval_samples=256",
+]
 
 
 def _spec(teacher: str, overrides: list[str]):
@@ -101,8 +107,11 @@ def train(spec, kind: str, teacher, tokenizer, steps: int, lr: float, rows=None,
     train_rows = rows if rows is not None else train_eval_texts(spec)[0]
     loader = DataLoader(
         tokenize_generative(train_rows, tokenizer, spec.data.max_length),
-        batch_size=spec.training.batch_size, shuffle=True, drop_last=True,
-        collate_fn=generative_collate(tokenizer), generator=torch.Generator().manual_seed(1),
+        batch_size=spec.training.batch_size,
+        shuffle=True,
+        drop_last=True,
+        collate_fn=generative_collate(tokenizer),
+        generator=torch.Generator().manual_seed(1),
     )
     generator = torch.Generator().manual_seed(7)
     model.train()
@@ -121,8 +130,12 @@ def train(spec, kind: str, teacher, tokenizer, steps: int, lr: float, rows=None,
             if step >= steps:
                 break
     model.student.eval()
-    return model.student, {"steps": steps, "first_loss": losses[0], "final_loss": sum(losses[-20:]) / 20,
-                           "train_s": time.perf_counter() - started}
+    return model.student, {
+        "steps": steps,
+        "first_loss": losses[0],
+        "final_loss": sum(losses[-20:]) / 20,
+        "train_s": time.perf_counter() - started,
+    }
 
 
 def _rows(ds) -> dict:
@@ -136,9 +149,14 @@ def run(family: str, teacher_steps: int, steps: int, pretrain_steps: int | None 
     f = FAMILIES[family]
     torch.set_num_threads(1)
     arch, tokenizer = load_teacher(f["teacher"], seed=1)
-    result: dict = {"family": family, "teacher_steps": teacher_steps, "student_steps": steps,
-                    "pretrain_steps": pretrain_steps if pretrain_steps is not None else teacher_steps,
-                    "threads": 1, "arms": {}}
+    result: dict = {
+        "family": family,
+        "teacher_steps": teacher_steps,
+        "student_steps": steps,
+        "pretrain_steps": pretrain_steps if pretrain_steps is not None else teacher_steps,
+        "threads": 1,
+        "arms": {},
+    }
     t0 = time.perf_counter()
     pre_spec = _spec(f["teacher"], f["pretrain_data"])
     pretrain_steps = teacher_steps if pretrain_steps is None else pretrain_steps
@@ -160,8 +178,15 @@ def run(family: str, teacher_steps: int, steps: int, pretrain_steps: int | None 
     if family == "seq2seq":
         started = time.perf_counter()
         sources = list(train_rows["text"])
-        targets = generate(teacher, tokenizer, sources, num_beams=1, max_new_tokens=32,
-                           batch_size=64, max_length=48)
+        targets = generate(
+            teacher,
+            tokenizer,
+            sources,
+            num_beams=1,
+            max_new_tokens=32,
+            batch_size=64,
+            max_length=48,
+        )
         targets = [t or r for t, r in zip(targets, train_rows["target"])]
         seq_rows = datasets.Dataset.from_dict({"text": sources, "target": targets})
         result["teacher_generation_s"] = time.perf_counter() - started
@@ -177,15 +202,23 @@ def run(family: str, teacher_steps: int, steps: int, pretrain_steps: int | None 
     spec = _spec(f["teacher"], (f["task_data"] or f["pretrain_data"]) + f["student"])
     students = {}
     for arm, weights in f["arms"].items():
-        arm_spec = spec.model_copy(update={"objective": spec.objective.model_copy(update={"weights": weights})})
+        arm_spec = spec.model_copy(
+            update={"objective": spec.objective.model_copy(update={"weights": weights})}
+        )
         arm_rows = seq_rows if arm.startswith(("seq_kd", "word_seq")) else None
         student, log = train(arm_spec, "distill", teacher, tokenizer, steps, 1e-3, rows=arm_rows)
         students[arm] = student
         result["arms"][arm] = {"parameters": count_parameters(student), **log, **evaluate(student)}
         print(family, arm, json.dumps(result["arms"][arm]), flush=True)
     texts = rows["text"][:64]
-    speed = generation_throughput({"teacher": teacher, "student": students["lm"]}, tokenizer, texts,
-                                  new_tokens=32, rounds=3, batch_size=16)
+    speed = generation_throughput(
+        {"teacher": teacher, "student": students["lm"]},
+        tokenizer,
+        texts,
+        new_tokens=32,
+        rounds=3,
+        batch_size=16,
+    )
     result["speed_tokens_per_s"] = speed
     result["speedup"] = speed["student"] / speed["teacher"]
     result["compression"] = result["teacher"]["parameters"] / result["arms"]["lm"]["parameters"]
@@ -194,15 +227,23 @@ def run(family: str, teacher_steps: int, steps: int, pretrain_steps: int | None 
 
 
 def table(paths: list[str]) -> str:
-    lines = ["| family | arm | params (teacher / student) | perplexity (teacher / student, retention) | BLEU (teacher / student, retention) | gen. speedup |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| family | arm | params (teacher / student) | perplexity (teacher / student, retention) | BLEU (teacher / student, retention) | gen. speedup |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for path in paths:
         r = json.loads(Path(path).read_text())
         t = r["teacher"]
         for arm, a in r["arms"].items():
             ppl = f"{t['perplexity']:.1f} / {a['perplexity']:.1f} ({t['perplexity'] / a['perplexity']:.3f})"
-            bleu = (f"{t['bleu']:.1f} / {a['bleu']:.1f} ({a['bleu'] / t['bleu']:.3f})" if "bleu" in a else "–")
-            lines.append(f"| {r['family']} | {arm} | {t['parameters']:,} / {a['parameters']:,} | {ppl} | {bleu} | {r['speedup']:.2f}x |")
+            bleu = (
+                f"{t['bleu']:.1f} / {a['bleu']:.1f} ({a['bleu'] / t['bleu']:.3f})"
+                if "bleu" in a
+                else "–"
+            )
+            lines.append(
+                f"| {r['family']} | {arm} | {t['parameters']:,} / {a['parameters']:,} | {ppl} | {bleu} | {r['speedup']:.2f}x |"
+            )
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import os
 import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
@@ -153,18 +153,27 @@ def searcher(sweep: SweepSpec, concurrency: int | None = None):
     )
 
 
+class FinishingASHA(ASHAScheduler):
+    """ASHA whose trials always finish once they reach the last training step: stopping one
+    there would save no training and lose its final evaluation (quality, speed, size)."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get(self._time_attr, 0) >= self._max_t:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
 def scheduler(sweep: SweepSpec, steps: int):
     sc = sweep.scheduler
     if sc.kind == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
+    return FinishingASHA(
         time_attr="step",
         metric=sc.metric,
         mode=sc.mode,
         max_t=steps,
         grace_period=min(sc.grace_period, steps),
         reduction_factor=sc.reduction_factor,
-        # A trial that reaches the last step finishes: it still evaluates and reports.
         stop_last_trials=False,
     )
 

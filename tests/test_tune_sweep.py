@@ -52,6 +52,13 @@ def test_searchers_and_schedulers():
         steps=200,
     )
     assert isinstance(asha, ASHAScheduler)
+
+    class Trial:
+        trial_id = "t0"
+
+    asha.on_trial_add(None, Trial())
+    # A trial at its last step always finishes (it still owes its final evaluation) ...
+    assert asha.on_trial_result(None, Trial(), {"step": 200, "eval_quality": -1.0}) == "CONTINUE"
     assert asha._time_attr == "step" and asha._max_t == 200 and asha.metric == "eval_quality"
     fifo = tune_sweep.scheduler(SweepSpec(space=SPACE, search={"algorithm": "random"}), steps=200)
     assert isinstance(fifo, FIFOScheduler)
