@@ -19,7 +19,7 @@ import json
 import sys
 
 from jobs import runs, submit
-from jobs.spec import SpecError, load_spec
+from jobs.spec import SpecError, add_overrides_flag, load_spec
 from jobs.stages import smoke_pipeline
 
 EXIT_BAD_INPUT = 2
@@ -34,30 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a distillation job (no CONFIG: the offline quickstart)")
     run.add_argument("config", nargs="?", help="job spec YAML")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        nargs="+",
-        help="override a spec field, e.g. training.steps=50",
-    )
+    add_overrides_flag(run, "spec", "training.steps=50")
     run.add_argument("--output", help="run folder (default: output.dir/output.name)")
     run.add_argument(
         "--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute"
     )
     tune = sub.add_parser("tune", help="search student depth/width with Ray Tune (a sweep)")
     tune.add_argument("sweep", help="sweep YAML: base job spec + search space")
-    tune.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        nargs="+",
-        help="override a sweep field, e.g. base.training.steps=200 or search.num_samples=8",
-    )
+    add_overrides_flag(tune, "sweep", "base.training.steps=200 or search.num_samples=8")
     tune.add_argument("--output", help="sweep folder (default: base output.dir/output.name)")
     tune.add_argument("--smoke", action="store_true", help="a 2-4-trial version in minutes")
     tune.add_argument("--max-params", type=int, help="export the best student this small")
@@ -73,8 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    overrides = [item for group in args.overrides for item in group]
-    spec = load_spec(args.config, overrides)  # before the heavy imports: bad specs fail fast
+    spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
     if args.smoke:
         spec = smoke_pipeline(spec)
 
@@ -107,8 +90,7 @@ def _tune(args: argparse.Namespace) -> int:
     from jobs.sweep_spec import load_sweep
     from jobs.tune import smoke_sweep
 
-    overrides = [item for group in args.overrides for item in group]
-    sweep = load_sweep(args.sweep, overrides)
+    sweep = load_sweep(args.sweep, args.overrides)
     if args.smoke:
         sweep = smoke_sweep(sweep)
     for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):

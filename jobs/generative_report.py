@@ -21,7 +21,7 @@ from distill_core.generative_eval import (
     perplexity,
 )
 from distill_core.student import count_parameters
-from jobs.report import SCHEMA_VERSION
+from jobs.report import SCHEMA_VERSION, paths_section, training_section
 from jobs.spec import JobSpec
 
 
@@ -113,8 +113,6 @@ def build_generative_report(
         batch_size=e.batch_size,
     )
     t_params, s_params = count_parameters(teacher), count_parameters(student)
-    history = train_state.get("history", [])
-    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     t_size, s_size = architecture_size(teacher.config), architecture_size(student.config)
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -160,28 +158,14 @@ def build_generative_report(
             "batch_size": e.batch_size,
             "threads": torch.get_num_threads(),
         },
-        "training": {
-            "steps": train_state.get("step"),
-            "first_loss": history[0]["loss"] if history else None,
-            "final_loss": history[-1]["loss"] if history else None,
-            "first_eval_loss": evals[0] if evals else None,
-            "final_eval_loss": evals[-1] if evals else None,
-            "samples_per_s": history[-1].get("samples_per_s") if history else None,
-            "num_workers": spec.scaling.num_workers,
-            "zero_stage": spec.deepspeed.zero_stage,
-            "precision": spec.deepspeed.precision,
-        },
+        "training": training_section(spec, train_state),
         "export_check": {
             "max_abs_diff": export_diff,
             "probe_texts": len(PROBE_TEXTS),
             "compared": "LM logits",
         },
         "teacher_check": train_state.get("teacher_fingerprint"),
-        "paths": {
-            "checkpoint": checkpoint_path,
-            "student": f"{run_dir}/student",
-            "config": f"{run_dir}/config.yaml",
-        },
+        "paths": paths_section(run_dir, checkpoint_path),
     }
     report["run"]["wall_time_s"] = time.perf_counter() - started
     return report

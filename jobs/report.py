@@ -73,6 +73,32 @@ def _task_quality(spec: JobSpec, teacher_dir: str, student_dir: Path, eval_rows)
     }
 
 
+def training_section(spec: JobSpec, train_state: dict) -> dict:
+    """The report's `training` block: steps, first/final (eval) loss, samples/s, setup."""
+    history = train_state.get("history", [])
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    return {
+        "steps": train_state.get("step"),
+        "first_loss": history[0]["loss"] if history else None,
+        "final_loss": history[-1]["loss"] if history else None,
+        "first_eval_loss": evals[0] if evals else None,
+        "final_eval_loss": evals[-1] if evals else None,
+        "samples_per_s": history[-1].get("samples_per_s") if history else None,
+        "num_workers": spec.scaling.num_workers,
+        "zero_stage": spec.deepspeed.zero_stage,
+        "precision": spec.deepspeed.precision,
+    }
+
+
+def paths_section(run_dir: Path | str, checkpoint_path: str) -> dict:
+    """The report's `paths` block: the final checkpoint, the export and the saved config."""
+    return {
+        "checkpoint": checkpoint_path,
+        "student": f"{run_dir}/student",
+        "config": f"{run_dir}/config.yaml",
+    }
+
+
 def build_report(
     spec: JobSpec,
     run_dir: Path | str,
@@ -112,8 +138,6 @@ def build_report(
     )
     t_params = count_parameters(teacher)
     s_params = count_parameters(student)
-    history = train_state.get("history", [])
-    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     s, t = spec.student, teacher.model.config
     report = {
         "schema_version": SCHEMA_VERSION,
@@ -155,24 +179,10 @@ def build_report(
             "batch_size": e.batch_size,
             "threads": torch.get_num_threads(),
         },
-        "training": {
-            "steps": train_state.get("step"),
-            "first_loss": history[0]["loss"] if history else None,
-            "final_loss": history[-1]["loss"] if history else None,
-            "first_eval_loss": evals[0] if evals else None,
-            "final_eval_loss": evals[-1] if evals else None,
-            "samples_per_s": history[-1].get("samples_per_s") if history else None,
-            "num_workers": spec.scaling.num_workers,
-            "zero_stage": spec.deepspeed.zero_stage,
-            "precision": spec.deepspeed.precision,
-        },
+        "training": training_section(spec, train_state),
         "export_check": {"max_abs_diff": export_diff, "probe_texts": len(PROBE_TEXTS)},
         "teacher_check": train_state.get("teacher_fingerprint"),
-        "paths": {
-            "checkpoint": checkpoint_path,
-            "student": f"{run_dir}/student",
-            "config": f"{run_dir}/config.yaml",
-        },
+        "paths": paths_section(run_dir, checkpoint_path),
     }
     report["run"]["wall_time_s"] = time.perf_counter() - started
     return report

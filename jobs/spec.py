@@ -272,6 +272,19 @@ def _format_error(err: ValidationError) -> str:
     return f"{loc}: {msg}"
 
 
+def add_overrides_flag(parser, what: str, example: str) -> None:
+    """`--set KEY=VALUE [...]`, repeatable, collected flat into `args.overrides`."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        nargs="+",
+        help=f"override a {what} field, e.g. {example}",
+    )
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """`a.b=1` strings to a nested dict; values are parsed as YAML scalars/lists."""
     tree: dict = {}

@@ -39,7 +39,14 @@ from pathlib import Path
 import yaml
 
 from cluster.worker_env import JOB_MARKER, SUBMITTED_JOB_ENV
-from jobs.spec import _SECRET_KEY, SpecError, _merge, load_spec, parse_overrides
+from jobs.spec import (
+    _SECRET_KEY,
+    SpecError,
+    _merge,
+    add_overrides_flag,
+    load_spec,
+    parse_overrides,
+)
 
 DASHBOARD_PORT = 8265
 BUNDLE_LIMIT_BYTES = 100 * 2**20  # Ray caps a working_dir package at a few hundred MiB
@@ -299,7 +306,7 @@ def _submit(address: str, entrypoint: str, renv: dict, metadata: dict, job_id: s
 
 def submit_job(args: argparse.Namespace) -> str:
     """Validate `args.config` locally, stage it and submit `distill run` to the cluster."""
-    overrides = [item for group in args.overrides for item in group]
+    overrides = args.overrides
     cluster_address(args.address)  # no address: fail before the (slower) validation
     spec = validate(args.config, overrides, args.smoke, args.output)
     from cluster.worker_env import worker_env
@@ -382,8 +389,7 @@ def submit_sweep(args: argparse.Namespace) -> int:
     from jobs.tune import smoke_sweep
 
     cluster_address(args.address)
-    overrides = [item for group in args.overrides for item in group]
-    sweep = load_sweep(args.sweep, overrides)
+    sweep = load_sweep(args.sweep, args.overrides)
     if args.smoke:
         sweep = smoke_sweep(sweep)
     base = JobSpec.model_validate(sweep.base)
@@ -472,15 +478,7 @@ def add_submit_flags(parser: argparse.ArgumentParser, *, with_submit: bool = Fal
 def add_parsers(sub) -> None:
     submit = sub.add_parser("submit", help="validate a job spec and run it on a Ray cluster")
     submit.add_argument("config", nargs="?", help="job spec YAML (none: the quickstart)")
-    submit.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        nargs="+",
-        help="override a spec field, e.g. training.steps=50",
-    )
+    add_overrides_flag(submit, "spec", "training.steps=50")
     submit.add_argument("--output", help="run folder: s3://... or an absolute shared path")
     submit.add_argument("--smoke", action="store_true", help="the tiny version of the job")
     add_submit_flags(submit)

@@ -1,4 +1,5 @@
-"""End to end: the real `distill run` CLI on the packaged teacher, as a user runs it."""
+"""End to end: the real `distill run` CLI on the packaged teacher, as a user runs it (README
+command 1 with --smoke, in the default suite; the SST-2 variant is slow)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = pytest.mark.ray
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -64,6 +65,7 @@ def test_quickstart_smoke_produces_report_and_loadable_student(tmp_path):
     assert torch.allclose(torch.nn.functional.normalize(ours, dim=-1), st, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not (SHARED / "sst2" / "train.tsv").is_file(), reason="../shared/data (SST-2, STS-B) is absent"
 )
