@@ -148,7 +148,7 @@ def test_kuberay_rayjob_manifest_runs_a_valid_distill_job():
     assert argv[0] == "distill"
     args = _parser().parse_args(argv[1:])
     assert args.command == "run"
-    spec_ = load_spec(args.config, [i for group in args.overrides for i in group])
+    spec_ = load_spec(args.config, args.overrides)
     assert spec_.output.dir.startswith("s3://")  # results outlive the job's cluster
     assert spec_.scaling.max_failures >= 1
 
