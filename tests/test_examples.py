@@ -61,7 +61,11 @@ AFTER_SMOKE = {"bert_to_lstm": {"steps": 8, "eval_every": 4}}
 def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
     monkeypatch.chdir(ROOT)  # examples name data relative to the repo root
     raw = yaml.safe_load(example.read_text())
-    overrides = list(FAST_EVAL)
+    overrides = FAST_EVAL + [  # a stage's own length too: 6 steps instead of smoke's 20
+        f"stages.{i}.training.steps=6"
+        for i, stage in enumerate(raw.get("stages", []))
+        if "steps" in stage.get("training", {})
+    ]
     if not (SHARED / "sst2" / "train.tsv").is_file():
         if _needs_task_data(raw):
             pytest.skip(f"{example.name} needs labelled SST-2 from ../shared/data (absent)")
