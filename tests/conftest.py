@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from s3_fixtures import bucket, locked_s3, moto_endpoint  # noqa: F401  (S3 on loopback)
@@ -60,6 +62,10 @@ def tiny_tokenizer(tmp_path_factory) -> BertTokenizerFast:
 
 
 # --- Ray integration (tests/test_ray_*.py) ---------------------------------------------------
+
+# Ray Train's controller polls its workers every 2 s; the suite's ~40 short Train runs (and
+# the CLI subprocesses, which inherit this) each finish ~2.5 s sooner polling every 0.5 s.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 @pytest.fixture(scope="session")
