@@ -306,16 +306,15 @@ def _submit(address: str, entrypoint: str, renv: dict, metadata: dict, job_id: s
 
 def submit_job(args: argparse.Namespace) -> str:
     """Validate `args.config` locally, stage it and submit `distill run` to the cluster."""
-    overrides = args.overrides
     cluster_address(args.address)  # no address: fail before the (slower) validation
-    spec = validate(args.config, overrides, args.smoke, args.output)
+    spec = validate(args.config, args.overrides, args.smoke, args.output)
     from cluster.worker_env import worker_env
 
     with tempfile.TemporaryDirectory(prefix="distill-submit-") as tmp:
         staging = Path(tmp)
         (staging / JOB_DIR).mkdir()
         (staging / JOB_MARKER).write_text("")
-        raw = _raw_config(args.config, overrides)
+        raw = _raw_config(args.config, args.overrides)
         # Relative paths are relative to where distill runs, as for `distill run`.
         bundle_local_paths(raw, staging / JOB_DIR / "files", Path.cwd())
         (staging / JOB_DIR / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

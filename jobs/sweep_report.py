@@ -245,6 +245,8 @@ def format_sweep_table(report: dict) -> str:
 
 def read_sweep_report(location, s3=None) -> dict | None:
     """A sweep folder's report, or None when `location` is not a finished sweep."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from cluster.storage import StorageError, open_storage
 
     try:
@@ -252,9 +254,7 @@ def read_sweep_report(location, s3=None) -> dict | None:
         if not storage.exists(SWEEP_REPORT):
             return None
         return json.loads(storage.read_text(SWEEP_REPORT))
-    except (StorageError, OSError, ValueError):
-        return None  # not readable as a sweep: read_report gives the one-line error
-    except Exception as exc:  # botocore's errors (no such bucket, access denied, ...)
-        if type(exc).__module__.startswith("botocore"):
-            return None
-        raise
+    # Not readable as a sweep (no such folder or bucket, access denied, ...): read_report
+    # then gives the one-line error.
+    except (StorageError, OSError, ValueError, BotoCoreError, ClientError):
+        return None
