@@ -27,17 +27,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from bench.quality import PROBE_TRAIN, SHARED, _fit_probe, unlabelled_corpus
-from cluster.job_data import train_eval_texts
-from cluster.job_model import distillation_model
-from cluster.step_inputs import mixed_batch, teacher_outputs
-from distill_core.data import collate, load_source, tokenize
-from distill_core.evaluation import load_sts_pairs, sts_spearman
-from distill_core.export import SentenceEncoder
-from distill_core.outputs import TaskHead, forward_outputs
-from distill_core.teacher import PACKAGED_TEACHER, load_teacher, resolve_teacher
-from jobs.preflight import preflight
-from jobs.spec import load_spec
+from bench.quality import PROBE_TRAIN, SHARED, fit_probe, unlabelled_corpus
+from distill.cluster.job_data import train_eval_texts
+from distill.cluster.job_model import distillation_model
+from distill.cluster.step_inputs import mixed_batch, teacher_outputs
+from distill.core.data import collate, load_source, tokenize
+from distill.core.evaluation import load_sts_pairs, sts_spearman
+from distill.core.export import SentenceEncoder
+from distill.core.outputs import TaskHead, forward_outputs
+from distill.core.spec import load_spec
+from distill.core.teacher import PACKAGED_TEACHER, load_teacher, resolve_teacher
+from distill.jobs.preflight import preflight
 
 AGNOSTIC = {
     "init_teacher": [
@@ -113,7 +113,7 @@ def probe_teacher_head(teacher, tokenizer) -> TaskHead:
     rows = load_source(str(SHARED / "sst2/train.tsv")).shuffle(seed=0).select(range(PROBE_TRAIN))
     x = SentenceEncoder(teacher, tokenizer).encode(list(rows["sentence"]), max_length=64)
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    probe = _fit_probe((x - mean) / std, torch.tensor(rows["label"]))
+    probe = fit_probe((x - mean) / std, torch.tensor(rows["label"]))
     head = TaskHead(x.shape[1], 2, "classification")
     with torch.no_grad():  # fold the standardisation into the linear layer
         head.linear.weight.copy_(probe.weight / std)
@@ -210,7 +210,7 @@ def main() -> None:
         score["wall_s"] = time.perf_counter() - started
         results["arms"][arm] = score
         if head is not None and "teacher_sst2_dev_accuracy" not in results:
-            from distill_core.objective import DistillationModel, Objective
+            from distill.core.objective import DistillationModel, Objective
 
             shell = DistillationModel(
                 teacher,

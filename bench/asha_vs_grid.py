@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _sweep(steps: int, scheduler: str, grace: int):
-    from jobs.sweep_spec import ParamSpec, load_sweep
+    from distill.cluster.sweep_spec import ParamSpec, load_sweep
 
     sweep = load_sweep(
         "examples/sweep_depth_width.yaml",
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--work", help="sweep folders (default: a temporary folder)")
     args = parser.parse_args()
 
-    from jobs.tune import run_sweep
+    from distill.jobs.tune import run_sweep
 
     result = {"benchmark": "asha_vs_grid", "steps": args.steps, "grace": args.grace}
     with tempfile.TemporaryDirectory(prefix="bench-asha-") as tmp:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.report_log import REPORTS_FILE, read_reports, retries  # noqa: E402
+from distill.cluster.report_log import REPORTS_FILE, read_reports, retries  # noqa: E402
 
 STEPS, CHECKPOINT_EVERY = 20, 5
 JOB = [
@@ -65,8 +65,8 @@ def train_worker_pids(address: str) -> list[int]:
 def one_attempt(run_dir: Path, kill_step: int | None, delay: float, rng: random.Random) -> dict:
     import ray
 
-    from jobs.run import run_job
-    from jobs.spec import load_spec
+    from distill.core.spec import load_spec
+    from distill.jobs.run import run_job
 
     outcome: dict = {}
 
@@ -127,8 +127,8 @@ def main() -> None:
     import datasets
     import ray
 
-    from cluster.worker_env import worker_env
-    from jobs.spec import JobSpec
+    from distill.cluster.worker_env import worker_env
+    from distill.core.spec import JobSpec
 
     datasets.disable_progress_bars()
     ray.init(

@@ -33,21 +33,21 @@ import datasets
 import torch
 from torch.utils.data import DataLoader
 
-from cluster.generative_model import generative_distillation_model
-from cluster.job_data import train_eval_texts
-from cluster.step_inputs import teacher_outputs
-from cluster.teacher_generations import generate
-from distill_core.generative import generative_collate, tokenize_generative
-from distill_core.generative_eval import (
+from distill.cluster.generative_model import generative_distillation_model
+from distill.cluster.job_data import train_eval_texts
+from distill.cluster.step_inputs import teacher_outputs
+from distill.cluster.teacher_generations import generate
+from distill.core.generative import generative_collate, tokenize_generative
+from distill.core.generative_eval import (
     bleu_chrf,
     generate_texts,
     generation_throughput,
     perplexity,
 )
-from distill_core.student import count_parameters
-from distill_core.teacher import freeze, load_teacher
-from jobs.generative_preflight import resolve_generative_stage
-from jobs.spec import load_spec
+from distill.core.spec import load_spec
+from distill.core.student import count_parameters
+from distill.core.teacher import freeze, load_teacher
+from distill.jobs.generative_preflight import resolve_generative_stage
 
 FAMILIES = {
     "causal": {

@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from distill_core.data import load_source
-from distill_core.evaluation import load_sts_pairs
-from distill_core.export import SentenceEncoder, load_encoder
-from distill_core.teacher import resolve_teacher
-from jobs.spec import _merge, load_spec
+from distill.core.data import load_source
+from distill.core.evaluation import load_sts_pairs
+from distill.core.export import SentenceEncoder, load_encoder
+from distill.core.spec import load_spec, merge
+from distill.core.teacher import resolve_teacher
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"
@@ -47,7 +47,7 @@ def unlabelled_corpus(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.nn.Linear:
+def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> torch.nn.Linear:
     probe = torch.nn.Linear(x.shape[1], 2)
     opt = torch.optim.LBFGS(probe.parameters(), max_iter=200, line_search_fn="strong_wolfe")
 
@@ -68,16 +68,16 @@ def sst2_probe_accuracy(encoder: SentenceEncoder) -> float:
     x_train = encoder.encode(list(train["sentence"]), max_length=64)
     x_dev = encoder.encode(list(dev["content"]), max_length=64)
     mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    probe = _fit_probe((x_train - mean) / std, torch.tensor(train["label"]))
+    probe = fit_probe((x_train - mean) / std, torch.tensor(train["label"]))
     with torch.no_grad():
         predicted = probe((x_dev - mean) / std).argmax(-1)
     return float((predicted == torch.tensor(dev["label"])).float().mean())
 
 
 def run_row(name: str, corpus: Path, steps: int, work: Path, seed: int) -> dict:
-    from jobs.run import run_job
+    from distill.jobs.run import run_job
 
-    raw = _merge(
+    raw = merge(
         yaml.safe_load((HERE / "quality/common.yaml").read_text()),
         yaml.safe_load((HERE / f"quality/{name}.yaml").read_text()),
     )

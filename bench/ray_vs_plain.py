@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from cluster.job_data import train_eval_texts
-from cluster.job_model import distillation_model
-from cluster.step_inputs import teacher_outputs
-from distill_core.data import collate, tokenize
-from distill_core.teacher import load_teacher
-from jobs.preflight import preflight
-from jobs.spec import load_spec
+from distill.cluster.job_data import train_eval_texts
+from distill.cluster.job_model import distillation_model
+from distill.cluster.step_inputs import teacher_outputs
+from distill.core.data import collate, tokenize
+from distill.core.spec import load_spec
+from distill.core.teacher import load_teacher
+from distill.jobs.preflight import preflight
 
 PHASES = ("teacher", "forward", "backward", "step")
 
@@ -84,8 +84,8 @@ def plain_loop(spec, steps: int, threads: int) -> dict:
 
 
 def ray_job(spec, run_dir: str) -> dict:
-    from cluster.launch import fit
-    from cluster.storage import LocalStorage
+    from distill.cluster.launch import fit
+    from distill.cluster.storage import LocalStorage
 
     metrics = fit(spec, LocalStorage(run_dir)).metrics
     return {k: float(v) for k, v in metrics.items() if k == "samples_per_s" or k.startswith("ms_")}

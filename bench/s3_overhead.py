@@ -26,7 +26,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def _job(steps: int, extra: list[str]):
-    from jobs.spec import load_spec
+    from distill.core.spec import load_spec
 
     return load_spec(
         None,
@@ -60,9 +60,9 @@ def main() -> None:
     import ray
     from moto.server import ThreadedMotoServer
 
-    from cluster.launch import worker_env
-    from jobs.run import run_job
-    from jobs.spec import JobSpec
+    from distill.cluster.launch import worker_env
+    from distill.core.spec import JobSpec
+    from distill.jobs.run import run_job
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

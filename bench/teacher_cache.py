@@ -29,10 +29,10 @@ PHASES = ("teacher", "forward", "backward", "step")
 
 
 def _spec(rows: int, student: dict):
-    from jobs.preflight import preflight
-    from jobs.spec import JobSpec
-    from jobs.sweep_check import check_sweep
-    from jobs.sweep_spec import ParamSpec, apply_params, load_sweep
+    from distill.cluster.sweep_spec import ParamSpec, apply_params, load_sweep
+    from distill.core.spec import JobSpec
+    from distill.jobs.preflight import preflight
+    from distill.jobs.sweep_check import check_sweep
 
     sweep = load_sweep("examples/sweep_depth_width.yaml")
     sweep = sweep.model_copy(update={"space": {"student.layers": ParamSpec(grid=[3])}})
@@ -58,14 +58,14 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/teacher_cache.json")
     args = parser.parse_args()
 
-    from cluster.job_data import train_eval_texts
-    from cluster.job_model import distillation_model
-    from cluster.step_inputs import teacher_outputs
-    from cluster.storage import LocalStorage
-    from cluster.teacher_cache import open_cache, prepare_cache
-    from distill_core.data import collate, tokenize
-    from distill_core.teacher import load_teacher
-    from distill_core.teacher_cache import INDEX_COLUMN, plan_for
+    from distill.cluster.job_data import train_eval_texts
+    from distill.cluster.job_model import distillation_model
+    from distill.cluster.step_inputs import teacher_outputs
+    from distill.cluster.storage import LocalStorage
+    from distill.cluster.teacher_cache import open_cache, prepare_cache
+    from distill.core.data import collate, tokenize
+    from distill.core.teacher import load_teacher
+    from distill.core.teacher_cache import INDEX_COLUMN, plan_for
 
     torch.set_num_threads(args.threads)
     layers, hidden, heads, ffn = (int(v) for v in args.student.split(","))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from cluster.run_files import TRAIN_DIR
+from distill.cluster.run_files import TRAIN_DIR
 
 COMPLETE = "COMPLETE.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"

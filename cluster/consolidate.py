@@ -13,18 +13,18 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from cluster.run_files import ENGINE_TAG
-from distill_core.export import export_student
-from distill_core.generative import (
+from distill.cluster.run_files import ENGINE_TAG
+from distill.core.export import export_student
+from distill.core.generative import (
     GenerativeSize,
-    _auto_class,
+    auto_class,
     generative_student_config,
     is_generative,
     model_family,
 )
-from distill_core.student import StudentSize, student_config
-from distill_core.teacher import is_sentence_transformer, load_teacher_config, resolve_teacher
-from jobs.spec import JobSpec
+from distill.core.spec import JobSpec
+from distill.core.student import StudentSize, student_config
+from distill.core.teacher import is_sentence_transformer, load_teacher_config, resolve_teacher
 
 _STUDENT = "student."
 _POOLED = "objective.projections.pooled."
@@ -47,7 +47,7 @@ def export_from_checkpoint(checkpoint_dir: str | Path, spec: JobSpec, out_dir: s
         config = generative_student_config(
             teacher_config, GenerativeSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
         )
-        student = _auto_class(model_family(config)).from_config(config)
+        student = auto_class(model_family(config)).from_config(config)
     else:
         config = student_config(teacher_config, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
         student = AutoModel.from_config(config)

@@ -6,7 +6,7 @@ accumulation and world size, so the same spec runs on any worker count.
 
 from __future__ import annotations
 
-from jobs.spec import JobSpec
+from distill.core.spec import JobSpec
 
 
 def deepspeed_config(spec: JobSpec, total_steps: int) -> dict:

@@ -2,7 +2,7 @@
 BART-style encoder-decoder): the student LM (built from the teacher's config, carried over
 from the previous stage, a copy of the teacher for `finetune`, or a fresh random model of the
 teacher's architecture for `pretrain`) and its token objective. Used by the worker loop
-through `cluster.job_model.distillation_model` and by `bench/generative.py`."""
+through `distill.cluster.job_model.distillation_model` and by `bench/generative.py`."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import copy
 
 from torch import nn
 
-from distill_core.generative import (
+from distill.core.generative import (
     BatchIds,
     GenerativeDistillationModel,
     GenerativeSize,
     TokenObjective,
     TokenSettings,
-    _auto_class,
+    auto_class,
     build_generative_student,
     generative_collate,
     load_exported,
@@ -24,8 +24,8 @@ from distill_core.generative import (
     num_chunks,
     tokenize_generative,
 )
-from distill_core.student import freeze_word_embeddings
-from jobs.spec import JobSpec
+from distill.core.spec import JobSpec
+from distill.core.student import freeze_word_embeddings
 
 
 def student_size(spec: JobSpec) -> GenerativeSize:
@@ -44,7 +44,7 @@ def generative_distillation_model(
     if kind == "finetune":
         student = copy.deepcopy(teacher).requires_grad_(True).train()
     elif kind == "pretrain":
-        student = _auto_class(model_family(teacher.config)).from_config(teacher.config)
+        student = auto_class(model_family(teacher.config)).from_config(teacher.config)
         student.train()
     elif previous_student is not None:
         student = load_exported(previous_student).train()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import datasets
 
-from distill_core.data import load_examples, load_text_pairs, load_texts, split_eval
-from jobs.spec import JobSpec, SourceSpec
+from distill.core.data import load_examples, load_text_pairs, load_texts, split_eval
+from distill.core.spec import JobSpec, SourceSpec
 
 
 def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:

@@ -9,14 +9,14 @@ import copy
 
 from torch import nn
 
-from distill_core.data import collate, tokenize
-from distill_core.export import load_encoder
-from distill_core.generative import is_generative
-from distill_core.lstm_student import build_lstm_student
-from distill_core.objective import DistillationModel, Objective, ObjectiveSettings, layer_pairs
-from distill_core.outputs import MlmHead, TaskHead
-from distill_core.student import StudentSize, build_student, freeze_word_embeddings
-from jobs.spec import JobSpec
+from distill.core.data import collate, tokenize
+from distill.core.export import load_encoder
+from distill.core.generative import is_generative
+from distill.core.lstm_student import build_lstm_student
+from distill.core.objective import DistillationModel, Objective, ObjectiveSettings, layer_pairs
+from distill.core.outputs import MlmHead, TaskHead
+from distill.core.spec import JobSpec
+from distill.core.student import StudentSize, build_student, freeze_word_embeddings
 
 _CAUSAL_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "opt", "phi"}
 
@@ -80,7 +80,7 @@ def distillation_model(
     previous stage, carried over with its pooled projection and task head.
     """
     if is_generative(teacher.config):  # GPT-2 / BART-style: token-level objective
-        from cluster.generative_model import generative_distillation_model
+        from distill.cluster.generative_model import generative_distillation_model
 
         return generative_distillation_model(
             spec, teacher, tokenizer, kind=kind, previous_student=previous_student
@@ -126,7 +126,7 @@ def batch_functions(model, tokenizer):
     """(tokenize, collate) for the model's batches: sentences (and labels) for encoders,
     text or source/target pairs for generative students."""
     if hasattr(model, "prepare_batch"):
-        from cluster.generative_model import generative_batch_functions
+        from distill.cluster.generative_model import generative_batch_functions
 
         return generative_batch_functions(tokenizer)
     return tokenize, collate(tokenizer)

@@ -13,13 +13,13 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from cluster.manifest_callback import CheckpointManifest
-from cluster.report_log import ReportLog
-from cluster.run_files import TRAIN_DIR
-from cluster.storage import LocalStorage
-from cluster.worker_env import worker_env
-from cluster.worker_loop import train_loop_per_worker
-from jobs.spec import JobSpec
+from distill.cluster.manifest_callback import CheckpointManifest
+from distill.cluster.report_log import ReportLog
+from distill.cluster.run_files import TRAIN_DIR
+from distill.cluster.storage import LocalStorage
+from distill.cluster.worker_env import worker_env
+from distill.cluster.worker_loop import train_loop_per_worker
+from distill.core.spec import JobSpec
 
 
 def _submitted_job_env() -> dict[str, str]:

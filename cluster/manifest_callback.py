@@ -8,7 +8,7 @@ import json
 import pyarrow.fs
 import ray.train
 
-from cluster.checkpoints import COMPLETE
+from distill.cluster.checkpoints import COMPLETE
 
 
 class CheckpointManifest(ray.train.UserCallback):

@@ -32,7 +32,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from cluster.storage import StorageError
+from distill.cluster.storage import StorageError
 
 MANIFEST = ".distill-manifest.json"
 PROBE_KEY = ".distill-write-probe"

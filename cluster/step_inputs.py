@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from distill_core.mixup import mix_labels, mixup, sample_lambda
-from distill_core.objective import DistillationModel, MixedBatch
-from distill_core.outputs import forward_outputs, mask_tokens
-from jobs.spec import JobSpec
+from distill.core.mixup import mix_labels, mixup, sample_lambda
+from distill.core.objective import DistillationModel, MixedBatch
+from distill.core.outputs import forward_outputs, mask_tokens
+from distill.core.spec import JobSpec
 
 
 @torch.no_grad()

@@ -116,6 +116,6 @@ def open_storage(uri: str | Path, s3=None):
     `output.s3` connection settings). Raises `StorageError` for a malformed URI."""
     if not is_s3_uri(uri):
         return LocalStorage(uri)
-    from cluster.s3_storage import S3Options, S3Storage  # boto3 only when needed
+    from distill.cluster.s3_storage import S3Options, S3Storage  # boto3 only when needed
 
     return S3Storage(str(uri), S3Options.from_spec(s3))

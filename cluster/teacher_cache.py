@@ -15,12 +15,13 @@ from dataclasses import asdict
 
 from torch.utils.data import DataLoader
 
-from cluster.job_data import train_eval_texts
-from cluster.storage import is_s3_uri, open_storage
-from distill_core.data import collate, tokenize
-from distill_core.outputs import TaskHead
-from distill_core.teacher import freeze, load_teacher, resolve_teacher
-from distill_core.teacher_cache import (
+from distill.cluster.job_data import train_eval_texts
+from distill.cluster.storage import is_s3_uri, open_storage
+from distill.core.data import collate, tokenize
+from distill.core.outputs import TaskHead
+from distill.core.spec import JobSpec
+from distill.core.teacher import freeze, load_teacher, resolve_teacher
+from distill.core.teacher_cache import (
     META_FILE,
     CachePlan,
     TeacherCache,
@@ -30,7 +31,6 @@ from distill_core.teacher_cache import (
     rows_digest,
     save_cache,
 )
-from jobs.spec import JobSpec
 
 CACHE_DIR = "teacher_cache"
 _BUILD_BATCH = 64

@@ -13,8 +13,8 @@ import json
 import datasets
 import torch
 
-from cluster.job_data import train_eval_texts
-from jobs.spec import JobSpec
+from distill.cluster.job_data import train_eval_texts
+from distill.core.spec import JobSpec
 
 CACHE_DIR = "teacher_generations"
 
@@ -66,7 +66,7 @@ def cache_teacher_targets(spec: JobSpec, storage, teacher_dir: str, teacher_id: 
     the reference the worker loop takes as `teacher_targets`."""
     from transformers import AutoTokenizer
 
-    from distill_core.generative import load_exported
+    from distill.core.generative import load_exported
 
     train, _ = train_eval_texts(spec)
     sources = sorted(set(train["text"]))
@@ -98,7 +98,7 @@ def cache_teacher_targets(spec: JobSpec, storage, teacher_dir: str, teacher_id: 
 
 
 def read_teacher_targets(ref: dict, spec: JobSpec) -> dict[str, str]:
-    from cluster.storage import open_storage
+    from distill.cluster.storage import open_storage
 
     text = open_storage(ref["uri"], spec.output.s3).read_text(ref["path"])
     rows = (json.loads(line) for line in text.splitlines() if line.strip())

@@ -12,16 +12,16 @@ workers for (more would wait on placement groups forever on a small machine).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from jobs.spec import JobSpec
-from jobs.sweep_spec import TRIAL_METRICS, SweepSpec, apply_params
+from distill.cluster.sweep_spec import TRIAL_METRICS, SweepSpec
+from distill.core.spec import JobSpec
 
 TUNE_DIR = "tune"  # Tune's experiment state and trial results, under the sweep's storage
 TRIALS_DIR = "trials"  # one `distill run` folder per trial
@@ -36,38 +36,6 @@ def max_concurrent_trials(spec: JobSpec, requested: int | None) -> int:
         fits = min(fits, int(resources.get("GPU", 0) // (sc.num_workers * sc.gpus_per_worker)))
     fits = max(fits, 1)
     return min(fits, requested) if requested else fits
-
-
-def final_metrics(report: dict) -> dict:
-    """What a finished trial reports to Tune: the searchable metrics plus the teacher's."""
-    return {
-        "quality": report["quality"]["student"],
-        "retention": report["quality"]["retention"],
-        "speedup": report["speed"]["speedup"],
-        "params": report["size"]["student_parameters"],
-        "teacher_quality": report["quality"]["teacher"],
-        "teacher_params": report["size"]["teacher_parameters"],
-        "quality_metric": report["quality"]["metric"],
-        "step": report["training"]["steps"],
-        "checkpoint": report["paths"]["checkpoint"],
-        "run_dir": report["run"]["dir"],
-    }
-
-
-def run_trial(params: dict, context: dict) -> None:
-    """The Tune function trainable: one distillation job with this trial's values."""
-    from jobs.run import run_job  # the same path as `distill run`
-
-    spec = JobSpec.model_validate(apply_params(context["base"], params))
-    trial_id = tune.get_context().get_trial_id()
-    report = run_job(
-        spec,
-        f"{context['trials_uri']}/{trial_id}",
-        teacher_cache=context["cache"],
-        cache_bypass=context["bypass"],
-        callbacks=[TuneReportCallback()],
-    )
-    tune.report(final_metrics(report))
 
 
 class ReleaseTrainResources(tune.Callback):
@@ -179,9 +147,16 @@ def scheduler(sweep: SweepSpec, steps: int):
 
 
 def run_tuner(
-    sweep: SweepSpec, base: dict, steps: int, storage, context: dict, concurrency: int
+    sweep: SweepSpec,
+    base: dict,
+    steps: int,
+    storage,
+    trial: Callable[[dict, dict], None],
+    context: dict,
+    concurrency: int,
 ) -> tune.ResultGrid:
-    """Start the sweep, or continue it when `storage/tune` holds an interrupted one
+    """Run `trial(params, context)` (a Tune function trainable; `distill.jobs.tune.run_trial`
+    runs one job) for every point of the sweep's space. Start the sweep, or continue it when `storage/tune` holds an interrupted one
     (`Tuner.restore`: finished trials are kept, unfinished ones resume from their last
     Ray Train checkpoint)."""
     # Ray Train's in-training reports lack the final metrics a searcher optimises; Tune's
@@ -191,7 +166,7 @@ def run_tuner(
     # The trial driver must hold no CPU (its Train workers need them all on a small machine),
     # but Tune refuses an empty request: one byte of memory places it anywhere.
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, context=context), {"CPU": 0, "memory": 1}
+        tune.with_parameters(trial, context=context), {"CPU": 0, "memory": 1}
     )
     experiment = f"{storage_path.rstrip('/')}/{TUNE_DIR}"
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):

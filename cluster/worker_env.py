@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from jobs.spec import JobSpec
+from distill.core.spec import JobSpec
 
 
 def worker_env(spec: JobSpec) -> dict[str, str]:

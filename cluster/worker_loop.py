@@ -26,21 +26,21 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from cluster.deepspeed_config import deepspeed_config
-from cluster.job_data import train_eval_texts
-from cluster.job_model import batch_functions, distillation_model
-from cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
-from cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
-from cluster.teacher_cache import open_cache
-from cluster.teacher_generations import with_teacher_targets
-from cluster.worker_env import in_job_working_dir
-from distill_core.evaluation import load_sts_pairs, spearman_of_embeddings
-from distill_core.export import SentenceEncoder, export_student
-from distill_core.objective import DistillationModel
-from distill_core.outputs import TaskHead, forward_outputs
-from distill_core.teacher import freeze, load_teacher, resolve_teacher
-from distill_core.teacher_cache import INDEX_COLUMN, plan_for
-from jobs.spec import JobSpec
+from distill.cluster.deepspeed_config import deepspeed_config
+from distill.cluster.job_data import train_eval_texts
+from distill.cluster.job_model import batch_functions, distillation_model
+from distill.cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
+from distill.cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
+from distill.cluster.teacher_cache import open_cache
+from distill.cluster.teacher_generations import with_teacher_targets
+from distill.cluster.worker_env import in_job_working_dir
+from distill.core.evaluation import load_sts_pairs, spearman_of_embeddings
+from distill.core.export import SentenceEncoder, export_student
+from distill.core.objective import DistillationModel
+from distill.core.outputs import TaskHead, forward_outputs
+from distill.core.spec import JobSpec
+from distill.core.teacher import freeze, load_teacher, resolve_teacher
+from distill.core.teacher_cache import INDEX_COLUMN, plan_for
 
 _UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
 _TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

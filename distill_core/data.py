@@ -53,12 +53,12 @@ def load_source(
     """Load one source as a `datasets.Dataset` (no column selection yet)."""
     kind = source_format(path, fmt)
     if kind == "builtin" and path == BUILTIN_KEYWORDS:
-        from distill_core.corpus import keyword_pairs
+        from distill.core.corpus import keyword_pairs
 
         texts, targets = keyword_pairs()
         return datasets.Dataset.from_dict({"text": texts, "target": targets})
     if kind == "builtin":
-        from distill_core.corpus import docstring_sentences
+        from distill.core.corpus import docstring_sentences
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
     if kind == "sts":
@@ -85,7 +85,7 @@ def load_source(
 
 def _load_sts(path: str) -> datasets.Dataset:
     """An STS Benchmark file (no header) as columns sentence1, sentence2, score."""
-    from distill_core.evaluation import load_sts_pairs
+    from distill.core.evaluation import load_sts_pairs
 
     if not os.path.isfile(path):
         raise DataError(f"data file {path}: not found")
@@ -121,7 +121,7 @@ def pick_text_columns(ds: datasets.Dataset, wanted: Sequence[str] | None, where:
     )
 
 
-def _fingerprint(ds: datasets.Dataset, *parts: object) -> str:
+def dataset_fingerprint(ds: datasets.Dataset, *parts: object) -> str:
     """An explicit cache fingerprint: spares `datasets` from pickling the mapped closure
     (slow, and noisy under Ray's log capture)."""
     return hashlib.sha256(repr((ds._fingerprint, *parts)).encode()).hexdigest()[:32]
@@ -138,7 +138,7 @@ def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
         flatten,
         batched=True,
         remove_columns=ds.column_names,
-        new_fingerprint=_fingerprint(ds, "as_texts", tuple(columns)),
+        new_fingerprint=dataset_fingerprint(ds, "as_texts", tuple(columns)),
     )
 
 
@@ -199,7 +199,7 @@ def load_examples(
     ds = ds.rename_columns({k: v for k, v in renames.items() if k != v})
     ds = ds.filter(
         lambda row: isinstance(row["text"], str) and row["label"] is not None,
-        new_fingerprint=_fingerprint(ds, "labelled"),
+        new_fingerprint=dataset_fingerprint(ds, "labelled"),
     )
     if len(ds) == 0:
         raise DataError(f"{where}: {path} has no labelled rows")
@@ -228,15 +228,23 @@ def load_text_pairs(
             f"{where}: target column {target_column!r} not found; columns are {ds.column_names}"
             " (set task.target_column)"
         )
-    sources = [c for c in pick_text_columns(ds.remove_columns([target_column]), text_columns, where)]
+    sources = [
+        c for c in pick_text_columns(ds.remove_columns([target_column]), text_columns, where)
+    ]
     if len(sources) != 1:
         raise DataError(f"{where}: a seq2seq task takes one source text column, got {sources}")
     ds = ds.select_columns([sources[0], target_column])
-    ds = ds.rename_columns({k: v for k, v in {sources[0]: "text", target_column: "target"}.items() if k != v})
+    ds = ds.rename_columns(
+        {k: v for k, v in {sources[0]: "text", target_column: "target"}.items() if k != v}
+    )
     ds = ds.filter(
-        lambda row: isinstance(row["text"], str) and isinstance(row["target"], str)
-        and bool(row["text"].strip()) and bool(row["target"].strip()),
-        new_fingerprint=_fingerprint(ds, "pairs"),
+        lambda row: (
+            isinstance(row["text"], str)
+            and isinstance(row["target"], str)
+            and bool(row["text"].strip())
+            and bool(row["target"].strip())
+        ),
+        new_fingerprint=dataset_fingerprint(ds, "pairs"),
     )
     if len(ds) == 0:
         raise DataError(f"{where}: {path} has no non-empty source/target rows")
@@ -251,7 +259,7 @@ def split_eval(
     return parts["train"], parts["test"]
 
 
-def _tokenizer_digest(tokenizer) -> str:
+def tokenizer_digest(tokenizer) -> str:
     """Content hash of a tokenizer (vocabulary, normaliser, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = (
@@ -279,12 +287,12 @@ def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Datas
         return out
 
     keep = ["input_ids", "attention_mask", "labels"] + (["token_type_ids"] if pairs else [])
-    tok_id = (type(tokenizer).__name__, _tokenizer_digest(tokenizer), max_length)
+    tok_id = (type(tokenizer).__name__, tokenizer_digest(tokenizer), max_length)
     out = ds.map(
         encode,
         batched=True,
         remove_columns=ds.column_names,
-        new_fingerprint=_fingerprint(ds, "tokenize", tok_id),
+        new_fingerprint=dataset_fingerprint(ds, "tokenize", tok_id),
     )
     return out.remove_columns([c for c in out.column_names if c not in keep])
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from distill_core.export import SentenceEncoder
+from distill.core.export import SentenceEncoder
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def measure_throughput(
 def task_scores(folder, rows, *, max_length: int = 128, batch_size: int = 64) -> float:
     """A model folder's own task head on labelled rows (`text`, optional `text_pair`,
     `label`): accuracy for classification, Spearman for regression."""
-    from distill_core.export import load_encoder
-    from distill_core.outputs import TaskHead, forward_outputs
+    from distill.core.export import load_encoder
+    from distill.core.outputs import TaskHead, forward_outputs
 
     encoder, head = load_encoder(folder), TaskHead.load(folder)
     if head is None:

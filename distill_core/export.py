@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from distill_core.lstm_student import BiLSTMConfig, register_lstm_student
-from distill_core.outputs import sentence_pool
+from distill.core.lstm_student import BiLSTMConfig, register_lstm_student
+from distill.core.outputs import sentence_pool
 
 _DENSE = "2_Dense"
 

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
-from distill_core import token_losses
-from distill_core.outputs import ModelOutputs
+from distill.core import token_losses
+from distill.core.outputs import ModelOutputs
 
 CAUSAL_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "opt", "phi"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -46,7 +46,7 @@ def is_generative(config: PretrainedConfig) -> bool:
     return model_family(config) != "encoder"
 
 
-def _auto_class(family: str):
+def auto_class(family: str):
     return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
 
 
@@ -62,7 +62,7 @@ def load_generative(folder: str, *, seed: int = 0) -> nn.Module:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
-    cls = _auto_class(model_family(config))
+    cls = auto_class(model_family(config))
     if has_weights(folder):
         return cls.from_pretrained(folder)
     with torch.random.fork_rng():
@@ -194,7 +194,7 @@ def build_generative_student(
 ) -> nn.Module:
     """A student LM of `size` from the teacher's config, initialised by the named `init`
     (`random`, `every_other_layer`, `uniform_map`, `first_k`) on each layer stack."""
-    from distill_core.student import init_teacher_layers
+    from distill.core.student import init_teacher_layers
 
     if init == "width_slice":
         raise ValueError(
@@ -204,7 +204,7 @@ def build_generative_student(
     family = model_family(teacher.config)
     config = generative_student_config(teacher.config, size)
     torch.manual_seed(seed)
-    student = _auto_class(family).from_config(
+    student = auto_class(family).from_config(
         config, attn_implementation=teacher.config._attn_implementation
     )
     t_depths = [len(stack) for stack in layer_stacks(teacher)]
@@ -538,7 +538,7 @@ def _pad_rows(rows: list[list[int]], pad: int) -> torch.Tensor:
 
 def tokenize_generative(ds, tokenizer, max_length: int):
     """Token ids without padding: `text` (and `target` -> `labels` for seq2seq pairs)."""
-    from distill_core.data import _fingerprint, _tokenizer_digest
+    from distill.core.data import dataset_fingerprint, tokenizer_digest
 
     pairs = "target" in ds.column_names
 
@@ -550,12 +550,12 @@ def tokenize_generative(ds, tokenizer, max_length: int):
             ]
         return out
 
-    tok_id = (type(tokenizer).__name__, _tokenizer_digest(tokenizer), max_length, "generative")
+    tok_id = (type(tokenizer).__name__, tokenizer_digest(tokenizer), max_length, "generative")
     out = ds.map(
         encode,
         batched=True,
         remove_columns=ds.column_names,
-        new_fingerprint=_fingerprint(ds, "tokenize", tok_id),
+        new_fingerprint=dataset_fingerprint(ds, "tokenize", tok_id),
     )
     keep = ["input_ids", "attention_mask", "labels"]
     return out.remove_columns([c for c in out.column_names if c not in keep])
@@ -607,4 +607,4 @@ def load_exported(folder: str | Path) -> nn.Module:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
-    return _auto_class(model_family(config)).from_pretrained(folder).eval()
+    return auto_class(model_family(config)).from_pretrained(folder).eval()

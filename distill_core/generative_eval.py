@@ -10,14 +10,14 @@ import time
 
 import torch
 
-from distill_core.generative import (
+from distill.core.generative import (
     BatchIds,
     lm_head,
     model_family,
     prepare_seq2seq_batch,
     target_hidden,
 )
-from distill_core.token_losses import IGNORE_INDEX
+from distill.core.token_losses import IGNORE_INDEX
 
 
 def _batches(tokenizer, rows: dict[str, list[str]], batch_size: int, max_length: int):

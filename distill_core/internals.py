@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from distill_core.student import layer_list
+from distill.core.student import layer_list
 
 # (query, key, value) child names, in the order they are tried.
 SEPARATE_PROJECTIONS: tuple[tuple[str, str, str], ...] = (

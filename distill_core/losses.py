@@ -145,7 +145,7 @@ def soft_label_ce(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Ten
     """Cross-entropy -sum_c q_c log softmax(logits)_c against probability vectors q.
 
     Used with MixKD's (Liang et al., 2021) interpolated labels
-    q = lam * onehot(y_i) + (1 - lam) * onehot(y_j) (see `distill_core.mixup.mix_labels`).
+    q = lam * onehot(y_i) + (1 - lam) * onehot(y_j) (see `distill.core.mixup.mix_labels`).
     logits, target_probs: [batch, classes]. Mean over the batch; 0 for an empty batch.
     """
     if logits.shape[0] == 0:
@@ -238,7 +238,7 @@ def attention_kl(
     """MiniLM (Wang et al., 2020) self-attention distribution transfer.
 
     KL between teacher and student attention maps softmax(q kᵀ / sqrt(d_head)), rebuilt from
-    queries and keys [batch, seq, width] (e.g. from `distill_core.internals.capture_qkv`);
+    queries and keys [batch, seq, width] (e.g. from `distill.core.internals.capture_qkv`);
     `num_heads` is the attention-head count, which MiniLM requires to match. mask: [batch, seq].
     """
     return relation_kl(s_q, s_k, t_q, t_k, mask, num_heads=num_heads, causal=causal)

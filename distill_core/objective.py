@@ -15,9 +15,9 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from distill_core import losses
-from distill_core.mixup import mixup
-from distill_core.outputs import ModelOutputs, forward_outputs
+from distill.core import losses
+from distill.core.mixup import mixup
+from distill.core.outputs import ModelOutputs, forward_outputs
 
 
 def layer_pairs(
@@ -52,7 +52,7 @@ def layer_pairs(
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    """Knobs of the attention, relation and logit losses (see `jobs.spec.ObjectiveSpec`).
+    """Knobs of the attention, relation and logit losses (see `distill.core.spec.ObjectiveSpec`).
 
     attention_layer / student_attention_layer: 1-based layers whose self-attention MiniLM and
     MiniLMv2 distil (MiniLMv2 found an upper-middle teacher layer better for large teachers);

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distill_core.internals import capture_qkv
-from distill_core.losses import masked_mean_pool
-from distill_core.lstm_student import masked_max_pool
+from distill.core.internals import capture_qkv
+from distill.core.losses import masked_mean_pool
+from distill.core.lstm_student import masked_max_pool
 
 TASK_HEAD_DIR = "task_head"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 
-from distill_core.architectures import builtin_path
-from distill_core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_path
+from distill.core.architectures import builtin_path
+from distill.core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_path
 
 __all__ = ["PACKAGED_TEACHER", "freeze", "load_teacher", "load_teacher_config", "resolve_teacher"]
 
@@ -42,7 +42,7 @@ def load_teacher(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, object]:
     """Load a frozen teacher and its tokenizer: an encoder (`AutoModel`), or a causal /
     seq2seq LM with its LM head (a weightless `builtin:` architecture gets seeded random
     weights: only a `kind: pretrain` stage, which needs no teacher, uses one)."""
-    from distill_core.generative import is_generative, load_generative
+    from distill.core.generative import is_generative, load_generative
 
     path = resolve_teacher(name)
     if is_generative(AutoConfig.from_pretrained(path)):

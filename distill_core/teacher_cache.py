@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill_core.objective import ATTENTION_LOSSES, LAYER_PROJECTION_LOSSES, POOLED_LOSSES
-from distill_core.outputs import ModelOutputs, forward_outputs
+from distill.core.objective import ATTENTION_LOSSES, LAYER_PROJECTION_LOSSES, POOLED_LOSSES
+from distill.core.outputs import ModelOutputs, forward_outputs
 
 OUTPUTS_FILE = "outputs.safetensors"
 META_FILE = "meta.json"

@@ -18,16 +18,17 @@ import argparse
 import json
 import sys
 
-from jobs import runs, submit
-from jobs.spec import SpecError, add_overrides_flag, load_spec
-from jobs.stages import smoke_pipeline
+from distill.core.spec import SpecError, load_spec
+from distill.core.stages import smoke_pipeline
+from distill.jobs import runs, submit
+from distill.jobs.flags import add_overrides_flag
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distill", description="Distributed knowledge distillation on Ray."
     )
@@ -65,8 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     import transformers
     from ray.train import TrainingFailedError
 
-    from jobs.report import format_table
-    from jobs.run import run_job
+    from distill.jobs.report import format_table
+    from distill.jobs.run import run_job
 
     # Progress bars on the driver would split a one-line error; workers keep their own logs.
     datasets.disable_progress_bars()
@@ -87,8 +88,8 @@ def _tune(args: argparse.Namespace) -> int:
         return submit.submit_sweep(args)
     if args.address:
         raise SpecError("--address: goes with --submit (without it the sweep runs here)")
-    from jobs.sweep_spec import load_sweep
-    from jobs.tune import smoke_sweep
+    from distill.cluster.sweep_spec import load_sweep
+    from distill.jobs.tune import smoke_sweep
 
     sweep = load_sweep(args.sweep, args.overrides)
     if args.smoke:
@@ -100,8 +101,8 @@ def _tune(args: argparse.Namespace) -> int:
     import datasets
     import transformers
 
-    from jobs.sweep_report import format_sweep_table
-    from jobs.tune import run_sweep
+    from distill.jobs.sweep_report import format_sweep_table
+    from distill.jobs.tune import run_sweep
 
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
@@ -113,8 +114,8 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from jobs.report import format_table, read_report
-    from jobs.sweep_report import format_sweep_table, read_sweep_report
+    from distill.jobs.report import format_table, read_report
+    from distill.jobs.sweep_report import format_sweep_table, read_sweep_report
 
     sweep = read_sweep_report(args.run_dir, runs.s3_options(args))
     if sweep is not None:
@@ -126,7 +127,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         commands = {"run": _run, "tune": _tune, "report": _report}
         commands.update(runs=runs.runs_command, export=runs.export_command)

@@ -4,9 +4,9 @@ input is a one-line `SpecError` naming the field."""
 
 from __future__ import annotations
 
-from distill_core.generative import TOKEN_LOSSES, architecture_size, model_family
-from distill_core.student import init_teacher_layers
-from jobs.spec import JobSpec, SpecError
+from distill.core.generative import TOKEN_LOSSES, architecture_size, model_family
+from distill.core.spec import JobSpec, SpecError
+from distill.core.student import init_teacher_layers
 
 
 def resolve_generative_stage(spec: JobSpec, kind: str, tc, teacher_has_weights: bool) -> JobSpec:

@@ -1,5 +1,5 @@
 """`report.json` for generative students (GPT-2-style decoders, BART-style seq2seq): same
-top-level layout as `jobs.report` (docs/report.md), with quality as held-out perplexity
+top-level layout as `distill.jobs.report` (docs/report.md), with quality as held-out perplexity
 (lower is better; retention = teacher perplexity / student perplexity) or, for seq2seq
 tasks, BLEU of greedy generations against the references, and speed as generated tokens/s
 of student vs teacher measured in this process, interleaved."""
@@ -12,17 +12,17 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from cluster.run_files import PROBE_TEXTS
-from distill_core.generative import architecture_size, load_exported, model_family, probe_logits
-from distill_core.generative_eval import (
+from distill.cluster.run_files import PROBE_TEXTS
+from distill.core.generative import architecture_size, load_exported, model_family, probe_logits
+from distill.core.generative_eval import (
     bleu_chrf,
     generate_texts,
     generation_throughput,
     perplexity,
 )
-from distill_core.student import count_parameters
-from jobs.report import SCHEMA_VERSION, paths_section, training_section
-from jobs.spec import JobSpec
+from distill.core.spec import JobSpec
+from distill.core.student import count_parameters
+from distill.jobs.report import SCHEMA_VERSION, paths_section, training_section
 
 
 def _rows(eval_rows) -> dict[str, list[str]]:

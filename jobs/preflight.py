@@ -7,28 +7,28 @@ from __future__ import annotations
 import math
 import os
 
-from cluster.job_data import train_eval_texts
-from distill_core.data import DataError
-from distill_core.evaluation import load_sts_pairs
-from distill_core.generative import (
+from distill.cluster.job_data import train_eval_texts
+from distill.core.data import DataError
+from distill.core.evaluation import load_sts_pairs
+from distill.core.generative import (
     GenerativeSize,
     generative_student_config,
     is_generative,
 )
-from distill_core.generative import has_weights as has_weights_at
-from distill_core.objective import (
+from distill.core.generative import has_weights as has_weights_at
+from distill.core.objective import (
     ATTENTION_LOSSES,
     LOSSES,
     TASK_LOSSES,
     TEACHERLESS_LOSSES,
     layer_pairs,
 )
-from distill_core.outputs import TASK_HEAD_DIR
-from distill_core.student import StudentSize, init_teacher_layers, student_config
-from distill_core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
-from jobs.generative_preflight import resolve_generative_stage
-from jobs.spec import JobSpec, SpecError
-from jobs.stages import Stage, expand_stages
+from distill.core.outputs import TASK_HEAD_DIR
+from distill.core.spec import JobSpec, SpecError
+from distill.core.stages import Stage, expand_stages
+from distill.core.student import StudentSize, init_teacher_layers, student_config
+from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
+from distill.jobs.generative_preflight import resolve_generative_stage
 
 
 def _teacher_config(spec: JobSpec):
@@ -265,7 +265,7 @@ def check_storage(uri, spec: JobSpec, field: str = "output.dir"):
     """Open the run's storage and probe it (S3: head-bucket plus a small write, short
     timeouts), so a malformed URI, a missing bucket, rejected credentials, a missing
     permission or an unreachable endpoint fail in seconds, before Ray. Returns the storage."""
-    from cluster.storage import StorageError, open_storage
+    from distill.cluster.storage import StorageError, open_storage
 
     try:
         storage = open_storage(uri, spec.output.s3)

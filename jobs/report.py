@@ -12,19 +12,19 @@ from pathlib import Path
 
 import torch
 
-from cluster.run_files import PROBE_TEXTS
-from distill_core.evaluation import (
+from distill.cluster.run_files import PROBE_TEXTS
+from distill.core.evaluation import (
     cosine_agreement,
     load_sts_pairs,
     measure_throughput,
     sts_spearman,
     task_scores,
 )
-from distill_core.export import load_encoder
-from distill_core.outputs import TaskHead
-from distill_core.student import count_parameters
-from distill_core.teacher import resolve_teacher
-from jobs.spec import JobSpec
+from distill.core.export import load_encoder
+from distill.core.outputs import TaskHead
+from distill.core.spec import JobSpec
+from distill.core.student import count_parameters
+from distill.core.teacher import resolve_teacher
 
 SCHEMA_VERSION = 1
 
@@ -251,8 +251,8 @@ def format_table(report: dict) -> str:
 
 def read_report(run_dir: str | Path, s3=None) -> dict:
     """The report of a run folder or `s3://bucket/prefix/RUN` (`s3`: connection settings)."""
-    from cluster.storage import StorageError, open_storage
-    from jobs.spec import SpecError
+    from distill.cluster.storage import StorageError, open_storage
+    from distill.core.spec import SpecError
 
     try:
         storage = open_storage(run_dir, s3)

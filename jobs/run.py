@@ -13,17 +13,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from cluster.job_data import train_eval_texts
-from cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
-from cluster.storage import LocalStorage, is_s3_uri
-from cluster.teacher_cache import cache_summary
-from cluster.worker_env import in_job_working_dir
-from distill_core.teacher import is_sentence_transformer, resolve_teacher
-from jobs.generative_report import build_generative_report
-from jobs.preflight import check_storage, preflight_stages
-from jobs.report import build_report
-from jobs.spec import JobSpec, SpecError, dump_spec
-from jobs.stages import Stage
+from distill.cluster.job_data import train_eval_texts
+from distill.cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
+from distill.cluster.storage import LocalStorage, is_s3_uri
+from distill.cluster.teacher_cache import cache_summary
+from distill.cluster.worker_env import in_job_working_dir
+from distill.core.spec import JobSpec, SpecError, dump_spec
+from distill.core.stages import Stage
+from distill.core.teacher import is_sentence_transformer, resolve_teacher
+from distill.jobs.generative_report import build_generative_report
+from distill.jobs.preflight import check_storage, preflight_stages
+from distill.jobs.report import build_report
 
 CONFIG_FILE = "config.yaml"
 # Fields that change the trained model's shape or meaning: resuming with others is refused.
@@ -92,7 +92,7 @@ def _run_stages(stages: list[Stage], storage, extra_inputs: dict, callbacks: lis
     """Run each stage in order (skipping finished ones); {stage name: final checkpoint}.
     extra_inputs and callbacks go to every stage's trainer (a sweep trial's cache and
     `TuneReportCallback`)."""
-    from cluster.launch import fit  # imports Ray: only after every check has passed
+    from distill.cluster.launch import fit  # imports Ray: only after every check has passed
 
     root = stages[0].spec.teacher.name
     st_teacher = resolve_teacher(root) if is_sentence_transformer(root) else None
@@ -108,7 +108,7 @@ def _run_stages(stages: list[Stage], storage, extra_inputs: dict, callbacks: lis
                 storage.write_text(f"{subdir}/{name}/{CONFIG_FILE}", dump_spec(stage.spec))
             targets = None
             if stage.spec.objective.sequence_kd is not None:
-                from cluster.teacher_generations import cache_teacher_targets
+                from distill.cluster.teacher_generations import cache_teacher_targets
 
                 teacher_ckpt = outputs.get(stage.teacher_stage)
                 with _teacher_folder(teacher_ckpt, stage.spec) as teacher_dir:
@@ -160,7 +160,7 @@ def run_job(
 ) -> dict:
     """Run one distillation job (all its stages) end to end and return its report.
 
-    teacher_cache: a cache `cluster.teacher_cache.prepare_cache` found or built for this
+    teacher_cache: a cache `distill.cluster.teacher_cache.prepare_cache` found or built for this
     single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
     teacher runs on the fly (both land in the report); callbacks: extra Ray Train
     callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial."""
@@ -219,7 +219,7 @@ def run_job(
 def _generative(folder: str) -> bool:
     from transformers import AutoConfig
 
-    from distill_core.generative import is_generative
+    from distill.core.generative import is_generative
 
     return is_generative(AutoConfig.from_pretrained(folder))
 

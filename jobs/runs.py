@@ -18,10 +18,10 @@ from pathlib import Path
 
 import yaml
 
-from cluster.checkpoints import complete_checkpoints
-from cluster.run_files import STAGES_DIR, STUDENT_DIR, TRAIN_DIR
-from cluster.storage import StorageError, open_storage
-from jobs.spec import JobSpec, SpecError
+from distill.cluster.checkpoints import complete_checkpoints
+from distill.cluster.run_files import STAGES_DIR, STUDENT_DIR, TRAIN_DIR
+from distill.cluster.storage import StorageError, open_storage
+from distill.core.spec import JobSpec, SpecError
 
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
@@ -141,7 +141,7 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
         _restore_empty_module_dirs(out)
         return {"source": "checkpoint", "checkpoint": newest["name"], "step": newest["step"]}
 
-    from cluster.consolidate import export_from_checkpoint  # imports DeepSpeed
+    from distill.cluster.consolidate import export_from_checkpoint  # imports DeepSpeed
 
     with tempfile.TemporaryDirectory(prefix="distill-export-") as tmp:
         run.get_dir(newest["path"], tmp)
@@ -178,7 +178,7 @@ def add_s3_flags(parser) -> None:
 
 
 def s3_options(args):
-    from jobs.spec import S3Spec
+    from distill.core.spec import S3Spec
 
     return S3Spec(
         endpoint_url=getattr(args, "endpoint_url", None),

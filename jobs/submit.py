@@ -5,7 +5,7 @@
 
 The config is validated here first (schema and the same preflight as `distill run`, except
 the local CPU/GPU count), so a bad config exits 2 before the cluster is contacted. The job
-then runs `python -m jobs.cli run ...` on the cluster in a `runtime_env` holding:
+then runs `python -m distill.jobs.cli run ...` on the cluster in a `runtime_env` holding:
 
 - `working_dir`: a small staged folder with the config (and `--set` overrides) merged into
   `job/config.yaml`, plus every *relative* local file or folder the config names (data,
@@ -38,15 +38,15 @@ from pathlib import Path
 
 import yaml
 
-from cluster.worker_env import JOB_MARKER, SUBMITTED_JOB_ENV
-from jobs.spec import (
-    _SECRET_KEY,
+from distill.cluster.worker_env import JOB_MARKER, SUBMITTED_JOB_ENV
+from distill.core.spec import (
+    SECRET_KEY,
     SpecError,
-    _merge,
-    add_overrides_flag,
     load_spec,
+    merge,
     parse_overrides,
 )
+from distill.jobs.flags import add_overrides_flag
 
 DASHBOARD_PORT = 8265
 BUNDLE_LIMIT_BYTES = 100 * 2**20  # Ray caps a working_dir package at a few hundred MiB
@@ -232,7 +232,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise SpecError(f"--env {pair.split('=')[0]!r}: expected KEY=VALUE")
-        if _SECRET_KEY.search(key) or key.startswith(("RAY_AUTH", "AWS_SECRET", "AWS_SESSION")):
+        if SECRET_KEY.search(key) or key.startswith(("RAY_AUTH", "AWS_SECRET", "AWS_SESSION")):
             # runtime_env is stored with the job and shown by the dashboard to anyone.
             raise SpecError(
                 f"--env {key}: looks like a secret; give it to the cluster's nodes "
@@ -270,8 +270,8 @@ def validate(config: str | None, overrides: list[str], smoke: bool, output: str 
     """Load and preflight the spec here, without Ray; returns the spec."""
     import datasets
 
-    from jobs.preflight import preflight_stages
-    from jobs.stages import smoke_pipeline
+    from distill.core.stages import smoke_pipeline
+    from distill.jobs.preflight import preflight_stages
 
     datasets.disable_progress_bars()  # a bar would split the one-line error
     spec = load_spec(config, overrides)
@@ -284,7 +284,7 @@ def validate(config: str | None, overrides: list[str], smoke: bool, output: str 
 
 def _raw_config(config: str | None, overrides: list[str]) -> dict:
     raw = yaml.safe_load(Path(config).read_text()) if config else {}
-    return _merge(raw or {}, parse_overrides(overrides))
+    return merge(raw or {}, parse_overrides(overrides))
 
 
 def _submit(address: str, entrypoint: str, renv: dict, metadata: dict, job_id: str | None) -> str:
@@ -308,7 +308,7 @@ def submit_job(args: argparse.Namespace) -> str:
     """Validate `args.config` locally, stage it and submit `distill run` to the cluster."""
     cluster_address(args.address)  # no address: fail before the (slower) validation
     spec = validate(args.config, args.overrides, args.smoke, args.output)
-    from cluster.worker_env import worker_env
+    from distill.cluster.worker_env import worker_env
 
     with tempfile.TemporaryDirectory(prefix="distill-submit-") as tmp:
         staging = Path(tmp)
@@ -335,7 +335,7 @@ def submit_job(args: argparse.Namespace) -> str:
 
 
 def entrypoint(remote_argv: list[str], python: str = "python") -> str:
-    return " ".join([shlex.quote(python), "-m", "jobs.cli", *map(shlex.quote, remote_argv)])
+    return " ".join([shlex.quote(python), "-m", "distill.jobs.cli", *map(shlex.quote, remote_argv)])
 
 
 def submit_command(
@@ -351,8 +351,8 @@ def submit_command(
     cluster; `args` carries the flags of `add_submit_flags`. `files`: local files named in
     `argv`, copied under `job/` with argv pointing at the copies. `stage(job_dir)`: writes
     anything else the command needs into the staged `job/` folder."""
-    from cluster.worker_env import worker_env
-    from jobs.spec import JobSpec
+    from distill.cluster.worker_env import worker_env
+    from distill.core.spec import JobSpec
 
     with tempfile.TemporaryDirectory(prefix="distill-submit-") as tmp:
         staging = Path(tmp)
@@ -381,11 +381,11 @@ def submit_command(
 def submit_sweep(args: argparse.Namespace) -> int:
     """`distill tune SWEEP --submit`: check the sweep here (schema and every combination,
     without this machine's CPU count), stage it with its relative data, submit `distill tune`."""
-    from cluster.worker_env import worker_env
-    from jobs.spec import JobSpec
-    from jobs.sweep_check import check_sweep
-    from jobs.sweep_spec import load_sweep
-    from jobs.tune import smoke_sweep
+    from distill.cluster.sweep_spec import load_sweep
+    from distill.cluster.worker_env import worker_env
+    from distill.core.spec import JobSpec
+    from distill.jobs.sweep_check import check_sweep
+    from distill.jobs.tune import smoke_sweep
 
     cluster_address(args.address)
     sweep = load_sweep(args.sweep, args.overrides)

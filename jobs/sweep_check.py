@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from jobs.preflight import absolute_paths, preflight_stages
-from jobs.spec import JobSpec, SpecError, _format_error
-from jobs.stages import Stage
-from jobs.sweep_spec import SweepSpec, apply_params
+from distill.cluster.sweep_spec import SweepSpec, apply_params
+from distill.core.spec import JobSpec, SpecError, format_error
+from distill.core.stages import Stage
+from distill.jobs.preflight import absolute_paths, preflight_stages
 
 MAX_CHECKED = 5000
 
@@ -45,7 +45,7 @@ def check_sweep(sweep: SweepSpec) -> CheckedSweep:
     try:
         base_spec = JobSpec.model_validate(sweep.base)
     except ValidationError as exc:
-        raise SpecError(f"base.{_format_error(exc)}") from None
+        raise SpecError(f"base.{format_error(exc)}") from None
     # Only paths are resolved: student dims stay unset so each trial's values resolve them.
     base = absolute_paths(base_spec).model_dump(mode="json")
     values = _check_values(sweep)
@@ -64,7 +64,7 @@ def check_sweep(sweep: SweepSpec) -> CheckedSweep:
             invalid.append((params, str(exc)))
             continue
         except ValidationError as exc:
-            invalid.append((params, _format_error(exc)))
+            invalid.append((params, format_error(exc)))
             continue
         if len(stages) != 1:
             raise SpecError("base.stages: a sweep searches single-stage jobs")

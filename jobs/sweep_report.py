@@ -11,7 +11,7 @@ import io
 import json
 import tempfile
 
-from jobs.pareto import choose, pareto_front
+from distill.jobs.pareto import choose, pareto_front
 
 SWEEP_REPORT = "sweep_report.json"
 PARETO_PNG = "pareto.png"
@@ -169,7 +169,7 @@ def export_chosen(storage, report: dict) -> None:
     chosen = report["chosen"]
     if chosen is None:
         return
-    from cluster.tune_sweep import TRIALS_DIR
+    from distill.cluster.tune_sweep import TRIALS_DIR
 
     with tempfile.TemporaryDirectory(prefix="distill-chosen-") as tmp:
         storage.get_dir(f"{TRIALS_DIR}/{chosen['trial_id']}/{CHOSEN_DIR}", tmp)
@@ -247,7 +247,7 @@ def read_sweep_report(location, s3=None) -> dict | None:
     """A sweep folder's report, or None when `location` is not a finished sweep."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from cluster.storage import StorageError, open_storage
+    from distill.cluster.storage import StorageError, open_storage
 
     try:
         storage = open_storage(location, s3)

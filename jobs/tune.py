@@ -14,11 +14,11 @@ import time
 
 import yaml
 
-from jobs.preflight import check_storage
-from jobs.run import run_dir_for
-from jobs.spec import JobSpec, SpecError, redacted, smoke
-from jobs.sweep_check import CheckedSweep, check_sweep
-from jobs.sweep_spec import SweepSpec
+from distill.cluster.sweep_spec import SweepSpec, apply_params
+from distill.core.spec import JobSpec, SpecError, redacted, smoke
+from distill.jobs.preflight import check_storage
+from distill.jobs.run import run_dir_for, run_job
+from distill.jobs.sweep_check import CheckedSweep, check_sweep
 
 SWEEP_FILE = "sweep.yaml"
 _SMOKE_TRIALS = 4
@@ -62,10 +62,10 @@ def _cache_plan(checked: CheckedSweep):
     the sweep runs its teacher on the fly."""
     from transformers import AutoConfig
 
-    from cluster.job_model import depth
-    from distill_core.objective import layer_pairs
-    from distill_core.teacher import resolve_teacher
-    from distill_core.teacher_cache import CachePlan, bypass_reason, plan_for
+    from distill.cluster.job_model import depth
+    from distill.core.objective import layer_pairs
+    from distill.core.teacher import resolve_teacher
+    from distill.core.teacher_cache import CachePlan, bypass_reason, plan_for
 
     first = checked.combinations[0][1].spec
     teacher_depth = depth(AutoConfig.from_pretrained(resolve_teacher(first.teacher.name)))
@@ -129,10 +129,15 @@ def run_sweep(
         ) from None
 
     # Ray and the heavy imports only after every check has passed.
-    from cluster.launch import ensure_ray
-    from cluster.teacher_cache import cache_summary, prepare_cache
-    from cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner, saved_statuses
-    from jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
+    from distill.cluster.launch import ensure_ray
+    from distill.cluster.teacher_cache import cache_summary, prepare_cache
+    from distill.cluster.tune_sweep import (
+        TRIALS_DIR,
+        max_concurrent_trials,
+        run_tuner,
+        saved_statuses,
+    )
+    from distill.jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
 
     plan, bypass = _cache_plan(checked)
     bypass = _data_in_space(sweep) or bypass
@@ -155,7 +160,9 @@ def run_sweep(
         "cache": cache,
         "bypass": bypass,
     }
-    results = run_tuner(sweep, checked.base, first.training.steps, storage, context, concurrency)
+    results = run_tuner(
+        sweep, checked.base, first.training.steps, storage, run_trial, context, concurrency
+    )
     report = build_sweep_report(
         trial_rows(results, saved_statuses(results)),
         {
@@ -178,3 +185,37 @@ def run_sweep(
     report["sweep"]["wall_time_s"] = time.perf_counter() - started
     write_sweep_outputs(storage, report)
     return report
+
+
+def final_metrics(report: dict) -> dict:
+    """What a finished trial reports to Tune: the searchable metrics plus the teacher's."""
+    return {
+        "quality": report["quality"]["student"],
+        "retention": report["quality"]["retention"],
+        "speedup": report["speed"]["speedup"],
+        "params": report["size"]["student_parameters"],
+        "teacher_quality": report["quality"]["teacher"],
+        "teacher_params": report["size"]["teacher_parameters"],
+        "quality_metric": report["quality"]["metric"],
+        "step": report["training"]["steps"],
+        "checkpoint": report["paths"]["checkpoint"],
+        "run_dir": report["run"]["dir"],
+    }
+
+
+def run_trial(params: dict, context: dict) -> None:
+    """The Tune function trainable: one distillation job with this trial's values, through
+    the same runner as `distill run`."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    spec = JobSpec.model_validate(apply_params(context["base"], params))
+    trial_id = tune.get_context().get_trial_id()
+    report = run_job(
+        spec,
+        f"{context['trials_uri']}/{trial_id}",
+        teacher_cache=context["cache"],
+        cache_bypass=context["bypass"],
+        callbacks=[TuneReportCallback()],
+    )
+    tune.report(final_metrics(report))

@@ -1,4 +1,9 @@
-"""Shared pytest fixtures: tiny CPU models and a real tokenizer over a 99-word vocabulary."""
+"""Shared pytest fixtures: tiny CPU models and a real tokenizer over a 99-word vocabulary.
+
+Tiers: `tests/unit/` (no Ray, no S3 server, no packaged-teacher training; mirrors the
+packages: core, cluster, jobs) and `tests/integration/` (Ray, S3 on loopback, the CLI end to
+end). Every test gets the marker of its tier, so `-m unit` / `-m integration` select them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,20 @@ import os
 
 import pytest
 import torch
-from s3_fixtures import bucket, locked_s3, moto_endpoint  # noqa: F401  (S3 on loopback)
+from helpers.s3_fixtures import bucket, locked_s3, moto_endpoint  # noqa: F401  (S3 on loopback)
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from distill_core.teacher import freeze
+from distill.core.teacher import freeze
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.path.parts
+        if "unit" in parts:
+            item.add_marker(pytest.mark.unit)
+        elif "integration" in parts:
+            item.add_marker(pytest.mark.integration)
+
 
 # ---------------------------------------------------------------------------
 # Tiny teacher model
@@ -72,8 +87,8 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 def ray_session():
     """One local Ray instance (2 CPUs) shared by the integration tests."""
     ray = pytest.importorskip("ray")
-    from cluster.launch import worker_env
-    from jobs.spec import JobSpec
+    from distill.cluster.launch import worker_env
+    from distill.core.spec import JobSpec
 
     ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="WARNING")
     yield ray

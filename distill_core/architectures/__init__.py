@@ -5,7 +5,7 @@ stage trains one from scratch; later stages use it as `teacher.name: stage:NAME`
 
 Regenerate the folders (deterministic for a given Python and `tokenizers` version):
 
-    python -m distill_core.architectures.build
+    python -m distill.core.architectures.build
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def builtin_path(name: str) -> str | None:
 def _train_tokenizer(specials: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from distill_core.corpus import docstring_sentences
+    from distill.core.corpus import docstring_sentences
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -1,4 +1,4 @@
-from distill_core.architectures import main
+from distill.core.architectures import main
 
 if __name__ == "__main__":
     main()

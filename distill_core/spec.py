@@ -1,0 +1,412 @@
+"""The job spec: YAML validated by pydantic, with `key=value` overrides.
+
+Every model forbids unknown fields, so a typo fails on load with the field's dotted path.
+Secrets never live here: credentials come from the environment (see `redacted`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from distill.core.packaged_teacher import PACKAGED_TEACHER
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class SpecError(ValueError):
+    """Bad user input; the message is one line naming the field or file."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+
+
+class TeacherSpec(Strict):
+    name: str = PACKAGED_TEACHER
+
+
+class LstmSpec(Strict):
+    """The BiLSTM student (Tang et al., 2019; BERT->LSTM sentence approximation)."""
+
+    embedding_dim: PositiveInt = 300
+    hidden: PositiveInt = 300  # per direction; the output width is twice this
+    layers: PositiveInt = 1
+    pooling: Literal["mean", "max"] = "mean"
+    init_embeddings: Literal["teacher_projection", "random"] = "teacher_projection"
+
+
+class StudentSpec(Strict):
+    kind: Literal["transformer", "lstm"] = "transformer"
+    lstm: LstmSpec = LstmSpec()
+    layers: PositiveInt = 3
+    hidden: PositiveInt | None = None  # None: the teacher's width
+    heads: PositiveInt | None = None
+    ffn: PositiveInt | None = None
+    init: Literal["random", "every_other_layer", "uniform_map", "first_k", "width_slice"] = (
+        "every_other_layer"
+    )
+    teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
+    # Seq2seq (BART-style) students: decoder depth; None = `layers` (encoder depth).
+    decoder_layers: PositiveInt | None = None
+    # Keep the teacher's token embeddings frozen. None: freeze when they are copied from the
+    # teacher at full width (they are then already trained; updating the 30k x H table
+    # dominates the optimizer step on CPU).
+    freeze_word_embeddings: bool | None = None
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide_hidden(cls, heads: int | None, info: ValidationInfo) -> int | None:
+        hidden = info.data.get("hidden")
+        if heads is not None and hidden is not None and hidden % heads:
+            raise ValueError(f"{heads} does not divide student.hidden {hidden}")
+        return heads
+
+
+class TaskSpec(Strict):
+    """A supervised task: a linear head over the mean-pooled sentence vector, or (`seq2seq`,
+    encoder-decoder teachers) source text -> `target_column` text."""
+
+    type: Literal["classification", "regression", "seq2seq"]
+    num_labels: PositiveInt = 2  # regression: 1; unused by seq2seq
+    label_column: str = "label"
+    target_column: str = "target"  # seq2seq: the column holding the target text
+
+    @field_validator("num_labels")
+    @classmethod
+    def _regression_has_one_output(cls, n: int, info: ValidationInfo) -> int:
+        if info.data.get("type") == "seq2seq":
+            return n
+        if info.data.get("type") == "regression" and n != 1:
+            raise ValueError(f"regression has one output, got {n}")
+        if info.data.get("type") == "classification" and n < 2:
+            raise ValueError(f"classification needs >= 2 labels, got {n}")
+        return n
+
+
+class SourceSpec(Strict):
+    path: str
+    format: Literal[
+        "auto", "csv", "tsv", "json", "jsonl", "parquet", "txt", "sts", "hub", "builtin"
+    ] = "auto"
+    split: str = "train"
+    config_name: str | None = None
+
+
+class DataSpec(Strict):
+    # One source, or several whose rows are concatenated (e.g. SST-2 and STS-B sentences).
+    train: list[SourceSpec] = [SourceSpec(path="builtin:docstrings")]
+    eval: SourceSpec | None = None  # a held-out source; else `eval_fraction` of train
+    eval_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    text_columns: list[str] | None = (
+        None  # None: guess (text/sentence/content or the only string column)
+    )
+    max_length: PositiveInt = 64
+    max_train_samples: PositiveInt | None = None
+    max_eval_samples: PositiveInt = 512
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_source_is_a_list_of_one(cls, train):
+        if isinstance(train, (dict, SourceSpec)):
+            return [train]
+        if isinstance(train, list) and not train:
+            raise ValueError("needs at least one source")
+        return train
+
+    @property
+    def train_sources(self) -> list[SourceSpec]:
+        return list(self.train)
+
+
+class MixupSpec(Strict):
+    """MixKD (Liang et al., 2021): each step also trains on a mixed copy of the batch."""
+
+    alpha: Annotated[float, Field(gt=0)] = 0.4  # lambda ~ Beta(alpha, alpha)
+    weight: Annotated[float, Field(ge=0)] = 1.0  # of the objective on the mixed batch
+
+
+class SequenceKdSpec(Strict):
+    """Sequence-level KD (Kim & Rush, 2016): the targets are the teacher's generations for
+    the training sources (cached in the run's storage), not the references."""
+
+    num_beams: PositiveInt = 4
+    max_new_tokens: PositiveInt = 64
+    batch_size: PositiveInt = 32
+
+
+class ObjectiveSpec(Strict):
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"hidden_mse": 1.0, "pooled_cosine": 1.0}
+    layer_map: Literal["uniform", "last"] | list[int] = "uniform"
+    temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl
+    # MiniLM / MiniLMv2: the teacher layer (1-based) whose self-attention is distilled into
+    # the student's last layer; None = the teacher's last layer.
+    attention_layer: PositiveInt | None = None
+    relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
+    mixup: MixupSpec | None = None
+    mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
+    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / lm):
+    jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # lm_jsd's mixture weight
+    logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
+    noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
+    sequence_kd: SequenceKdSpec | None = None  # seq2seq: train on the teacher's outputs
+
+
+class TrainingSpec(Strict):
+    steps: PositiveInt | None = 100
+    epochs: Annotated[float, Field(gt=0)] | None = None  # overrides steps when set
+    batch_size: PositiveInt = 16  # per worker
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_steps: Annotated[int, Field(ge=0)] = 10
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    seed: int = 42
+    log_every: PositiveInt = 10
+    eval_every: PositiveInt = 50
+    checkpoint_every: PositiveInt = 50
+    keep_checkpoints: PositiveInt = 2
+
+
+class ScalingSpec(Strict):
+    num_workers: PositiveInt = 2
+    cpus_per_worker: PositiveInt = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: Annotated[int, Field(ge=0)] = 0
+
+
+class DeepSpeedSpec(Strict):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    offload_optimizer: bool = False
+
+
+class EvaluationSpec(Strict):
+    sts_path: str | None = None  # STS Benchmark-format pairs; quality = Spearman
+    max_sts_pairs: PositiveInt | None = None
+    throughput_texts: PositiveInt = 256
+    throughput_rounds: PositiveInt = 3
+    generation_length: PositiveInt = 32  # generative teachers: new tokens per prompt (tokens/s)
+    batch_size: PositiveInt = 32
+
+
+class S3Spec(Strict):
+    """Where an `s3://` output lives; credentials come from the AWS chain, never from here."""
+
+    endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL(_S3) or AWS; e.g. http://minio:9000
+    region: str | None = None  # None: AWS_REGION / AWS_DEFAULT_REGION / profile
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"  # MinIO: path
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: PositiveInt = 10  # per request (boto3 and pyarrow), exponential backoff
+
+
+class OutputSpec(Strict):
+    dir: str = "runs"  # a local folder or s3://bucket/prefix
+    s3: S3Spec = S3Spec()
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+STAGE_TEACHER_PREFIX = "stage:"  # teacher.name "stage:NAME": the model a previous stage made
+STAGE_SECTIONS = ("teacher", "student", "task", "data", "objective", "training")
+
+
+class StageSpec(Strict):
+    """One step of a pipeline. Sections given here replace (deep-merge into) the job's own;
+    `objective.weights` is replaced whole. `kind: finetune` trains a full copy of the
+    teacher with a task head on labels; its output can be a later stage's teacher."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    # pretrain: trains the teacher's architecture from scratch (random init) with the
+    # family's pre-training loss (`lm`): the offline stand-in for a downloaded teacher.
+    kind: Literal["distill", "finetune", "pretrain"] = "distill"
+    teacher: dict | None = None
+    student: dict | None = None
+    task: dict | None = None
+    data: dict | None = None
+    objective: dict | None = None
+    training: dict | None = None
+
+
+class JobSpec(Strict):
+    teacher: TeacherSpec = TeacherSpec()
+    student: StudentSpec = StudentSpec()
+    task: TaskSpec | None = None
+    data: DataSpec = DataSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    training: TrainingSpec = TrainingSpec()
+    scaling: ScalingSpec = ScalingSpec()
+    deepspeed: DeepSpeedSpec = DeepSpeedSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    output: OutputSpec = OutputSpec()
+    stages: list[StageSpec] = []
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_stage_names(cls, stages: list[StageSpec]) -> list[StageSpec]:
+        names = [s.name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {dupes}")
+        return stages
+
+
+def format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    # Drop union-branch tags such as "literal['uniform','last']" from the location.
+    # and model-class tags of unions ("SourceSpec").
+    parts = [
+        str(p)
+        for p in first["loc"]
+        if isinstance(p, int) or (str(p).isidentifier() and not str(p)[0].isupper())
+    ]
+    loc = ".".join(parts) or "config"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif first["type"] == "literal_error":
+        msg = f"got {first['input']!r}; {msg.lower()}"
+    return f"{loc}: {msg}"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`a.b=1` strings to a nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {pair!r}: expected key=value")
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {key}: {part} is both a value and a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise SpecError(
+                f"--set {key}: {raw!r} is not a YAML value (quote it in the shell)"
+            ) from None
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep merge; `stages.1.training.steps=5` addresses list items by index."""
+    out = dict(base)
+    for key, value in update.items():
+        current = out.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            out[key] = merge(current, value)
+        elif (
+            isinstance(value, dict)
+            and isinstance(current, list)
+            and all(k.isdigit() for k in value)
+        ):
+            items = list(current)
+            for index, item in value.items():
+                i = int(index)
+                if i >= len(items):
+                    raise SpecError(f"--set {key}.{index}: {key} has {len(items)} items")
+                items[i] = merge(items[i], item) if isinstance(item, dict) else item
+            out[key] = items
+        else:
+            out[key] = value
+    return out
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> JobSpec:
+    """Read YAML (or the defaults when `path` is None), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SpecError(f"config {path}: file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SpecError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        except UnicodeDecodeError:
+            raise SpecError(f"config {path}: not UTF-8 text") from None
+        if not isinstance(raw, dict):
+            raise SpecError(f"config {path}: expected a mapping at the top level")
+    return load_spec_dict(raw, overrides)
+
+
+def load_spec_dict(raw: dict, overrides: list[str] | None = None) -> JobSpec:
+    """Validate a spec given as a mapping (as the YAML would hold), after overrides."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"config: expected a mapping, got {type(raw).__name__}")
+    raw = merge(raw, parse_overrides(overrides or []))
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise SpecError(format_error(err)) from None
+
+
+def smoke(spec: JobSpec) -> JobSpec:
+    """Shrink steps, data and evaluation so any config finishes in about a minute."""
+    t, d, e, o = spec.training, spec.data, spec.evaluation, spec.objective
+    steps = min(t.steps or 20, 20)
+    # Sequence-level KD generates a target per training row before training: keep it small.
+    rows = 256 if o.sequence_kd is not None else 2000
+    sequence_kd = o.sequence_kd and o.sequence_kd.model_copy(
+        update={
+            "num_beams": 1,
+            "max_new_tokens": min(o.sequence_kd.max_new_tokens, 24),
+            "batch_size": 64,
+        }
+    )
+    return spec.model_copy(
+        update={
+            "objective": o.model_copy(update={"sequence_kd": sequence_kd}),
+            "training": t.model_copy(
+                update={
+                    "steps": steps,
+                    "epochs": None,
+                    "batch_size": min(t.batch_size, 16),
+                    "warmup_steps": min(t.warmup_steps, 2),
+                    "log_every": 5,
+                    "eval_every": 10,
+                    "checkpoint_every": 10,
+                }
+            ),
+            "data": d.model_copy(
+                update={
+                    "max_train_samples": min(d.max_train_samples or rows, rows),
+                    "max_eval_samples": min(d.max_eval_samples, 64),
+                    "max_length": min(d.max_length, 64),
+                }
+            ),
+            "evaluation": e.model_copy(
+                update={
+                    "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
+                    "throughput_texts": min(e.throughput_texts, 64),
+                    "throughput_rounds": 1,
+                    "generation_length": min(e.generation_length, 16),
+                }
+            ),
+        }
+    )
+
+
+SECRET_KEY = re.compile(
+    r"secret|password|passwd|credential|api_?key|access_?key|session_?key|(^|_)token$",
+    re.IGNORECASE,
+)
+
+
+def redacted(value):
+    """A copy of a config tree with every secret-looking key dropped."""
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items() if not SECRET_KEY.search(k)}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def dump_spec(spec: JobSpec) -> str:
+    return yaml.safe_dump(redacted(spec.model_dump(mode="json")), sort_keys=False)

@@ -1,0 +1,124 @@
+"""A job as an ordered list of stages (ERNIE-Tiny's four, LightPAFF's two, MiniLM's
+teacher assistant). A spec without `stages` is one stage named `train`.
+
+Each stage is a full `JobSpec`: the job's sections with the stage's sections merged in.
+`teacher.name: stage:NAME` names the model an earlier stage produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from distill.core.spec import (
+    STAGE_SECTIONS,
+    STAGE_TEACHER_PREFIX,
+    JobSpec,
+    SpecError,
+    format_error,
+    merge,
+    smoke,
+)
+
+SINGLE_STAGE = "train"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str  # "distill" | "finetune"
+    spec: JobSpec  # this stage's resolved spec, without `stages`
+
+    @property
+    def teacher_stage(self) -> str | None:
+        """The earlier stage whose output is this stage's teacher, if any."""
+        name = self.spec.teacher.name
+        return (
+            name.removeprefix(STAGE_TEACHER_PREFIX)
+            if name.startswith(STAGE_TEACHER_PREFIX)
+            else None
+        )
+
+
+def _stage_raw(base: dict, stage) -> dict:
+    raw = dict(base)
+    for section in STAGE_SECTIONS:
+        override = getattr(stage, section)
+        if override is None:
+            continue
+        if section == "objective" and "weights" in override:
+            raw["objective"] = {
+                k: v for k, v in (raw.get("objective") or {}).items() if k != "weights"
+            }
+        current = raw.get(section)
+        raw[section] = merge(current, override) if isinstance(current, dict) else override
+    return raw
+
+
+def _teacher_family(name: str) -> str:
+    """`encoder`, `causal` or `seq2seq`; `encoder` when the config cannot be read here
+    (preflight then reports why)."""
+    from distill.core.generative import model_family
+    from distill.core.teacher import load_teacher_config
+
+    try:
+        return model_family(load_teacher_config(name))
+    except (OSError, ValueError):
+        return "encoder"
+
+
+def expand_stages(spec: JobSpec) -> list[Stage]:
+    """The stages in order; raises `SpecError` naming `stages.I.field` on a bad stage."""
+    if not spec.stages:
+        return [Stage(SINGLE_STAGE, "distill", spec)]
+    base = spec.model_dump(mode="json", exclude={"stages"})
+    stages: list[Stage] = []
+    families: dict[str, str] = {}  # stage name -> family of the model it trains
+    for i, stage in enumerate(spec.stages):
+        try:
+            resolved = JobSpec.model_validate(_stage_raw(base, stage))
+        except ValidationError as err:
+            raise SpecError(f"stages.{i}.{format_error(err)}") from None
+        built = Stage(stage.name, stage.kind, resolved)
+        ref = built.teacher_stage
+        earlier = [s.name for s in stages]
+        if ref is not None and ref not in earlier:
+            raise SpecError(
+                f"stages.{i}.teacher.name: {STAGE_TEACHER_PREFIX}{ref} is not an earlier stage "
+                f"(earlier: {earlier})"
+            )
+        families[stage.name] = (
+            families[ref] if ref is not None else _teacher_family(resolved.teacher.name)
+        )
+        # Generative teachers fine-tune on their LM loss (causal: plain text); encoders
+        # fine-tune a task head, so they need a task.
+        if stage.kind == "finetune" and resolved.task is None and families[stage.name] == "encoder":
+            raise SpecError(f"stages.{i}.task: a finetune stage needs a task (type, num_labels)")
+        stages.append(built)
+    return stages
+
+
+def smoke_pipeline(spec: JobSpec) -> JobSpec:
+    """`smoke` for every stage: each stage's training and data sections are replaced by the
+    shrunk ones, so a stage's own `training.steps` cannot undo the smoke settings."""
+    shrunk = smoke(spec)
+    if not spec.stages:
+        return shrunk
+    stages = []
+    for stage, expanded in zip(spec.stages, expand_stages(spec)):
+        small = smoke(expanded.spec)
+        stages.append(
+            stage.model_copy(
+                update={
+                    "training": small.training.model_dump(mode="json"),
+                    "data": small.data.model_dump(mode="json"),
+                    **(
+                        {"objective": small.objective.model_dump(mode="json")}
+                        if stage.objective is not None
+                        else {}
+                    ),
+                }
+            )
+        )
+    return shrunk.model_copy(update={"stages": stages})

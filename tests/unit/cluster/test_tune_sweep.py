@@ -1,0 +1,81 @@
+"""The Tune wiring of a sweep, without starting Ray: search space, searchers, scheduler and
+the concurrency that keeps trials from waiting forever on their Train workers."""
+
+from __future__ import annotations
+
+import pytest
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from distill.cluster import tune_sweep
+from distill.cluster.sweep_spec import SweepSpec
+from distill.core.spec import JobSpec
+
+SPACE = {
+    "student.layers": {"choice": [1, 2]},
+    "training.learning_rate": {"loguniform": [1e-4, 1e-3]},
+    "objective.temperature": {"uniform": [1.0, 4.0]},
+    "student.ffn": {"randint": [256, 512]},
+}
+
+
+def test_param_space_maps_each_kind_to_tune():
+    space = tune_sweep.param_space(SweepSpec(space=SPACE, search={"algorithm": "random"}))
+    assert isinstance(space["student.layers"], tune.search.sample.Categorical)
+    assert space["training.learning_rate"].lower == 1e-4
+    assert isinstance(space["training.learning_rate"].get_sampler(), tune.search.sample.LogUniform)
+    assert (space["student.ffn"].lower, space["student.ffn"].upper) == (256, 512)
+    grid = tune_sweep.param_space(SweepSpec(space={"student.layers": {"grid": [1, 2]}}))
+    assert grid["student.layers"] == {"grid_search": [1, 2]}
+
+
+def test_searchers_and_schedulers():
+    variants = tune_sweep.searcher(SweepSpec(space={"student.layers": {"grid": [1]}}), 2)
+    assert isinstance(variants, BasicVariantGenerator)
+    # Tune ignores TuneConfig.max_concurrent_trials for variant generators: the limit is theirs.
+    assert variants.max_concurrent == 2
+    multi = tune_sweep.searcher(
+        SweepSpec(space=SPACE, search={"algorithm": "optuna", "objectives": ["quality", "params"]})
+    )
+    assert multi.metric == ["quality", "params"] and multi.mode == ["max", "min"]
+    single = tune_sweep.searcher(SweepSpec(space=SPACE, search={"algorithm": "optuna"}))
+    assert single.metric == "quality" and single.mode == "max"
+    # In-training results lack the final metrics: the searcher must ignore them, not fail.
+    single.on_trial_result("t0", {"step": 4, "eval_loss": 1.0})
+    asha = tune_sweep.scheduler(
+        SweepSpec(
+            space=SPACE,
+            search={"algorithm": "random"},
+            scheduler={"kind": "asha", "grace_period": 500},
+        ),
+        steps=200,
+    )
+    assert isinstance(asha, ASHAScheduler)
+
+    class Trial:
+        trial_id = "t0"
+
+    asha.on_trial_add(None, Trial())
+    # A trial at its last step always finishes (it still owes its final evaluation) ...
+    assert asha.on_trial_result(None, Trial(), {"step": 200, "eval_quality": -1.0}) == "CONTINUE"
+    assert asha._time_attr == "step" and asha._max_t == 200 and asha.metric == "eval_quality"
+    fifo = tune_sweep.scheduler(SweepSpec(space=SPACE, search={"algorithm": "random"}), steps=200)
+    assert isinstance(fifo, FIFOScheduler)
+
+
+@pytest.mark.parametrize(
+    "resources, scaling, requested, expected",
+    [
+        ({"CPU": 2}, {"num_workers": 2}, None, 1),
+        ({"CPU": 8}, {"num_workers": 2}, None, 4),
+        ({"CPU": 8}, {"num_workers": 2}, 3, 3),
+        ({"CPU": 8}, {"num_workers": 2}, 9, 4),  # never more than the cluster fits
+        ({"CPU": 1}, {"num_workers": 2}, None, 1),  # at least one (it waits for a node)
+        ({"CPU": 32, "GPU": 2}, {"num_workers": 1, "gpus_per_worker": 1}, None, 2),
+    ],
+)
+def test_concurrency_from_cluster_resources(monkeypatch, resources, scaling, requested, expected):
+    monkeypatch.setattr(tune_sweep.ray, "cluster_resources", lambda: resources)
+    spec = JobSpec.model_validate({"scaling": scaling})
+    assert tune_sweep.max_concurrent_trials(spec, requested) == expected

@@ -1,0 +1,90 @@
+"""Evaluation: STS file parsing, Spearman, cosine agreement and throughput."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from distill.core.evaluation import (
+    StsPairs,
+    cosine_agreement,
+    load_sts_pairs,
+    measure_throughput,
+    sts_spearman,
+)
+from distill.core.export import SentenceEncoder
+
+
+def test_load_sts_pairs_tolerates_extra_fields_and_quotes(tmp_path):
+    path = tmp_path / "sts.csv"
+    rows = [
+        "main-captions\tMSRvid\t2012\t0001\t5.000\tA plane takes off.\tAn air plane takes off.",
+        "main-news\theadlines\t2013\t0002\t1.5\tHe said \"no\".\tShe said 'yes'.\tsrc-a\tsrc-b",
+        "too\tshort\tline",
+        "main-forum\tdeft\t2014\t0003\t0.25\tA man plays.\tA dog runs.",
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    pairs = load_sts_pairs(str(path))
+    assert pairs.scores == [5.0, 1.5, 0.25]
+    assert pairs.first == ["A plane takes off.", 'He said "no".', "A man plays."]
+    assert pairs.second == ["An air plane takes off.", "She said 'yes'.", "A dog runs."]
+    assert load_sts_pairs(str(path), limit=2).scores == [5.0, 1.5]
+
+
+def test_load_sts_pairs_without_rows_names_the_field(tmp_path):
+    path = tmp_path / "sts.csv"
+    path.write_text("only\tthree\tfields\n")
+    with pytest.raises(ValueError, match="evaluation.sts_path"):
+        load_sts_pairs(str(path))
+
+
+class FixedEncoder:
+    """Stands in for a SentenceEncoder: each text maps to a fixed vector."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        self.vectors = vectors
+
+    def encode(self, texts, batch_size=64, max_length=128):
+        return torch.tensor([self.vectors[t] for t in texts])
+
+
+def _angle_pairs() -> tuple[FixedEncoder, list[float]]:
+    # Pair i compares [1, 0] with a vector at angle a_i, so its cosine is cos(a_i).
+    angles = [0.1, 0.5, 0.9, 1.3, 2.0, 2.8]
+    vectors = {"anchor": [1.0, 0.0]} | {
+        f"t{i}": [math.cos(a), math.sin(a)] for i, a in enumerate(angles)
+    }
+    return FixedEncoder(vectors), [math.cos(a) for a in angles]
+
+
+def test_sts_spearman_is_one_for_a_monotone_function_of_the_cosine():
+    encoder, cosines = _angle_pairs()
+    second = [f"t{i}" for i in range(len(cosines))]
+    first = ["anchor"] * len(cosines)
+    scores = [math.exp(3 * c) for c in cosines]  # monotone, not linear
+    assert sts_spearman(encoder, StsPairs(first, second, scores)) == pytest.approx(1.0)
+    assert sts_spearman(encoder, StsPairs(first, second, [-s for s in scores])) == pytest.approx(
+        -1.0
+    )
+
+
+def test_cosine_agreement_by_hand():
+    student = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    teacher = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    # cosines 1, 1/sqrt(2), -1
+    assert cosine_agreement(student, teacher) == pytest.approx((1 + 1 / math.sqrt(2) - 1) / 3)
+    assert cosine_agreement(student.half(), student.half()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_measure_throughput_reports_every_encoder(tiny_bert, tiny_tokenizer):
+    encoders = {
+        "teacher": SentenceEncoder(tiny_bert, tiny_tokenizer),
+        "student": SentenceEncoder(tiny_bert, tiny_tokenizer, torch.nn.Linear(32, 8)),
+    }
+    speeds = measure_throughput(
+        encoders, ["the cat sat", "a good film"] * 4, rounds=2, batch_size=4
+    )
+    assert set(speeds) == {"teacher", "student"}
+    assert all(math.isfinite(v) and v > 0 for v in speeds.values())

@@ -1,0 +1,96 @@
+"""Export: the folder reloads (ours and sentence-transformers) to the in-memory embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer
+
+from distill.core.export import SentenceEncoder, export_student, load_encoder
+from distill.core.student import StudentSize, build_student
+
+TEXTS = ["the cat sat on the mat", "a very good movie", "not bad", "zebra quux dog"]
+
+
+@pytest.fixture
+def st_teacher_dir(tmp_path):
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+@pytest.fixture
+def student(tiny_bert):
+    return build_student(tiny_bert, StudentSize(layers=2, hidden=32, heads=4, ffn=64)).eval()
+
+
+def _projection() -> torch.nn.Linear:
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        return torch.nn.Linear(32, 48)
+
+
+@pytest.mark.parametrize("with_dense", [False, True], ids=["no-dense", "dense"])
+def test_export_reloads_to_the_same_embeddings(
+    tmp_path, student, tiny_tokenizer, st_teacher_dir, with_dense
+):
+    from sentence_transformers import SentenceTransformer
+
+    projection = _projection() if with_dense else None
+    out = export_student(
+        student,
+        tiny_tokenizer,
+        tmp_path / "export",
+        projection=projection,
+        sentence_transformer_teacher=st_teacher_dir,
+        max_seq_length=32,
+    )
+    expected = SentenceEncoder(student, tiny_tokenizer, projection).encode(TEXTS)
+    assert expected.shape == (len(TEXTS), 48 if with_dense else 32)
+
+    modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((out / "modules.json").read_text())]
+    assert modules == ["Transformer", "Pooling", *(["Dense"] if with_dense else []), "Normalize"]
+
+    ours = load_encoder(out)
+    assert (ours.projection is not None) == with_dense
+    torch.testing.assert_close(ours.encode(TEXTS), expected, atol=1e-5, rtol=0)
+
+    st = SentenceTransformer(str(out), device="cpu")
+    st_embeddings = torch.as_tensor(st.encode(TEXTS, convert_to_numpy=True))
+    torch.testing.assert_close(st_embeddings, F.normalize(expected, dim=-1), atol=1e-5, rtol=0)
+
+
+def test_exported_tokenizer_gives_the_original_ids(tmp_path, student, tiny_tokenizer):
+    out = export_student(student, tiny_tokenizer, tmp_path / "export")
+    reloaded = AutoTokenizer.from_pretrained(out)
+    assert len(reloaded) == len(tiny_tokenizer) == 99
+    original = tiny_tokenizer(TEXTS)["input_ids"]
+    assert reloaded(TEXTS)["input_ids"] == original
+    # Guard against the transformers-5 empty-vocabulary fallback: real words are not [UNK].
+    assert original[0][1:-1] != [tiny_tokenizer.unk_token_id] * (len(original[0]) - 2)
+
+
+def test_export_without_sentence_transformer_teacher_is_plain_hf(tmp_path, student, tiny_tokenizer):
+    out = export_student(student, tiny_tokenizer, tmp_path / "export", projection=_projection())
+    assert not (out / "modules.json").exists() and (out / "2_Dense" / "config.json").is_file()
+    expected = SentenceEncoder(student, tiny_tokenizer, _projection()).encode(TEXTS)
+    torch.testing.assert_close(load_encoder(out).encode(TEXTS), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,391 @@
+"""Generative students and objectives on tiny GPT-2 and BART models (CPU, no Ray): student
+building and teacher-layer init, the LM head / target positions matching HF's own loss,
+text infilling, export + reload with identical logits, and preflight errors naming fields."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
+from distill.core.generative import (
+    BatchIds,
+    GenerativeDistillationModel,
+    GenerativeSize,
+    TokenObjective,
+    TokenSettings,
+    build_generative_student,
+    generative_collate,
+    layer_stacks,
+    lm_head,
+    load_exported,
+    model_family,
+    prepare_seq2seq_batch,
+    probe_logits,
+    target_hidden,
+    text_infilling,
+)
+from distill.core.teacher import freeze, resolve_teacher
+from distill.core.token_losses import IGNORE_INDEX
+
+TEXTS = ["Return the number of items in the list.", "Close the file.", "A new socket object."]
+
+
+@pytest.fixture(scope="module")
+def gpt2_tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_teacher("builtin:tiny-gpt2"))
+
+
+@pytest.fixture(scope="module")
+def bart_tokenizer():
+    return AutoTokenizer.from_pretrained(resolve_teacher("builtin:tiny-bart"))
+
+
+def _seeded(make):
+    with torch.random.fork_rng():
+        torch.manual_seed(1234)
+        return freeze(make())
+
+
+@pytest.fixture
+def gpt2():
+    config = GPT2Config(
+        vocab_size=2048,
+        n_positions=64,
+        n_embd=32,
+        n_layer=4,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    return _seeded(lambda: GPT2LMHeadModel(config))
+
+
+@pytest.fixture
+def bart():
+    config = BartConfig(
+        vocab_size=2048,
+        max_position_embeddings=64,
+        d_model=32,
+        encoder_layers=3,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        dropout=0.0,
+    )
+    return _seeded(lambda: BartForConditionalGeneration(config))
+
+
+def test_families():
+    assert model_family(GPT2Config()) == "causal"
+    assert model_family(BartConfig()) == "seq2seq"
+    from transformers import BertConfig
+
+    assert model_family(BertConfig()) == "encoder"
+
+
+def test_gpt2_student_copies_chosen_teacher_layers(gpt2):
+    student = build_generative_student(
+        gpt2, GenerativeSize(2, 32, 4, 128), init="every_other_layer"
+    )
+    assert isinstance(student, GPT2LMHeadModel) and student.config.n_layer == 2
+    (s_blocks,), (t_blocks,) = layer_stacks(student), layer_stacks(gpt2)
+    for s_block, t in zip(s_blocks, [0, 2]):
+        for (name, p), q in zip(s_block.named_parameters(), t_blocks[t].parameters()):
+            assert torch.equal(p, q), name
+    assert torch.equal(student.transformer.wte.weight, gpt2.transformer.wte.weight)
+    # The LM head stays tied to the (copied) token embeddings.
+    assert student.lm_head.weight.data_ptr() == student.transformer.wte.weight.data_ptr()
+
+
+def test_narrower_gpt2_student_slices_q_k_v_separately(gpt2):
+    student = build_generative_student(gpt2, GenerativeSize(1, 16, 2, 64), init="first_k")
+    s, t = student.transformer.h[0].attn.c_attn.weight, gpt2.transformer.h[0].attn.c_attn.weight
+    assert s.shape == (16, 48)
+    for third in range(3):  # q, k and v each keep their own leading 16 columns
+        assert torch.equal(
+            s[:, 16 * third : 16 * (third + 1)], t[:16, 32 * third : 32 * third + 16]
+        )
+
+
+def test_bart_student_has_fewer_encoder_and_decoder_layers_from_the_teacher(bart):
+    student = build_generative_student(bart, GenerativeSize(2, 32, 4, 64, 1), init="uniform_map")
+    assert isinstance(student, BartForConditionalGeneration)
+    assert (student.config.encoder_layers, student.config.decoder_layers) == (2, 1)
+    (s_enc, s_dec), (t_enc, t_dec) = layer_stacks(student), layer_stacks(bart)
+    for s_block, t in [(s_enc[0], t_enc[0]), (s_enc[1], t_enc[2]), (s_dec[0], t_dec[2])]:
+        for p, q in zip(s_block.parameters(), t.parameters()):
+            assert torch.equal(p, q)
+
+
+def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
+    batch = generative_collate(gpt2_tokenizer)([dict(gpt2_tokenizer(t)) for t in TEXTS])
+    assert (batch["attention_mask"] == 0).any()  # the batch has padding
+    hf_labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    student = build_generative_student(gpt2, GenerativeSize(4, 32, 4, 128), init="first_k").eval()
+    expected = student(**batch, labels=hf_labels).loss
+    ids = BatchIds.from_model(gpt2.config, gpt2_tokenizer)
+    model = GenerativeDistillationModel(
+        student,
+        TokenObjective({"lm": 1.0, "lm_kl": 1.0, "lm_jsd": 1.0}, TokenSettings(num_chunks=3)),
+        ids,
+    )
+    loss, parts = model(batch, model.teacher_forward(gpt2, batch))
+    assert parts["lm"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert parts["lm_kl"].item() == pytest.approx(0.0, abs=1e-5)  # identical copy
+    assert parts["lm_jsd"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_bart_lm_loss_matches_hf_on_pairs(bart, bart_tokenizer):
+    rows = [
+        dict(bart_tokenizer(t)) | {"labels": bart_tokenizer(t.lower())["input_ids"]} for t in TEXTS
+    ]
+    batch = generative_collate(bart_tokenizer)(rows)
+    ids = BatchIds.from_model(bart.config, bart_tokenizer)
+    batch = prepare_seq2seq_batch(batch, ids, torch.Generator().manual_seed(0))
+    expected = bart(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss  # HF shifts labels right itself
+    hidden, targets = target_hidden(bart, batch)
+    keep = targets != IGNORE_INDEX
+    ours = torch.nn.functional.cross_entropy(lm_head(bart)(hidden[keep]), targets[keep])
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_text_infilling_masks_spans_and_keeps_bos_eos():
+    ids = [0] + list(range(10, 50)) + [2]
+    out = text_infilling(
+        ids,
+        mask_id=4,
+        ratio=0.3,
+        mean_span=3.0,
+        generator=torch.Generator().manual_seed(0),
+        keep=[0, 2],
+    )
+    assert out[0] == 0 and out[-1] == 2
+    kept = [t for t in out if t != 4]
+    assert kept == [t for t in ids if t in kept]  # order preserved, nothing invented
+    assert 40 - 12 - 3 <= len(kept) - 2 <= 40 - 12 + 3  # ~30% of 40 body tokens removed
+    assert 4 in out and all(not (a == b == 4) for a, b in zip(out, out[1:]))  # one mask per span
+    again = text_infilling(
+        ids,
+        mask_id=4,
+        ratio=0.3,
+        mean_span=3.0,
+        generator=torch.Generator().manual_seed(0),
+        keep=[0, 2],
+    )
+    assert again == out
+
+
+def test_denoising_batch_targets_the_original_text(bart, bart_tokenizer):
+    batch = generative_collate(bart_tokenizer)([dict(bart_tokenizer(t)) for t in TEXTS])
+    ids = BatchIds.from_model(bart.config, bart_tokenizer)
+    noisy = prepare_seq2seq_batch(batch, ids, torch.Generator().manual_seed(0))
+    assert torch.equal(
+        noisy["labels"][noisy["labels"] != IGNORE_INDEX],
+        batch["input_ids"][batch["attention_mask"] == 1],
+    )
+    assert (noisy["input_ids"] == bart_tokenizer.mask_token_id).any()
+    assert (noisy["decoder_input_ids"][:, 0] == bart.config.decoder_start_token_id).all()
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_export_reloads_with_auto_classes_to_identical_logits(
+    tmp_path, gpt2, bart, gpt2_tokenizer, bart_tokenizer, family
+):
+    from distill.core.export import export_student
+
+    teacher, tokenizer, auto = (
+        (gpt2, gpt2_tokenizer, AutoModelForCausalLM)
+        if family == "causal"
+        else (bart, bart_tokenizer, AutoModelForSeq2SeqLM)
+    )
+    size = GenerativeSize(2, 32, 4, 64, 1 if family == "seq2seq" else None)
+    student = build_generative_student(teacher, size, init="uniform_map").eval()
+    expected = probe_logits(student, tokenizer, TEXTS, 32)
+    out = export_student(student, tokenizer, tmp_path / "student")
+    reloaded = auto.from_pretrained(out).eval()
+    assert type(reloaded) is type(student)
+    torch.testing.assert_close(
+        probe_logits(reloaded, tokenizer, TEXTS, 32), expected, atol=0, rtol=0
+    )
+    assert torch.equal(probe_logits(load_exported(out), tokenizer, TEXTS, 32), expected)
+    again = AutoTokenizer.from_pretrained(out)
+    assert again(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
+    assert tokenizer.unk_token_id not in tokenizer(TEXTS[0])["input_ids"]
+
+
+# --- preflight: one-line errors naming the field ---------------------------------------------
+
+
+@pytest.fixture
+def teacher_dir(tmp_path, gpt2, gpt2_tokenizer):
+    folder = tmp_path / "gpt2-teacher"
+    gpt2.save_pretrained(folder)
+    gpt2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(f"{t} {i}" for i in range(40) for t in TEXTS[:1]) + "\n")
+    return path
+
+
+def _preflight(teacher, text_file, overrides):
+    from distill.core.spec import load_spec
+    from distill.jobs.preflight import preflight_stages
+
+    base = [
+        f"teacher.name={teacher}",
+        f"data.train.path={text_file}",
+        "training.batch_size=4",
+        "student.layers=2",
+        "objective.weights={lm: 1.0, lm_kl: 1.0}",
+    ]
+    return preflight_stages(load_spec(None, base + overrides))
+
+
+def test_preflight_resolves_a_gpt2_student(teacher_dir, text_file):
+    (stage,) = _preflight(teacher_dir, text_file, ["student.hidden=16"])
+    s = stage.spec.student
+    assert (s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers) == (2, 16, 2, 64, None)
+    assert s.freeze_word_embeddings is False  # narrower: the embeddings are sliced and train
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["objective.weights={hidden_mse: 1.0}"],
+            "objective.weights: ['hidden_mse'] do not apply to a causal teacher",
+        ),
+        (["task={type: classification}"], "task.type: a causal teacher (gpt2) takes no task"),
+        (
+            ["objective.sequence_kd={num_beams: 2}"],
+            "objective.sequence_kd: needs a seq2seq teacher",
+        ),
+        (["student.decoder_layers=1"], "student.decoder_layers: only for seq2seq"),
+        (["student.init=width_slice"], "student.init: width_slice supports BERT-family"),
+        (["student.layers=3"], "student.init=every_other_layer: 3 student layers"),
+        (["student.hidden=64"], "student.hidden: 64 > the teacher's 32"),
+        (["objective.jsd_beta=1.5"], "objective.jsd_beta"),
+        (["objective.mixup={alpha: 0.4}"], "objective.mixup: MixKD needs an encoder teacher"),
+    ],
+)
+def test_bad_generative_specs_fail_naming_the_field(teacher_dir, text_file, overrides, message):
+    from distill.core.spec import SpecError
+
+    with pytest.raises(SpecError) as err:
+        _preflight(teacher_dir, text_file, overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_weightless_architecture_must_be_pretrained_first(text_file):
+    from distill.core.spec import SpecError
+
+    with pytest.raises(
+        SpecError, match="teacher.name: builtin:tiny-gpt2 is an architecture without weights"
+    ):
+        _preflight("builtin:tiny-gpt2", text_file, [])
+    # A pretrain stage trains it; a later stage may then name it as its teacher.
+    from distill.core.spec import load_spec
+    from distill.jobs.preflight import preflight_stages
+
+    spec = load_spec(
+        None,
+        [
+            "teacher.name=builtin:tiny-gpt2",
+            f"data.train.path={text_file}",
+            "training.batch_size=4",
+            "stages=[{name: lm, kind: pretrain, objective: {weights: {lm: 1.0}}}, "
+            "{name: kd, teacher: {name: 'stage:lm'}, student: {layers: 2}, objective: {weights: {lm_kl: 1.0}}}]",
+        ],
+    )
+    lm, kd = preflight_stages(spec)
+    assert (lm.spec.student.layers, lm.spec.student.init) == (4, "random")
+    assert kd.spec.student.layers == 2 and kd.spec.student.hidden == 128
+
+
+def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
+    tmp_path, bart, bart_tokenizer, monkeypatch
+):
+    import distill.cluster.teacher_generations as tg
+    from distill.cluster.storage import LocalStorage
+    from distill.core.spec import load_spec
+
+    teacher = tmp_path / "bart-teacher"
+    bart.save_pretrained(teacher)
+    bart_tokenizer.save_pretrained(teacher)
+    data = tmp_path / "pairs.csv"
+    data.write_text(
+        "text,target\n" + "".join(f"Close file number {i}.,close file {i}\n" for i in range(30))
+    )
+    spec = load_spec(
+        None,
+        [
+            f"teacher.name={teacher}",
+            f"data.train.path={data}",
+            "task={type: seq2seq}",
+            "objective.weights={lm: 1.0}",
+            "objective.sequence_kd={num_beams: 2, max_new_tokens: 4}",
+        ],
+    )
+    storage = LocalStorage(tmp_path / "run")
+    ref = tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v1")
+    rows = [json.loads(line) for line in storage.read_text(ref["path"]).splitlines()]
+    train, _ = tg.train_eval_texts(spec)
+    assert sorted(r["source"] for r in rows) == sorted(train["text"])
+    # The cache is reused: a second call generates nothing.
+    monkeypatch.setattr(tg, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v1") == ref
+    swapped = tg.with_teacher_targets(train, ref, spec)
+    by_source = {r["source"]: r["target"] for r in rows}
+    for source, target, reference in zip(swapped["text"], swapped["target"], train["target"]):
+        assert target == (by_source[source] or reference)
+    # Another teacher gets its own file.
+    monkeypatch.undo()
+    assert (
+        tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v2")["path"] != ref["path"]
+    )
+
+
+def test_config_yaml_keeps_every_generative_loss_and_field():
+    """The secret filter of config.yaml (`redacted`) drops keys that look like credentials
+    (`token_...`): no loss name or generative field may look like one, or a resumed run
+    would see a different objective."""
+    import yaml
+
+    from distill.core.generative import TOKEN_LOSSES
+    from distill.core.spec import dump_spec, load_spec
+
+    weights = dict.fromkeys(TOKEN_LOSSES, 1.0)
+    spec = load_spec(
+        None,
+        [
+            f"objective.weights={weights}",
+            "objective.sequence_kd={num_beams: 2}",
+            "student.decoder_layers=1",
+            "task={type: seq2seq, target_column: summary}",
+        ],
+    )
+    assert yaml.safe_load(dump_spec(spec)) == spec.model_dump(mode="json")
