@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 from distill.cluster.run_files import TRAIN_DIR
+from distill.cluster.storage import Storage
 
 COMPLETE = "COMPLETE.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -33,7 +34,7 @@ def manifest_problem(manifest: dict, files: dict[str, int]) -> str | None:
     return None
 
 
-def _ray_registered(storage, folder: str) -> list[str]:
+def _ray_registered(storage: Storage, folder: str) -> list[str]:
     try:
         snapshot = json.loads(storage.read_text(f"{folder}/{RAY_SNAPSHOT}"))
     except (FileNotFoundError, OSError, ValueError):
@@ -45,7 +46,7 @@ def _ray_registered(storage, folder: str) -> list[str]:
     ]
 
 
-def complete_checkpoints(storage, folder: str = TRAIN_DIR) -> list[dict]:
+def complete_checkpoints(storage: Storage, folder: str = TRAIN_DIR) -> list[dict]:
     """The complete checkpoints of one Ray Train run (`train`, or `stages/NAME` in a
     pipeline), newest first: [{"name", "path", "step"}], `path` relative to the run folder."""
     names = [n for n in storage.list(folder) if n.startswith("checkpoint_")]

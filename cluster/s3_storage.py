@@ -1,5 +1,6 @@
-"""A run folder in S3 (or any S3-compatible store such as MinIO): the `LocalStorage` methods
-over boto3, plus the pyarrow filesystem Ray Train writes checkpoints through.
+"""A run folder in S3 (or any S3-compatible store such as MinIO): the `Storage` protocol
+(cluster/storage_protocol.py) over boto3, plus the pyarrow filesystem Ray Train writes
+checkpoints through.
 
 Credentials come only from the standard AWS chain (environment, profile, instance role):
 neither this module nor the job spec ever holds them, and nothing here logs them. Retries
@@ -8,7 +9,8 @@ pyarrow; there is no retry loop of our own.
 
 A folder written with `put_dir` is complete once its manifest `.distill-manifest.json`
 (written last, listing every file and its size) is present: S3 has no atomic rename, so the
-manifest is the commit point, and readers check it (`dir_complete`).
+manifest is the commit point, and readers check it (`dir_complete`). Listings leave the
+manifests out: they are bookkeeping, not files anyone put there.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from distill.cluster.storage import StorageError
+from distill.cluster.storage_protocol import StorageError, StorageNotFound
 
 MANIFEST = ".distill-manifest.json"
 PROBE_KEY = ".distill-write-probe"
@@ -173,24 +175,24 @@ class S3Storage:
         )
         return listing.get("KeyCount", 0) > 0
 
-    def read_bytes(self, relpath: str) -> bytes:
+    def get(self, relpath: str) -> bytes:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))["Body"]
         except ClientError as exc:
             if _error_code(exc) in ("404", "NoSuchKey"):
-                raise FileNotFoundError(f"{self.uri}/{relpath}") from None
+                raise StorageNotFound(f"{self.uri}/{relpath}: no such file") from None
             raise
         return body.read()
 
-    def read_text(self, relpath: str) -> str:
-        return self.read_bytes(relpath).decode()
-
-    def write_text(self, relpath: str, text: str) -> None:
-        self.write_bytes(relpath, text.encode())
-
-    def write_bytes(self, relpath: str, data: bytes) -> None:
+    def put(self, relpath: str, data: bytes) -> None:
         # One PUT: the object appears whole or not at all.
         self.client.put_object(Bucket=self.bucket, Key=self.key(relpath), Body=data)
+
+    def read_text(self, relpath: str) -> str:
+        return self.get(relpath).decode()
+
+    def write_text(self, relpath: str, text: str) -> None:
+        self.put(relpath, text.encode())
 
     def list(self, relpath: str = "") -> list[str]:
         """Names of the immediate children (files and folders) of `relpath`."""
@@ -204,10 +206,11 @@ class S3Storage:
                 p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])
             )
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
-        return sorted(n for n in names if n)
+        return sorted(n for n in names if n and n != MANIFEST)
 
     def list_files(self, relpath: str = "") -> dict[str, int]:
-        """Every file under `relpath`, recursively, as {path relative to relpath: size}."""
+        """Every file under `relpath`, recursively, as {path relative to relpath: size}
+        (without `put_dir` manifests)."""
         prefix = self.key(relpath)
         prefix = f"{prefix}/" if prefix else ""
         files = {}
@@ -216,7 +219,7 @@ class S3Storage:
         ):
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(prefix) :]
-                if rel and not rel.endswith("/"):
+                if rel and not rel.endswith("/") and rel.rsplit("/", 1)[-1] != MANIFEST:
                     files[rel] = obj["Size"]
         return files
 
@@ -248,7 +251,7 @@ class S3Storage:
         }
         manifest_key = self.key(f"{relpath}/{MANIFEST}")
         self.client.delete_object(Bucket=self.bucket, Key=manifest_key)
-        stale = set(self.list_files(relpath)) - set(files) - {MANIFEST}
+        stale = set(self.list_files(relpath)) - set(files)
         for rel in files:
             self.client.upload_file(str(local_dir / rel), self.bucket, self.key(f"{relpath}/{rel}"))
         for rel in sorted(stale):
@@ -261,7 +264,7 @@ class S3Storage:
         """The folder's manifest exists and every file it lists is there with its size."""
         try:
             manifest = json.loads(self.read_text(f"{relpath}/{MANIFEST}"))
-        except (FileNotFoundError, ValueError):
+        except (StorageNotFound, ValueError):
             return False
         present = self.list_files(relpath)
         return all(present.get(rel) == size for rel, size in manifest["files"].items())
@@ -269,9 +272,11 @@ class S3Storage:
     def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
         """Download a folder (without its manifest) into `local_dir`."""
         local_dir = Path(local_dir)
-        for rel in self.list_files(relpath):
-            if rel == MANIFEST:
-                continue
+        files = self.list_files(relpath)
+        if not files:
+            raise StorageNotFound(f"{self.uri}/{relpath}: no such folder")
+        local_dir.mkdir(parents=True, exist_ok=True)
+        for rel in files:
             target = local_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             self.client.download_file(self.bucket, self.key(f"{relpath}/{rel}"), str(target))

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from torch.utils.data import DataLoader
 
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.storage import is_s3_uri, open_storage
+from distill.cluster.storage import Storage, is_s3_uri, open_storage
 from distill.core.data import collate, tokenize
 from distill.core.outputs import TaskHead
 from distill.core.spec import JobSpec
@@ -36,7 +36,7 @@ CACHE_DIR = "teacher_cache"
 _BUILD_BATCH = 64
 
 
-def prepare_cache(spec: JobSpec, storage, plan: CachePlan, *, log=print) -> dict:
+def prepare_cache(spec: JobSpec, storage: Storage, plan: CachePlan, *, log=print) -> dict:
     """Find or build the cache of `plan`'s teacher tensors on `spec`'s training rows under
     `storage/teacher_cache/<key>`; returns what workers need to open it plus hit/miss facts."""
     teacher_dir = resolve_teacher(spec.teacher.name)

@@ -14,6 +14,7 @@ import datasets
 import torch
 
 from distill.cluster.job_data import train_eval_texts
+from distill.cluster.storage import Storage, open_storage
 from distill.core.spec import JobSpec
 
 CACHE_DIR = "teacher_generations"
@@ -61,7 +62,9 @@ def generate(
     return [text.strip() for text in out]
 
 
-def cache_teacher_targets(spec: JobSpec, storage, teacher_dir: str, teacher_id: str) -> dict:
+def cache_teacher_targets(
+    spec: JobSpec, storage: Storage, teacher_dir: str, teacher_id: str
+) -> dict:
     """Generate (or find cached) teacher targets for the stage's training sources; returns
     the reference the worker loop takes as `teacher_targets`."""
     from transformers import AutoTokenizer
@@ -98,8 +101,7 @@ def cache_teacher_targets(spec: JobSpec, storage, teacher_dir: str, teacher_id: 
 
 
 def read_teacher_targets(ref: dict, spec: JobSpec) -> dict[str, str]:
-    from distill.cluster.storage import open_storage
-
+    """{source: teacher target} from the file `cache_teacher_targets` wrote."""
     text = open_storage(ref["uri"], spec.output.s3).read_text(ref["path"])
     rows = (json.loads(line) for line in text.splitlines() if line.strip())
     return {row["source"]: row["target"] for row in rows}

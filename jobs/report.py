@@ -251,17 +251,17 @@ def format_table(report: dict) -> str:
 
 def read_report(run_dir: str | Path, s3=None) -> dict:
     """The report of a run folder or `s3://bucket/prefix/RUN` (`s3`: connection settings)."""
-    from distill.cluster.storage import StorageError, open_storage
+    from distill.cluster.storage import StorageError, StorageNotFound, open_storage
     from distill.core.spec import SpecError
 
     try:
         storage = open_storage(run_dir, s3)
         storage.check_readable()
         text = storage.read_text("report.json")
-    except StorageError as exc:
-        raise SpecError(f"report: {exc}") from None
-    except (FileNotFoundError, NotADirectoryError):
+    except StorageNotFound:  # before StorageError, which it is too
         raise SpecError(
             f"report: {str(run_dir).rstrip('/')}/report.json not found (has the run finished?)"
         ) from None
+    except StorageError as exc:
+        raise SpecError(f"report: {exc}") from None
     return json.loads(text)

@@ -20,14 +20,14 @@ import yaml
 
 from distill.cluster.checkpoints import complete_checkpoints
 from distill.cluster.run_files import STAGES_DIR, STUDENT_DIR, TRAIN_DIR
-from distill.cluster.storage import StorageError, open_storage
+from distill.cluster.storage import Storage, StorageError, open_storage
 from distill.core.spec import JobSpec, SpecError
 
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"
 
 
-def _open(uri: str, s3, what: str):
+def _open(uri: str, s3, what: str) -> Storage:
     try:
         storage = open_storage(uri, s3)
         storage.check_readable()
@@ -36,7 +36,7 @@ def _open(uri: str, s3, what: str):
         raise SpecError(f"{what}: {exc}") from None
 
 
-def _run_row(run) -> dict | None:
+def _run_row(run: Storage) -> dict | None:
     children = set(run.list())
     if CONFIG_FILE not in children:
         return None
@@ -106,7 +106,7 @@ def _restore_empty_module_dirs(folder: Path) -> None:
                 (folder / module["path"]).mkdir(parents=True, exist_ok=True)
 
 
-def _final_stage(run) -> tuple[str, JobSpec]:
+def _final_stage(run: Storage) -> tuple[str, JobSpec]:
     """(Ray Train folder, resolved spec) of the run's last stage."""
     spec = JobSpec.model_validate(yaml.safe_load(run.read_text(CONFIG_FILE)))
     if not spec.stages:

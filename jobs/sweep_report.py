@@ -11,6 +11,7 @@ import io
 import json
 import tempfile
 
+from distill.cluster.storage import Storage, StorageError, open_storage
 from distill.jobs.pareto import choose, pareto_front
 
 SWEEP_REPORT = "sweep_report.json"
@@ -164,7 +165,7 @@ def _label(params: dict) -> str:
     return ",".join(parts)
 
 
-def export_chosen(storage, report: dict) -> None:
+def export_chosen(storage: Storage, report: dict) -> None:
     """Copy the chosen trial's exported student to `<sweep>/student` (any storage)."""
     chosen = report["chosen"]
     if chosen is None:
@@ -177,10 +178,10 @@ def export_chosen(storage, report: dict) -> None:
     chosen["student"] = f"{storage.uri}/{CHOSEN_DIR}"
 
 
-def write_sweep_outputs(storage, report: dict) -> None:
+def write_sweep_outputs(storage: Storage, report: dict) -> None:
     export_chosen(storage, report)
     if any(r["status"] == "completed" for r in report["trials"]):
-        storage.write_bytes(PARETO_PNG, pareto_png(report))
+        storage.put(PARETO_PNG, pareto_png(report))
     storage.write_text(SWEEP_REPORT, json.dumps(report, indent=2))
 
 
@@ -246,8 +247,6 @@ def format_sweep_table(report: dict) -> str:
 def read_sweep_report(location, s3=None) -> dict | None:
     """A sweep folder's report, or None when `location` is not a finished sweep."""
     from botocore.exceptions import BotoCoreError, ClientError
-
-    from distill.cluster.storage import StorageError, open_storage
 
     try:
         storage = open_storage(location, s3)

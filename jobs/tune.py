@@ -14,6 +14,7 @@ import time
 
 import yaml
 
+from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params
 from distill.core.spec import JobSpec, SpecError, redacted, smoke
 from distill.jobs.preflight import check_storage
@@ -90,7 +91,7 @@ def _data_in_space(sweep: SweepSpec) -> str | None:
     return None
 
 
-def _check_same_sweep(storage, sweep: SweepSpec) -> None:
+def _check_same_sweep(storage: Storage, sweep: SweepSpec) -> None:
     if not storage.exists(SWEEP_FILE):
         return
     previous = yaml.safe_load(storage.read_text(SWEEP_FILE)) or {}

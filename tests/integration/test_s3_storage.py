@@ -1,6 +1,7 @@
-"""`S3Storage` against a real S3 HTTP endpoint on loopback (moto server): the `LocalStorage`
-methods, the put_dir manifest as commit point, the pyarrow filesystem Ray gets, and the
-up-front probe's one-line reasons."""
+"""`S3Storage` against a real S3 HTTP endpoint on loopback (moto server): the `Storage`
+protocol's checks (tests/helpers/storage_checks.py, which LocalStorage also passes), the
+put_dir manifest as commit point, the pyarrow filesystem Ray gets, and the up-front probe's
+one-line reasons."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import time
 
 import pytest
 from helpers.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET, PausableProxy, list_keys, s3_client
+from helpers.storage_checks import CHECKS
 
-from distill.cluster.s3_storage import MANIFEST, S3Options, S3Storage, StorageError, parse_s3_uri
-from distill.cluster.storage import LocalStorage, open_storage
+from distill.cluster.local_storage import LocalStorage
+from distill.cluster.s3_storage import MANIFEST, S3Options, S3Storage, parse_s3_uri
+from distill.cluster.storage import StorageError, open_storage
 
 
 def _storage(endpoint: str, uri: str, **options) -> S3Storage:
@@ -42,34 +45,31 @@ def test_uri_parts_and_open_storage_dispatch(tmp_path):
     assert isinstance(s3, S3Storage) and s3.uri == "s3://my-bucket/runs/r1" and s3.name == "r1"
 
 
-def test_files_folders_and_listing(moto_endpoint, bucket, tmp_path):
-    store = _storage(moto_endpoint, f"s3://{bucket}/runs/r1")
-    assert not store.exists("config.yaml")
-    store.write_text("config.yaml", "a: 1\n")
-    assert store.exists("config.yaml") and store.read_text("config.yaml") == "a: 1\n"
-    with pytest.raises(FileNotFoundError):
-        store.read_text("nope.json")
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_s3_storage_keeps_the_protocol(check, moto_endpoint, bucket, tmp_path):
+    check(_storage(moto_endpoint, f"s3://{bucket}/runs/r1"), tmp_path)
 
+
+def test_put_dir_commits_with_a_manifest_that_listings_leave_out(moto_endpoint, bucket, tmp_path):
+    store = _storage(moto_endpoint, f"s3://{bucket}/runs/r1")
     src = tmp_path / "student"
     (src / "sub").mkdir(parents=True)
     (src / "model.bin").write_bytes(b"x" * 3000)
     (src / "sub" / "t.json").write_text("{}")
     store.put_dir(src, "student")
-    assert store.exists("student") and store.dir_complete("student")
-    assert store.list() == ["config.yaml", "student"]
-    files = store.list_files("student")
-    assert files.pop(MANIFEST) > 0 and files == {"model.bin": 3000, "sub/t.json": 2}
-
-    # Replacing drops files the new version lacks; the manifest is rewritten last.
-    (src / "sub" / "t.json").unlink()
-    store.put_dir(src, "student")
-    assert set(store.list_files("student")) == {"model.bin", MANIFEST}
+    keys = list_keys(moto_endpoint, bucket, "runs/r1/student/")
+    assert set(keys) == {f"runs/r1/student/{r}" for r in ("model.bin", "sub/t.json", MANIFEST)}
+    assert store.list("student") == ["model.bin", "sub"]
+    assert store.list_files("student") == {"model.bin": 3000, "sub/t.json": 2}
     out = store.get_dir("student", tmp_path / "down")
     assert (out / "model.bin").read_bytes() == b"x" * 3000 and not (out / MANIFEST).exists()
 
     # A folder whose manifest is missing or names a file that is not there is incomplete.
     s3_client(moto_endpoint).delete_object(Bucket=bucket, Key="runs/r1/student/model.bin")
     assert not store.dir_complete("student")
+    store.put_dir(src, "student")
+    s3_client(moto_endpoint).delete_object(Bucket=bucket, Key=f"runs/r1/student/{MANIFEST}")
+    assert not store.dir_complete("student") and store.exists("student/model.bin")
     store.delete("student")
     assert list_keys(moto_endpoint, bucket, "runs/r1/student") == {}
 

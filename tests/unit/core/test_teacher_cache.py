@@ -156,7 +156,7 @@ def test_storage_hit_miss_and_invalidation(tmp_path, tiny_bert, tiny_tokenizer):
     }
     assert len(keys | {first["key"]}) == 4 and len(storage.list(CACHE_DIR)) == 4
     # An incomplete folder (no meta.json, written last) is not a hit.
-    (storage.path(f"{CACHE_DIR}/{first['key']}") / "meta.json").unlink()
+    storage.delete(f"{CACHE_DIR}/{first['key']}/meta.json")
     assert not prepare_cache(spec(teacher), storage, plan, log=logs.append)["hit"]
     # Workers open what the driver built; the report says which cache served the run.
     loaded = open_cache(again, spec(teacher))

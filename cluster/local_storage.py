@@ -1,0 +1,112 @@
+"""A run folder on local (or shared network) disk: the `Storage` protocol over the file
+system, and the embedded default. Files are written to a temporary name and renamed into
+place; `put_dir` renames a complete copy into place, so a folder that exists is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from distill.cluster.storage_protocol import StorageNotFound
+
+
+class LocalStorage:
+    """A run folder on local (or shared network) disk."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    @property
+    def uri(self) -> str:
+        return str(self.root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def child(self, relpath: str) -> LocalStorage:
+        return LocalStorage(self.root / relpath)
+
+    def ray_storage(self) -> tuple[str, None]:
+        """(storage_path, storage_filesystem) for `ray.train.RunConfig`."""
+        return str(self.root), None
+
+    def path(self, relpath: str) -> Path:
+        """The local path of `relpath` (for code that only ever runs on local disk)."""
+        return self.root / relpath
+
+    def exists(self, relpath: str) -> bool:
+        return self.path(relpath).exists()
+
+    def get(self, relpath: str) -> bytes:
+        try:
+            return self.path(relpath).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise StorageNotFound(f"{self.path(relpath)}: no such file") from None
+
+    def put(self, relpath: str, data: bytes) -> None:
+        target = self.path(relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+
+    def read_text(self, relpath: str) -> str:
+        return self.get(relpath).decode()
+
+    def write_text(self, relpath: str, text: str) -> None:
+        self.put(relpath, text.encode())
+
+    def put_dir(self, local_dir: str | Path, relpath: str) -> None:
+        """Copy a folder in, replacing any previous one only once the copy is complete."""
+        target = self.path(relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
+        shutil.copytree(local_dir, staging, dirs_exist_ok=True)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def dir_complete(self, relpath: str) -> bool:
+        return self.path(relpath).is_dir()  # `put_dir` renames a complete copy into place
+
+    def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
+        source = self.path(relpath)
+        if not source.is_dir():
+            raise StorageNotFound(f"{source}: no such folder")
+        shutil.copytree(source, local_dir, dirs_exist_ok=True)
+        return Path(local_dir)
+
+    def list(self, relpath: str = "") -> list[str]:
+        folder = self.path(relpath)
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def list_files(self, relpath: str = "") -> dict[str, int]:
+        folder = self.path(relpath)
+        return {
+            p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in sorted(folder.rglob("*"))
+            if p.is_file()
+        }
+
+    def delete(self, relpath: str) -> None:
+        target = self.path(relpath)
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    def probe(self) -> None:
+        """Nothing to check up front: the run folder is created (or refused) on first write."""
+
+    def check_readable(self) -> None:
+        """Nothing to check: a missing folder reads as empty."""

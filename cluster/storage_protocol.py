@@ -1,0 +1,108 @@
+"""The one interface a run's storage offers (`Storage`), and its errors. Implementations:
+`LocalStorage` (cluster/local_storage.py) and `S3Storage` (cluster/s3_storage.py); each
+imports only this module, never the other. `open_storage` (cluster/storage.py) picks one
+from the URI, and callers are typed against `Storage`.
+
+Paths are relative to the storage's root and `/`-separated. Writes are atomic: a file
+appears whole or not at all, and a folder written with `put_dir` reads as complete
+(`dir_complete`) only once all of it is there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+
+class StorageError(ValueError):
+    """The storage location is malformed, missing or unreachable; one line, no secrets."""
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    """Nothing is stored at that path. Also a FileNotFoundError, so code that reads local
+    files and storage alike catches both with one clause."""
+
+
+def is_s3_uri(uri: str | Path) -> bool:
+    """Whether `uri` names S3 (`s3://bucket/prefix`) rather than a local path."""
+    return str(uri).startswith("s3:")
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A run (or sweep) folder: files and folders under one root."""
+
+    @property
+    def uri(self) -> str:
+        """Where the root is (a local path or `s3://bucket/prefix`); `open_storage` reopens it."""
+        ...
+
+    @property
+    def name(self) -> str:
+        """The root's last path component (the run's name)."""
+        ...
+
+    def child(self, relpath: str) -> Storage:
+        """The same storage rooted at `relpath`: its paths are this one's `relpath/...`."""
+        ...
+
+    def ray_storage(self) -> tuple[str, pyarrow.fs.FileSystem | None]:
+        """(storage_path, storage_filesystem) for `ray.train.RunConfig`."""
+        ...
+
+    def exists(self, relpath: str) -> bool:
+        """A file or a non-empty folder is at `relpath`."""
+        ...
+
+    def get(self, relpath: str) -> bytes:
+        """The file's bytes; StorageNotFound when there is no file at `relpath`."""
+        ...
+
+    def put(self, relpath: str, data: bytes) -> None:
+        """Write (or replace) a file atomically, creating its folders."""
+        ...
+
+    def read_text(self, relpath: str) -> str:
+        """`get` decoded as UTF-8."""
+        ...
+
+    def write_text(self, relpath: str, text: str) -> None:
+        """`put` of the UTF-8 encoded text."""
+        ...
+
+    def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
+        """Copy the folder at `relpath` into `local_dir` (created); returns it.
+        StorageNotFound when there is no folder there."""
+        ...
+
+    def put_dir(self, local_dir: str | Path, relpath: str) -> None:
+        """Copy a local folder to `relpath`, replacing what was there (files the new copy
+        lacks go); readers see the old or the new folder, never a half-written one."""
+        ...
+
+    def dir_complete(self, relpath: str) -> bool:
+        """A `put_dir` to `relpath` finished (an interrupted one reads as incomplete)."""
+        ...
+
+    def list(self, relpath: str = "") -> list[str]:
+        """Sorted names of the files and folders directly in `relpath` ([] when missing)."""
+        ...
+
+    def list_files(self, relpath: str = "") -> dict[str, int]:
+        """Every file under `relpath`, recursively: {path relative to relpath: size}."""
+        ...
+
+    def delete(self, relpath: str) -> None:
+        """Remove a file or a whole folder; nothing there is not an error."""
+        ...
+
+    def probe(self) -> None:
+        """Check up front, in seconds, that a run can write here; StorageError if not."""
+        ...
+
+    def check_readable(self) -> None:
+        """Check up front, in seconds, that the location can be read; StorageError if not."""
+        ...
