@@ -26,7 +26,7 @@ def worker_env(spec: JobSpec) -> dict[str, str]:
     return env
 
 
-# Set by `distill submit` (jobs/submit.py) in a submitted job's runtime_env: the config's
+# Set by `distill submit` (jobs/staging.py) in a submitted job's runtime_env: the config's
 # relative paths point into the job's working dir, which Ray unpacks on every node, each at
 # its own path.
 SUBMITTED_JOB_ENV = "DISTILL_SUBMITTED_JOB"
@@ -47,15 +47,15 @@ def job_working_dir() -> str | None:
 
 def in_job_working_dir(spec: JobSpec) -> JobSpec:
     """The spec with its bundled files found in this node's copy of the job's working dir:
-    relative paths, and absolute ones resolved on another node (the driver's), are rebased
-    there. Unchanged outside a submitted job. Called where a spec is used: the driver and
-    Tune trials (run_job) and the Train workers."""
+    in its path fields (`JobSpec.map_paths`), relative paths, and absolute ones resolved on
+    another node (the driver's), are rebased there. Unchanged outside a submitted job.
+    Called where a spec is used: the driver and Tune trials (run_job) and the Train workers."""
     base = job_working_dir()
     if base is None:
         return spec
 
-    def fix(path: str | None) -> str | None:
-        if not path or os.path.exists(path) and os.path.isabs(path):
+    def rebase(path: str, field: str) -> str:
+        if os.path.isabs(path) and os.path.exists(path):
             return path
         if not os.path.isabs(path):
             here = os.path.join(base, path)
@@ -65,19 +65,4 @@ def in_job_working_dir(spec: JobSpec) -> JobSpec:
             return path
         return here if os.path.exists(here) else path
 
-    d = spec.data
-    data = d.model_copy(
-        update={
-            "train": [s.model_copy(update={"path": fix(s.path)}) for s in d.train_sources],
-            "eval": d.eval.model_copy(update={"path": fix(d.eval.path)}) if d.eval else None,
-        }
-    )
-    return spec.model_copy(
-        update={
-            "teacher": spec.teacher.model_copy(update={"name": fix(spec.teacher.name)}),
-            "data": data,
-            "evaluation": spec.evaluation.model_copy(
-                update={"sts_path": fix(spec.evaluation.sts_path)}
-            ),
-        }
-    )
+    return spec.map_paths(rebase)

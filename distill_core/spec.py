@@ -7,6 +7,7 @@ Secrets never live here: credentials come from the environment (see `redacted`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -253,6 +254,11 @@ class JobSpec(Strict):
             raise ValueError(f"stage names must be unique; repeated: {dupes}")
         return stages
 
+    def map_paths(self, fn: PathFn) -> JobSpec:
+        """A copy with every field that may name a local file or folder (`PATH_FIELDS`, in
+        the job and in each stage's sections) passed through `fn(value, field)`."""
+        return map_spec_paths(self, fn)
+
 
 def format_error(err: ValidationError) -> str:
     first = err.errors()[0]
@@ -410,3 +416,77 @@ def redacted(value):
 
 def dump_spec(spec: JobSpec) -> str:
     return yaml.safe_dump(redacted(spec.model_dump(mode="json")), sort_keys=False)
+
+
+# -- fields that name local files ----------------------------------------------------------
+
+# Every spec field whose value may be a local file or folder, declared once for all that
+# rewrite paths: preflight (made absolute), `distill submit` (bundled into the job's
+# working dir) and a submitted job's nodes (rebased onto their copy of it). Dotted paths
+# below the job, or below a stage (whose sections are raw dicts); `*` is each list item.
+PATH_FIELDS = ("teacher.name", "data.train.*.path", "data.eval.path", "evaluation.sts_path")
+# Values that never name a local path, whatever is on disk: builtin architectures and
+# corpora, another stage's model, object storage, and the packaged teacher.
+_NOT_LOCAL_PREFIXES = ("builtin:", STAGE_TEACHER_PREFIX, "s3://")
+
+PathFn = Callable[[str, str], str]
+"""`fn(value, field)` -> the new value; `field` is dotted (`stages.1.data.train.0.path`).
+A value may also be a hub name (a model or dataset id): `fn` returns it unchanged when
+nothing is on disk there."""
+
+
+def may_name_local_path(value: object) -> bool:
+    """True for a non-empty string that could be a local file or folder by its form."""
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and value != PACKAGED_TEACHER
+        and not value.startswith(_NOT_LOCAL_PREFIXES)
+    )
+
+
+def _child(node, key: str):
+    if isinstance(node, BaseModel):
+        return getattr(node, key) if key in type(node).model_fields else None
+    return node.get(key) if isinstance(node, dict) else None
+
+
+def _map_at(node, parts: list[str], fn: PathFn, field: str):
+    if not parts:
+        return fn(node, field) if may_name_local_path(node) else node
+    key, rest = parts[0], parts[1:]
+    if key == "*":
+        if isinstance(node, list):
+            return [_map_at(item, rest, fn, f"{field}.{i}") for i, item in enumerate(node)]
+        return _map_at(node, rest, fn, field)  # YAML may give one source instead of a list
+    child = _child(node, key)
+    if child is None:
+        return node
+    return _with(node, key, child, _map_at(child, rest, fn, f"{field}.{key}" if field else key))
+
+
+def _with(node, key: str, old, new):
+    """`node` (a model or a dict) with `key` set to `new`; `node` itself when unchanged."""
+    if new == old:
+        return node
+    if isinstance(node, BaseModel):
+        return node.model_copy(update={key: new})
+    return {**node, key: new}
+
+
+def _map_section_paths(node, fn: PathFn, prefix: str):
+    for dotted in PATH_FIELDS:
+        node = _map_at(node, dotted.split("."), fn, prefix)
+    return node
+
+
+def map_spec_paths(spec, fn: PathFn):
+    """`PATH_FIELDS` of a spec passed through `fn`, job first, then stage by stage. `spec`
+    is a `JobSpec` or the raw mapping (YAML as loaded, before validation); returns a new
+    one of the same kind and leaves `spec` as it was."""
+    spec = _map_section_paths(spec, fn, "")
+    stages = _child(spec, "stages")
+    if not isinstance(stages, list):
+        return spec
+    mapped = [_map_section_paths(s, fn, f"stages.{i}") for i, s in enumerate(stages)]
+    return _with(spec, "stages", stages, mapped)

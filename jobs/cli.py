@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     if args.submit:
-        return submit.submit_sweep(args)
+        return submit.tune_submit_cli(args)
     if args.address:
         raise SpecError("--address: goes with --submit (without it the sweep runs here)")
     from distill.cluster.sweep_spec import load_sweep

@@ -230,35 +230,15 @@ def _check_data(spec: JobSpec) -> JobSpec:
     return spec
 
 
-def _absolute(path: str | None) -> str | None:
-    return (
-        os.path.abspath(os.path.expanduser(path))
-        if path and os.path.exists(os.path.expanduser(path))
-        else path
-    )
+def _absolute(path: str, field: str = "") -> str:
+    expanded = os.path.expanduser(path)
+    return os.path.abspath(expanded) if os.path.exists(expanded) else path
 
 
 def absolute_paths(spec: JobSpec) -> JobSpec:
-    """Local paths made absolute: Ray workers do not share the driver's working directory."""
-    d = spec.data
-    update = {
-        "teacher": spec.teacher.model_copy(update={"name": _absolute(spec.teacher.name)}),
-        "data": d.model_copy(
-            update={
-                "train": [
-                    source.model_copy(update={"path": _absolute(source.path)})
-                    for source in d.train_sources
-                ],
-                "eval": d.eval.model_copy(update={"path": _absolute(d.eval.path)})
-                if d.eval
-                else None,
-            }
-        ),
-        "evaluation": spec.evaluation.model_copy(
-            update={"sts_path": _absolute(spec.evaluation.sts_path)}
-        ),
-    }
-    return spec.model_copy(update=update)
+    """Local paths made absolute: Ray workers do not share the driver's working directory.
+    Names with nothing on disk (hub models and datasets) are left as they are."""
+    return spec.map_paths(_absolute)
 
 
 def check_storage(uri, spec: JobSpec, field: str = "output.dir"):

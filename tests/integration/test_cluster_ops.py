@@ -17,6 +17,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -188,26 +189,66 @@ def test_no_address_and_unreachable_address_are_one_line_errors(tmp_path):
 
 @pytest.fixture
 def captured(monkeypatch, tmp_path):
-    """Replace the Jobs API call: record what would be sent (the staged working dir is
-    copied before distill deletes it)."""
+    """Replace the Jobs API call: record what would be sent (the staged working dir and
+    py_modules are copied before distill deletes them)."""
     import shutil
 
-    from distill.jobs import submit
+    from distill.jobs import cluster_client
 
     sent: dict = {}
 
-    def fake_submit(address, entrypoint, renv, metadata, job_id):
+    def fake_send_job(address, entrypoint, renv, metadata, job_id):
         copy = tmp_path / "sent_working_dir"
         shutil.copytree(renv["working_dir"], copy)
+        modules = []
+        for i, module in enumerate(renv.get("py_modules", [])):
+            modules.append(tmp_path / "sent_py_modules" / str(i) / Path(module).name)
+            shutil.copytree(module, modules[-1])
         sent.update(
-            address=address, entrypoint=entrypoint, renv=renv, metadata=metadata, working_dir=copy
+            address=address,
+            entrypoint=entrypoint,
+            renv=renv,
+            metadata=metadata,
+            working_dir=copy,
+            py_modules=modules,
         )
         return "raysubmit_test"
 
-    monkeypatch.setattr(submit, "_submit", fake_submit)
+    monkeypatch.setattr(cluster_client, "send_job", fake_send_job)
     monkeypatch.setenv("RAY_AUTH_TOKEN", "tok-never-sent-anywhere")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return sent
+
+
+def assert_self_contained_package(package: Path, cwd: Path) -> None:
+    """The shipped `distill` imports on its own: a fresh interpreter with this venv's
+    site-packages but not its `.pth` files (so not the editable install's finder), no
+    PYTHONPATH and a cwd outside the repo imports every layer from the staged folder."""
+    assert (package / "__init__.py").is_file()
+    assert sorted(p.name for p in package.iterdir() if p.is_dir()) == ["cluster", "core", "jobs"]
+    assert not list(package.rglob("__pycache__"))
+    assert list((package / "core" / "architectures").glob("*/*.json"))  # package data
+    site_dirs = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    probe = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(package.parent)!r}]\n"
+        f"sys.path += {site_dirs!r}\n"
+        "import distill.jobs.cli, distill.cluster.worker_env, distill.core.losses\n"
+        "print('\\n'.join(m.__file__ for m in (distill, distill.jobs.cli,"
+        " distill.cluster.worker_env, distill.core.losses)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = done.stdout.split()
+    assert len(files) == 4 and all(f.startswith(str(package) + os.sep) for f in files), files
 
 
 def test_submit_stages_the_config_and_its_relative_files(captured, tmp_path, monkeypatch, capsys):
@@ -244,9 +285,10 @@ def test_submit_stages_the_config_and_its_relative_files(captured, tmp_path, mon
     assert renv["env_vars"]["DS_ACCELERATOR"] == "cpu" and renv["env_vars"]["FOO"] == "1"
     assert renv["env_vars"]["DISTILL_SUBMITTED_JOB"] == "1"
     assert renv["pip"] == ["einops==0.8.0"]
-    assert sorted(Path(p).name for p in renv["py_modules"]) == ["cluster", "distill_core", "jobs"]
+    assert [Path(p).name for p in renv["py_modules"]] == ["distill"]
+    assert_self_contained_package(captured["py_modules"][0], cwd=tmp_path)
     assert captured["metadata"]["distill_output"] == "/shared/runs/x"
-    sent = json.dumps({k: v for k, v in captured.items() if k != "working_dir"})
+    sent = json.dumps({k: v for k, v in captured.items() if k not in ("working_dir", "py_modules")})
     assert "tok-never-sent-anywhere" not in sent
 
     # The staged config names the bundled copy, relative to the working dir, and validates
