@@ -1,5 +1,5 @@
 """Ablations of the seed methods, each arm trained in-process with the job's own model
-builder, losses and step inputs (`cluster.job_model`, `cluster.step_inputs`), one thread,
+builder, losses and step inputs (the encoder family, `distill.core.encoder_family`), one thread,
 so two seeds can run side by side on the 2-core machine.
 
     python -m bench.ablations --seed 1 --steps 100 [--out bench/results/ablations_seed1.json]
@@ -29,11 +29,10 @@ from torch.utils.data import DataLoader
 
 from bench.quality import PROBE_TRAIN, SHARED, fit_probe, unlabelled_corpus
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.job_model import distillation_model
-from distill.cluster.step_inputs import mixed_batch, teacher_outputs
 from distill.core.data import collate, load_source, tokenize
 from distill.core.evaluation import load_sts_pairs, sts_spearman
 from distill.core.export import SentenceEncoder
+from distill.core.families import FAMILIES
 from distill.core.outputs import TaskHead, forward_outputs
 from distill.core.spec import load_spec
 from distill.core.teacher import PACKAGED_TEACHER, load_teacher, resolve_teacher
@@ -66,7 +65,8 @@ TASK = [
 def train(spec, steps: int, teacher, teacher_head=None, previous=None):
     """The job's distillation step, in one process: AdamW, linear warm-up then decay."""
     torch.manual_seed(spec.training.seed)
-    model = distillation_model(spec, teacher, previous_student=previous)
+    family = FAMILIES["encoder"]
+    model = family.trainable(spec, teacher, None, previous_student=previous)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=spec.training.learning_rate, weight_decay=0.01)
     warm = spec.training.warmup_steps
@@ -92,8 +92,8 @@ def train(spec, steps: int, teacher, teacher_head=None, previous=None):
         except StopIteration:
             batches = iter(loader)
             continue
-        t_out = teacher_outputs(teacher, teacher_head, batch, model)
-        mixed = mixed_batch(batch, teacher, teacher_head, model, spec, gen)
+        t_out = family.teacher_outputs(model, teacher, teacher_head, batch)
+        mixed = family.mixed_batch(model, batch, teacher, teacher_head, spec, gen)
         loss, _ = model(batch, t_out, mixed)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

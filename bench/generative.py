@@ -1,7 +1,7 @@
 """Generative distillation benchmark: a small teacher trained here from scratch, a ~2.2x
 smaller student, KD against no KD on the same budget (same init, data order, steps and
 learning rate). In-process, with the job's own model builder, losses, batches and
-evaluation (`cluster.generative_model`, `distill_core`), one thread per family, so both
+evaluation (`distill.core.generative_family`), one thread per family, so both
 families run side by side on the 2-core machine.
 
     python -m bench.generative --family causal  [--out bench/results/generative_causal.json]
@@ -33,10 +33,9 @@ import datasets
 import torch
 from torch.utils.data import DataLoader
 
-from distill.cluster.generative_model import generative_distillation_model
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.step_inputs import teacher_outputs
 from distill.cluster.teacher_generations import generate
+from distill.core.families import family_of
 from distill.core.generative import generative_collate, tokenize_generative
 from distill.core.generative_eval import (
     bleu_chrf,
@@ -47,7 +46,6 @@ from distill.core.generative_eval import (
 from distill.core.spec import load_spec
 from distill.core.student import count_parameters
 from distill.core.teacher import freeze, load_teacher
-from distill.jobs.generative_preflight import resolve_generative_stage
 
 FAMILIES = {
     "causal": {
@@ -93,9 +91,12 @@ def _spec(teacher: str, overrides: list[str]):
 
 def train(spec, kind: str, teacher, tokenizer, steps: int, lr: float, rows=None, previous=None):
     """The job's training step in one process: AdamW, linear warm-up then decay."""
-    spec = resolve_generative_stage(spec, kind, teacher.config, True)
+    family = family_of(teacher.config)
+    spec = family.resolve_stage(
+        spec, kind, teacher.config, teacher_has_weights=True, teacher_has_head=False
+    )
     torch.manual_seed(spec.training.seed)
-    model = generative_distillation_model(spec, teacher, tokenizer, kind=kind)
+    model = family.trainable(spec, teacher, tokenizer, kind=kind)
     if previous is not None:
         model.student.load_state_dict(previous.state_dict())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -118,8 +119,8 @@ def train(spec, kind: str, teacher, tokenizer, steps: int, lr: float, rows=None,
     step, started, losses = 0, time.perf_counter(), []
     while step < steps:
         for batch in loader:
-            batch = model.prepare_batch(batch, generator)
-            loss, _ = model(batch, teacher_outputs(teacher, None, batch, model))
+            batch = family.prepare_batch(model, batch, generator)
+            loss, _ = model(batch, family.teacher_outputs(model, teacher, None, batch))
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

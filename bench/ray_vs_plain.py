@@ -21,9 +21,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.job_model import distillation_model
-from distill.cluster.step_inputs import teacher_outputs
 from distill.core.data import collate, tokenize
+from distill.core.families import FAMILIES
 from distill.core.spec import load_spec
 from distill.core.teacher import load_teacher
 from distill.jobs.preflight import preflight
@@ -36,7 +35,7 @@ def plain_loop(spec, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(spec.training.seed)
     teacher, tokenizer = load_teacher(spec.teacher.name)
-    model = distillation_model(spec, teacher)
+    model = FAMILIES["encoder"].trainable(spec, teacher, None)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
         lr=spec.training.learning_rate,
@@ -61,7 +60,7 @@ def plain_loop(spec, steps: int, threads: int) -> dict:
             batches = iter(loader)
             batch = next(batches)
         marks = [time.perf_counter()]
-        teacher_out = teacher_outputs(teacher, None, batch, model)
+        teacher_out = FAMILIES["encoder"].teacher_outputs(model, teacher, None, batch)
         marks.append(time.perf_counter())
         loss, _ = model(batch, teacher_out)
         marks.append(time.perf_counter())

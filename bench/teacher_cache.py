@@ -59,11 +59,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from distill.cluster.job_data import train_eval_texts
-    from distill.cluster.job_model import distillation_model
-    from distill.cluster.step_inputs import teacher_outputs
     from distill.cluster.storage import LocalStorage
     from distill.cluster.teacher_cache import open_cache, prepare_cache
     from distill.core.data import collate, tokenize
+    from distill.core.families import FAMILIES
     from distill.core.teacher import load_teacher
     from distill.core.teacher_cache import INDEX_COLUMN, plan_for
 
@@ -73,7 +72,7 @@ def main() -> None:
     spec = _spec(args.rows, student)
     teacher, tokenizer = load_teacher(spec.teacher.name)
     torch.manual_seed(spec.training.seed)
-    model = distillation_model(spec, teacher)
+    model = FAMILIES["encoder"].trainable(spec, teacher, None)
     plan = plan_for(model.objective.weights, model.objective.pairs)
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         info = prepare_cache(spec, LocalStorage(tmp), plan)
@@ -105,7 +104,7 @@ def main() -> None:
                 if mode == "cache":
                     t_out = cache.lookup(index, batch["attention_mask"])
                 else:
-                    t_out = teacher_outputs(teacher, None, batch, model)
+                    t_out = FAMILIES["encoder"].teacher_outputs(model, teacher, None, batch)
                 marks.append(time.perf_counter())
                 loss, _ = model(batch, t_out)
                 marks.append(time.perf_counter())

@@ -47,8 +47,8 @@ def _ray_registered(storage: Storage, folder: str) -> list[str]:
 
 
 def complete_checkpoints(storage: Storage, folder: str = TRAIN_DIR) -> list[dict]:
-    """The complete checkpoints of one Ray Train run (`train`, or `stages/NAME` in a
-    pipeline), newest first: [{"name", "path", "step"}], `path` relative to the run folder."""
+    """The complete checkpoints of the run's Ray Train run (`train`: every stage of a
+    pipeline reports there), newest first: [{"name", "path", "step"}], `path` relative to the run folder."""
     names = [n for n in storage.list(folder) if n.startswith("checkpoint_")]
     registered = set(_ray_registered(storage, folder))
     found = []

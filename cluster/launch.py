@@ -14,9 +14,10 @@ import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from distill.cluster.manifest_callback import CheckpointManifest
+from distill.cluster.pipeline import WorkerInputs
 from distill.cluster.report_log import ReportLog
 from distill.cluster.run_files import TRAIN_DIR
-from distill.cluster.storage import LocalStorage
+from distill.cluster.storage import Storage
 from distill.cluster.worker_env import worker_env
 from distill.cluster.worker_loop import train_loop_per_worker
 from distill.core.spec import JobSpec
@@ -49,28 +50,22 @@ def ensure_ray(spec: JobSpec) -> None:
 
 
 def fit(
-    spec: JobSpec,
-    storage: LocalStorage,
+    inputs: WorkerInputs,
+    storage: Storage,
     *,
     name: str = TRAIN_DIR,
-    subdir: str | None = None,
-    stage_inputs: dict | None = None,
     callbacks: list | None = None,
 ) -> ray.train.Result:
-    """Run (or resume) one stage's training under `<storage>[/subdir]/name`.
-
-    stage_inputs: what the worker loop takes besides the spec: `kind`, the checkpoints of
-    the stages whose outputs are this stage's teacher and initial student, `st_teacher`,
-    `teacher_cache`. callbacks: extra Ray Train callbacks (a sweep's `TuneReportCallback`).
-    """
+    """Run (or resume) a job's stages as one Ray Train run under `<storage>/<name>`: one
+    worker group trains every stage (`cluster.worker_loop`). callbacks: extra Ray Train
+    callbacks (a sweep trial's `TuneReportCallback`)."""
+    spec = inputs.stages[inputs.start].spec
     ensure_ray(spec)
     sc = spec.scaling
     storage_path, filesystem = storage.ray_storage()
-    if subdir:
-        storage_path = f"{storage_path.rstrip('/')}/{subdir}"
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), **(stage_inputs or {})},
+        train_loop_config={"inputs": inputs},
         torch_config=TorchConfig(backend="nccl" if sc.gpus_per_worker > 0 else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=sc.num_workers,

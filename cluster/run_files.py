@@ -1,14 +1,9 @@
 """Names of the files a run's checkpoints carry, shared by the worker loop and the driver
 (kept apart from `worker_loop` so the driver can read them without importing DeepSpeed)."""
 
-TRAIN_DIR = "train"  # a one-stage job's Ray Train run folder: <run>/train/checkpoint_*
-STAGES_DIR = "stages"  # a pipeline's stages: <run>/stages/<name>/checkpoint_*, done.json
+TRAIN_DIR = "train"  # the job's Ray Train run (every stage): <run>/train/checkpoint_*
+STAGES_DIR = "stages"  # per stage: <run>/stages/<name>/{config.yaml, done.json, student/}
 ENGINE_TAG = "engine"  # DeepSpeed checkpoint tag: <checkpoint>/engine/...
 STATE_FILE = "train_state.json"  # step, metrics history, teacher fingerprint
 STUDENT_DIR = "student"  # HF export, final checkpoint only
 PROBE_FILE = "probe.pt"  # trained model's embeddings of PROBE_TEXTS, final checkpoint only
-PROBE_TEXTS = [
-    "A quick check that the exported student matches the trained one.",
-    "Knowledge distillation compresses a large teacher into a small student.",
-    "Short text.",
-]

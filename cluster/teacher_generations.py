@@ -69,7 +69,7 @@ def cache_teacher_targets(
     the reference the worker loop takes as `teacher_targets`."""
     from transformers import AutoTokenizer
 
-    from distill.core.generative import load_exported
+    from distill.core.teacher import load_teacher
 
     train, _ = train_eval_texts(spec)
     sources = sorted(set(train["text"]))
@@ -79,7 +79,7 @@ def cache_teacher_targets(
         print(
             f"[distill] sequence-level KD: the teacher generates {len(sources)} targets", flush=True
         )
-        model = load_exported(teacher_dir)
+        model, _ = load_teacher(teacher_dir)
         if torch.cuda.is_available():
             model = model.cuda()
         targets = generate(

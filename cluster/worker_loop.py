@@ -1,11 +1,18 @@
-"""The Ray Train worker loop: one DeepSpeed-ZeRO distillation on one rank.
+"""The Ray Train worker loop: a job's stages, one after another, on one rank of one worker
+group, each stage a DeepSpeed-ZeRO distillation.
 
-Everything arrives through `config` (the resolved job spec as JSON). The teacher is frozen
-and kept out of the DeepSpeed engine. Checkpoints: every rank saves its shard into the same
-temporary folder name, then every rank calls `ray.train.report` with it, which Ray merges
-into one checkpoint. The final checkpoint also carries `student/` (the HF export, written by
-rank 0 with ZeRO-3 weights gathered) and `probe.pt` (embeddings of fixed probe sentences
-from the trained in-memory model, used to check the export).
+Everything arrives through `config["inputs"]` (a frozen `cluster.pipeline.WorkerInputs`).
+The teacher is frozen and kept out of the DeepSpeed engine. The family of the teacher
+(`distill.core.families`) supplies the model, batches, teacher outputs and export. Checkpoints: every
+rank saves its shard into the same temporary folder name, then every rank calls
+`ray.train.report` with it, which Ray merges into one checkpoint. A stage's final
+checkpoint also carries `student/` (the HF export, written by rank 0 with ZeRO-3 weights
+gathered) and `probe.pt` (outputs of fixed probe texts from the trained in-memory model,
+used to check the export); a stage that later stages read also leaves its export in the
+run's storage (`cluster.pipeline`).
+
+The steps, each a short function: `resume_point`, `set_up_stage` (teacher, student,
+data, engine), `restore`, `train_step`, `evaluate`, `save_and_report`, `finish_stage`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import deepspeed
 import ray.train
@@ -28,38 +36,485 @@ from torch.utils.data import DataLoader
 
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.job_model import batch_functions, distillation_model
-from distill.cluster.run_files import ENGINE_TAG, PROBE_FILE, PROBE_TEXTS, STATE_FILE, STUDENT_DIR
-from distill.cluster.step_inputs import mixed_batch, teacher_outputs, with_mlm_masks
+from distill.cluster.pipeline import (
+    METRICS_FILE,
+    StagePlan,
+    WorkerInputs,
+    mark_done,
+    stage_dir,
+    stage_student,
+)
+from distill.cluster.run_files import ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
+from distill.cluster.storage import Storage, open_storage
 from distill.cluster.teacher_cache import open_cache
-from distill.cluster.teacher_generations import with_teacher_targets
+from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
 from distill.cluster.worker_env import in_job_working_dir
-from distill.core.evaluation import load_sts_pairs, spearman_of_embeddings
-from distill.core.export import SentenceEncoder, export_student
-from distill.core.objective import DistillationModel
-from distill.core.outputs import TaskHead, forward_outputs
+from distill.core.evaluation import load_sts_pairs
+from distill.core.families import family_of
+from distill.core.family import ModelFamily
+from distill.core.outputs import TaskHead
 from distill.core.spec import JobSpec
 from distill.core.teacher import freeze, load_teacher, resolve_teacher
-from distill.core.teacher_cache import INDEX_COLUMN, plan_for
+from distill.core.teacher_cache import INDEX_COLUMN, folder_digest
 
-_UNTIMED_STEPS = 2  # first steps of a process warm up allocators and communication
-_TEACHER_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_UNTIMED_STEPS = 2  # first steps of a stage warm up allocators and communication
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PHASES = ("teacher", "forward", "backward", "step")  # per-step time breakdown in metrics
 
 
-def _batches(dataset, batch_size: int, seed: int, epoch: int, collate_fn):
+# -- the loop --------------------------------------------------------------------------------
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Run the job's stages from where it stands (Ray Train's entry point on every rank)."""
+    _quiet_report_logging()
+    inputs: WorkerInputs = config["inputs"]
+    first, checkpoint = resume_point(inputs, ray.train.get_checkpoint())
+    previous_end = None
+    for plan in inputs.stages[first:]:
+        resume = checkpoint if plan is inputs.stages[first] else None
+        previous_end = run_stage(inputs, plan, resume, previous_end)
+
+
+def run_stage(
+    inputs: WorkerInputs, plan: StagePlan, checkpoint, previous_end: float | None = None
+) -> float:
+    """One stage: set up, restore, train to its last step, export. `previous_end`: when
+    the previous stage of this worker group finished (its first metrics then record the
+    stage switch). Returns when this stage finished."""
+    with contextlib.ExitStack() as scratch:
+        stage = set_up_stage(inputs, plan, scratch)
+        progress = restore(stage, checkpoint)
+        progress.previous_end = previous_end
+        total = stage.spec.training.steps
+        for step in range(progress.step + 1, total + 1):
+            loss, parts = train_step(stage, progress, step)
+            if _due(stage.spec, step) or step == total:
+                metrics = step_metrics(stage, progress, step, loss, parts)
+                if step == total:
+                    finish_stage(stage, progress, metrics, inputs)
+                elif step % stage.spec.training.checkpoint_every == 0:
+                    save_and_report(stage, step, metrics, progress.history)
+                else:
+                    ray.train.report({**metrics, **_placement()})
+        if progress.step >= total and progress.resumed_finished:
+            # Already finished (a re-run): re-emit the final checkpoint with its export.
+            metrics = dict(progress.history[-1]) if progress.history else {"step": total}
+            finish_stage(stage, progress, metrics, inputs)
+        stage.engine.destroy()
+    return time.perf_counter()
+
+
+# -- state -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One stage's models, data and engine on this rank."""
+
+    plan: StagePlan
+    spec: JobSpec
+    family: ModelFamily
+    rank: int
+    world: int
+    teacher: torch.nn.Module
+    teacher_head: TaskHead | None
+    tokenizer: object
+    model: torch.nn.Module
+    engine: object
+    storage: Storage
+    train_ds: object
+    collate: object
+    eval_loader: DataLoader
+    steps_per_epoch: int
+    cache: object | None
+    sts_pairs: object | None
+    st_teacher: str | None
+    multi_stage: bool
+    attempt: str
+    teacher_before: str = ""
+    placement_group: str | None = None
+    mix_generator: torch.Generator = field(default_factory=torch.Generator)
+    mask_generator: torch.Generator = field(default_factory=torch.Generator)
+
+
+@dataclass
+class Progress:
+    """Where the stage's training stands on this rank."""
+
+    step: int = 0
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    batches: object = None
+    resumed_finished: bool = False
+    train_time: float = 0.0
+    samples: int = 0
+    timed_steps: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    previous_end: float | None = None  # the previous stage's end (stage switch timing)
+    switch_s: float | None = None  # previous stage's final report -> this stage's 1st step
+    phase_time: dict = field(default_factory=lambda: dict.fromkeys(_PHASES, 0.0))
+
+
+# -- steps -----------------------------------------------------------------------------------
+
+
+def resume_point(inputs: WorkerInputs, checkpoint) -> tuple[int, object | None]:
+    """(index of the stage to start at, the checkpoint to resume it from or None).
+
+    A checkpoint this invocation wrote (the worker group restarted after a failure) resumes
+    at its own stage; an earlier invocation's checkpoint resumes only the stage this
+    invocation starts at (a pipeline whose earlier stage changed starts that stage anew)."""
+    if checkpoint is None:
+        return inputs.start, None
+    with checkpoint.as_directory() as folder:
+        with open(os.path.join(folder, STATE_FILE)) as f:
+            state = json.load(f)
+    names = [s.name for s in inputs.stages]
+    name = state.get("stage", names[0] if len(names) == 1 else None)
+    if name not in names:
+        return inputs.start, None
+    index = names.index(name)
+    if state.get("attempt") == inputs.attempt or index == inputs.start:
+        return index, checkpoint
+    return inputs.start, None
+
+
+def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.ExitStack) -> Stage:
+    """Teacher, trainable model, data shards and DeepSpeed engine of one stage."""
+    # A submitted job's relative paths name files in this node's copy of its working dir.
+    spec = in_job_working_dir(plan.spec)
+    t = spec.training
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(spec.scaling.cpus_per_worker)
+    torch.manual_seed(t.seed)
+    storage = open_storage(inputs.run_uri, inputs.s3)
+    if rank == 0 and inputs.multi_stage:
+        print(f"[distill] stage {plan.name} ({plan.kind})", flush=True)
+
+    teacher_dir = _stage_export(storage, plan.teacher_stage, scratch) or resolve_teacher(
+        spec.teacher.name
+    )
+    teacher, tokenizer = load_teacher(teacher_dir, seed=t.seed)
+    family = family_of(teacher.config)
+    teacher_head = TaskHead.load(teacher_dir)
+    if teacher_head is not None:
+        freeze(teacher_head)
+    model = family.trainable(
+        spec,
+        teacher,
+        tokenizer,
+        kind=plan.kind,
+        previous_student=_stage_export(storage, plan.continues, scratch),
+    )
+    cache = open_cache(inputs.teacher_cache, spec)
+    if cache is not None:
+        needed = family.cache_plan(model)
+        if needed is None or not cache.plan.covers(needed):
+            raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
+
+    train_texts, eval_texts = train_eval_texts(spec)
+    if spec.objective.sequence_kd is not None:  # train on the teacher's generations
+        train_texts = _with_generations(spec, storage, plan, teacher_dir, train_texts, rank)
+    tokenize, collate = family.batch_functions(tokenizer)
+    train_ds = tokenize(train_texts, tokenizer, spec.data.max_length)
+    if cache is not None:  # rows keep their index into the cache (built on the whole set)
+        if len(train_ds) != cache.rows:
+            raise ValueError(f"teacher cache: {cache.rows} rows, training data {len(train_ds)}")
+        train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
+    train_ds = train_ds.shard(world, rank, contiguous=True)
+    # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
+    # same number of eval batches or the longer one waits forever.
+    eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
+    eval_ds = tokenize(
+        eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
+    )
+    steps_per_epoch = len(train_ds) // t.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size {t.batch_size}"
+        )
+
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=deepspeed_config(spec, t.steps),
+    )
+    # The frozen teacher runs on the workers' device, in the training precision.
+    dtype = _DTYPES[spec.deepspeed.precision]
+    teacher.to(device=engine.device, dtype=dtype)
+    if teacher_head is not None:
+        teacher_head.to(device=engine.device, dtype=dtype)
+    _assert_teacher_outside(engine, teacher)
+    group = ray.util.get_current_placement_group()
+    return Stage(
+        plan=plan,
+        spec=spec,
+        family=family,
+        rank=rank,
+        world=world,
+        teacher=teacher,
+        teacher_head=teacher_head,
+        tokenizer=tokenizer,
+        model=model,
+        engine=engine,
+        storage=storage,
+        train_ds=train_ds,
+        collate=collate,
+        eval_loader=DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=collate),
+        steps_per_epoch=steps_per_epoch,
+        cache=cache,
+        sts_pairs=load_sts_pairs(spec.evaluation.sts_path, spec.evaluation.max_sts_pairs)
+        if spec.evaluation.sts_path
+        else None,
+        st_teacher=inputs.st_teacher,
+        multi_stage=inputs.multi_stage,
+        attempt=inputs.attempt,
+        teacher_before=fingerprint(teacher),
+        # Which placement group holds this run's workers: a sweep releases it if Tune stops
+        # the trial mid-run (see cluster/tune_sweep.py).
+        placement_group=group.id.hex() if group is not None else None,
+        mix_generator=torch.Generator().manual_seed(t.seed * 7919 + rank),
+        mask_generator=torch.Generator().manual_seed(t.seed * 104729 + rank),
+    )
+
+
+def restore(stage: Stage, checkpoint) -> Progress:
+    """The stage's progress: from `checkpoint` (engine, step, history, data position) or
+    from step 0."""
+    progress = Progress()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            _, client_state = stage.engine.load_checkpoint(folder, tag=ENGINE_TAG)
+            with open(os.path.join(folder, STATE_FILE)) as f:
+                progress.history = json.load(f)["history"]
+        progress.step = int(client_state["step"])
+        progress.resumed_finished = progress.step >= stage.spec.training.steps
+        if stage.rank == 0:
+            print(f"[distill] resumed from checkpoint at step {progress.step}", flush=True)
+    progress.epoch = progress.step // stage.steps_per_epoch
+    progress.batches = _batches(stage, progress.epoch)
+    for _ in range(progress.step % stage.steps_per_epoch):  # replay the data position
+        next(progress.batches)
+    stage.engine.train()
+    return progress
+
+
+def train_step(stage: Stage, progress: Progress, step: int):
+    """One optimizer step on the next batch; returns (loss, loss parts)."""
+    try:
+        batch = next(progress.batches)
+    except StopIteration:
+        progress.epoch += 1
+        progress.batches = _batches(stage, progress.epoch)
+        batch = next(progress.batches)
+    engine, family, model = stage.engine, stage.family, stage.model
+    index = batch.pop(INDEX_COLUMN, None)
+    batch = family.prepare_batch(model, _on(engine, batch), stage.mask_generator)
+    marks = [time.perf_counter()]
+    if stage.cache is not None:
+        teacher_out = stage.cache.lookup(
+            index, batch["attention_mask"], _DTYPES[stage.spec.deepspeed.precision]
+        )
+    else:
+        teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
+    mixed = family.mixed_batch(
+        model, batch, stage.teacher, stage.teacher_head, stage.spec, stage.mix_generator
+    )
+    marks.append(time.perf_counter())
+    loss, parts = engine(batch, teacher_out, mixed)
+    marks.append(time.perf_counter())
+    engine.backward(loss)  # includes ZeRO gradient reduction
+    marks.append(time.perf_counter())
+    engine.step()  # optimizer on this rank's partition + parameter all-gather
+    marks.append(time.perf_counter())
+    if step > progress.step + _UNTIMED_STEPS or progress.timed_steps:
+        progress.train_time += marks[-1] - marks[0]
+        progress.samples += batch["input_ids"].shape[0]
+        progress.timed_steps += 1
+        for phase, begin, end in zip(_PHASES, marks, marks[1:]):
+            progress.phase_time[phase] += end - begin
+    progress.loss_sum += loss.detach().item()
+    progress.loss_n += 1
+    if progress.previous_end is not None and progress.switch_s is None:
+        progress.switch_s = marks[-1] - progress.previous_end
+    return loss, parts
+
+
+def step_metrics(stage: Stage, progress: Progress, step: int, loss, parts) -> dict:
+    """The logged metrics of `step` (means over ranks), with evaluation when it is due;
+    prints rank 0's progress line and appends to the history."""
+    t, world = stage.spec.training, stage.world
+    samples_per_s = progress.samples / progress.train_time if progress.train_time else 0.0
+    metrics = {
+        "step": step,
+        **({"stage": stage.plan.name} if stage.multi_stage else {}),
+        "placement_group": stage.placement_group,
+        "epoch": progress.epoch,
+        "loss": _mean_across_ranks(progress.loss_sum / progress.loss_n),
+        "samples_per_s": _mean_across_ranks(samples_per_s) * world,
+        "lr": stage.engine.get_lr()[0],
+        **{f"loss_{k}": v.detach().item() for k, v in parts.items()},
+        **{
+            f"ms_{phase}": _mean_across_ranks(1000 * spent / max(progress.timed_steps, 1))
+            for phase, spent in progress.phase_time.items()
+        },
+    }
+    if progress.switch_s is not None and not progress.history:
+        metrics["stage_switch_s"] = _mean_across_ranks(progress.switch_s)
+    if step % t.eval_every == 0 or step == t.steps:
+        metrics.update(evaluate(stage))
+    if stage.rank == 0:
+        done = step - (progress.history[0]["step"] - t.log_every if progress.history else 0)
+        elapsed = time.perf_counter() - progress.started
+        eta = elapsed / max(done, 1) * (t.steps - step)
+        extra = f" | eval {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
+        print(
+            f"[distill] step {step}/{t.steps} | loss {metrics['loss']:.4f}{extra} | "
+            f"{metrics['samples_per_s']:.1f} samples/s | eta {math.ceil(eta)}s",
+            flush=True,
+        )
+    progress.loss_sum, progress.loss_n = 0.0, 0
+    progress.history.append(metrics)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(stage: Stage) -> dict[str, float]:
+    """Mean eval loss (accuracy for classification heads, STS Spearman with
+    `evaluation.sts_path`) over every rank's shard; the same masks at every evaluation."""
+    engine, family, model = stage.engine, stage.family, stage.model
+    seed = stage.spec.training.seed + stage.rank
+    engine.eval()
+    total, n, correct, seen = 0.0, 0, 0, 0
+    for batch in stage.eval_loader:
+        batch = family.prepare_batch(model, _on(engine, batch), torch.Generator().manual_seed(seed))
+        teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
+        loss, _ = engine(batch, teacher_out)
+        total, n = total + float(loss), n + 1
+        counts = family.eval_counts(model, batch)
+        if counts is not None:
+            correct, seen = correct + counts[0], seen + counts[1]
+    out = {"eval_loss": _mean_across_ranks(total / max(n, 1))}
+    if seen:
+        out["eval_accuracy"] = out["eval_quality"] = _mean_across_ranks(correct / seen)
+    if stage.sts_pairs is not None:
+        # Every rank encodes every pair, so under ZeRO-3 all ranks run the same collectives.
+        out["eval_quality"] = family.in_training_quality(
+            model, stage.tokenizer, stage.sts_pairs, stage.spec.data.max_length
+        )
+    engine.train()
+    return out
+
+
+def save_and_report(
+    stage: Stage, step: int, metrics: dict, history: list[dict], *, final: bool = False
+) -> None:
+    """Every rank: save its engine shard (and, on the final step, rank 0 the export), then
+    report together; Ray merges the ranks' files into one checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
+        stage.engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={"step": step})
+        state = {"stage": stage.plan.name, "attempt": stage.attempt, "step": step}
+        if final:
+            _export(stage, tmp)
+            state.update(_teacher_state(stage))
+        if stage.rank == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump({**state, "history": history}, f)
+            if final and stage.multi_stage:  # later stages read this stage's export
+                stage.storage.put_dir(
+                    os.path.join(tmp, STUDENT_DIR), stage_student(stage.plan.name)
+                )
+        dist.barrier()
+        ray.train.report(
+            {**metrics, **_placement()}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+        )
+
+
+def finish_stage(stage: Stage, progress: Progress, metrics: dict, inputs: WorkerInputs) -> None:
+    """The stage's final checkpoint with its export; a stage that is not the job's last
+    is then marked done in the run's storage, for later stages and re-runs."""
+    save_and_report(stage, stage.spec.training.steps, metrics, progress.history, final=True)
+    if not stage.multi_stage:
+        return
+    if stage.rank == 0:  # each stage's own metrics; the job's metrics.jsonl is the last's
+        lines = "".join(json.dumps(h) + "\n" for h in progress.history)
+        stage.storage.write_text(f"{stage_dir(stage.plan.name)}/{METRICS_FILE}", lines)
+        if stage.plan is not inputs.stages[-1]:
+            mark_done(stage.storage, stage.plan, student=stage_student(stage.plan.name))
+    dist.barrier()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _due(spec: JobSpec, step: int) -> bool:
+    t = spec.training
+    return not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every)
+
+
+def _on(engine, batch: dict) -> dict:
+    return {k: v.to(engine.device) for k, v in batch.items()}
+
+
+def _batches(stage: Stage, epoch: int):
     """One epoch of shuffled batches; the order depends only on (seed, epoch)."""
+    seed = stage.spec.training.seed
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return iter(
         DataLoader(
-            dataset,
-            batch_size=batch_size,
+            stage.train_ds,
+            batch_size=stage.spec.training.batch_size,
             shuffle=True,
             generator=generator,
-            collate_fn=collate_fn,
+            collate_fn=stage.collate,
             drop_last=True,
         )
     )
+
+
+def _stage_export(storage: Storage, name: str | None, scratch: contextlib.ExitStack) -> str | None:
+    """A local copy of an earlier stage's export (None when `name` is None)."""
+    if name is None:
+        return None
+    folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"distill-{name}-"))
+    return str(storage.get_dir(stage_student(name), folder))
+
+
+def _with_generations(spec, storage: Storage, plan: StagePlan, teacher_dir: str, train, rank):
+    """Sequence-level KD: rank 0 generates (or finds) the teacher's targets in the run's
+    storage; every rank then trains on them."""
+    teacher_id = folder_digest(teacher_dir) if plan.teacher_stage else teacher_dir
+    ref = None
+    if rank == 0:
+        ref = cache_teacher_targets(spec, storage, teacher_dir, teacher_id)
+    shared = [ref]
+    dist.broadcast_object_list(shared, src=0)
+    return with_teacher_targets(train, shared[0], spec)
+
+
+def _export(stage: Stage, folder: str) -> None:
+    """Rank 0 writes the HF export and the probe outputs into a checkpoint folder; under
+    ZeRO-3 every rank first joins the gather of the partitioned parameters."""
+    params = list(stage.model.parameters())
+    gather = (
+        deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        if stage.spec.deepspeed.zero_stage == 3
+        else contextlib.nullcontext()
+    )
+    with gather:
+        if stage.rank == 0:
+            probe = stage.family.export(
+                stage.model,
+                stage.tokenizer,
+                os.path.join(folder, STUDENT_DIR),
+                max_length=stage.spec.data.max_length,
+                st_teacher=stage.st_teacher,
+            )
+            torch.save(probe, os.path.join(folder, PROBE_FILE))
 
 
 def _mean_across_ranks(value: float) -> float:
@@ -70,158 +525,13 @@ def _mean_across_ranks(value: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-@contextlib.contextmanager
-def _model_folder(checkpoint: ray.train.Checkpoint | None, fallback: str | None = None):
-    """The exported model inside a previous stage's final checkpoint (downloaded from the
-    run's storage, so this works on any node), or `fallback` when there is no checkpoint."""
-    if checkpoint is None:
-        yield fallback
-        return
-    with checkpoint.as_directory() as folder:
-        yield os.path.join(folder, STUDENT_DIR)
-
-
-@torch.no_grad()
-def _evaluate(engine, teacher, head, loader, model: DistillationModel, mask_fn) -> dict[str, float]:
-    """Mean eval loss (and accuracy for classification) over every rank's shard."""
-    engine.eval()
-    total, n, correct, seen = 0.0, 0, 0, 0
-    for batch in loader:
-        batch = mask_fn({k: v.to(engine.device) for k, v in batch.items()})
-        loss, _ = engine(batch, teacher_outputs(teacher, head, batch, model))
-        total, n = total + float(loss), n + 1
-        if model.head is not None and model.head.task_type == "classification":
-            logits = forward_outputs(model.student, batch, head=model.head).logits
-            correct += int((logits.argmax(-1) == batch["labels"]).sum())
-            seen += len(batch["labels"])
-    engine.train()
-    out = {"eval_loss": _mean_across_ranks(total / max(n, 1))}
-    if model.head is not None and model.head.task_type == "classification":
-        out["eval_accuracy"] = _mean_across_ranks(correct / max(seen, 1))
-        out["eval_quality"] = out["eval_accuracy"]
-    return out
-
-
 def _placement() -> dict:
     """Where this rank runs, added to every report (not to the history): the controller's
     `ReportLog` records it per rank, e.g. to show the workers ran on different nodes."""
     return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-@torch.no_grad()
-def _sts_quality(engine, model: DistillationModel, tokenizer, pairs, max_length: int) -> float:
-    """STS Spearman of the in-training student's sentence vectors (through the pooled
-    projection, as exported): the quality signal Tune's schedulers stop trials on. Every
-    rank encodes every pair, so under ZeRO-3 all ranks run the same collectives."""
-    projection = (
-        model.objective.projections["pooled"] if "pooled" in model.objective.projections else None
-    )
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        vectors = []
-        for i in range(0, len(texts), 64):
-            batch = tokenizer(
-                texts[i : i + 64],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            pooled = forward_outputs(model.student, batch).pooled
-            if projection is not None:
-                pooled = projection(pooled.to(projection.weight.dtype))
-            vectors.append(pooled.float())
-        return torch.cat(vectors)
-
-    engine.eval()
-    score = spearman_of_embeddings(embed, pairs)
-    engine.train()
-    return score
-
-
-def _save_and_report(
-    engine, step: int, metrics: dict, history: list[dict], final_export=None, extra_state=None
-) -> None:
-    """Every rank: save its engine shard (and rank 0 the export), then report together."""
-    with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
-        engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={"step": step})
-        if final_export is not None:
-            final_export(tmp)
-        if ray.train.get_context().get_world_rank() == 0:
-            with open(os.path.join(tmp, STATE_FILE), "w") as f:
-                json.dump({"step": step, "history": history, **(extra_state or {})}, f)
-        dist.barrier()
-        ray.train.report(
-            {**metrics, **_placement()}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
-        )
-
-
-def _exporter(engine, model: DistillationModel, tokenizer, spec: JobSpec, st_teacher: str | None):
-    """A callback writing the HF export and probe embeddings into a checkpoint folder."""
-
-    def write(folder: str) -> None:
-        params = list(model.parameters())
-        # ZeRO-3 partitions parameters across ranks: gather them (a collective on every rank).
-        gather = (
-            deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-            if spec.deepspeed.zero_stage == 3
-            else contextlib.nullcontext()
-        )
-        with gather:
-            if ray.train.get_context().get_world_rank() == 0:
-                student, projection, head = _plain_fp32_copy(model)
-                out = export_student(
-                    student,
-                    tokenizer,
-                    os.path.join(folder, STUDENT_DIR),
-                    projection=projection,
-                    sentence_transformer_teacher=st_teacher,
-                    max_seq_length=spec.data.max_length,
-                )
-                if head is not None:
-                    head.save(out)
-                if hasattr(model, "probe_outputs"):  # generative: LM logits
-                    probe = model.probe_outputs(
-                        student, tokenizer, PROBE_TEXTS, spec.data.max_length
-                    )
-                else:
-                    encoder = SentenceEncoder(student, tokenizer, projection)
-                    probe = encoder.encode(PROBE_TEXTS, max_length=spec.data.max_length)
-                torch.save(probe, os.path.join(folder, PROBE_FILE))
-
-    return write
-
-
-def _plain_fp32_copy(model: DistillationModel):
-    """A detached fp32 copy of the student (and pooled projection) outside the engine, so
-    exporting never changes the dtype or partitioning of the parameters being trained."""
-    student = type(model.student)(model.student.config)
-    student.load_state_dict(
-        {k: v.detach().float().cpu() for k, v in model.student.state_dict().items()}
-    )
-    student.eval()
-    projection = None
-    if "pooled" in model.objective.projections:
-        src = model.objective.projections["pooled"]
-        projection = torch.nn.Linear(src.in_features, src.out_features)
-        projection.load_state_dict(
-            {k: v.detach().float().cpu() for k, v in src.state_dict().items()}
-        )
-        projection.eval()
-    head = None
-    if model.head is not None:
-        head = TaskHead(
-            model.head.linear.in_features, model.head.linear.out_features, model.head.task_type
-        )
-        head.load_state_dict(
-            {k: v.detach().float().cpu() for k, v in model.head.state_dict().items()}
-        )
-        head.eval()
-    return student, projection, head
-
-
-def _fingerprint(module: torch.nn.Module) -> str:
+def fingerprint(module: torch.nn.Module) -> str:
     """sha256 over every parameter's bytes: proves the teacher was never modified."""
     digest = hashlib.sha256()
     for name, param in sorted(module.state_dict().items()):
@@ -241,8 +551,8 @@ def _assert_teacher_outside(engine, teacher: torch.nn.Module) -> None:
         raise RuntimeError("a teacher parameter reached the DeepSpeed engine or its optimizer")
 
 
-def _teacher_state(before: str, teacher: torch.nn.Module) -> dict:
-    after = _fingerprint(teacher)
+def _teacher_state(stage: Stage) -> dict:
+    before, after = stage.teacher_before, fingerprint(stage.teacher)
     return {"teacher_fingerprint": {"before": before, "after": after, "unchanged": before == after}}
 
 
@@ -258,211 +568,3 @@ def _quiet_report_logging() -> None:
         train_context.logger.setLevel(logging.WARNING)
     except (ImportError, AttributeError):  # internal module moved: keep Ray's default logging
         pass
-
-
-def train_loop_per_worker(config: dict) -> None:
-    _quiet_report_logging()
-    # A submitted job's relative paths name files in this node's copy of its working dir.
-    spec = in_job_working_dir(JobSpec.model_validate(config["spec"]))
-    t = spec.training
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(spec.scaling.cpus_per_worker)
-    torch.manual_seed(t.seed)
-
-    kind = config.get("kind", "distill")
-    with _model_folder(
-        config.get("teacher_checkpoint"), resolve_teacher(spec.teacher.name)
-    ) as teacher_dir:
-        teacher, tokenizer = load_teacher(teacher_dir)
-        teacher_head = TaskHead.load(teacher_dir)
-        if teacher_head is not None:
-            freeze(teacher_head)
-    with _model_folder(config.get("previous_checkpoint")) as previous:
-        model = distillation_model(
-            spec, teacher, kind=kind, previous_student=previous, tokenizer=tokenizer
-        )
-    cache = open_cache(config.get("teacher_cache"), spec)
-    if cache is not None:
-        needed = plan_for(model.objective.weights, model.objective.pairs)
-        if not cache.plan.covers(needed):
-            raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
-    current_group = ray.util.get_current_placement_group()
-    placement_group = current_group.id.hex() if current_group is not None else None
-    mix_generator = torch.Generator().manual_seed(t.seed * 7919 + rank)
-    mlm_generator = torch.Generator().manual_seed(t.seed * 104729 + rank)
-
-    def mlm_masks(batch: dict, generator: torch.Generator | None = None) -> dict:
-        if hasattr(model, "prepare_batch"):  # generative: decoder inputs, text infilling
-            return model.prepare_batch(batch, generator or mlm_generator)
-        if model.mlm_head is None:
-            return batch
-        return with_mlm_masks(batch, tokenizer, spec, generator or mlm_generator)
-
-    def eval_masks(batch: dict) -> dict:  # the same masks at every evaluation
-        return mlm_masks(batch, torch.Generator().manual_seed(t.seed + rank))
-
-    train_texts, eval_texts = train_eval_texts(spec)
-    if config.get("teacher_targets"):  # sequence-level KD: the teacher's cached generations
-        train_texts = with_teacher_targets(train_texts, config["teacher_targets"], spec)
-    tokenize, pad = batch_functions(model, tokenizer)
-    if cache is None:
-        train_ds = tokenize(
-            train_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
-        )
-    else:  # rows keep their index into the cache, which was built on the unsharded set
-        train_ds = tokenize(train_texts, tokenizer, spec.data.max_length)
-        if len(train_ds) != cache.rows:
-            raise ValueError(f"teacher cache: {cache.rows} rows, training data {len(train_ds)}")
-        train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
-        train_ds = train_ds.shard(world, rank, contiguous=True)
-    sts_pairs = None
-    if spec.evaluation.sts_path:
-        sts_pairs = load_sts_pairs(spec.evaluation.sts_path, spec.evaluation.max_sts_pairs)
-    # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
-    # same number of eval batches or the longer one waits forever.
-    eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
-    eval_ds = tokenize(
-        eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
-    )
-    eval_loader = DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=pad)
-    steps_per_epoch = len(train_ds) // t.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size {t.batch_size}"
-        )
-    total_steps = t.steps
-
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(spec, total_steps),
-    )
-
-    # The frozen teacher runs on the workers' device, in the training precision.
-    teacher.to(device=engine.device, dtype=_TEACHER_DTYPES[spec.deepspeed.precision])
-    if teacher_head is not None:
-        teacher_head.to(device=engine.device, dtype=_TEACHER_DTYPES[spec.deepspeed.precision])
-    _assert_teacher_outside(engine, teacher)
-    teacher_before = _fingerprint(teacher)
-
-    start_step, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            _, client_state = engine.load_checkpoint(folder, tag=ENGINE_TAG)
-            with open(os.path.join(folder, STATE_FILE)) as f:
-                history = json.load(f)["history"]
-        start_step = int(client_state["step"])
-        if rank == 0:
-            print(f"[distill] resumed from checkpoint at step {start_step}", flush=True)
-
-    epoch = start_step // steps_per_epoch
-    batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
-    for _ in range(start_step % steps_per_epoch):  # replay the data position of the checkpoint
-        next(batches)
-
-    engine.train()
-    train_time, samples, loss_sum, loss_n, timed_steps = 0.0, 0, 0.0, 0, 0
-    phase_time = dict.fromkeys(_PHASES, 0.0)
-    run_start = time.perf_counter()
-    for step in range(start_step + 1, total_steps + 1):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            batches = _batches(train_ds, t.batch_size, t.seed, epoch, pad)
-            batch = next(batches)
-        index = batch.pop(INDEX_COLUMN, None)
-        batch = mlm_masks({k: v.to(engine.device) for k, v in batch.items()})
-        marks = [time.perf_counter()]
-        if cache is not None:
-            teacher_out = cache.lookup(
-                index, batch["attention_mask"], _TEACHER_DTYPES[spec.deepspeed.precision]
-            )
-        else:
-            teacher_out = teacher_outputs(teacher, teacher_head, batch, model)
-        mixed = mixed_batch(batch, teacher, teacher_head, model, spec, mix_generator)
-        marks.append(time.perf_counter())
-        loss, parts = engine(batch, teacher_out, mixed)
-        marks.append(time.perf_counter())
-        engine.backward(loss)  # includes ZeRO gradient reduction
-        marks.append(time.perf_counter())
-        engine.step()  # optimizer on this rank's partition + parameter all-gather
-        marks.append(time.perf_counter())
-        if step > start_step + _UNTIMED_STEPS:  # the first steps warm up allocators and comm
-            train_time += marks[-1] - marks[0]
-            samples += batch["input_ids"].shape[0]
-            timed_steps += 1
-            for phase, begin, end in zip(_PHASES, marks, marks[1:]):
-                phase_time[phase] += end - begin
-        loss_sum, loss_n = loss_sum + loss.detach().item(), loss_n + 1
-
-        is_last = step == total_steps
-        if (
-            step % t.log_every == 0
-            or step % t.eval_every == 0
-            or step % t.checkpoint_every == 0
-            or is_last
-        ):
-            metrics = {
-                "step": step,
-                # Which placement group holds this run's workers: a sweep releases it if
-                # Tune stops the trial mid-run (see cluster/tune_sweep.py).
-                "placement_group": placement_group,
-                "epoch": epoch,
-                "loss": _mean_across_ranks(loss_sum / loss_n),
-                "samples_per_s": _mean_across_ranks(samples / train_time if train_time else 0.0)
-                * world,
-                "lr": engine.get_lr()[0],
-                **{f"loss_{k}": v.detach().item() for k, v in parts.items()},
-                **{
-                    f"ms_{phase}": _mean_across_ranks(1000 * spent / max(timed_steps, 1))
-                    for phase, spent in phase_time.items()
-                },
-            }
-            if step % t.eval_every == 0 or is_last:
-                metrics.update(
-                    _evaluate(engine, teacher, teacher_head, eval_loader, model, eval_masks)
-                )
-                if sts_pairs is not None:
-                    metrics["eval_quality"] = _sts_quality(
-                        engine, model, tokenizer, sts_pairs, spec.data.max_length
-                    )
-            if rank == 0:
-                elapsed = time.perf_counter() - run_start
-                eta = elapsed / (step - start_step) * (total_steps - step)
-                extra = f" | eval {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
-                print(
-                    f"[distill] step {step}/{total_steps} | loss {metrics['loss']:.4f}{extra} | "
-                    f"{metrics['samples_per_s']:.1f} samples/s | eta {math.ceil(eta)}s",
-                    flush=True,
-                )
-            loss_sum, loss_n = 0.0, 0
-            history.append(metrics)
-            if is_last:
-                exporter = _exporter(engine, model, tokenizer, spec, config.get("st_teacher"))
-                _save_and_report(
-                    engine,
-                    step,
-                    metrics,
-                    history,
-                    final_export=exporter,
-                    extra_state=_teacher_state(teacher_before, teacher),
-                )
-            elif step % t.checkpoint_every == 0:
-                _save_and_report(engine, step, metrics, history)
-            else:
-                ray.train.report({**metrics, **_placement()})
-
-    if start_step >= total_steps:  # already finished: re-emit the final checkpoint with its export
-        metrics = dict(history[-1]) if history else {"step": total_steps}
-        exporter = _exporter(engine, model, tokenizer, spec, config.get("st_teacher"))
-        _save_and_report(
-            engine,
-            total_steps,
-            metrics,
-            history,
-            final_export=exporter,
-            extra_state=_teacher_state(teacher_before, teacher),
-        )

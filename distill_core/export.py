@@ -23,6 +23,13 @@ from distill.core.lstm_student import BiLSTMConfig, register_lstm_student
 from distill.core.outputs import sentence_pool
 
 _DENSE = "2_Dense"
+# Fixed texts whose outputs the trained in-memory model records at export time; the report
+# reloads the export and compares (`export_check`).
+PROBE_TEXTS = [
+    "A quick check that the exported student matches the trained one.",
+    "Knowledge distillation compresses a large teacher into a small student.",
+    "Short text.",
+]
 
 
 def _modules(teacher_dir: Path, has_dense: bool) -> list[dict]:

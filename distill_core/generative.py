@@ -1,11 +1,7 @@
-"""Generative teachers and students: GPT-2-style decoders (`causal`) and BART-style
-encoder-decoders (`seq2seq`), next to the encoder family of the rest of `distill_core`.
+"""Token-level pieces of the generative families (`generative_family.py`): GPT-2-style
+decoders (`causal`) and BART-style encoder-decoders (`seq2seq`). Students are built by
+`student.build_student` like every other family's.
 
-- `model_family` tells the three apart from a config; `load_generative` loads a folder as an
-  LM (or builds one from a weightless architecture such as `builtin:tiny-gpt2`).
-- Students are built from the teacher's config by depth and width (`GenerativeSize`), each
-  layer copied from a teacher layer chosen by a `STUDENT_INITS` layer rule; narrower
-  students take the leading channels of every tensor (GPT-2's fused q|k|v per third).
 - `GenerativeDistillationModel` is the trainable half of a stage, with the same interface as
   `objective.DistillationModel`; its objective is a weighted sum of `TOKEN_LOSSES`, each a
   pure function of `token_losses.py`, computed on target tokens only, in chunks.
@@ -16,7 +12,6 @@ encoder-decoders (`seq2seq`), next to the encoder family of the rest of `distill
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,198 +19,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
 from distill.core import token_losses
 from distill.core.outputs import ModelOutputs
+from distill.core.student import is_encoder_decoder
 
-CAUSAL_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "opt", "phi"}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def model_family(config: PretrainedConfig) -> str:
-    """`seq2seq` (encoder-decoder), `causal` (decoder-only LM) or `encoder`."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if getattr(config, "is_decoder", False) or config.model_type in CAUSAL_TYPES:
-        return "causal"
-    return "encoder"
-
-
-def is_generative(config: PretrainedConfig) -> bool:
-    return model_family(config) != "encoder"
-
-
-def auto_class(family: str):
-    return AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
 
 
 def has_weights(folder: str) -> bool:
     """False for a local folder holding only a config (a packaged architecture)."""
     path = Path(folder)
     return not path.is_dir() or any((path / f).is_file() for f in WEIGHT_FILES)
-
-
-def load_generative(folder: str, *, seed: int = 0) -> nn.Module:
-    """A causal or seq2seq LM from a folder or hub id; a weightless architecture folder is
-    built with random weights (seeded), for a `kind: pretrain` stage to train."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder)
-    cls = auto_class(model_family(config))
-    if has_weights(folder):
-        return cls.from_pretrained(folder)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return cls.from_config(config)
-
-
-# --- architecture dims ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerativeSize:
-    """Depth and width of a generative model; `decoder_layers` only for seq2seq."""
-
-    layers: int
-    hidden: int
-    heads: int
-    ffn: int
-    decoder_layers: int | None = None
-
-
-def architecture_size(config: PretrainedConfig) -> GenerativeSize:
-    """The dims of a GPT-2-, Llama- or BART-style config, under their standard names."""
-    if model_family(config) == "seq2seq":
-        return GenerativeSize(
-            config.encoder_layers,
-            config.d_model,
-            config.encoder_attention_heads,
-            config.encoder_ffn_dim,
-            config.decoder_layers,
-        )
-    ffn = getattr(config, "n_inner", None) if config.model_type == "gpt2" else None
-    if config.model_type == "gpt2":
-        ffn = ffn or 4 * config.n_embd
-    else:
-        ffn = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
-    return GenerativeSize(
-        config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn
-    )
-
-
-def generative_student_config(teacher_config: PretrainedConfig, size: GenerativeSize):
-    """The teacher's config with depth and width replaced."""
-    if size.hidden % size.heads:
-        raise ValueError(
-            f"student.heads: {size.heads} does not divide student.hidden {size.hidden}"
-        )
-    config = copy.deepcopy(teacher_config)
-    if model_family(config) == "seq2seq":
-        config.encoder_layers = size.layers
-        config.decoder_layers = size.decoder_layers or size.layers
-        config.num_hidden_layers = size.layers
-        config.d_model = size.hidden
-        config.encoder_attention_heads = config.decoder_attention_heads = size.heads
-        config.encoder_ffn_dim = config.decoder_ffn_dim = size.ffn
-        return config
-    config.num_hidden_layers = size.layers
-    config.hidden_size = size.hidden
-    config.num_attention_heads = size.heads
-    if config.model_type == "gpt2":
-        config.n_inner = size.ffn
-    elif hasattr(config, "intermediate_size"):
-        config.intermediate_size = size.ffn
-    else:
-        config.ffn_dim = size.ffn
-    return config
-
-
-# --- building students -----------------------------------------------------------------------
-
-
-def layer_stacks(model: nn.Module) -> list[nn.ModuleList]:
-    """The model's stacks of blocks: [decoder blocks] or [encoder blocks, decoder blocks]."""
-    config = model.config
-    if model_family(config) == "seq2seq":
-        base = model.get_encoder(), model.get_decoder()
-        return [stack.layers for stack in base]
-    n = config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return [module]
-    raise ValueError(f"cannot find a list of {n} layers in {type(model).__name__}")
-
-
-def _copy_leading(dst: torch.Tensor, src: torch.Tensor, fused_thirds: bool = False) -> None:
-    """Copy the leading block of `src` that fits `dst`; GPT-2's fused c_attn ([in, 3h]) is
-    sliced per third so q, k and v each keep their own leading heads."""
-    if fused_thirds and dst.shape != src.shape:
-        for d, s in zip(dst.chunk(3, dim=-1), src.chunk(3, dim=-1)):
-            d.copy_(s[tuple(slice(0, n) for n in d.shape)])
-        return
-    dst.copy_(src[tuple(slice(0, n) for n in dst.shape)])
-
-
-@torch.no_grad()
-def copy_generative_weights(
-    student: nn.Module, teacher: nn.Module, teacher_layers: Sequence[Sequence[int]]
-) -> None:
-    """Initialise `student` from `teacher`: for each stack, student block i copies teacher
-    block teacher_layers[stack][i]; every other weight is copied by name (leading slice)."""
-    s_stacks, t_stacks = layer_stacks(student), layer_stacks(teacher)
-    in_layers = set()
-    for s_stack, t_stack, chosen in zip(s_stacks, t_stacks, teacher_layers):
-        in_layers |= {id(p) for p in s_stack.parameters()}
-        for s_block, t_index in zip(s_stack, chosen):
-            t_params = dict(t_stack[t_index].named_parameters())
-            for name, param in s_block.named_parameters():
-                _copy_leading(
-                    param,
-                    t_params[name],
-                    fused_thirds=name.endswith("c_attn.weight") or name.endswith("c_attn.bias"),
-                )
-    t_all = dict(teacher.named_parameters())
-    for name, param in student.named_parameters():
-        if id(param) not in in_layers and name in t_all:
-            _copy_leading(param, t_all[name])
-    for name, buffer in student.named_buffers():  # BART's final_logits_bias
-        t_buffers = dict(teacher.named_buffers())
-        if name in t_buffers and buffer.dim() == t_buffers[name].dim() and "bias" in name:
-            _copy_leading(buffer, t_buffers[name])
-
-
-def build_generative_student(
-    teacher: nn.Module,
-    size: GenerativeSize,
-    init: str = "uniform_map",
-    teacher_layers: Sequence[int] | None = None,
-    seed: int = 0,
-) -> nn.Module:
-    """A student LM of `size` from the teacher's config, initialised by the named `init`
-    (`random`, `every_other_layer`, `uniform_map`, `first_k`) on each layer stack."""
-    from distill.core.student import init_teacher_layers
-
-    if init == "width_slice":
-        raise ValueError(
-            "student.init: width_slice supports BERT-family encoders; use uniform_map, "
-            "every_other_layer, first_k or random for a generative teacher"
-        )
-    family = model_family(teacher.config)
-    config = generative_student_config(teacher.config, size)
-    torch.manual_seed(seed)
-    student = auto_class(family).from_config(
-        config, attn_implementation=teacher.config._attn_implementation
-    )
-    t_depths = [len(stack) for stack in layer_stacks(teacher)]
-    s_depths = [len(stack) for stack in layer_stacks(student)]
-    chosen = [
-        init_teacher_layers(init, t, s, teacher_layers if family == "causal" else None)
-        for t, s in zip(t_depths, s_depths)
-    ]
-    if chosen[0] is not None:
-        copy_generative_weights(student, teacher, chosen)
-    return student
 
 
 # --- forward: hidden states of target tokens and the LM head ---------------------------------
@@ -240,7 +55,7 @@ def target_hidden(
     and `IGNORE_INDEX` skipped; seq2seq: decoder position t predicts `labels[:, t]`.
     """
     base = getattr(model, model.base_model_prefix)
-    if model_family(model.config) == "seq2seq":
+    if is_encoder_decoder(model.config):
         out = base(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -336,14 +151,10 @@ class TokenObjective(nn.Module):
             )
         self.weights = {name: w for name, w in weights.items() if w > 0}
         self.settings = settings
-        self.projections = nn.ModuleDict()  # the encoder exporter looks here; none needed
 
     @property
     def needs_teacher(self) -> bool:
         return any(name not in TEACHERLESS_TOKEN_LOSSES for name in self.weights)
-
-    teacher_qkv_layers: list[int] = []
-    student_qkv_layers: list[int] = []
 
     def forward(self, view: TokenView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {name: TOKEN_LOSSES[name](view) for name in self.weights}
@@ -351,32 +162,15 @@ class TokenObjective(nn.Module):
 
 
 class GenerativeDistillationModel(nn.Module):
-    """Student LM + token objective. Same call as `DistillationModel`:
-    forward(batch, teacher_outputs) -> (loss, parts); the teacher stays outside."""
+    """Student LM + token objective: forward(batch, teacher_outputs) -> (loss, parts), as
+    `objective.DistillationModel`; the teacher stays outside. `batch_ids` are the token ids
+    the family's batch preparation needs (seq2seq text infilling, decoder inputs)."""
 
     def __init__(self, student: nn.Module, objective: TokenObjective, batch_ids: BatchIds) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
         self.batch_ids = batch_ids
-        self.head = None
-        self.mlm_head = None
-
-    @torch.no_grad()
-    def teacher_forward(self, teacher: nn.Module, batch: dict) -> ModelOutputs:
-        """The teacher's final hidden states (its logits are built per chunk in the loss)."""
-        hidden, _ = target_hidden(teacher, batch)
-        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0))
-        out.head = lm_head(teacher)
-        return out
-
-    def prepare_batch(self, batch: dict, generator: torch.Generator) -> dict:
-        """Seq2seq inputs: text infilling for plain text, decoder inputs for pairs."""
-        return (
-            prepare_seq2seq_batch(batch, self.batch_ids, generator)
-            if self.batch_ids.seq2seq
-            else batch
-        )
 
     def forward(self, batch: dict, teacher: ModelOutputs | None, mixed=None):
         hidden, targets = target_hidden(self.student, batch)
@@ -392,13 +186,6 @@ class GenerativeDistillationModel(nn.Module):
             settings=self.objective.settings,
         )
         return self.objective(view)
-
-    @torch.no_grad()
-    def probe_outputs(
-        self, student: nn.Module, tokenizer, texts: list[str], max_length: int
-    ) -> torch.Tensor:
-        """Logits of the exported-to-be student on fixed texts (checked after reload)."""
-        return probe_logits(student, tokenizer, texts, max_length)
 
 
 def num_chunks(batch_size: int, max_length: int, chunk_tokens: int) -> int:
@@ -426,7 +213,7 @@ class BatchIds:
     @classmethod
     def from_model(cls, config, tokenizer, noise_ratio: float = 0.3) -> BatchIds:
         return cls(
-            seq2seq=model_family(config) == "seq2seq",
+            seq2seq=is_encoder_decoder(config),
             pad=tokenizer.pad_token_id,
             mask=tokenizer.mask_token_id,
             decoder_start=getattr(config, "decoder_start_token_id", None),
@@ -588,7 +375,7 @@ def probe_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int)
     enc = tokenizer(
         texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
     )
-    if model_family(model.config) == "seq2seq":
+    if is_encoder_decoder(model.config):
         labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, token_losses.IGNORE_INDEX)
         out = model(
             input_ids=enc["input_ids"],
@@ -600,11 +387,3 @@ def probe_logits(model: nn.Module, tokenizer, texts: list[str], max_length: int)
     else:
         out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     return out.logits.float() * enc["attention_mask"][..., None]
-
-
-def load_exported(folder: str | Path) -> nn.Module:
-    """An exported generative student as its Auto LM class (causal or seq2seq)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(folder)
-    return auto_class(model_family(config)).from_pretrained(folder).eval()

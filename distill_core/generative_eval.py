@@ -13,10 +13,10 @@ import torch
 from distill.core.generative import (
     BatchIds,
     lm_head,
-    model_family,
     prepare_seq2seq_batch,
     target_hidden,
 )
+from distill.core.student import is_encoder_decoder
 from distill.core.token_losses import IGNORE_INDEX
 
 
@@ -59,7 +59,7 @@ def perplexity(
     `target` given `text` (seq2seq pairs), or `text` from its text-infilled copy (seq2seq
     without targets; the same noise for every model, from `seed`)."""
     model.eval()
-    seq2seq = model_family(model.config) == "seq2seq"
+    seq2seq = is_encoder_decoder(model.config)
     ids = BatchIds.from_model(model.config, tokenizer, noise_ratio=noise_ratio)
     generator = torch.Generator().manual_seed(seed)
     head = lm_head(model)
@@ -115,7 +115,7 @@ def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict[str, float]:
 
 def _prompts(model, tokenizer, texts: list[str], prompt_tokens: int, batch_size: int):
     """Left-padded prompt batches (decoders) or source batches (seq2seq)."""
-    seq2seq = model_family(model.config) == "seq2seq"
+    seq2seq = is_encoder_decoder(model.config)
     side = tokenizer.padding_side
     tokenizer.padding_side = "right" if seq2seq else "left"
     try:

@@ -314,12 +314,14 @@ class DistillationModel(nn.Module):
         objective: Objective,
         head: nn.Module | None = None,
         mlm_head: nn.Module | None = None,
+        masking=None,
     ) -> None:
         super().__init__()
         self.student = student
         self.objective = objective
         self.head = head
         self.mlm_head = mlm_head
+        self.masking = masking  # `outputs.MlmMasking` of the `mlm` loss's inputs, or None
 
     def _loss(self, batch, teacher, inputs_embeds=None, soft_labels=None):
         student = forward_outputs(

@@ -75,6 +75,11 @@ class TaskHead(nn.Module):
         return head
 
 
+def has_task_head(folder: str | Path) -> bool:
+    """True when a model folder carries a trained task head (`task_head/`)."""
+    return (Path(folder) / TASK_HEAD_DIR / "config.json").is_file()
+
+
 class MlmHead(nn.Module):
     """BERT's masked-LM head (dense, GELU, LayerNorm, decoder to the vocabulary). The decoder
     starts as the model's token-embedding table and stays frozen, as a tied decoder would
@@ -94,6 +99,22 @@ class MlmHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         x = self.norm(nn.functional.gelu(self.dense(hidden)))
         return self.decoder(x)
+
+
+@dataclass(frozen=True)
+class MlmMasking:
+    """What BERT-style masking needs from the tokenizer, and the masking rate."""
+
+    mask_id: int
+    special_ids: tuple[int, ...]
+    vocab_size: int
+    probability: float
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, probability: float) -> MlmMasking:
+        return cls(
+            tokenizer.mask_token_id, tuple(tokenizer.all_special_ids), len(tokenizer), probability
+        )
 
 
 def mask_tokens(

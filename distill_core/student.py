@@ -21,10 +21,36 @@ from transformers import AutoModel, PretrainedConfig
 
 @dataclass(frozen=True)
 class StudentSize:
+    """Depth and width of a transformer; `decoder_layers` only for encoder-decoders."""
+
     layers: int
     hidden: int
     heads: int
     ffn: int
+    decoder_layers: int | None = None
+
+
+def is_encoder_decoder(config: PretrainedConfig) -> bool:
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
+def architecture_size(config: PretrainedConfig) -> StudentSize:
+    """The dims of a BERT-, GPT-2-, Llama- or BART-style config, under their standard names."""
+    if is_encoder_decoder(config):
+        return StudentSize(
+            config.encoder_layers,
+            config.d_model,
+            config.encoder_attention_heads,
+            config.encoder_ffn_dim,
+            config.decoder_layers,
+        )
+    if config.model_type == "gpt2":
+        ffn = getattr(config, "n_inner", None) or 4 * config.n_embd
+    else:
+        ffn = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+    return StudentSize(
+        config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn
+    )
 
 
 def every_other_layer(n_teacher: int, n_student: int) -> list[int]:
@@ -60,16 +86,29 @@ def first_k(n_teacher: int, n_student: int) -> list[int]:
 
 
 def student_config(teacher_config: PretrainedConfig, size: StudentSize) -> PretrainedConfig:
-    """The teacher's config with depth and width replaced."""
+    """The teacher's config with depth and width replaced (every family's field names)."""
     if size.hidden % size.heads:
         raise ValueError(
             f"student.heads: {size.heads} does not divide student.hidden {size.hidden}"
         )
     config = copy.deepcopy(teacher_config)
+    if is_encoder_decoder(config):
+        config.encoder_layers = size.layers
+        config.decoder_layers = size.decoder_layers or size.layers
+        config.num_hidden_layers = size.layers
+        config.d_model = size.hidden
+        config.encoder_attention_heads = config.decoder_attention_heads = size.heads
+        config.encoder_ffn_dim = config.decoder_ffn_dim = size.ffn
+        return config
     config.num_hidden_layers = size.layers
     config.hidden_size = size.hidden
     config.num_attention_heads = size.heads
-    config.intermediate_size = size.ffn
+    if config.model_type == "gpt2":
+        config.n_inner = size.ffn
+    elif hasattr(config, "intermediate_size"):
+        config.intermediate_size = size.ffn
+    else:
+        config.ffn_dim = size.ffn
     return config
 
 
@@ -91,35 +130,60 @@ def init_teacher_layers(
     return None if chooser is None else chooser(n_teacher, n_student)
 
 
-def layer_list(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of transformer blocks: the ModuleList as long as num_hidden_layers."""
+def layer_stacks(model: nn.Module) -> list[nn.ModuleList]:
+    """The model's stacks of blocks: [blocks], or [encoder blocks, decoder blocks] for an
+    encoder-decoder."""
+    if is_encoder_decoder(model.config):
+        return [model.get_encoder().layers, model.get_decoder().layers]
     n = model.config.num_hidden_layers
     for module in model.modules():
         if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
+            return [module]
     raise ValueError(f"cannot find a list of {n} layers in {type(model).__name__}")
 
 
-def _copy_sliced(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """Copy the leading block of `src` that fits `dst` (identity when shapes match)."""
-    index = tuple(slice(0, d) for d in dst.shape)
-    dst.copy_(src[index])
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of a single-stack model (encoder or decoder)."""
+    return layer_stacks(model)[0]
+
+
+def copy_leading(dst: torch.Tensor, src: torch.Tensor, fused_thirds: bool = False) -> None:
+    """Copy the leading block of `src` that fits `dst` (identity when shapes match); GPT-2's
+    fused c_attn ([in, 3h]) is sliced per third so q, k and v each keep their leading heads."""
+    if fused_thirds and dst.shape != src.shape:
+        for d, s in zip(dst.chunk(3, dim=-1), src.chunk(3, dim=-1)):
+            d.copy_(s[tuple(slice(0, n) for n in d.shape)])
+        return
+    dst.copy_(src[tuple(slice(0, n) for n in dst.shape)])
+
+
+def _fused_qkv(name: str) -> bool:
+    return name.endswith(("c_attn.weight", "c_attn.bias"))
 
 
 @torch.no_grad()
-def copy_teacher_weights(student: nn.Module, teacher: nn.Module, teacher_layers: list[int]) -> None:
-    """Initialise `student` from `teacher`: non-layer weights by name, layer i from
-    teacher layer teacher_layers[i], width-sliced where the student is narrower."""
-    s_layers, t_layers = layer_list(student), layer_list(teacher)
-    for s_block, t_index in zip(s_layers, teacher_layers):
-        t_params = dict(t_layers[t_index].named_parameters())
-        for name, param in s_block.named_parameters():
-            _copy_sliced(param, t_params[name])
-    layer_ids = {id(p) for p in s_layers.parameters()}
+def copy_teacher_weights(
+    student: nn.Module, teacher: nn.Module, teacher_layers: Sequence[Sequence[int]]
+) -> None:
+    """Initialise `student` from `teacher`: for each layer stack, student block i copies
+    teacher block teacher_layers[stack][i]; every other weight (and a bias buffer such as
+    BART's final_logits_bias) is copied by name; narrower tensors take the leading slice."""
+    s_stacks, t_stacks = layer_stacks(student), layer_stacks(teacher)
+    in_layers = set()
+    for s_stack, t_stack, chosen in zip(s_stacks, t_stacks, teacher_layers):
+        in_layers |= {id(p) for p in s_stack.parameters()}
+        for s_block, t_index in zip(s_stack, chosen):
+            t_params = dict(t_stack[t_index].named_parameters())
+            for name, param in s_block.named_parameters():
+                copy_leading(param, t_params[name], fused_thirds=_fused_qkv(name))
     t_all = dict(teacher.named_parameters())
     for name, param in student.named_parameters():
-        if id(param) not in layer_ids and name in t_all:
-            _copy_sliced(param, t_all[name])
+        if id(param) not in in_layers and name in t_all:
+            copy_leading(param, t_all[name])
+    t_buffers = dict(teacher.named_buffers())
+    for name, buffer in student.named_buffers():
+        if "bias" in name and name in t_buffers and buffer.dim() == t_buffers[name].dim():
+            copy_leading(buffer, t_buffers[name])
 
 
 # --- width_slice: importance-ranked width pruning ------------------------------------------
@@ -298,14 +362,13 @@ def _copy_exact(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
 
 
 @torch.no_grad()
-def copy_width_sliced(student: nn.Module, teacher: nn.Module, teacher_layers: list[int]) -> None:
-    """Initialise `student` from the teacher layers `teacher_layers`, keeping the channels,
-    heads and neurons `width_slice_plan` ranks highest (identity when widths match)."""
-    sc = student.config
-    size = StudentSize(
-        sc.num_hidden_layers, sc.hidden_size, sc.num_attention_heads, sc.intermediate_size
-    )
-    plan = width_slice_plan(teacher, size, teacher_layers)
+def copy_width_sliced(
+    student: nn.Module, teacher: nn.Module, teacher_layers: Sequence[Sequence[int]]
+) -> None:
+    """Initialise `student` from the teacher layers `teacher_layers[0]` (an encoder has one
+    stack), keeping the channels, heads and neurons `width_slice_plan` ranks highest."""
+    (teacher_layers,) = teacher_layers
+    plan = width_slice_plan(teacher, architecture_size(student.config), teacher_layers)
     head_dim = teacher.config.hidden_size // teacher.config.num_attention_heads
     t_outer, t_blocks = _outer_and_block_params(teacher)
     s_outer, s_blocks = _outer_and_block_params(student)
@@ -324,7 +387,7 @@ class StudentInit:
     how the copy narrows teacher tensors to the student's width."""
 
     layers: Callable[[int, int], list[int]] | None
-    copy: Callable[[nn.Module, nn.Module, list[int]], None] = copy_teacher_weights
+    copy: Callable[[nn.Module, nn.Module, Sequence[Sequence[int]]], None] = copy_teacher_weights
 
 
 STUDENT_INITS: dict[str, StudentInit] = {
@@ -342,15 +405,21 @@ def build_student(
     init: str = "every_other_layer",
     teacher_layers: Sequence[int] | None = None,
     seed: int = 0,
+    auto_class=AutoModel,
 ) -> nn.Module:
-    """Build a student of `size` from the teacher's config and initialise it by `init`."""
+    """Build a student of `size` from the teacher's config (as `auto_class`: AutoModel for
+    encoders, the Auto LM class for generative teachers) and initialise it by `init` on each
+    layer stack. Explicit `teacher_layers` apply to single-stack models."""
     config = student_config(teacher.config, size)
     torch.manual_seed(seed)
-    student = AutoModel.from_config(config, attn_implementation=teacher.config._attn_implementation)
-    chosen = init_teacher_layers(
-        init, teacher.config.num_hidden_layers, size.layers, teacher_layers
+    student = auto_class.from_config(
+        config, attn_implementation=teacher.config._attn_implementation
     )
-    if chosen is not None:
+    t_depths = [len(stack) for stack in layer_stacks(teacher)]
+    s_depths = [len(stack) for stack in layer_stacks(student)]
+    explicit = teacher_layers if len(t_depths) == 1 else None
+    chosen = [init_teacher_layers(init, t, n, explicit) for t, n in zip(t_depths, s_depths)]
+    if chosen[0] is not None:
         STUDENT_INITS[init].copy(student, teacher, chosen)
     return student
 

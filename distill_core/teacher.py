@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from distill.core.architectures import builtin_path
 from distill.core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_path
@@ -39,16 +39,14 @@ def load_teacher_config(name: str) -> PretrainedConfig:
 
 
 def load_teacher(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, object]:
-    """Load a frozen teacher and its tokenizer: an encoder (`AutoModel`), or a causal /
-    seq2seq LM with its LM head (a weightless `builtin:` architecture gets seeded random
-    weights: only a `kind: pretrain` stage, which needs no teacher, uses one)."""
-    from distill.core.generative import is_generative, load_generative
+    """Load a frozen teacher and its tokenizer as its family loads it: an encoder
+    (`AutoModel`), or a causal / seq2seq LM with its LM head (a weightless `builtin:`
+    architecture gets seeded random weights: only a `kind: pretrain` stage, which needs no
+    teacher, uses one)."""
+    from distill.core.families import family_of
 
     path = resolve_teacher(name)
-    if is_generative(AutoConfig.from_pretrained(path)):
-        model = load_generative(path, seed=seed)
-    else:
-        model = AutoModel.from_pretrained(path)
+    model = family_of(AutoConfig.from_pretrained(path)).load_model(path, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return freeze(model), tokenizer
 

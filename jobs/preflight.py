@@ -10,25 +10,12 @@ import os
 from distill.cluster.job_data import train_eval_texts
 from distill.core.data import DataError
 from distill.core.evaluation import load_sts_pairs
-from distill.core.generative import (
-    GenerativeSize,
-    generative_student_config,
-    is_generative,
-)
+from distill.core.families import family_of
 from distill.core.generative import has_weights as has_weights_at
-from distill.core.objective import (
-    ATTENTION_LOSSES,
-    LOSSES,
-    TASK_LOSSES,
-    TEACHERLESS_LOSSES,
-    layer_pairs,
-)
-from distill.core.outputs import TASK_HEAD_DIR
+from distill.core.outputs import has_task_head
 from distill.core.spec import JobSpec, SpecError
 from distill.core.stages import Stage, expand_stages
-from distill.core.student import StudentSize, init_teacher_layers, student_config
 from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
-from distill.jobs.generative_preflight import resolve_generative_stage
 
 
 def _teacher_config(spec: JobSpec):
@@ -45,125 +32,12 @@ def _teacher_config(spec: JobSpec):
         ) from None
 
 
-def _check_width_slice(hidden: int, heads: int, ffn: int, tc) -> None:
-    """width_slice keeps whole teacher heads and can only narrow the teacher."""
-    for field, value, most in (
-        ("hidden", hidden, tc.hidden_size),
-        ("heads", heads, tc.num_attention_heads),
-        ("ffn", ffn, tc.intermediate_size),
-    ):
-        if value > most:
-            raise SpecError(
-                f"student.{field}: width_slice can only narrow the teacher; {value} > {most}"
-            )
-    head_dim = tc.hidden_size // tc.num_attention_heads
-    if hidden != heads * head_dim:
-        raise SpecError(
-            f"student.heads: width_slice keeps whole teacher heads of {head_dim}, so hidden "
-            f"{hidden} needs heads={hidden // head_dim}, got {heads}"
-        )
-
-
-def _resolve_student(spec: JobSpec, tc) -> JobSpec:
-    s = spec.student
-    if s.kind == "lstm":
-        if s.init not in ("random", "every_other_layer") or s.teacher_layers:
-            raise SpecError(
-                "student.init: an LSTM student takes no teacher layers; drop student.init"
-            )
-        return spec.model_copy(
-            update={
-                "student": s.model_copy(
-                    update={"freeze_word_embeddings": bool(s.freeze_word_embeddings)}
-                )
-            }
-        )
-    hidden = s.hidden or tc.hidden_size
-    head_dim = tc.hidden_size // tc.num_attention_heads
-    heads = s.heads or (
-        tc.num_attention_heads if hidden == tc.hidden_size else max(1, hidden // head_dim)
-    )
-    if hidden % heads:
-        raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
-    ffn = s.ffn or round(hidden * tc.intermediate_size / tc.hidden_size)
-    if s.init == "width_slice":
-        _check_width_slice(hidden, heads, ffn, tc)
-    try:
-        init_teacher_layers(s.init, tc.num_hidden_layers, s.layers, s.teacher_layers)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
-    freeze = s.freeze_word_embeddings
-    if freeze is None:
-        freeze = s.init != "random" and hidden == tc.hidden_size
-    elif freeze and s.init == "random":
-        raise SpecError(
-            "student.freeze_word_embeddings: true needs a teacher-initialised student, not init=random"
-        )
-    return spec.model_copy(
-        update={
-            "student": s.model_copy(
-                update={
-                    "hidden": hidden,
-                    "heads": heads,
-                    "ffn": ffn,
-                    "freeze_word_embeddings": freeze,
-                }
-            )
-        }
-    )
-
-
 def _check_lengths(spec: JobSpec, tc) -> None:
     limit = getattr(tc, "max_position_embeddings", None)
     if limit is not None and spec.data.max_length > limit:
         raise SpecError(
             f"data.max_length: {spec.data.max_length} exceeds the teacher's {limit} positions"
         )
-
-
-def _check_objective(spec: JobSpec, tc, teacher_has_head: bool) -> None:
-    o, s = spec.objective, spec.student
-    unknown = sorted(set(o.weights) - set(LOSSES))
-    if unknown:
-        raise SpecError(f"objective.weights: unknown loss {unknown}; choose from {sorted(LOSSES)}")
-    used = {name for name, w in o.weights.items() if w > 0}
-    if not used:
-        raise SpecError("objective.weights: needs at least one loss with a positive weight")
-    student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
-    try:
-        layer_pairs(o.layer_map, student_depth, tc.num_hidden_layers)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
-    if used & TASK_LOSSES and spec.task is None:
-        raise SpecError(f"objective.weights: {sorted(used & TASK_LOSSES)} need a task (task.type)")
-    if {"logit_kl", "logit_mse"} & used and not teacher_has_head:
-        raise SpecError(
-            "objective.weights: logit_kl/logit_mse need a teacher with a task head: a "
-            "finetune stage (teacher.name: stage:NAME) or a folder with task_head/"
-        )
-    if "logit_kl" in used and spec.task and spec.task.type == "regression":
-        raise SpecError(
-            "objective.weights: logit_kl needs classification; use logit_mse for regression"
-        )
-    if "mlm" in used and s.kind == "lstm":
-        raise SpecError("objective.weights: mlm needs a transformer student")
-    attention = used & ATTENTION_LOSSES
-    if attention and s.kind == "lstm":
-        raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")
-    if o.attention_layer is not None and o.attention_layer > tc.num_hidden_layers:
-        raise SpecError(
-            f"objective.attention_layer: {o.attention_layer} not in 1..{tc.num_hidden_layers}"
-        )
-    if {"attention_kl", "value_relation_kl"} & used and s.heads != tc.num_attention_heads:
-        raise SpecError(
-            f"student.heads: attention_kl/value_relation_kl need the teacher's "
-            f"{tc.num_attention_heads} heads, got {s.heads}; use minilmv2_relations"
-        )
-    if "minilmv2_relations" in used:
-        heads = o.relation_heads or tc.num_attention_heads
-        for who, width in (("student.hidden", s.hidden), ("teacher hidden", tc.hidden_size)):
-            if width % heads:
-                raise SpecError(f"objective.relation_heads: {heads} does not divide {who} {width}")
 
 
 def _check_scaling(spec: JobSpec, local_resources: bool = True) -> None:
@@ -260,42 +134,6 @@ def preflight(spec: JobSpec) -> JobSpec:
     return preflight_stages(spec)[-1].spec
 
 
-def _as_finetune(spec: JobSpec, tc) -> JobSpec:
-    """A finetune stage trains a full copy of its teacher: the student is the teacher."""
-    heads = spec.objective.weights
-    if any(w > 0 and name not in TEACHERLESS_LOSSES for name, w in heads.items()):
-        raise SpecError(
-            f"objective.weights: a finetune stage trains on labels only ({sorted(TEACHERLESS_LOSSES)})"
-        )
-    student = spec.student.model_copy(
-        update={
-            "kind": "transformer",
-            "layers": tc.num_hidden_layers,
-            "hidden": tc.hidden_size,
-            "heads": tc.num_attention_heads,
-            "ffn": tc.intermediate_size,
-            "init": "first_k",
-            "teacher_layers": None,
-            "freeze_word_embeddings": False,
-        }
-    )
-    return spec.model_copy(update={"student": student})
-
-
-def _output_config(stage: Stage, tc):
-    """The config of the model a stage produces (for a later stage that uses it as teacher)."""
-    s = stage.spec.student
-    if stage.kind in ("finetune", "pretrain"):
-        return tc
-    if is_generative(tc):
-        return generative_student_config(
-            tc, GenerativeSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
-        )
-    if s.kind == "lstm":
-        return None
-    return student_config(tc, StudentSize(s.layers, s.hidden, s.heads, s.ffn))
-
-
 def preflight_stages(
     spec: JobSpec, *, check_data: bool = True, local_resources: bool = True
 ) -> list[Stage]:
@@ -320,25 +158,18 @@ def preflight_stages(
                     raise SpecError(f"teacher.name: stage {ref} makes an LSTM, which cannot teach")
             else:
                 tc = _teacher_config(s)
-                has_head = os.path.isfile(
-                    os.path.join(resolve_teacher(s.teacher.name), TASK_HEAD_DIR, "config.json")
-                )
+                has_head = has_task_head(resolve_teacher(s.teacher.name))
                 has_weights = has_weights_at(resolve_teacher(s.teacher.name))
-            if is_generative(tc):  # GPT-2 / BART-style teachers: token-level objectives
-                s = resolve_generative_stage(s, stage.kind, tc, has_weights)
-            else:
-                if stage.kind == "pretrain":
-                    raise SpecError(
-                        "kind: pretrain needs a generative (causal or seq2seq) teacher architecture"
-                    )
-                s = _as_finetune(s, tc) if stage.kind == "finetune" else _resolve_student(s, tc)
-                _check_objective(s, tc, has_head)
+            family = family_of(tc)
+            s = family.resolve_stage(
+                s, stage.kind, tc, teacher_has_weights=has_weights, teacher_has_head=has_head
+            )
             _check_lengths(s, tc)
             if check_data:
                 s = _check_data(s)
         except SpecError as exc:
             raise SpecError(f"{prefix}{exc}") from None
         done = Stage(stage.name, stage.kind, s)
-        made[stage.name] = (_output_config(done, tc), s.task is not None)
+        made[stage.name] = (family.output_config(s, stage.kind, tc), s.task is not None)
         resolved.append(done)
     return resolved

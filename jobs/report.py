@@ -11,66 +11,13 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
-from distill.cluster.run_files import PROBE_TEXTS
-from distill.core.evaluation import (
-    cosine_agreement,
-    load_sts_pairs,
-    measure_throughput,
-    sts_spearman,
-    task_scores,
-)
-from distill.core.export import load_encoder
-from distill.core.outputs import TaskHead
+from distill.core.families import family_of
 from distill.core.spec import JobSpec
-from distill.core.student import count_parameters
 from distill.core.teacher import resolve_teacher
 
 SCHEMA_VERSION = 1
-
-
-def _quality(spec: JobSpec, teacher, student, eval_texts: list[str]) -> dict:
-    e, max_len = spec.evaluation, spec.data.max_length
-    if e.sts_path:
-        pairs = load_sts_pairs(e.sts_path, e.max_sts_pairs)
-        t, s = sts_spearman(teacher, pairs, max_len), sts_spearman(student, pairs, max_len)
-        return {
-            "metric": "sts_spearman",
-            "split": e.sts_path,
-            "n": len(pairs.scores),
-            "teacher": t,
-            "student": s,
-            "retention": s / t if t else None,
-        }
-    t_emb = teacher.encode(eval_texts, max_length=max_len)
-    s = cosine_agreement(student.encode(eval_texts, max_length=max_len), t_emb)
-    return {
-        "metric": "cosine_agreement",
-        "split": "held-out",
-        "n": len(eval_texts),
-        "teacher": 1.0,
-        "student": s,
-        "retention": s,
-    }
-
-
-def _task_quality(spec: JobSpec, teacher_dir: str, student_dir: Path, eval_rows) -> dict | None:
-    """Accuracy (classification) or Spearman (regression) of each model's own task head on
-    the held-out labelled rows; None when the stage has no task or the teacher no head."""
-    if spec.task is None or TaskHead.load(teacher_dir) is None:
-        return None
-    scores = {
-        who: task_scores(folder, eval_rows, max_length=spec.data.max_length)
-        for who, folder in (("teacher", teacher_dir), ("student", student_dir))
-    }
-    t, s = scores["teacher"], scores["student"]
-    return {
-        "metric": "accuracy" if spec.task.type == "classification" else "spearman",
-        "n": len(eval_rows),
-        "teacher": t,
-        "student": s,
-        "retention": s / t if t else None,
-    }
 
 
 def training_section(spec: JobSpec, train_state: dict) -> dict:
@@ -112,33 +59,15 @@ def build_report(
     teacher_dir: str | None = None,
     stages: list[dict] | None = None,
 ) -> dict:
-    """Evaluate teacher and exported student in this process and assemble the report.
+    """Evaluate teacher and exported student in this process and assemble the report; the
+    teacher's family supplies the quality, task, speed, size and export-check sections.
     `run_dir` is the run's location as written in the report (a path or an s3:// URI);
     `student_dir` a local copy of the export when the run folder is not local;
-    eval_rows: the held-out `datasets.Dataset` (`text`, and `label` for tasks)."""
+    eval_rows: the held-out `datasets.Dataset` (`text`, and `label` or `target`)."""
     teacher_dir = teacher_dir or resolve_teacher(spec.teacher.name)
-    teacher = load_encoder(teacher_dir)
     student_dir = student_dir or Path(run_dir) / "student"
-    student = load_encoder(student_dir)
-    eval_texts = list(eval_rows["text"])
-    export_diff = float(
-        (student.encode(PROBE_TEXTS, max_length=spec.data.max_length) - probe).abs().max()
-    )
-    quality = _quality(spec, teacher, student, eval_texts)
-    e = spec.evaluation
-    speed_texts = (eval_texts * (e.throughput_texts // max(len(eval_texts), 1) + 1))[
-        : e.throughput_texts
-    ]
-    speed = measure_throughput(
-        {"teacher": teacher, "student": student},
-        speed_texts,
-        rounds=e.throughput_rounds,
-        batch_size=e.batch_size,
-        max_length=spec.data.max_length,
-    )
-    t_params = count_parameters(teacher)
-    s_params = count_parameters(student)
-    s, t = spec.student, teacher.model.config
+    family = family_of(AutoConfig.from_pretrained(teacher_dir))
+    sections = family.evaluate(spec, teacher_dir, student_dir, eval_rows, probe)
     report = {
         "schema_version": SCHEMA_VERSION,
         "run": {
@@ -147,40 +76,15 @@ def build_report(
             "status": "completed",
             "wall_time_s": None,  # set last, so it includes this evaluation
         },
-        "teacher": {
-            "name": spec.teacher.name,
-            "parameters": t_params,
-            "layers": t.num_hidden_layers,
-            "hidden": t.hidden_size,
-        },
-        "student": {
-            "parameters": s_params,
-            "layers": s.layers,
-            "hidden": s.hidden,
-            "heads": s.heads,
-            "ffn": s.ffn,
-            "init": s.init,
-            "kind": s.kind,
-        },
-        "size": {
-            "teacher_parameters": t_params,
-            "student_parameters": s_params,
-            "compression": t_params / s_params,
-        },
-        "quality": quality,
-        "task": _task_quality(spec, teacher_dir, student_dir, eval_rows),
+        "teacher": sections["teacher"],
+        "student": sections["student"],
+        "size": sections["size"],
+        "quality": sections["quality"],
+        "task": sections["task"],
         "stages": stages or [],
-        "speed": {
-            "unit": "sentences/s",
-            "teacher": speed["teacher"],
-            "student": speed["student"],
-            "speedup": speed["student"] / speed["teacher"],
-            "texts": len(speed_texts),
-            "batch_size": e.batch_size,
-            "threads": torch.get_num_threads(),
-        },
+        "speed": sections["speed"],
         "training": training_section(spec, train_state),
-        "export_check": {"max_abs_diff": export_diff, "probe_texts": len(PROBE_TEXTS)},
+        "export_check": sections["export_check"],
         "teacher_check": train_state.get("teacher_fingerprint"),
         "paths": paths_section(run_dir, checkpoint_path),
     }

@@ -7,21 +7,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import torch
 import yaml
 
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.run_files import PROBE_FILE, STAGES_DIR, STATE_FILE, STUDENT_DIR, TRAIN_DIR
-from distill.cluster.storage import LocalStorage, is_s3_uri
+from distill.cluster.pipeline import (
+    StagePlan,
+    WorkerInputs,
+    mark_done,
+    stage_dir,
+    stage_done,
+    stage_student,
+)
+from distill.cluster.run_files import PROBE_FILE, STATE_FILE, STUDENT_DIR
+from distill.cluster.storage import Storage, is_s3_uri
 from distill.cluster.teacher_cache import cache_summary
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
 from distill.core.stages import Stage
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
-from distill.jobs.generative_report import build_generative_report
 from distill.jobs.preflight import check_storage, preflight_stages
 from distill.jobs.report import build_report
 
@@ -46,7 +55,7 @@ def _model_shape(key: str, value):
     return value or None
 
 
-def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
+def _check_resumable(storage: Storage, spec: JobSpec) -> None:
     if not storage.exists(CONFIG_FILE):
         return
     try:
@@ -67,87 +76,64 @@ def _check_resumable(storage: LocalStorage, spec: JobSpec) -> None:
             )
 
 
-def _stage_marker(stage: Stage) -> str:
-    return f"{STAGES_DIR}/{stage.name}/done.json"
+def plan_stages(stages: list[Stage]) -> tuple[StagePlan, ...]:
+    """The workers' view of the stages: which earlier stage each one's teacher is, and
+    which earlier student it carries on (a stage continues the previous distill stage's
+    student when it asks for the same one; MiniLM's teacher assistant starts a new one)."""
+    plans, previous = [], None
+    for stage in stages:
+        carry = (
+            previous is not None
+            and stage.kind == "distill"
+            and previous.spec.student == stage.spec.student
+        )
+        plans.append(
+            StagePlan(
+                stage.name,
+                stage.kind,
+                stage.spec,
+                teacher_stage=stage.teacher_stage,
+                continues=previous.name if carry else None,
+            )
+        )
+        if stage.kind == "distill":
+            previous = stage
+    return tuple(plans)
 
 
-def _stage_location(stage: Stage, single: bool) -> tuple[str | None, str]:
-    """(subdir, Ray run name): a one-stage job keeps Ray's run at `<run>/train`."""
-    return (None, TRAIN_DIR) if single else (STAGES_DIR, stage.name)
-
-
-def _finished_checkpoint(storage, stage: Stage):
-    """The final checkpoint of a stage that already finished with this very spec, or None."""
+def _run_stages(
+    plans: tuple[StagePlan, ...], storage: Storage, teacher_cache: dict | None, callbacks
+):
+    """Run the stages that are not done yet, all in one Ray Train run; the final stage's
+    final checkpoint. A finished job (every stage done with this very spec) runs nothing."""
     import ray.train
 
-    if not storage.exists(_stage_marker(stage)):
-        return None
-    done = json.loads(storage.read_text(_stage_marker(stage)))
-    if done.get("spec") != stage.spec.model_dump(mode="json"):
-        return None  # the stage changed (e.g. more steps): Ray resumes it from its checkpoint
-    return ray.train.Checkpoint(done["checkpoint"], filesystem=storage.ray_storage()[1])
-
-
-def _run_stages(stages: list[Stage], storage, extra_inputs: dict, callbacks: list | None) -> dict:
-    """Run each stage in order (skipping finished ones); {stage name: final checkpoint}.
-    extra_inputs and callbacks go to every stage's trainer (a sweep trial's cache and
-    `TuneReportCallback`)."""
     from distill.cluster.launch import fit  # imports Ray: only after every check has passed
 
-    root = stages[0].spec.teacher.name
-    st_teacher = resolve_teacher(root) if is_sentence_transformer(root) else None
-    outputs: dict = {}
-    previous_student = None  # the last distill stage, whose student the next one carries on
-    for stage in stages:
-        carry = previous_student is not None and _same_student(previous_student, stage)
-        checkpoint = _finished_checkpoint(storage, stage)
-        if checkpoint is None:
-            subdir, name = _stage_location(stage, len(stages) == 1)
-            if len(stages) > 1:
-                print(f"[distill] stage {stage.name} ({stage.kind})", flush=True)
-                storage.write_text(f"{subdir}/{name}/{CONFIG_FILE}", dump_spec(stage.spec))
-            targets = None
-            if stage.spec.objective.sequence_kd is not None:
-                from distill.cluster.teacher_generations import cache_teacher_targets
-
-                teacher_ckpt = outputs.get(stage.teacher_stage)
-                with _teacher_folder(teacher_ckpt, stage.spec) as teacher_dir:
-                    teacher_id = teacher_ckpt.path if teacher_ckpt else teacher_dir
-                    targets = cache_teacher_targets(stage.spec, storage, teacher_dir, teacher_id)
-            result = fit(
-                stage.spec,
-                storage,
-                name=name,
-                subdir=subdir,
-                stage_inputs={
-                    "kind": stage.kind,
-                    "teacher_checkpoint": outputs.get(stage.teacher_stage),
-                    "previous_checkpoint": outputs[previous_student.name] if carry else None,
-                    "st_teacher": st_teacher,
-                    "teacher_targets": targets,
-                    **extra_inputs,
-                },
-                callbacks=callbacks,
-            )
-            if getattr(result, "error", None):
-                raise result.error
-            checkpoint = result.checkpoint
-            storage.write_text(
-                _stage_marker(stage),
-                json.dumps(
-                    {"checkpoint": checkpoint.path, "spec": stage.spec.model_dump(mode="json")}
-                ),
-            )
-        outputs[stage.name] = checkpoint
-        if stage.kind == "distill":
-            previous_student = stage
-    return outputs
-
-
-def _same_student(previous: Stage, stage: Stage) -> bool:
-    """A stage continues the previous distill stage's student when it asks for the same one
-    (MiniLM's teacher assistant changes the student and so starts a new one)."""
-    return stage.kind == "distill" and previous.spec.student == stage.spec.student
+    start = next(
+        (i for i, plan in enumerate(plans) if stage_done(storage, plan) is None), len(plans)
+    )
+    if start == len(plans):
+        done = stage_done(storage, plans[-1])
+        return ray.train.Checkpoint(done["checkpoint"], filesystem=storage.ray_storage()[1])
+    if len(plans) > 1:
+        for plan in plans[start:]:
+            storage.write_text(f"{stage_dir(plan.name)}/{CONFIG_FILE}", dump_spec(plan.spec))
+    root = plans[0].spec.teacher.name
+    inputs = WorkerInputs(
+        stages=plans,
+        run_uri=storage.uri,
+        s3=plans[0].spec.output.s3,
+        start=start,
+        attempt=uuid.uuid4().hex,
+        st_teacher=resolve_teacher(root) if is_sentence_transformer(root) else None,
+        teacher_cache=teacher_cache,
+    )
+    result = fit(inputs, storage, callbacks=callbacks)
+    if getattr(result, "error", None):
+        raise result.error
+    mark_done(storage, plans[-1], checkpoint=result.checkpoint.path)
+    return result.checkpoint
 
 
 def run_job(
@@ -183,51 +169,35 @@ def run_job(
 
     if teacher_cache is not None and len(stages) > 1:
         raise SpecError("stages: the teacher-output cache serves single-stage jobs only")
-    extra = {"teacher_cache": teacher_cache} if teacher_cache else {}
-    outputs = _run_stages(stages, storage, extra, callbacks)
-    final = stages[-1]
+    plans = plan_stages(stages)
+    checkpoint = _run_stages(plans, storage, teacher_cache, callbacks)
+    final = plans[-1]
     final_spec = final.spec.model_copy(update={"output": spec.output})
-    checkpoint = outputs[final.name]
-    with checkpoint.as_directory() as folder:  # from S3: a local download, removed after
-        folder = Path(folder)
+    with contextlib.ExitStack() as scratch:
+        folder = Path(scratch.enter_context(checkpoint.as_directory()))  # S3: a local download
         storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
         storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
         _, eval_rows = train_eval_texts(final_spec)
-        with _teacher_folder(outputs.get(final.teacher_stage), final_spec) as teacher_dir:
-            build = build_generative_report if _generative(teacher_dir) else build_report
-            report = build(
-                final_spec,
-                storage.uri,
-                eval_rows,
-                state,
-                probe,
-                f"s3://{checkpoint.path}" if is_s3_uri(storage.uri) else checkpoint.path,
-                started,
-                student_dir=folder / STUDENT_DIR,
-                teacher_dir=teacher_dir,
-                stages=[
-                    {"name": s.name, "kind": s.kind, "steps": s.spec.training.steps} for s in stages
-                ],
-            )
+        teacher_dir = resolve_teacher(final_spec.teacher.name)
+        if final.teacher_stage is not None:
+            local = scratch.enter_context(tempfile.TemporaryDirectory(prefix="distill-teacher-"))
+            teacher_dir = str(storage.get_dir(stage_student(final.teacher_stage), local))
+        report = build_report(
+            final_spec,
+            storage.uri,
+            eval_rows,
+            state,
+            probe,
+            f"s3://{checkpoint.path}" if is_s3_uri(storage.uri) else checkpoint.path,
+            started,
+            student_dir=folder / STUDENT_DIR,
+            teacher_dir=teacher_dir,
+            stages=[
+                {"name": p.name, "kind": p.kind, "steps": p.spec.training.steps} for p in plans
+            ],
+        )
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
     storage.write_text("report.json", json.dumps(report, indent=2))
     return report
-
-
-def _generative(folder: str) -> bool:
-    from transformers import AutoConfig
-
-    from distill.core.generative import is_generative
-
-    return is_generative(AutoConfig.from_pretrained(folder))
-
-
-@contextlib.contextmanager
-def _teacher_folder(checkpoint, spec: JobSpec):
-    if checkpoint is None:
-        yield resolve_teacher(spec.teacher.name)
-        return
-    with checkpoint.as_directory() as folder:
-        yield str(Path(folder) / STUDENT_DIR)

@@ -19,7 +19,8 @@ from pathlib import Path
 import yaml
 
 from distill.cluster.checkpoints import complete_checkpoints
-from distill.cluster.run_files import STAGES_DIR, STUDENT_DIR, TRAIN_DIR
+from distill.cluster.pipeline import stage_dir
+from distill.cluster.run_files import STATE_FILE, STUDENT_DIR, TRAIN_DIR
 from distill.cluster.storage import Storage, StorageError, open_storage
 from distill.core.spec import JobSpec, SpecError
 
@@ -54,11 +55,7 @@ def _run_row(run: Storage) -> dict | None:
             speedup=sp.get("speedup"),
         )
         return row
-    try:
-        folder, _ = _final_stage(run)
-    except (SpecError, ValueError):
-        return row
-    checkpoints = complete_checkpoints(run, folder)
+    checkpoints = complete_checkpoints(run, TRAIN_DIR)
     if checkpoints:
         row.update(status="stopped (checkpoint)", steps=checkpoints[0]["step"])
     return row
@@ -106,15 +103,17 @@ def _restore_empty_module_dirs(folder: Path) -> None:
                 (folder / module["path"]).mkdir(parents=True, exist_ok=True)
 
 
-def _final_stage(run: Storage) -> tuple[str, JobSpec]:
-    """(Ray Train folder, resolved spec) of the run's last stage."""
+def _checkpoint_spec(run: Storage, checkpoint: str) -> JobSpec:
+    """The resolved spec of the stage a checkpoint belongs to: the run's config.yaml, or
+    in a pipeline `stages/<stage>/config.yaml` of the stage its train_state.json names."""
     spec = JobSpec.model_validate(yaml.safe_load(run.read_text(CONFIG_FILE)))
     if not spec.stages:
-        return TRAIN_DIR, spec
-    folder = f"{STAGES_DIR}/{spec.stages[-1].name}"
-    if not run.exists(f"{folder}/{CONFIG_FILE}"):
-        raise SpecError(f"export: {run.uri}: the last stage has not started ({folder})")
-    return folder, JobSpec.model_validate(yaml.safe_load(run.read_text(f"{folder}/{CONFIG_FILE}")))
+        return spec
+    state = json.loads(run.read_text(f"{checkpoint}/{STATE_FILE}"))
+    config = f"{stage_dir(state.get('stage', spec.stages[-1].name))}/{CONFIG_FILE}"
+    if not run.exists(config):
+        raise SpecError(f"export: {run.uri}: {config} is missing")
+    return JobSpec.model_validate(yaml.safe_load(run.read_text(config)))
 
 
 def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
@@ -130,8 +129,7 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
         return {"source": "student", "run": run.uri}
     if not run.exists(CONFIG_FILE):
         raise SpecError(f"export: {run.uri} is not a run folder (no {CONFIG_FILE})")
-    folder, spec = _final_stage(run)
-    checkpoints = complete_checkpoints(run, folder)
+    checkpoints = complete_checkpoints(run, TRAIN_DIR)
     if not checkpoints:
         raise SpecError(f"export: {run.uri} has no student/ and no complete checkpoint")
     newest = checkpoints[0]
@@ -143,6 +141,7 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
 
     from distill.cluster.consolidate import export_from_checkpoint  # imports DeepSpeed
 
+    spec = _checkpoint_spec(run, newest["path"])
     with tempfile.TemporaryDirectory(prefix="distill-export-") as tmp:
         run.get_dir(newest["path"], tmp)
         staging = Path(tmp) / "export"

@@ -63,7 +63,7 @@ def _cache_plan(checked: CheckedSweep):
     the sweep runs its teacher on the fly."""
     from transformers import AutoConfig
 
-    from distill.cluster.job_model import depth
+    from distill.core.encoder_family import depth
     from distill.core.objective import layer_pairs
     from distill.core.teacher import resolve_teacher
     from distill.core.teacher_cache import CachePlan, bypass_reason, plan_for

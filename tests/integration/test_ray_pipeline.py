@@ -1,5 +1,5 @@
 """Integration: a multi-stage pipeline (fine-tuned teacher -> MixKD task distillation with
-MiniLMv2 relations) as real 2-worker Ray Train + DeepSpeed jobs, resumed mid-pipeline.
+MiniLMv2 relations) as ONE real 2-worker Ray Train + DeepSpeed run, resumed mid-pipeline.
 The BiLSTM student's job is examples/bert_to_lstm.yaml in tests/test_examples.py."""
 
 from __future__ import annotations
@@ -58,9 +58,14 @@ def _labelled(tmp_path):
     return path
 
 
+def _checkpoint_states(run_dir) -> list[dict]:
+    """train_state.json of every kept checkpoint of the run's one Ray Train run, oldest first."""
+    checkpoints = sorted(p for p in (run_dir / "train").glob("checkpoint_*") if p.is_dir())
+    return [json.loads((c / "train_state.json").read_text()) for c in checkpoints]
+
+
 def _stage_history(run_dir, stage: str) -> list[dict]:
-    checkpoints = sorted(p for p in (run_dir / "stages" / stage).glob("checkpoint_*") if p.is_dir())
-    return json.loads((checkpoints[-1] / "train_state.json").read_text())["history"]
+    return [s for s in _checkpoint_states(run_dir) if s["stage"] == stage][-1]["history"]
 
 
 def test_pipeline_runs_every_stage_and_resumes_mid_pipeline(ray_session, tmp_path):
@@ -72,22 +77,29 @@ def test_pipeline_runs_every_stage_and_resumes_mid_pipeline(ray_session, tmp_pat
     assert [s["name"] for s in report["stages"]] == ["teacher_ft", "mixkd"]
     for stage in ("teacher_ft", "mixkd"):
         assert (run_dir / "stages" / stage / "done.json").is_file()
-    # The fine-tuned teacher carries a task head; the student has its own, and the report
-    # compares the two heads' accuracy on the held-out rows.
-    teacher_ckpt = json.loads((run_dir / "stages/teacher_ft/done.json").read_text())["checkpoint"]
-    assert TaskHead.load(f"{teacher_ckpt}/student") is not None
+    # One worker group ran both stages: every checkpoint is in the one Ray Train run.
+    assert not list((run_dir / "stages").glob("*/checkpoint_*"))
+    assert [s["stage"] for s in _checkpoint_states(run_dir)] == ["teacher_ft", "mixkd"]
+    # The fine-tuned teacher's export (with its task head) stays in the run's storage for
+    # later stages; the student has its own head, and the report compares the two heads'
+    # accuracy on the held-out rows.
+    teacher_export = run_dir / "stages/teacher_ft/student"
+    assert TaskHead.load(teacher_export) is not None
     assert TaskHead.load(run_dir / "student").linear.out_features == 2
     assert report["task"]["metric"] == "accuracy" and 0 <= report["task"]["student"] <= 1
     assert load_encoder(run_dir / "student").model.config.hidden_size == 192
     history = _stage_history(run_dir, "mixkd")
     assert {"loss_logit_kl", "loss_minilmv2_relations", "loss_mix_logit_kl"} <= set(history[-1])
+    assert {h["stage"] for h in history} == {"mixkd"}
     assert report["teacher_check"]["unchanged"] is True
 
-    # Resume mid-pipeline: the finished stage is skipped, the last one continues from its
-    # step-4 checkpoint to step 8 with its earlier history kept.
-    ft_checkpoints = sorted((run_dir / "stages/teacher_ft").glob("checkpoint_2*"))
+    # Resume mid-pipeline: the finished stage is skipped (its export untouched), the last
+    # one continues from its step-4 checkpoint to step 8 with its earlier history kept.
+    done = (run_dir / "stages/teacher_ft/done.json").read_text()
+    exported = (teacher_export / "model.safetensors").stat().st_mtime_ns
     resumed = run_job(load_spec(config, TINY + ["stages.1.training.steps=8"]), str(run_dir))
-    assert sorted((run_dir / "stages/teacher_ft").glob("checkpoint_2*")) == ft_checkpoints
+    assert (run_dir / "stages/teacher_ft/done.json").read_text() == done
+    assert (teacher_export / "model.safetensors").stat().st_mtime_ns == exported
     steps = [h["step"] for h in _stage_history(run_dir, "mixkd")]
     assert steps == [2, 4, 6, 8]
     assert _stage_history(run_dir, "mixkd")[:2] == history[:2]

@@ -150,7 +150,7 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     # Front, plot and the chosen student, all in the bucket.
     assert set(report["pareto"]["quality_vs_speedup"]) <= {t["trial_id"] for t in trials}
     assert report["pareto"]["quality_vs_speedup"]
-    assert storage.read_bytes("pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert storage.get("pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
     chosen = report["chosen"]
     assert chosen["rule"] == "knee" and chosen["student"] == f"{uri}/student"
     keys = list_keys(moto_endpoint, bucket, "sweeps/depth/")

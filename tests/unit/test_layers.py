@@ -111,6 +111,32 @@ def test_no_import_cycles(graph):
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+def _private_imports(path: Path) -> list[str]:
+    """`from distill... import _name` lines: another module's private name."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distill"):
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    """What several modules share is public (no leading underscore) and documented."""
+    roots = [ROOT / folder for folder in LAYERS] + [
+        ROOT / "distill",
+        ROOT / "tests",
+        ROOT / "bench",
+    ]
+    offenders = {
+        str(path.relative_to(ROOT)): names
+        for root in roots
+        for path in sorted(root.rglob("*.py"))
+        if (names := _private_imports(path))
+    }
+    assert not offenders, offenders
+
+
 def test_the_checker_sees_an_upward_edge_and_a_cycle(tmp_path):
     """The walk itself: a hand-made upward import and cycle are found."""
     core = tmp_path / "a.py"
@@ -118,3 +144,5 @@ def test_the_checker_sees_an_upward_edge_and_a_cycle(tmp_path):
     imports = _imports("distill.core.a", core, {"distill.jobs.cli"})
     assert "distill.jobs.cli" in imports and "ray" in imports
     assert FLOOR[_floor("distill.jobs.cli")] > FLOOR[_floor("distill.core.a")]
+    core.write_text("from distill.core.spec import _hidden\n")
+    assert _private_imports(core) == ["distill.core.spec._hidden"]

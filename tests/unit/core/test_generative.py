@@ -18,23 +18,20 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
+from distill.core.families import FAMILIES, family_of, model_family
 from distill.core.generative import (
     BatchIds,
     GenerativeDistillationModel,
-    GenerativeSize,
     TokenObjective,
     TokenSettings,
-    build_generative_student,
     generative_collate,
-    layer_stacks,
     lm_head,
-    load_exported,
-    model_family,
     prepare_seq2seq_batch,
     probe_logits,
     target_hidden,
     text_infilling,
 )
+from distill.core.student import StudentSize, build_student, layer_stacks
 from distill.core.teacher import freeze, resolve_teacher
 from distill.core.token_losses import IGNORE_INDEX
 
@@ -99,12 +96,16 @@ def test_families():
     from transformers import BertConfig
 
     assert model_family(BertConfig()) == "encoder"
+    assert family_of(GPT2Config()) is FAMILIES["causal"]
+    assert FAMILIES["seq2seq"].auto_class is AutoModelForSeq2SeqLM
+
+
+def build_generative_student(teacher, size, init):
+    return build_student(teacher, size, init=init, auto_class=family_of(teacher.config).auto_class)
 
 
 def test_gpt2_student_copies_chosen_teacher_layers(gpt2):
-    student = build_generative_student(
-        gpt2, GenerativeSize(2, 32, 4, 128), init="every_other_layer"
-    )
+    student = build_generative_student(gpt2, StudentSize(2, 32, 4, 128), init="every_other_layer")
     assert isinstance(student, GPT2LMHeadModel) and student.config.n_layer == 2
     (s_blocks,), (t_blocks,) = layer_stacks(student), layer_stacks(gpt2)
     for s_block, t in zip(s_blocks, [0, 2]):
@@ -116,7 +117,7 @@ def test_gpt2_student_copies_chosen_teacher_layers(gpt2):
 
 
 def test_narrower_gpt2_student_slices_q_k_v_separately(gpt2):
-    student = build_generative_student(gpt2, GenerativeSize(1, 16, 2, 64), init="first_k")
+    student = build_generative_student(gpt2, StudentSize(1, 16, 2, 64), init="first_k")
     s, t = student.transformer.h[0].attn.c_attn.weight, gpt2.transformer.h[0].attn.c_attn.weight
     assert s.shape == (16, 48)
     for third in range(3):  # q, k and v each keep their own leading 16 columns
@@ -126,7 +127,7 @@ def test_narrower_gpt2_student_slices_q_k_v_separately(gpt2):
 
 
 def test_bart_student_has_fewer_encoder_and_decoder_layers_from_the_teacher(bart):
-    student = build_generative_student(bart, GenerativeSize(2, 32, 4, 64, 1), init="uniform_map")
+    student = build_generative_student(bart, StudentSize(2, 32, 4, 64, 1), init="uniform_map")
     assert isinstance(student, BartForConditionalGeneration)
     assert (student.config.encoder_layers, student.config.decoder_layers) == (2, 1)
     (s_enc, s_dec), (t_enc, t_dec) = layer_stacks(student), layer_stacks(bart)
@@ -139,7 +140,7 @@ def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
     batch = generative_collate(gpt2_tokenizer)([dict(gpt2_tokenizer(t)) for t in TEXTS])
     assert (batch["attention_mask"] == 0).any()  # the batch has padding
     hf_labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
-    student = build_generative_student(gpt2, GenerativeSize(4, 32, 4, 128), init="first_k").eval()
+    student = build_generative_student(gpt2, StudentSize(4, 32, 4, 128), init="first_k").eval()
     expected = student(**batch, labels=hf_labels).loss
     ids = BatchIds.from_model(gpt2.config, gpt2_tokenizer)
     model = GenerativeDistillationModel(
@@ -147,7 +148,7 @@ def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
         TokenObjective({"lm": 1.0, "lm_kl": 1.0, "lm_jsd": 1.0}, TokenSettings(num_chunks=3)),
         ids,
     )
-    loss, parts = model(batch, model.teacher_forward(gpt2, batch))
+    loss, parts = model(batch, FAMILIES["causal"].teacher_outputs(model, gpt2, None, batch))
     assert parts["lm"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert parts["lm_kl"].item() == pytest.approx(0.0, abs=1e-5)  # identical copy
     assert parts["lm_jsd"].item() == pytest.approx(0.0, abs=1e-5)
@@ -218,7 +219,7 @@ def test_export_reloads_with_auto_classes_to_identical_logits(
         if family == "causal"
         else (bart, bart_tokenizer, AutoModelForSeq2SeqLM)
     )
-    size = GenerativeSize(2, 32, 4, 64, 1 if family == "seq2seq" else None)
+    size = StudentSize(2, 32, 4, 64, 1 if family == "seq2seq" else None)
     student = build_generative_student(teacher, size, init="uniform_map").eval()
     expected = probe_logits(student, tokenizer, TEXTS, 32)
     out = export_student(student, tokenizer, tmp_path / "student")
@@ -227,7 +228,9 @@ def test_export_reloads_with_auto_classes_to_identical_logits(
     torch.testing.assert_close(
         probe_logits(reloaded, tokenizer, TEXTS, 32), expected, atol=0, rtol=0
     )
-    assert torch.equal(probe_logits(load_exported(out), tokenizer, TEXTS, 32), expected)
+    assert torch.equal(
+        probe_logits(family_of(teacher.config).load_model(out), tokenizer, TEXTS, 32), expected
+    )
     again = AutoTokenizer.from_pretrained(out)
     assert again(TEXTS)["input_ids"] == tokenizer(TEXTS)["input_ids"]
     assert tokenizer.unk_token_id not in tokenizer(TEXTS[0])["input_ids"]

@@ -1,0 +1,238 @@
+"""The one interface every model family implements: encoders (BERT-style, with a
+transformer or BiLSTM student), causal LMs (GPT-2 / Llama-style) and seq2seq LMs
+(BART-style). `distill.core.families.family_of(config)` picks the family once, from the
+teacher's config; the preflight, the worker loop, the export and the report then call these
+methods and never ask which family they hold.
+
+A family answers, for one stage:
+- preflight: `resolve_stage` validates the spec for this teacher (one-line `SpecError`s
+  naming the field) and fills in the student's dims; `output_config` is the config of the
+  model the stage makes (a later stage's teacher);
+- training: `trainable` (student + objective as one `nn.Module`; the teacher stays out),
+  `batch_functions` (tokenize, collate), `prepare_batch` (masking / text infilling),
+  `teacher_outputs`, `mixed_batch` (MixKD), `eval_counts` (accuracy) and
+  `in_training_quality` (STS Spearman for Tune schedulers);
+- export: `export` writes the trained student as a Hugging Face folder and returns the
+  probe outputs the report compares against the reloaded export; `student_from_state`
+  rebuilds the student from a consolidated ZeRO state dict;
+- report: `evaluate` compares exported student and teacher (quality, task, speed, size).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from distill.core.spec import JobSpec, SpecError, StudentSpec
+from distill.core.student import StudentSize, architecture_size, init_teacher_layers
+
+Batch = dict[str, torch.Tensor]
+
+
+class ModelFamily(ABC):
+    """One kind of teacher and the students distilled from it."""
+
+    name: ClassVar[str]
+    losses: ClassVar[dict[str, Callable]]  # the `objective.weights` names this family knows
+
+    # -- models ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def load_model(self, folder: str, *, seed: int = 0) -> nn.Module:
+        """The model in `folder` (teacher or exported student), in train-ready form."""
+
+    def size(self, config: PretrainedConfig) -> StudentSize:
+        return architecture_size(config)
+
+    # -- preflight --------------------------------------------------------------------------
+
+    @abstractmethod
+    def resolve_stage(
+        self,
+        spec: JobSpec,
+        kind: str,
+        teacher_config: PretrainedConfig,
+        *,
+        teacher_has_weights: bool,
+        teacher_has_head: bool,
+    ) -> JobSpec:
+        """Validate a stage for this teacher; return it with the student's dims filled in."""
+
+    @abstractmethod
+    def output_config(
+        self, spec: JobSpec, kind: str, teacher_config: PretrainedConfig
+    ) -> PretrainedConfig | None:
+        """The config of the model a resolved stage makes (None: it cannot teach)."""
+
+    # -- training ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def trainable(
+        self,
+        spec: JobSpec,
+        teacher: nn.Module,
+        tokenizer,
+        *,
+        kind: str = "distill",
+        previous_student: str | None = None,
+    ) -> nn.Module:
+        """The trainable half of a stage: forward(batch, teacher_outputs, mixed) -> (loss,
+        parts). kind=finetune/pretrain: a copy of the teacher / a fresh model of its
+        architecture; previous_student: the export of the stage it continues."""
+
+    @abstractmethod
+    def batch_functions(self, tokenizer) -> tuple[Callable, Callable]:
+        """(tokenize(dataset, tokenizer, max_length), collate(rows) -> Batch)."""
+
+    def prepare_batch(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
+        """The step's inputs from a collated batch (masks drawn from `generator`)."""
+        return batch
+
+    @abstractmethod
+    def teacher_outputs(self, model: nn.Module, teacher: nn.Module, teacher_head, batch: Batch):
+        """What the objective reads from the frozen teacher (None when it reads nothing)."""
+
+    def mixed_batch(
+        self, model, batch: Batch, teacher, teacher_head, spec: JobSpec, generator
+    ) -> Any | None:
+        """MixKD's mixed copy of the batch; None when the objective has no mixup."""
+        return None
+
+    def eval_counts(self, model: nn.Module, batch: Batch) -> tuple[int, int] | None:
+        """(correct, seen) of a classification head on `batch`; None without one."""
+        return None
+
+    def in_training_quality(self, model: nn.Module, tokenizer, pairs, max_length: int) -> float:
+        raise SpecError(f"evaluation.sts_path: not supported for a {self.name} teacher")
+
+    def cache_plan(self, model: nn.Module):
+        """The teacher tensors a teacher-output cache must hold for `model`'s objective,
+        or None when this family's objectives are not cached."""
+        return None
+
+    # -- export -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def export(
+        self,
+        model: nn.Module,
+        tokenizer,
+        folder: str | Path,
+        *,
+        max_length: int,
+        st_teacher: str | None,
+    ) -> torch.Tensor:
+        """Write the student of a trained `model` (any dtype, unpartitioned) as an HF folder;
+        return its outputs on `PROBE_TEXTS` for the report's export check."""
+
+    @abstractmethod
+    def student_from_state(
+        self, spec: JobSpec, teacher_config: PretrainedConfig, state: dict[str, torch.Tensor]
+    ) -> nn.Module:
+        """The trainable model rebuilt from a consolidated fp32 state dict (ZeRO shards)."""
+
+    # -- report -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def evaluate(
+        self,
+        spec: JobSpec,
+        teacher_dir: str,
+        student_dir: str | Path,
+        eval_rows,
+        probe: torch.Tensor,
+    ) -> dict:
+        """The report's family sections: teacher, student, size, quality, task, speed,
+        export_check (docs/report.md)."""
+
+
+def resolve_width(s: StudentSpec, teacher: StudentSize, *, narrow_only: bool) -> StudentSpec:
+    """Student hidden/heads/ffn from the spec, defaulting to the teacher's shape: a narrower
+    hidden keeps the teacher's head size and FFN ratio. Shared by every transformer family.
+    narrow_only: a teacher-initialised student may not be wider than its teacher."""
+    hidden = s.hidden or teacher.hidden
+    head_dim = teacher.hidden // teacher.heads
+    heads = s.heads or (teacher.heads if hidden == teacher.hidden else max(1, hidden // head_dim))
+    if hidden % heads:
+        raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
+    if narrow_only and s.init != "random":
+        for field, value, most in (
+            ("hidden", hidden, teacher.hidden),
+            ("heads", heads, teacher.heads),
+        ):
+            if value > most:
+                raise SpecError(
+                    f"student.{field}: {value} > the teacher's {most}; a teacher-initialised "
+                    "student can only be narrower (or use student.init: random)"
+                )
+    ffn = s.ffn or round(hidden * teacher.ffn / teacher.hidden)
+    freeze = s.freeze_word_embeddings
+    if freeze is None:
+        freeze = s.init != "random" and hidden == teacher.hidden
+    elif freeze and s.init == "random":
+        raise SpecError(
+            "student.freeze_word_embeddings: true needs a teacher-initialised student, not init=random"
+        )
+    return s.model_copy(
+        update={"hidden": hidden, "heads": heads, "ffn": ffn, "freeze_word_embeddings": freeze}
+    )
+
+
+def check_layer_choice(s: StudentSpec, teacher_depth: int, student_depth: int) -> None:
+    """The student's init can choose its layers from a teacher this deep (one-line error)."""
+    try:
+        init_teacher_layers(s.init, teacher_depth, student_depth, s.teacher_layers)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def as_teacher_copy(spec: JobSpec, teacher: StudentSize, init: str) -> JobSpec:
+    """A finetune (or pretrain) stage trains the teacher's own architecture: the student
+    spec becomes the teacher's shape."""
+    student = spec.student.model_copy(
+        update={
+            "kind": "transformer",
+            "layers": teacher.layers,
+            "decoder_layers": teacher.decoder_layers,
+            "hidden": teacher.hidden,
+            "heads": teacher.heads,
+            "ffn": teacher.ffn,
+            "init": init,
+            "teacher_layers": None,
+            "freeze_word_embeddings": False,
+        }
+    )
+    return spec.model_copy(update={"student": student})
+
+
+def used_losses(spec: JobSpec) -> set[str]:
+    """The objective's losses with a positive weight (at least one)."""
+    used = {name for name, w in spec.objective.weights.items() if w > 0}
+    if not used:
+        raise SpecError("objective.weights: needs at least one loss with a positive weight")
+    return used
+
+
+def student_size(spec: JobSpec) -> StudentSize:
+    s = spec.student
+    return StudentSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a consolidated state dict into `model`, tolerating only missing persistent
+    buffers (ZeRO checkpoints hold parameters)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    buffers = {n for n, _ in model.named_buffers()}
+    missing = [k for k in missing if k not in buffers]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match student from config.yaml: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    model.eval()

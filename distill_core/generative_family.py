@@ -1,0 +1,334 @@
+"""The generative families: causal LMs (GPT-2 / Llama-style decoders) and seq2seq LMs
+(BART-style encoder-decoders). Token-level distillation: the objective is a weighted sum of
+`generative.TOKEN_LOSSES` on target tokens; seq2seq batches of plain text become BART text
+infilling, task pairs get decoder inputs. A `pretrain` stage trains the teacher's
+architecture from scratch; `finetune` trains a copy of the teacher on the LM loss.
+Exported as a plain HF folder loadable by the family's Auto LM class; reported as held-out
+perplexity (and BLEU / chrF for seq2seq tasks) and generated tokens/s.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from distill.core.export import PROBE_TEXTS
+from distill.core.family import (
+    ModelFamily,
+    as_teacher_copy,
+    check_layer_choice,
+    load_state,
+    resolve_width,
+    student_size,
+    used_losses,
+)
+from distill.core.generative import (
+    TOKEN_LOSSES,
+    BatchIds,
+    GenerativeDistillationModel,
+    TokenObjective,
+    TokenSettings,
+    generative_collate,
+    has_weights,
+    lm_head,
+    num_chunks,
+    prepare_seq2seq_batch,
+    probe_logits,
+    target_hidden,
+    tokenize_generative,
+)
+from distill.core.generative_eval import (
+    bleu_chrf,
+    generate_texts,
+    generation_throughput,
+    perplexity,
+)
+from distill.core.outputs import ModelOutputs
+from distill.core.spec import SpecError
+from distill.core.student import (
+    build_student,
+    count_parameters,
+    freeze_word_embeddings,
+    student_config,
+)
+
+_STUDENT = "student."
+
+
+class GenerativeFamily(ModelFamily):
+    """`causal` or `seq2seq`: the two differ in their Auto class, batch preparation and
+    which spec fields apply (decoder depth, seq2seq tasks, sequence-level KD)."""
+
+    losses = TOKEN_LOSSES
+
+    def __init__(self, name: str) -> None:
+        if name not in ("causal", "seq2seq"):
+            raise ValueError(f"generative family: {name!r} is not causal or seq2seq")
+        self.name = name
+        self.auto_class = AutoModelForSeq2SeqLM if name == "seq2seq" else AutoModelForCausalLM
+
+    def load_model(self, folder: str, *, seed: int = 0) -> nn.Module:
+        """The LM in `folder`; a weightless architecture (`builtin:tiny-gpt2`) is built with
+        seeded random weights, for a `kind: pretrain` stage to train."""
+        if has_weights(folder):
+            return self.auto_class.from_pretrained(folder)
+        from transformers import AutoConfig
+
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return self.auto_class.from_config(AutoConfig.from_pretrained(folder))
+
+    # -- preflight --------------------------------------------------------------------------
+
+    def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
+        tc, family = teacher_config, self.name
+        o, s = spec.objective, spec.student
+        used = used_losses(spec)
+        unknown = sorted(used - set(TOKEN_LOSSES))
+        if unknown:
+            raise SpecError(
+                f"objective.weights: {unknown} do not apply to a {family} teacher "
+                f"({tc.model_type}); choose from {sorted(TOKEN_LOSSES)}"
+            )
+        if o.mixup is not None:
+            raise SpecError("objective.mixup: MixKD needs an encoder teacher")
+        if spec.task is not None and (family == "causal" or spec.task.type != "seq2seq"):
+            allowed = "no task (it trains on plain text)" if family == "causal" else "type: seq2seq"
+            raise SpecError(f"task.type: a {family} teacher ({tc.model_type}) takes {allowed}")
+        if o.sequence_kd is not None and (
+            family != "seq2seq" or spec.task is None or kind != "distill"
+        ):
+            raise SpecError(
+                "objective.sequence_kd: needs a seq2seq teacher, a seq2seq task and a distill stage"
+            )
+        if kind in ("pretrain", "finetune") and used != {"lm"}:
+            raise SpecError(
+                f"objective.weights: a {kind} stage trains on the LM loss only: {{lm: 1.0}}"
+            )
+        if kind != "pretrain" and not teacher_has_weights:
+            raise SpecError(
+                f"teacher.name: {spec.teacher.name} is an architecture without weights; train it "
+                "first with a `kind: pretrain` stage and name it as teacher.name: stage:NAME"
+            )
+        if s.kind != "transformer":
+            raise SpecError(f"student.kind: a {family} teacher takes a transformer student")
+        if s.decoder_layers is not None and family != "seq2seq":
+            raise SpecError("student.decoder_layers: only for seq2seq (encoder-decoder) teachers")
+        size = self.size(tc)
+        if kind in ("pretrain", "finetune"):  # the trained model is the teacher's architecture
+            return as_teacher_copy(spec, size, "random" if kind == "pretrain" else "first_k")
+        if s.init == "width_slice":
+            raise SpecError(
+                "student.init: width_slice supports BERT-family encoders; use uniform_map, "
+                "every_other_layer, first_k or random for a generative teacher"
+            )
+        s = resolve_width(s, size, narrow_only=True)
+        decoder_layers = (s.decoder_layers or s.layers) if family == "seq2seq" else None
+        check_layer_choice(s, size.layers, s.layers)
+        if decoder_layers is not None:
+            check_layer_choice(
+                s.model_copy(update={"teacher_layers": None}), size.decoder_layers, decoder_layers
+            )
+        if s.teacher_layers is not None and family == "seq2seq":
+            raise SpecError(
+                "student.teacher_layers: not supported for seq2seq; choose student.init"
+            )
+        return spec.model_copy(
+            update={"student": s.model_copy(update={"decoder_layers": decoder_layers})}
+        )
+
+    def output_config(self, spec, kind, teacher_config):
+        if kind in ("finetune", "pretrain"):
+            return teacher_config
+        return student_config(teacher_config, student_size(spec))
+
+    # -- training ---------------------------------------------------------------------------
+
+    def trainable(self, spec, teacher, tokenizer, *, kind="distill", previous_student=None):
+        if kind == "finetune":
+            student = copy.deepcopy(teacher).requires_grad_(True).train()
+        elif kind == "pretrain":
+            student = self.auto_class.from_config(teacher.config).train()
+        elif previous_student is not None:
+            student = self.auto_class.from_pretrained(previous_student).train()
+        else:
+            student = build_student(
+                teacher,
+                student_size(spec),
+                init=spec.student.init,
+                teacher_layers=spec.student.teacher_layers,
+                seed=spec.training.seed,
+                auto_class=self.auto_class,
+            ).train()
+        if spec.student.freeze_word_embeddings and kind == "distill":
+            freeze_word_embeddings(student)
+        o = spec.objective
+        settings = TokenSettings(
+            temperature=o.temperature,
+            jsd_beta=o.jsd_beta,
+            num_chunks=num_chunks(spec.training.batch_size, spec.data.max_length, o.logit_chunk),
+        )
+        ids = BatchIds.from_model(teacher.config, tokenizer, noise_ratio=o.noise_ratio)
+        return GenerativeDistillationModel(student, TokenObjective(o.weights, settings), ids)
+
+    def batch_functions(self, tokenizer):
+        return tokenize_generative, generative_collate(tokenizer)
+
+    def prepare_batch(self, model, batch, generator):
+        """Seq2seq inputs: text infilling for plain text, decoder inputs for pairs."""
+        if self.name == "seq2seq":
+            return prepare_seq2seq_batch(batch, model.batch_ids, generator)
+        return batch
+
+    @torch.no_grad()
+    def teacher_outputs(self, model, teacher, teacher_head, batch):
+        """The teacher's final hidden states and LM head (logits are built per chunk in the
+        loss, so no [tokens, vocab] tensor of the teacher is kept whole)."""
+        if not model.objective.needs_teacher:
+            return None
+        hidden, _ = target_hidden(teacher, batch)
+        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0))
+        out.head = lm_head(teacher)
+        return out
+
+    # -- export -----------------------------------------------------------------------------
+
+    def export(self, model, tokenizer, folder, *, max_length, st_teacher):
+        student = type(model.student)(model.student.config)
+        student.load_state_dict(
+            {k: v.detach().float().cpu() for k, v in model.student.state_dict().items()}
+        )
+        student.eval()
+        student.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return probe_logits(student, tokenizer, PROBE_TEXTS, max_length)
+
+    def student_from_state(self, spec, teacher_config, state):
+        student = self.auto_class.from_config(student_config(teacher_config, student_size(spec)))
+        load_state(
+            student, {k[len(_STUDENT) :]: v for k, v in state.items() if k.startswith(_STUDENT)}
+        )
+        settings = TokenSettings()
+        ids = BatchIds(seq2seq=self.name == "seq2seq", pad=0)
+        return GenerativeDistillationModel(student.eval(), TokenObjective({}, settings), ids)
+
+    # -- report -----------------------------------------------------------------------------
+
+    def evaluate(self, spec, teacher_dir, student_dir, eval_rows, probe):
+        teacher = self.load_model(teacher_dir).eval()
+        student = self.auto_class.from_pretrained(student_dir).eval()
+        tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        e, max_len = spec.evaluation, spec.data.max_length
+        rows = {"text": list(eval_rows["text"])}
+        if "target" in eval_rows.column_names:
+            rows["target"] = list(eval_rows["target"])
+        export_diff = float(
+            (probe_logits(student, tokenizer, PROBE_TEXTS, max_len) - probe).abs().max()
+        )
+        ppl = {
+            who: perplexity(
+                m,
+                tokenizer,
+                rows,
+                max_length=max_len,
+                batch_size=e.batch_size,
+                noise_ratio=spec.objective.noise_ratio,
+                seed=spec.training.seed,
+            )
+            for who, m in (("teacher", teacher), ("student", student))
+        }
+        texts = (rows["text"] * (e.throughput_texts // max(len(rows["text"]), 1) + 1))[
+            : e.throughput_texts
+        ]
+        speed = generation_throughput(
+            {"teacher": teacher, "student": student},
+            tokenizer,
+            texts,
+            new_tokens=e.generation_length,
+            rounds=e.throughput_rounds,
+            batch_size=e.batch_size,
+        )
+        t_params, s_params = count_parameters(teacher), count_parameters(student)
+        t_size, s_size = self.size(teacher.config), self.size(student.config)
+        return {
+            "teacher": {
+                "name": spec.teacher.name,
+                "family": self.name,
+                "parameters": t_params,
+                "layers": t_size.layers,
+                "decoder_layers": t_size.decoder_layers,
+                "hidden": t_size.hidden,
+            },
+            "student": {
+                "parameters": s_params,
+                "layers": s_size.layers,
+                "decoder_layers": s_size.decoder_layers,
+                "hidden": s_size.hidden,
+                "heads": s_size.heads,
+                "ffn": s_size.ffn,
+                "init": spec.student.init,
+                "kind": spec.student.kind,
+            },
+            "size": {
+                "teacher_parameters": t_params,
+                "student_parameters": s_params,
+                "compression": t_params / s_params,
+            },
+            "quality": {
+                "metric": "perplexity",
+                "split": "held-out",
+                "n": len(rows["text"]),
+                "teacher": ppl["teacher"],
+                "student": ppl["student"],
+                "retention": ppl["teacher"] / ppl["student"],
+            },
+            "task": self._task(spec, teacher, student, tokenizer, rows),
+            "speed": {
+                "unit": "tokens/s",
+                "teacher": speed["teacher"],
+                "student": speed["student"],
+                "speedup": speed["student"] / speed["teacher"],
+                "texts": len(texts),
+                "new_tokens": e.generation_length,
+                "batch_size": e.batch_size,
+                "threads": torch.get_num_threads(),
+            },
+            "export_check": {
+                "max_abs_diff": export_diff,
+                "probe_texts": len(PROBE_TEXTS),
+                "compared": "LM logits",
+            },
+        }
+
+    def _task(self, spec, teacher, student, tokenizer, rows) -> dict | None:
+        """BLEU and chrF of greedy generations against the references (seq2seq tasks)."""
+        if self.name != "seq2seq" or "target" not in rows:
+            return None
+        e = spec.evaluation
+        scores = {
+            who: bleu_chrf(
+                generate_texts(
+                    m,
+                    tokenizer,
+                    rows["text"],
+                    max_new_tokens=e.generation_length * 2,
+                    batch_size=e.batch_size,
+                    max_length=spec.data.max_length,
+                ),
+                rows["target"],
+            )
+            for who, m in (("teacher", teacher), ("student", student))
+        }
+        return {
+            "metric": "bleu",
+            "n": len(rows["text"]),
+            "teacher": scores["teacher"]["bleu"],
+            "student": scores["student"]["bleu"],
+            "retention": scores["student"]["bleu"] / scores["teacher"]["bleu"]
+            if scores["teacher"]["bleu"]
+            else None,
+            "chrf": {who: s["chrf"] for who, s in scores.items()},
+        }
