@@ -74,14 +74,16 @@ def train_loop_per_worker(config: dict) -> None:
     for plan in inputs.stages[first:]:
         resume = checkpoint if plan is inputs.stages[first] else None
         previous_end = run_stage(inputs, plan, resume, previous_end)
+        if previous_end is None:  # the stage diverged: the job stops with its last good state
+            return
 
 
 def run_stage(
     inputs: WorkerInputs, plan: StagePlan, checkpoint, previous_end: float | None = None
-) -> float:
+) -> float | None:
     """One stage: set up, restore, train to its last step, export. `previous_end`: when
     the previous stage of this worker group finished (its first metrics then record the
-    stage switch). Returns when this stage finished."""
+    stage switch). Returns when this stage finished, or None when it diverged."""
     with contextlib.ExitStack() as scratch:
         stage = set_up_stage(inputs, plan, scratch)
         progress = restore(stage, checkpoint)
@@ -89,13 +91,21 @@ def run_stage(
         total = stage.spec.training.steps
         for step in range(progress.step + 1, total + 1):
             loss, parts = train_step(stage, progress, step)
+            patience = stage.spec.training.stop_after_nonfinite
+            if progress.nonfinite_streak >= patience or (
+                step == total and not _finite_state(stage, progress)
+            ):  # never export a non-finite state
+                stop_diverged(stage, progress, step)
+                return None
             if _due(stage.spec, step) or step == total:
                 metrics = step_metrics(stage, progress, step, loss, parts)
                 if step == total:
                     finish_stage(stage, progress, metrics, inputs)
-                elif step % stage.spec.training.checkpoint_every == 0:
+                elif step % stage.spec.training.checkpoint_every == 0 and _finite_state(
+                    stage, progress
+                ):
                     save_and_report(stage, step, metrics, progress.history)
-                else:
+                else:  # no checkpoint of a non-finite state: the last finite one stays newest
                     ray.train.report({**metrics, **_placement()})
         if progress.step >= total and progress.resumed_finished:
             # Already finished (a re-run): re-emit the final checkpoint with its export.
@@ -155,6 +165,13 @@ class Progress:
     started: float = field(default_factory=time.perf_counter)
     previous_end: float | None = None  # the previous stage's end (stage switch timing)
     switch_s: float | None = None  # previous stage's final report -> this stage's 1st step
+    nonfinite_streak: int = 0  # consecutive steps with a non-finite loss or gradient norm
+    nonfinite_parts: tuple[str, ...] = ()  # what went non-finite on the latest such step
+
+    @property
+    def finite(self) -> bool:
+        return self.nonfinite_streak == 0
+
     phase_time: dict = field(default_factory=lambda: dict.fromkeys(_PHASES, 0.0))
 
 
@@ -194,11 +211,64 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
     storage = open_storage(inputs.run_uri, inputs.s3)
     if rank == 0 and inputs.multi_stage:
         print(f"[distill] stage {plan.name} ({plan.kind})", flush=True)
+    models = _load_models(spec, plan, storage, scratch)
+    cache = open_cache(inputs.teacher_cache, spec)
+    if cache is not None:
+        needed = models.family.cache_plan(models.model)
+        if needed is None or not cache.plan.covers(needed):
+            raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
+    train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
+    engine = _engine(spec, models)
+    group = ray.util.get_current_placement_group()
+    return Stage(
+        plan=plan,
+        spec=spec,
+        family=models.family,
+        rank=rank,
+        world=world,
+        teacher=models.teacher,
+        teacher_head=models.teacher_head,
+        tokenizer=models.tokenizer,
+        model=models.model,
+        engine=engine,
+        storage=storage,
+        train_ds=train_ds,
+        collate=collate,
+        eval_loader=DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=collate),
+        steps_per_epoch=len(train_ds) // t.batch_size,
+        cache=cache,
+        sts_pairs=load_sts_pairs(spec.evaluation.sts_path, spec.evaluation.max_sts_pairs)
+        if spec.evaluation.sts_path
+        else None,
+        st_teacher=inputs.st_teacher,
+        multi_stage=inputs.multi_stage,
+        attempt=inputs.attempt,
+        teacher_before=fingerprint(models.teacher),
+        # Which placement group holds this run's workers: a sweep releases it if Tune stops
+        # the trial mid-run (see cluster/tune_sweep.py).
+        placement_group=group.id.hex() if group is not None else None,
+        mix_generator=torch.Generator().manual_seed(t.seed * 7919 + rank),
+        mask_generator=torch.Generator().manual_seed(t.seed * 104729 + rank),
+    )
 
+
+@dataclass
+class _Models:
+    teacher_dir: str
+    teacher: torch.nn.Module
+    teacher_head: TaskHead | None
+    tokenizer: object
+    family: ModelFamily
+    model: torch.nn.Module
+
+
+def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _Models:
+    """The frozen teacher (the spec's, or an earlier stage's export), its family and the
+    stage's trainable model (fresh, a teacher copy, or an earlier stage's student)."""
     teacher_dir = _stage_export(storage, plan.teacher_stage, scratch) or resolve_teacher(
         spec.teacher.name
     )
-    teacher, tokenizer = load_teacher(teacher_dir, seed=t.seed)
+    teacher, tokenizer = load_teacher(teacher_dir, seed=spec.training.seed)
     family = family_of(teacher.config)
     teacher_head = TaskHead.load(teacher_dir)
     if teacher_head is not None:
@@ -210,76 +280,48 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
         kind=plan.kind,
         previous_student=_stage_export(storage, plan.continues, scratch),
     )
-    cache = open_cache(inputs.teacher_cache, spec)
-    if cache is not None:
-        needed = family.cache_plan(model)
-        if needed is None or not cache.plan.covers(needed):
-            raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
+    return _Models(teacher_dir, teacher, teacher_head, tokenizer, family, model)
 
+
+def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache, rank, world):
+    """(train shard, eval shard, collate) of this rank, tokenized by the family."""
+    tokenizer, max_length = models.tokenizer, spec.data.max_length
     train_texts, eval_texts = train_eval_texts(spec)
     if spec.objective.sequence_kd is not None:  # train on the teacher's generations
-        train_texts = _with_generations(spec, storage, plan, teacher_dir, train_texts, rank)
-    tokenize, collate = family.batch_functions(tokenizer)
-    train_ds = tokenize(train_texts, tokenizer, spec.data.max_length)
+        train_texts = _with_generations(spec, storage, plan, models.teacher_dir, train_texts, rank)
+    tokenize, collate = models.family.batch_functions(tokenizer)
+    train_ds = tokenize(train_texts, tokenizer, max_length)
     if cache is not None:  # rows keep their index into the cache (built on the whole set)
         if len(train_ds) != cache.rows:
             raise ValueError(f"teacher cache: {cache.rows} rows, training data {len(train_ds)}")
         train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
     train_ds = train_ds.shard(world, rank, contiguous=True)
+    if len(train_ds) < spec.training.batch_size:
+        raise ValueError(
+            f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size "
+            f"{spec.training.batch_size}"
+        )
     # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
     # same number of eval batches or the longer one waits forever.
     eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
-    eval_ds = tokenize(
-        eval_texts.shard(world, rank, contiguous=True), tokenizer, spec.data.max_length
-    )
-    steps_per_epoch = len(train_ds) // t.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size {t.batch_size}"
-        )
+    eval_ds = tokenize(eval_texts.shard(world, rank, contiguous=True), tokenizer, max_length)
+    return train_ds, eval_ds, collate
 
+
+def _engine(spec: JobSpec, models: _Models):
+    """The student's DeepSpeed engine; the frozen teacher goes to the same device and
+    precision, outside the engine and its optimizer."""
     engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=[p for p in model.parameters() if p.requires_grad],
-        config=deepspeed_config(spec, t.steps),
+        model=models.model,
+        model_parameters=[p for p in models.model.parameters() if p.requires_grad],
+        config=deepspeed_config(spec, spec.training.steps),
     )
-    # The frozen teacher runs on the workers' device, in the training precision.
     dtype = _DTYPES[spec.deepspeed.precision]
-    teacher.to(device=engine.device, dtype=dtype)
-    if teacher_head is not None:
-        teacher_head.to(device=engine.device, dtype=dtype)
-    _assert_teacher_outside(engine, teacher)
-    group = ray.util.get_current_placement_group()
-    return Stage(
-        plan=plan,
-        spec=spec,
-        family=family,
-        rank=rank,
-        world=world,
-        teacher=teacher,
-        teacher_head=teacher_head,
-        tokenizer=tokenizer,
-        model=model,
-        engine=engine,
-        storage=storage,
-        train_ds=train_ds,
-        collate=collate,
-        eval_loader=DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=collate),
-        steps_per_epoch=steps_per_epoch,
-        cache=cache,
-        sts_pairs=load_sts_pairs(spec.evaluation.sts_path, spec.evaluation.max_sts_pairs)
-        if spec.evaluation.sts_path
-        else None,
-        st_teacher=inputs.st_teacher,
-        multi_stage=inputs.multi_stage,
-        attempt=inputs.attempt,
-        teacher_before=fingerprint(teacher),
-        # Which placement group holds this run's workers: a sweep releases it if Tune stops
-        # the trial mid-run (see cluster/tune_sweep.py).
-        placement_group=group.id.hex() if group is not None else None,
-        mix_generator=torch.Generator().manual_seed(t.seed * 7919 + rank),
-        mask_generator=torch.Generator().manual_seed(t.seed * 104729 + rank),
-    )
+    models.teacher.to(device=engine.device, dtype=dtype)
+    if models.teacher_head is not None:
+        models.teacher_head.to(device=engine.device, dtype=dtype)
+    _assert_teacher_outside(engine, models.teacher)
+    return engine
 
 
 def restore(stage: Stage, checkpoint) -> Progress:
@@ -327,10 +369,22 @@ def train_step(stage: Stage, progress: Progress, step: int):
     marks.append(time.perf_counter())
     loss, parts = engine(batch, teacher_out, mixed)
     marks.append(time.perf_counter())
+    bad = _nonfinite({"loss": loss, **parts})
+    if _any_rank(bool(bad)):  # every rank skips this update together (ZeRO collectives)
+        progress.nonfinite_streak += 1
+        progress.nonfinite_parts = tuple(bad) or ("another rank's loss",)
+        engine.zero_grad()
+        return loss, parts
     engine.backward(loss)  # includes ZeRO gradient reduction
     marks.append(time.perf_counter())
     engine.step()  # optimizer on this rank's partition + parameter all-gather
     marks.append(time.perf_counter())
+    norm = engine.get_global_grad_norm()
+    if norm is not None and not math.isfinite(float(norm)):
+        progress.nonfinite_streak += 1
+        progress.nonfinite_parts = ("gradient norm",)
+    else:
+        progress.nonfinite_streak, progress.nonfinite_parts = 0, ()
     if step > progress.step + _UNTIMED_STEPS or progress.timed_steps:
         progress.train_time += marks[-1] - marks[0]
         progress.samples += batch["input_ids"].shape[0]
@@ -354,7 +408,10 @@ def step_metrics(stage: Stage, progress: Progress, step: int, loss, parts) -> di
         **({"stage": stage.plan.name} if stage.multi_stage else {}),
         "placement_group": stage.placement_group,
         "epoch": progress.epoch,
-        "loss": _mean_across_ranks(progress.loss_sum / progress.loss_n),
+        # Non-finite steps update nothing and are left out of the mean (nan if all were).
+        "loss": _mean_across_ranks(
+            progress.loss_sum / progress.loss_n if progress.loss_n else math.nan
+        ),
         "samples_per_s": _mean_across_ranks(samples_per_s) * world,
         "lr": stage.engine.get_lr()[0],
         **{f"loss_{k}": v.detach().item() for k, v in parts.items()},
@@ -434,6 +491,24 @@ def save_and_report(
         )
 
 
+def stop_diverged(stage: Stage, progress: Progress, step: int) -> None:
+    """Stop a diverging stage: report why (no checkpoint, so the newest checkpoint stays
+    the last finite state) and export nothing. Every rank reports, as Ray Train requires."""
+    what = ", ".join(progress.nonfinite_parts or ("trained parameters",))
+    if stage.rank == 0:
+        print(f"[distill] stopping at step {step}: {what} not finite", flush=True)
+    ray.train.report(
+        {
+            "step": step,
+            **({"stage": stage.plan.name} if stage.multi_stage else {}),
+            "diverged": True,
+            "nonfinite": list(progress.nonfinite_parts or ("trained parameters",)),
+            "nonfinite_steps": progress.nonfinite_streak,
+            **_placement(),
+        }
+    )
+
+
 def finish_stage(stage: Stage, progress: Progress, metrics: dict, inputs: WorkerInputs) -> None:
     """The stage's final checkpoint with its export; a stage that is not the job's last
     is then marked done in the run's storage, for later stages and re-runs."""
@@ -454,6 +529,29 @@ def finish_stage(stage: Stage, progress: Progress, metrics: dict, inputs: Worker
 def _due(spec: JobSpec, step: int) -> bool:
     t = spec.training
     return not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every)
+
+
+def _finite_state(stage: Stage, progress: Progress) -> bool:
+    """This step's loss was finite and every rank's trained parameters are (an update from
+    a huge but finite loss can already have made them inf or nan)."""
+    params = stage.model.parameters()
+    if stage.spec.deepspeed.zero_stage == 3:  # each rank holds its partition in ds_tensor
+        params = (p.ds_tensor for p in params)
+    local = progress.finite and all(torch.isfinite(p.detach()).all() for p in params)
+    return not _any_rank(not local)
+
+
+def _nonfinite(values: dict) -> list[str]:
+    """Names of the scalar tensors that are inf or nan (`loss` and its parts)."""
+    return [name for name, v in values.items() if not torch.isfinite(v.detach()).all()]
+
+
+def _any_rank(flag: bool) -> bool:
+    """True when `flag` holds on any rank (a max all-reduce of one number)."""
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _on(engine, batch: dict) -> dict:

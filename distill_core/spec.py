@@ -170,6 +170,10 @@ class TrainingSpec(Strict):
     eval_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 50
     keep_checkpoints: PositiveInt = 2
+    # A diverging run stops after this many consecutive steps whose loss (any part) or
+    # gradient norm is not finite; those steps update nothing, and the newest checkpoint
+    # stays the last finite state.
+    stop_after_nonfinite: PositiveInt = 3
 
 
 class ScalingSpec(Strict):

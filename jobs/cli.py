@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     from ray.train import TrainingFailedError
 
     from distill.jobs.report import format_table
-    from distill.jobs.run import run_job
+    from distill.jobs.run import TrainingDiverged, run_job
 
     # Progress bars on the driver would split a one-line error; workers keep their own logs.
     datasets.disable_progress_bars()
@@ -78,6 +78,9 @@ def _run(args: argparse.Namespace) -> int:
         # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         print(f"distill: error: training failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    except TrainingDiverged as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(format_table(report))
     return 0

@@ -76,6 +76,27 @@ def _check_resumable(storage: Storage, spec: JobSpec) -> None:
             )
 
 
+class TrainingDiverged(RuntimeError):
+    """The run stopped because its loss or gradient norm stayed non-finite; its newest
+    checkpoint is the last finite state and nothing was exported."""
+
+
+def _diverged_line(result) -> str:
+    m = result.metrics
+    stage = f"stage {m['stage']}, " if "stage" in m else ""
+    kept = (
+        f"the newest checkpoint ({result.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}) is the "
+        "last finite state"
+        if result.checkpoint is not None
+        else "no checkpoint was written"
+    )
+    return (
+        f"training diverged at {stage}step {m['step']}: {', '.join(m['nonfinite'])} not finite "
+        f"for {m['nonfinite_steps']} consecutive steps (training.stop_after_nonfinite); {kept}; "
+        "nothing was exported (lower training.learning_rate or the loss weights)"
+    )
+
+
 def plan_stages(stages: list[Stage]) -> tuple[StagePlan, ...]:
     """The workers' view of the stages: which earlier stage each one's teacher is, and
     which earlier student it carries on (a stage continues the previous distill stage's
@@ -132,6 +153,8 @@ def _run_stages(
     result = fit(inputs, storage, callbacks=callbacks)
     if getattr(result, "error", None):
         raise result.error
+    if (result.metrics or {}).get("diverged"):
+        raise TrainingDiverged(_diverged_line(result))
     mark_done(storage, plans[-1], checkpoint=result.checkpoint.path)
     return result.checkpoint
 
