@@ -123,6 +123,8 @@ def what_died(
             if dead_nodes:
                 return {"lost_nodes": dead_nodes, "dead_workers": []}
             actors = list_actors(
+                # This cluster's GCS, never "auto": other Ray instances may run on the node.
+                address=ray.get_runtime_context().gcs_address,
                 filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "DEAD")],
                 raise_on_missing_output=False,
             )

@@ -18,7 +18,6 @@ data, engine), `restore`, `train_step`, `evaluate`, `save_and_report`, `finish_s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -30,9 +29,11 @@ from dataclasses import dataclass, field
 
 import deepspeed
 import ray.train
+import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
+from transformers import AutoConfig, AutoTokenizer
 
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
@@ -48,17 +49,19 @@ from distill.cluster.run_files import ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDEN
 from distill.cluster.storage import Storage, open_storage
 from distill.cluster.teacher_cache import open_cache
 from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
+from distill.cluster.teacher_placement import PlacedTeacher, place_teacher
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
 from distill.core.family import ModelFamily
 from distill.core.outputs import TaskHead
+from distill.core.placement import TORCH_DTYPES
 from distill.core.spec import JobSpec
-from distill.core.teacher import freeze, load_teacher, resolve_teacher
+from distill.core.student import no_gather
+from distill.core.teacher import freeze, resolve_teacher
 from distill.core.teacher_cache import INDEX_COLUMN, folder_digest
 
 _UNTIMED_STEPS = 2  # first steps of a stage warm up allocators and communication
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _PHASES = ("teacher", "forward", "backward", "step")  # per-step time breakdown in metrics
 
 
@@ -119,7 +122,7 @@ def run_stage(
 
 
 @dataclass
-class Stage:
+class LiveStage:
     """One stage's models, data and engine on this rank."""
 
     plan: StagePlan
@@ -128,6 +131,7 @@ class Stage:
     rank: int
     world: int
     teacher: torch.nn.Module
+    placed: PlacedTeacher
     teacher_head: TaskHead | None
     tokenizer: object
     model: torch.nn.Module
@@ -199,7 +203,7 @@ def resume_point(inputs: WorkerInputs, checkpoint) -> tuple[int, object | None]:
     return inputs.start, None
 
 
-def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.ExitStack) -> Stage:
+def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.ExitStack) -> LiveStage:
     """Teacher, trainable model, data shards and DeepSpeed engine of one stage."""
     # A submitted job's relative paths name files in this node's copy of its working dir.
     spec = in_job_working_dir(plan.spec)
@@ -220,13 +224,14 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
     train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
     engine = _engine(spec, models)
     group = ray.util.get_current_placement_group()
-    return Stage(
+    return LiveStage(
         plan=plan,
         spec=spec,
         family=models.family,
         rank=rank,
         world=world,
         teacher=models.teacher,
+        placed=models.placed,
         teacher_head=models.teacher_head,
         tokenizer=models.tokenizer,
         model=models.model,
@@ -243,7 +248,7 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
         st_teacher=inputs.st_teacher,
         multi_stage=inputs.multi_stage,
         attempt=inputs.attempt,
-        teacher_before=fingerprint(models.teacher),
+        teacher_before=models.placed.fingerprint(),
         # Which placement group holds this run's workers: a sweep releases it if Tune stops
         # the trial mid-run (see cluster/tune_sweep.py).
         placement_group=group.id.hex() if group is not None else None,
@@ -255,11 +260,22 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
 @dataclass
 class _Models:
     teacher_dir: str
-    teacher: torch.nn.Module
+    placed: PlacedTeacher
     teacher_head: TaskHead | None
     tokenizer: object
     family: ModelFamily
     model: torch.nn.Module
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        return self.placed.module
+
+
+def _gatherer(placed: PlacedTeacher):
+    """Gathers a ZeRO-3 teacher's parameters while the student copies them (none else)."""
+    if not placed.partitioned:
+        return no_gather
+    return lambda params: deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
 
 def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _Models:
@@ -268,19 +284,21 @@ def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _
     teacher_dir = _stage_export(storage, plan.teacher_stage, scratch) or resolve_teacher(
         spec.teacher.name
     )
-    teacher, tokenizer = load_teacher(teacher_dir, seed=spec.training.seed)
-    family = family_of(teacher.config)
+    family = family_of(AutoConfig.from_pretrained(teacher_dir))
+    placed = place_teacher(spec, family, teacher_dir, ray.train.torch.get_device())
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     teacher_head = TaskHead.load(teacher_dir)
     if teacher_head is not None:
         freeze(teacher_head)
     model = family.trainable(
         spec,
-        teacher,
+        placed.module,
         tokenizer,
         kind=plan.kind,
         previous_student=_stage_export(storage, plan.continues, scratch),
+        gather=_gatherer(placed),
     )
-    return _Models(teacher_dir, teacher, teacher_head, tokenizer, family, model)
+    return _Models(teacher_dir, placed, teacher_head, tokenizer, family, model)
 
 
 def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache, rank, world):
@@ -316,15 +334,13 @@ def _engine(spec: JobSpec, models: _Models):
         model_parameters=[p for p in models.model.parameters() if p.requires_grad],
         config=deepspeed_config(spec, spec.training.steps),
     )
-    dtype = _DTYPES[spec.deepspeed.precision]
-    models.teacher.to(device=engine.device, dtype=dtype)
-    if models.teacher_head is not None:
-        models.teacher_head.to(device=engine.device, dtype=dtype)
+    if models.teacher_head is not None:  # the teacher itself was placed at teacher.dtype
+        models.teacher_head.to(device=engine.device, dtype=TORCH_DTYPES[spec.teacher.dtype])
     _assert_teacher_outside(engine, models.teacher)
     return engine
 
 
-def restore(stage: Stage, checkpoint) -> Progress:
+def restore(stage: LiveStage, checkpoint) -> Progress:
     """The stage's progress: from `checkpoint` (engine, step, history, data position) or
     from step 0."""
     progress = Progress()
@@ -345,7 +361,7 @@ def restore(stage: Stage, checkpoint) -> Progress:
     return progress
 
 
-def train_step(stage: Stage, progress: Progress, step: int):
+def train_step(stage: LiveStage, progress: Progress, step: int):
     """One optimizer step on the next batch; returns (loss, loss parts)."""
     try:
         batch = next(progress.batches)
@@ -359,7 +375,7 @@ def train_step(stage: Stage, progress: Progress, step: int):
     marks = [time.perf_counter()]
     if stage.cache is not None:
         teacher_out = stage.cache.lookup(
-            index, batch["attention_mask"], _DTYPES[stage.spec.deepspeed.precision]
+            index, batch["attention_mask"], TORCH_DTYPES[stage.spec.deepspeed.precision]
         )
     else:
         teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
@@ -398,7 +414,7 @@ def train_step(stage: Stage, progress: Progress, step: int):
     return loss, parts
 
 
-def step_metrics(stage: Stage, progress: Progress, step: int, loss, parts) -> dict:
+def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -> dict:
     """The logged metrics of `step` (means over ranks), with evaluation when it is due;
     prints rank 0's progress line and appends to the history."""
     t, world = stage.spec.training, stage.world
@@ -440,7 +456,7 @@ def step_metrics(stage: Stage, progress: Progress, step: int, loss, parts) -> di
 
 
 @torch.no_grad()
-def evaluate(stage: Stage) -> dict[str, float]:
+def evaluate(stage: LiveStage) -> dict[str, float]:
     """Mean eval loss (accuracy for classification heads, STS Spearman with
     `evaluation.sts_path`) over every rank's shard; the same masks at every evaluation."""
     engine, family, model = stage.engine, stage.family, stage.model
@@ -468,7 +484,7 @@ def evaluate(stage: Stage) -> dict[str, float]:
 
 
 def save_and_report(
-    stage: Stage, step: int, metrics: dict, history: list[dict], *, final: bool = False
+    stage: LiveStage, step: int, metrics: dict, history: list[dict], *, final: bool = False
 ) -> None:
     """Every rank: save its engine shard (and, on the final step, rank 0 the export), then
     report together; Ray merges the ranks' files into one checkpoint."""
@@ -491,7 +507,7 @@ def save_and_report(
         )
 
 
-def stop_diverged(stage: Stage, progress: Progress, step: int) -> None:
+def stop_diverged(stage: LiveStage, progress: Progress, step: int) -> None:
     """Stop a diverging stage: report why (no checkpoint, so the newest checkpoint stays
     the last finite state) and export nothing. Every rank reports, as Ray Train requires."""
     what = ", ".join(progress.nonfinite_parts or ("trained parameters",))
@@ -509,7 +525,7 @@ def stop_diverged(stage: Stage, progress: Progress, step: int) -> None:
     )
 
 
-def finish_stage(stage: Stage, progress: Progress, metrics: dict, inputs: WorkerInputs) -> None:
+def finish_stage(stage: LiveStage, progress: Progress, metrics: dict, inputs: WorkerInputs) -> None:
     """The stage's final checkpoint with its export; a stage that is not the job's last
     is then marked done in the run's storage, for later stages and re-runs."""
     save_and_report(stage, stage.spec.training.steps, metrics, progress.history, final=True)
@@ -531,7 +547,7 @@ def _due(spec: JobSpec, step: int) -> bool:
     return not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every)
 
 
-def _finite_state(stage: Stage, progress: Progress) -> bool:
+def _finite_state(stage: LiveStage, progress: Progress) -> bool:
     """This step's loss was finite and every rank's trained parameters are (an update from
     a huge but finite loss can already have made them inf or nan)."""
     params = stage.model.parameters()
@@ -558,7 +574,7 @@ def _on(engine, batch: dict) -> dict:
     return {k: v.to(engine.device) for k, v in batch.items()}
 
 
-def _batches(stage: Stage, epoch: int):
+def _batches(stage: LiveStage, epoch: int):
     """One epoch of shuffled batches; the order depends only on (seed, epoch)."""
     seed = stage.spec.training.seed
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -594,7 +610,7 @@ def _with_generations(spec, storage: Storage, plan: StagePlan, teacher_dir: str,
     return with_teacher_targets(train, shared[0], spec)
 
 
-def _export(stage: Stage, folder: str) -> None:
+def _export(stage: LiveStage, folder: str) -> None:
     """Rank 0 writes the HF export and the probe outputs into a checkpoint folder; under
     ZeRO-3 every rank first joins the gather of the partitioned parameters."""
     params = list(stage.model.parameters())
@@ -629,15 +645,6 @@ def _placement() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-def fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over every parameter's bytes: proves the teacher was never modified."""
-    digest = hashlib.sha256()
-    for name, param in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _assert_teacher_outside(engine, teacher: torch.nn.Module) -> None:
     """The teacher must be in neither the engine nor its optimizer."""
     teacher_ids = {id(p) for p in teacher.parameters()}
@@ -649,9 +656,21 @@ def _assert_teacher_outside(engine, teacher: torch.nn.Module) -> None:
         raise RuntimeError("a teacher parameter reached the DeepSpeed engine or its optimizer")
 
 
-def _teacher_state(stage: Stage) -> dict:
-    before, after = stage.teacher_before, fingerprint(stage.teacher)
-    return {"teacher_fingerprint": {"before": before, "after": after, "unchanged": before == after}}
+def _teacher_state(stage: LiveStage) -> dict:
+    """The teacher's fingerprint before and after the stage, and where it lived: its
+    partition, dtype and the parameters resident on each rank (a collective)."""
+    before, after = stage.teacher_before, stage.placed.fingerprint()
+    local = [None] * stage.world
+    dist.all_gather_object(local, stage.placed.local_parameters())
+    return {
+        "teacher_fingerprint": {"before": before, "after": after, "unchanged": before == after},
+        "teacher_placement": {
+            "partition": stage.placed.partition,
+            "dtype": stage.spec.teacher.dtype,
+            "parameters": stage.placed.total_parameters(),
+            "parameters_per_rank": local,
+        },
+    }
 
 
 def _quiet_report_logging() -> None:

@@ -61,6 +61,7 @@ from distill.core.student import (
     build_student,
     count_parameters,
     freeze_word_embeddings,
+    no_gather,
     student_config,
 )
 from distill.core.teacher_cache import plan_for
@@ -78,9 +79,7 @@ def depth(config: PretrainedConfig) -> int:
 class EncoderFamily(ModelFamily):
     name = "encoder"
     losses = LOSSES
-
-    def load_model(self, folder: str, *, seed: int = 0) -> nn.Module:
-        return AutoModel.from_pretrained(folder)
+    auto_class = AutoModel
 
     # -- preflight --------------------------------------------------------------------------
 
@@ -190,7 +189,9 @@ class EncoderFamily(ModelFamily):
 
     # -- training ---------------------------------------------------------------------------
 
-    def trainable(self, spec, teacher, tokenizer, *, kind="distill", previous_student=None):
+    def trainable(
+        self, spec, teacher, tokenizer, *, kind="distill", previous_student=None, gather=no_gather
+    ):
         projection, head = None, None
         if kind == "finetune":
             student = copy.deepcopy(teacher).requires_grad_(True).train()
@@ -199,7 +200,7 @@ class EncoderFamily(ModelFamily):
             student, projection = encoder.model.train(), encoder.projection
             head = TaskHead.load(previous_student)
         else:
-            student = _fresh_student(spec, teacher)
+            student = _fresh_student(spec, teacher, gather)
         if spec.student.freeze_word_embeddings and kind != "finetune":
             freeze_word_embeddings(student)
         if spec.task is not None:
@@ -424,24 +425,26 @@ def objective_settings(spec: JobSpec, student: nn.Module, teacher: nn.Module) ->
     )
 
 
-def _fresh_student(spec: JobSpec, teacher: nn.Module) -> nn.Module:
+def _fresh_student(spec: JobSpec, teacher: nn.Module, gather=no_gather) -> nn.Module:
     s = spec.student
     if s.kind == "lstm":
-        return build_lstm_student(
-            teacher,
-            embedding_dim=s.lstm.embedding_dim,
-            hidden=s.lstm.hidden,
-            layers=s.lstm.layers,
-            pooling=s.lstm.pooling,
-            init_embeddings=s.lstm.init_embeddings,
-            seed=spec.training.seed,
-        )
+        with gather(list(teacher.get_input_embeddings().parameters())):
+            return build_lstm_student(
+                teacher,
+                embedding_dim=s.lstm.embedding_dim,
+                hidden=s.lstm.hidden,
+                layers=s.lstm.layers,
+                pooling=s.lstm.pooling,
+                init_embeddings=s.lstm.init_embeddings,
+                seed=spec.training.seed,
+            )
     return build_student(
         teacher,
         StudentSize(s.layers, s.hidden, s.heads, s.ffn),
         init=s.init,
         teacher_layers=s.teacher_layers,
         seed=spec.training.seed,
+        gather=gather,
     )
 
 

@@ -30,7 +30,13 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from distill.core.spec import JobSpec, SpecError, StudentSpec
-from distill.core.student import StudentSize, architecture_size, init_teacher_layers
+from distill.core.student import (
+    Gather,
+    StudentSize,
+    architecture_size,
+    init_teacher_layers,
+    no_gather,
+)
 
 Batch = dict[str, torch.Tensor]
 
@@ -40,12 +46,17 @@ class ModelFamily(ABC):
 
     name: ClassVar[str]
     losses: ClassVar[dict[str, Callable]]  # the `objective.weights` names this family knows
+    auto_class: type  # the transformers Auto class its models load with
 
     # -- models ---------------------------------------------------------------------------
 
-    @abstractmethod
-    def load_model(self, folder: str, *, seed: int = 0) -> nn.Module:
-        """The model in `folder` (teacher or exported student), in train-ready form."""
+    def load_model(
+        self, folder: str, *, seed: int = 0, dtype: torch.dtype | None = None
+    ) -> nn.Module:
+        """The model in `folder` (teacher or exported student) at `dtype` (None: as saved).
+        Under a live `HfDeepSpeedConfig` of stage 3, transformers loads it straight into
+        ZeRO-3 partitions (`cluster/teacher_placement.py`)."""
+        return self.auto_class.from_pretrained(folder, dtype=dtype)
 
     def size(self, config: PretrainedConfig) -> StudentSize:
         return architecture_size(config)
@@ -81,10 +92,12 @@ class ModelFamily(ABC):
         *,
         kind: str = "distill",
         previous_student: str | None = None,
+        gather: Gather = no_gather,
     ) -> nn.Module:
         """The trainable half of a stage: forward(batch, teacher_outputs, mixed) -> (loss,
         parts). kind=finetune/pretrain: a copy of the teacher / a fresh model of its
-        architecture; previous_student: the export of the stage it continues."""
+        architecture; previous_student: the export of the stage it continues; `gather`:
+        makes a partitioned teacher's parameters whole while the student copies them."""
 
     @abstractmethod
     def batch_functions(self, tokenizer) -> tuple[Callable, Callable]:

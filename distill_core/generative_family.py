@@ -52,6 +52,7 @@ from distill.core.student import (
     build_student,
     count_parameters,
     freeze_word_embeddings,
+    no_gather,
     student_config,
 )
 
@@ -70,16 +71,19 @@ class GenerativeFamily(ModelFamily):
         self.name = name
         self.auto_class = AutoModelForSeq2SeqLM if name == "seq2seq" else AutoModelForCausalLM
 
-    def load_model(self, folder: str, *, seed: int = 0) -> nn.Module:
+    def load_model(
+        self, folder: str, *, seed: int = 0, dtype: torch.dtype | None = None
+    ) -> nn.Module:
         """The LM in `folder`; a weightless architecture (`builtin:tiny-gpt2`) is built with
         seeded random weights, for a `kind: pretrain` stage to train."""
         if has_weights(folder):
-            return self.auto_class.from_pretrained(folder)
+            return super().load_model(folder, seed=seed, dtype=dtype)
         from transformers import AutoConfig
 
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return self.auto_class.from_config(AutoConfig.from_pretrained(folder))
+            model = self.auto_class.from_config(AutoConfig.from_pretrained(folder))
+        return model if dtype is None else model.to(dtype)
 
     # -- preflight --------------------------------------------------------------------------
 
@@ -147,7 +151,9 @@ class GenerativeFamily(ModelFamily):
 
     # -- training ---------------------------------------------------------------------------
 
-    def trainable(self, spec, teacher, tokenizer, *, kind="distill", previous_student=None):
+    def trainable(
+        self, spec, teacher, tokenizer, *, kind="distill", previous_student=None, gather=no_gather
+    ):
         if kind == "finetune":
             student = copy.deepcopy(teacher).requires_grad_(True).train()
         elif kind == "pretrain":
@@ -162,6 +168,7 @@ class GenerativeFamily(ModelFamily):
                 teacher_layers=spec.student.teacher_layers,
                 seed=spec.training.seed,
                 auto_class=self.auto_class,
+                gather=gather,
             ).train()
         if spec.student.freeze_word_embeddings and kind == "distill":
             freeze_word_embeddings(student)

@@ -27,8 +27,27 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
 
 
+class Zero3TeacherSpec(Strict):
+    """DeepSpeed stage-3 settings of a partitioned teacher: how far ahead its forward
+    gathers the next layers' parameters, so gathers overlap the current layer's compute."""
+
+    prefetch_bucket_size: PositiveInt = (
+        50_000_000  # elements fetched ahead (stage3_prefetch_bucket_size)
+    )
+    max_live_parameters: PositiveInt = 1_000_000_000  # gathered elements kept at once
+    param_persistence_threshold: Annotated[int, Field(ge=0)] = 100_000  # smaller stay whole
+
+
 class TeacherSpec(Strict):
     name: str = PACKAGED_TEACHER
+    # Teacher weights' precision; None: the run's (deepspeed.precision: fp32 on the CPU).
+    dtype: Literal["fp32", "bf16", "fp16"] | None = None
+    # replicate: every worker holds the whole teacher; zero3: each of N workers holds 1/N
+    # of its parameters (DeepSpeed ZeRO-3) and gathers a layer at a time in the forward;
+    # auto: replicate when it fits comfortably in a worker's memory, else zero3 (see
+    # `distill.core.placement`). Resolved before Ray starts; report.json records it.
+    partition: Literal["auto", "replicate", "zero3"] = "auto"
+    zero3: Zero3TeacherSpec = Zero3TeacherSpec()
 
 
 class LstmSpec(Strict):
@@ -182,6 +201,10 @@ class ScalingSpec(Strict):
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: Annotated[int, Field(ge=0)] = 0
+    # Memory each worker may use (Ray's `memory` resource, GB); None: this machine's memory
+    # shared by the workers (a local run) or unknown (a remote cluster). Preflight sizes the
+    # teacher's placement against it.
+    memory_per_worker_gb: Annotated[float, Field(gt=0)] | None = None
 
 
 class DeepSpeedSpec(Strict):

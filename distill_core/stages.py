@@ -27,8 +27,9 @@ SINGLE_STAGE = "train"
 @dataclass(frozen=True)
 class Stage:
     name: str
-    kind: str  # "distill" | "finetune"
+    kind: str  # "distill" | "finetune" | "pretrain"
     spec: JobSpec  # this stage's resolved spec, without `stages`
+    placement: object | None = None  # `placement.Placement` once preflight resolved it
 
     @property
     def teacher_stage(self) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -161,25 +162,40 @@ def _fused_qkv(name: str) -> bool:
     return name.endswith(("c_attn.weight", "c_attn.bias"))
 
 
+Gather = Callable[[Sequence[nn.Parameter]], AbstractContextManager]
+
+
+def no_gather(params: Sequence[nn.Parameter]) -> AbstractContextManager:
+    """The teacher's parameters are whole in memory: nothing to gather."""
+    return nullcontext()
+
+
 @torch.no_grad()
 def copy_teacher_weights(
-    student: nn.Module, teacher: nn.Module, teacher_layers: Sequence[Sequence[int]]
+    student: nn.Module,
+    teacher: nn.Module,
+    teacher_layers: Sequence[Sequence[int]],
+    gather: Gather = no_gather,
 ) -> None:
     """Initialise `student` from `teacher`: for each layer stack, student block i copies
     teacher block teacher_layers[stack][i]; every other weight (and a bias buffer such as
-    BART's final_logits_bias) is copied by name; narrower tensors take the leading slice."""
+    BART's final_logits_bias) is copied by name; narrower tensors take the leading slice.
+    `gather(params)` makes a partitioned teacher's parameters whole while they are read,
+    one block (or one tensor) at a time."""
     s_stacks, t_stacks = layer_stacks(student), layer_stacks(teacher)
     in_layers = set()
     for s_stack, t_stack, chosen in zip(s_stacks, t_stacks, teacher_layers):
         in_layers |= {id(p) for p in s_stack.parameters()}
         for s_block, t_index in zip(s_stack, chosen):
             t_params = dict(t_stack[t_index].named_parameters())
-            for name, param in s_block.named_parameters():
-                copy_leading(param, t_params[name], fused_thirds=_fused_qkv(name))
+            with gather(list(t_params.values())):
+                for name, param in s_block.named_parameters():
+                    copy_leading(param, t_params[name], fused_thirds=_fused_qkv(name))
     t_all = dict(teacher.named_parameters())
     for name, param in student.named_parameters():
         if id(param) not in in_layers and name in t_all:
-            copy_leading(param, t_all[name])
+            with gather([t_all[name]]):
+                copy_leading(param, t_all[name])
     t_buffers = dict(teacher.named_buffers())
     for name, buffer in student.named_buffers():
         if "bias" in name and name in t_buffers and buffer.dim() == t_buffers[name].dim():
@@ -363,10 +379,18 @@ def _copy_exact(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:
 
 @torch.no_grad()
 def copy_width_sliced(
-    student: nn.Module, teacher: nn.Module, teacher_layers: Sequence[Sequence[int]]
+    student: nn.Module,
+    teacher: nn.Module,
+    teacher_layers: Sequence[Sequence[int]],
+    gather: Gather = no_gather,
 ) -> None:
     """Initialise `student` from the teacher layers `teacher_layers[0]` (an encoder has one
     stack), keeping the channels, heads and neurons `width_slice_plan` ranks highest."""
+    if gather is not no_gather:
+        raise ValueError(
+            "student.init: width_slice ranks the whole teacher's channels; it needs "
+            "teacher.partition: replicate"
+        )
     (teacher_layers,) = teacher_layers
     plan = width_slice_plan(teacher, architecture_size(student.config), teacher_layers)
     head_dim = teacher.config.hidden_size // teacher.config.num_attention_heads
@@ -387,7 +411,7 @@ class StudentInit:
     how the copy narrows teacher tensors to the student's width."""
 
     layers: Callable[[int, int], list[int]] | None
-    copy: Callable[[nn.Module, nn.Module, Sequence[Sequence[int]]], None] = copy_teacher_weights
+    copy: Callable[..., None] = copy_teacher_weights  # (student, teacher, layers, gather)
 
 
 STUDENT_INITS: dict[str, StudentInit] = {
@@ -406,6 +430,7 @@ def build_student(
     teacher_layers: Sequence[int] | None = None,
     seed: int = 0,
     auto_class=AutoModel,
+    gather: Gather = no_gather,
 ) -> nn.Module:
     """Build a student of `size` from the teacher's config (as `auto_class`: AutoModel for
     encoders, the Auto LM class for generative teachers) and initialise it by `init` on each
@@ -420,7 +445,7 @@ def build_student(
     explicit = teacher_layers if len(t_depths) == 1 else None
     chosen = [init_teacher_layers(init, t, n, explicit) for t, n in zip(t_depths, s_depths)]
     if chosen[0] is not None:
-        STUDENT_INITS[init].copy(student, teacher, chosen)
+        STUDENT_INITS[init].copy(student, teacher, chosen, gather)
     return student
 
 

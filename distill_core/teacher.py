@@ -38,7 +38,9 @@ def load_teacher_config(name: str) -> PretrainedConfig:
     return AutoConfig.from_pretrained(resolve_teacher(name))
 
 
-def load_teacher(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, object]:
+def load_teacher(
+    name: str, *, seed: int = 0, dtype: torch.dtype | None = None
+) -> tuple[torch.nn.Module, object]:
     """Load a frozen teacher and its tokenizer as its family loads it: an encoder
     (`AutoModel`), or a causal / seq2seq LM with its LM head (a weightless `builtin:`
     architecture gets seeded random weights: only a `kind: pretrain` stage, which needs no
@@ -46,7 +48,7 @@ def load_teacher(name: str, *, seed: int = 0) -> tuple[torch.nn.Module, object]:
     from distill.core.families import family_of
 
     path = resolve_teacher(name)
-    model = family_of(AutoConfig.from_pretrained(path)).load_model(path, seed=seed)
+    model = family_of(AutoConfig.from_pretrained(path)).load_model(path, seed=seed, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return freeze(model), tokenizer
 

@@ -13,6 +13,7 @@ from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
 from distill.core.generative import has_weights as has_weights_at
 from distill.core.outputs import has_task_head
+from distill.core.placement import footprint, resolve_placement, worker_memory_bytes
 from distill.core.spec import JobSpec, SpecError
 from distill.core.stages import Stage, expand_stages
 from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
@@ -165,11 +166,30 @@ def preflight_stages(
                 s, stage.kind, tc, teacher_has_weights=has_weights, teacher_has_head=has_head
             )
             _check_lengths(s, tc)
+            placement = resolve_placement(
+                s,
+                footprint(tc, family.auto_class),
+                worker_memory_bytes(s, local=local_resources and not os.environ.get("RAY_ADDRESS")),
+            )
+            if placement.partition == "zero3" and stage.kind != "distill":
+                raise SpecError(
+                    f"teacher.partition: zero3 applies to distill stages; a {stage.kind} stage "
+                    "trains a full copy of its teacher (use replicate)"
+                )
+            if placement.partition == "zero3" and s.student.init == "width_slice":
+                raise SpecError(
+                    "student.init: width_slice ranks the whole teacher's channels; with "
+                    "teacher.partition zero3 use a layer-choice init (uniform_map, first_k, ...)"
+                )
+            teacher = s.teacher.model_copy(
+                update={"partition": placement.partition, "dtype": placement.dtype}
+            )
+            s = s.model_copy(update={"teacher": teacher})
             if check_data:
                 s = _check_data(s)
         except SpecError as exc:
             raise SpecError(f"{prefix}{exc}") from None
-        done = Stage(stage.name, stage.kind, s)
+        done = Stage(stage.name, stage.kind, s, placement)
         made[stage.name] = (family.output_config(s, stage.kind, tc), s.task is not None)
         resolved.append(done)
     return resolved

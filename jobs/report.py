@@ -76,7 +76,8 @@ def build_report(
             "status": "completed",
             "wall_time_s": None,  # set last, so it includes this evaluation
         },
-        "teacher": sections["teacher"],
+        # Where the teacher lived on the workers (partition, dtype, parameters per rank).
+        "teacher": {**sections["teacher"], "placement": train_state.get("teacher_placement")},
         "student": sections["student"],
         "size": sections["size"],
         "quality": sections["quality"],

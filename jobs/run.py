@@ -179,9 +179,12 @@ def run_job(
     run_dir = run_dir_for(spec, output)
     storage = check_storage(run_dir, spec, "--output" if output else "output.dir")
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
+    for stage in stages:
+        where = f"stage {stage.name}: " if len(stages) > 1 else ""
+        print(f"[distill] {where}{stage.placement.describe(spec.scaling.num_workers)}", flush=True)
     if len(stages) == 1:
         spec = stages[0].spec.model_copy(update={"output": spec.output})
-        stages = [Stage(stages[0].name, stages[0].kind, spec)]
+        stages = [Stage(stages[0].name, stages[0].kind, spec, stages[0].placement)]
     _check_resumable(storage, spec)
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))

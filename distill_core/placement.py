@@ -1,0 +1,136 @@
+"""Where the teacher's weights live on the training workers, decided before Ray starts.
+
+- `replicate`: every worker holds the whole teacher (fastest forward, no communication).
+- `zero3`: each of the N workers holds 1/N of the teacher's parameters (DeepSpeed ZeRO-3,
+  `cluster/teacher_placement.py`); the forward gathers one layer at a time, prefetching the
+  next, so a worker needs its partition plus about one gathered layer.
+
+`teacher.partition: auto` replicates a teacher whose parameters take at most half of a
+worker's memory (`COMFORT`; the other half is for the student, its optimizer state,
+activations and the framework) and partitions a bigger one over more than one worker. A
+worker's memory is `scaling.memory_per_worker_gb`, else this machine's memory shared by the
+workers of a local run; on a remote cluster without that field nothing is known and `auto`
+replicates. The same estimate refuses a placement that cannot fit, naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import PretrainedConfig
+
+from distill.core.spec import JobSpec, SpecError
+from distill.core.student import layer_stacks
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMFORT = 0.5  # the teacher's share of a worker's memory
+
+
+@dataclass(frozen=True)
+class TeacherFootprint:
+    """Parameter counts of a teacher architecture: all of them, and the largest unit a
+    partitioned forward gathers at once (a layer block, or a single tensor such as the
+    token-embedding table)."""
+
+    parameters: int
+    largest_gather: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    partition: str  # replicate | zero3
+    dtype: str  # fp32 | bf16 | fp16
+    parameter_bytes: int  # the whole teacher at `dtype`
+    per_worker_bytes: int  # resident teacher parameter bytes per worker (+ one gathered unit)
+    worker_memory_bytes: int | None
+    reason: str
+
+    def describe(self, workers: int) -> str:
+        where = (
+            "every worker holds it whole"
+            if self.partition == "replicate"
+            else (f"partitioned over {workers} workers with ZeRO-3")
+        )
+        return (
+            f"teacher: {self.partition} ({where}), {self.dtype}, {gb(self.per_worker_bytes)} "
+            f"of parameters per worker (whole teacher {gb(self.parameter_bytes)}; {self.reason})"
+        )
+
+
+def gb(n: int | float) -> str:
+    """Bytes for a message: GiB, or MiB below one GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def footprint(config: PretrainedConfig, auto_class) -> TeacherFootprint:
+    """Count an architecture's parameters without allocating them (meta device)."""
+    with torch.device("meta"):
+        model = auto_class.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    blocks = [
+        sum(p.numel() for p in block.parameters()) for s in layer_stacks(model) for block in s
+    ]
+    largest_tensor = max((p.numel() for p in model.parameters()), default=0)
+    return TeacherFootprint(total, max([largest_tensor, *blocks]))
+
+
+def machine_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def worker_memory_bytes(spec: JobSpec, *, local: bool) -> int | None:
+    """A worker's memory: the spec's, else (a local run) this machine's over the workers."""
+    sc = spec.scaling
+    if sc.memory_per_worker_gb is not None:
+        return int(sc.memory_per_worker_gb * 2**30)
+    if local:
+        return machine_memory_bytes() // sc.num_workers
+    return None
+
+
+def resolve_placement(
+    spec: JobSpec, teacher: TeacherFootprint, worker_memory: int | None
+) -> Placement:
+    """The teacher's dtype and partition for this spec; one-line `SpecError`s for a dtype
+    the hardware cannot run or a placement that cannot fit a worker."""
+    t, workers = spec.teacher, spec.scaling.num_workers
+    dtype = t.dtype or spec.deepspeed.precision
+    if dtype == "fp16" and spec.scaling.gpus_per_worker == 0:
+        raise SpecError("teacher.dtype: fp16 needs a GPU; use fp32 or bf16 on the CPU")
+    size = DTYPE_BYTES[dtype]
+    whole = teacher.parameters * size
+    partitioned = math.ceil(teacher.parameters / workers) * size + teacher.largest_gather * size
+    budget = None if worker_memory is None else COMFORT * worker_memory
+    mode, reason = t.partition, "as set in teacher.partition"
+    if mode == "auto":
+        if budget is None or whole <= budget:
+            mode = "replicate"
+            reason = "fits a worker" if budget is not None else "worker memory unknown"
+        elif workers == 1:
+            mode, reason = "replicate", "one worker: nothing to partition over"
+        else:
+            mode, reason = "zero3", f"more than half of a worker's {gb(worker_memory)}"
+    if budget is not None and mode == "replicate" and whole > budget:
+        raise SpecError(
+            f"teacher.partition: replicate puts the whole teacher ({gb(whole)} at {dtype}) on "
+            f"every worker, more than half of a worker's {gb(worker_memory)}; use "
+            "teacher.partition: zero3 (with scaling.num_workers > 1) or a smaller teacher.dtype"
+        )
+    if budget is not None and mode == "zero3" and partitioned > budget:
+        raise SpecError(
+            f"scaling.num_workers: {workers} workers leave each a 1/{workers} teacher partition "
+            f"plus one gathered layer of {gb(partitioned)} at {dtype}, more than half of a "
+            f"worker's {gb(worker_memory)}; add workers, memory or a smaller teacher.dtype"
+        )
+    return Placement(
+        partition=mode,
+        dtype=dtype,
+        parameter_bytes=whole,
+        per_worker_bytes=whole if mode == "replicate" else partitioned,
+        worker_memory_bytes=worker_memory,
+        reason=reason,
+    )

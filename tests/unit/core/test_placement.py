@@ -1,0 +1,93 @@
+"""Teacher placement before Ray starts: the memory estimate (hand-computed for a tiny BERT
+config) and the dtype / partition resolution with its one-line refusals."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoModel, BertConfig
+
+from distill.core.placement import (
+    COMFORT,
+    TeacherFootprint,
+    footprint,
+    resolve_placement,
+    worker_memory_bytes,
+)
+from distill.core.spec import SpecError, load_spec
+
+TINY = BertConfig(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+)
+
+
+def test_footprint_counts_parameters_by_hand():
+    fp = footprint(TINY, AutoModel)
+    h, f, v, p, t = 32, 64, 99, 64, 2
+    embeddings = v * h + p * h + t * h + 2 * h  # word, position, token type, LayerNorm
+    block = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h  # q,k,v,o + LN + FFN + LN
+    pooler = h * h + h
+    assert fp.parameters == embeddings + 4 * block + pooler
+    assert fp.parameters == sum(p.numel() for p in AutoModel.from_config(TINY).parameters())
+    assert fp.largest_gather == block  # a block (12,608) is bigger than the word table (3,168)
+
+
+def _spec(*overrides):
+    return load_spec(None, list(overrides))
+
+
+# 1,000,000 parameters, the largest gathered unit 100,000: fp32 whole = 4 MB.
+TEACHER = TeacherFootprint(parameters=1_000_000, largest_gather=100_000)
+MB = 1_000_000
+
+
+def test_dtype_defaults_to_the_run_precision_and_fp16_needs_a_gpu():
+    assert resolve_placement(_spec(), TEACHER, None).dtype == "fp32"
+    assert resolve_placement(_spec("deepspeed.precision=bf16"), TEACHER, None).dtype == "bf16"
+    assert resolve_placement(_spec("teacher.dtype=bf16"), TEACHER, None).dtype == "bf16"
+    with pytest.raises(SpecError, match="^teacher.dtype: fp16 needs a GPU"):
+        resolve_placement(_spec("teacher.dtype=fp16"), TEACHER, None)
+
+
+def test_auto_replicates_what_fits_and_partitions_what_does_not():
+    fits = resolve_placement(_spec(), TEACHER, worker_memory=int(4 * MB / COMFORT))
+    assert (fits.partition, fits.parameter_bytes, fits.per_worker_bytes) == (
+        "replicate",
+        4 * MB,
+        4 * MB,
+    )
+    big = resolve_placement(_spec(), TEACHER, worker_memory=int(4 * MB / COMFORT) - 1)
+    # 1/2 of the teacher plus one gathered unit, at 4 bytes a parameter.
+    assert (big.partition, big.per_worker_bytes) == ("zero3", (500_000 + 100_000) * 4)
+    bf16 = resolve_placement(_spec("teacher.dtype=bf16"), TEACHER, worker_memory=6 * MB)
+    assert (bf16.partition, bf16.per_worker_bytes) == ("replicate", 2 * MB)
+    unknown = resolve_placement(_spec(), TEACHER, worker_memory=None)
+    assert unknown.partition == "replicate" and "unknown" in unknown.reason
+    one = resolve_placement(_spec("scaling.num_workers=1"), TEACHER, worker_memory=8 * MB)
+    assert one.partition == "replicate"
+    with pytest.raises(SpecError, match="^teacher.partition: replicate puts the whole teacher"):
+        resolve_placement(_spec("scaling.num_workers=1"), TEACHER, worker_memory=MB)
+
+
+def test_a_placement_that_cannot_fit_is_one_line_naming_the_field():
+    with pytest.raises(SpecError, match=r"^teacher.partition: replicate puts the whole teacher"):
+        resolve_placement(_spec("teacher.partition=replicate"), TEACHER, worker_memory=6 * MB)
+    zero3 = resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=6 * MB)
+    assert zero3.per_worker_bytes == 2_400_000 <= COMFORT * 6 * MB
+    with pytest.raises(SpecError, match=r"^scaling.num_workers: 2 workers leave each") as err:
+        resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=4 * MB)
+    assert "\n" not in str(err.value)
+    four = resolve_placement(
+        _spec("teacher.partition=zero3", "scaling.num_workers=4"), TEACHER, worker_memory=4 * MB
+    )
+    assert four.per_worker_bytes == (250_000 + 100_000) * 4
+
+
+def test_worker_memory_from_the_spec_or_the_machine():
+    assert worker_memory_bytes(_spec("scaling.memory_per_worker_gb=2"), local=False) == 2 * 2**30
+    assert worker_memory_bytes(_spec(), local=False) is None
+    assert worker_memory_bytes(_spec("scaling.num_workers=2"), local=True) > 0
