@@ -73,6 +73,11 @@ def fit(
             resources_per_worker={
                 "CPU": sc.cpus_per_worker,
                 **({"GPU": sc.gpus_per_worker} if sc.gpus_per_worker else {}),
+                **(
+                    {"memory": int(sc.memory_per_worker_gb * 2**30)}
+                    if sc.memory_per_worker_gb
+                    else {}
+                ),
             },
             placement_strategy=sc.placement_strategy,
         ),

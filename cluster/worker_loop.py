@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import resource
 import tempfile
 import time
 import warnings
@@ -436,6 +437,11 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
             for phase, spent in progress.phase_time.items()
         },
     }
+    # Memory of the most loaded rank: resident anonymous memory now, and peak RSS so far.
+    metrics["rss_anon_mb"] = _max_across_ranks(_rss_anon_mb())
+    metrics["rss_peak_mb"] = _max_across_ranks(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     if progress.switch_s is not None and not progress.history:
         metrics["stage_switch_s"] = _mean_across_ranks(progress.switch_s)
     if step % t.eval_every == 0 or step == t.steps:
@@ -637,6 +643,22 @@ def _mean_across_ranks(value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item()) / dist.get_world_size()
+
+
+def _max_across_ranks(value: float) -> float:
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _rss_anon_mb() -> float:
+    """This process's resident anonymous memory (not file-backed pages), MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def _placement() -> dict:
