@@ -442,6 +442,8 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
     metrics["rss_peak_mb"] = _max_across_ranks(
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
+    if torch.cuda.is_available():
+        metrics["gpu_peak_mb"] = _max_across_ranks(torch.cuda.max_memory_allocated() / 2**20)
     if progress.switch_s is not None and not progress.history:
         metrics["stage_switch_s"] = _mean_across_ranks(progress.switch_s)
     if step % t.eval_every == 0 or step == t.steps:
