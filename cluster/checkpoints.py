@@ -117,10 +117,18 @@ def _checkpoints(storage: Storage, folder: str) -> list[dict]:
     lists it), newest first: {"name", "path", "step", "manifest", "problem"}, where
     `problem` says why its files do not match the manifest's sizes (None: they do)."""
     registered = set(_ray_registered(storage, folder))
-    found = []
-    for name in storage.list(folder):
-        if not name.startswith("checkpoint_"):
-            continue
+    listed = [n for n in storage.list(folder) if n.startswith("checkpoint_")]
+    found = [  # registered by Ray, yet gone: Ray would restore it and fail
+        {
+            "name": n,
+            "path": f"{folder}/{n}",
+            "step": None,
+            "manifest": None,
+            "problem": "folder missing",
+        }
+        for n in registered - set(listed)
+    ]
+    for name in listed:
         path = f"{folder}/{name}"
         files = storage.list_files(path)
         manifest, problem = None, None

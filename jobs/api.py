@@ -94,7 +94,7 @@ def report(location: str | Path, s3=None) -> dict:
 
 
 def export(run_location: str | Path, out: str | Path, s3=None) -> dict:
-    """Copy a run's student (or consolidate its newest complete checkpoint) into `out`."""
+    """Copy a run's student (or consolidate its newest intact checkpoint) into `out`."""
     from distill.jobs.runs import export_run
 
     return export_run(str(run_location), out, s3)

@@ -94,3 +94,14 @@ def test_sizes_only_manifests_of_older_runs_still_verify(run):
     assert newest_intact(run).intact["name"] == NEWER
     run.put(f"train/{NEWER}/{SHARD}", b"short")
     assert newest_intact(run).damaged[0][1] == f"{SHARD}: 5 bytes, expected 4608"
+
+
+def test_a_registered_checkpoint_whose_folder_is_gone_is_damaged(run):
+    gone = "checkpoint_2026-11-30_10-10-00.000000"
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": n} for n in (OLDER, NEWER, gone)]}
+    run.write_text(f"train/{RAY_SNAPSHOT}", json.dumps(snapshot))
+    choice = newest_intact(run)
+    assert choice.intact["name"] == NEWER
+    assert choice.damaged == [
+        ({"name": gone, "path": f"train/{gone}", "step": None}, "folder missing")
+    ]
