@@ -143,6 +143,10 @@ def take_lease(
         held.enter_context(hold_lease(storage, force=force))
     except LeaseHeld as exc:
         raise SpecError(f"{field}: {exc}") from None
+    except OSError as exc:  # the folder cannot be created (a file in the way, no permission)
+        raise SpecError(
+            f"{field} {storage.uri}: cannot create the folder ({exc.strerror})"
+        ) from None
 
 
 def preflight(spec: JobSpec) -> JobSpec:

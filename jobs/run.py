@@ -175,7 +175,12 @@ def run_job(
     run_dir = run_dir_for(spec, output)
     field = "--output" if output else "output.dir"
     storage = check_storage(run_dir, spec, field)
-    with contextlib.ExitStack() as held:
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
+    if len(stages) == 1:
+        spec = stages[0].spec.model_copy(update={"output": spec.output})
+        stages = [Stage(stages[0].name, stages[0].kind, spec)]
+    _check_resumable(storage, spec)
+    with contextlib.ExitStack() as held:  # the lease before the first write
         if lease:
             take_lease(held, storage, force=force, field=field)
         return _run_checked(
@@ -202,11 +207,6 @@ def _run_checked(
     callbacks: list | None,
 ) -> dict:
     """`run_job` once its checks passed, holding the run folder's lease."""
-    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
-    if len(stages) == 1:
-        spec = stages[0].spec.model_copy(update={"output": spec.output})
-        stages = [Stage(stages[0].name, stages[0].kind, spec)]
-    _check_resumable(storage, spec)
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))
     except OSError as exc:

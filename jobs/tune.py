@@ -121,7 +121,8 @@ def run_sweep(
     base_spec = JobSpec.model_validate(checked.base)
     field = "--output" if output else "base.output.dir"
     storage = check_storage(run_dir_for(base_spec, output), base_spec, field)
-    with contextlib.ExitStack() as held:
+    _check_same_sweep(storage, sweep)
+    with contextlib.ExitStack() as held:  # the lease before the first write
         take_lease(held, storage, force=force, field=field)
         return _run_checked_sweep(
             sweep, checked, storage, started, max_params=max_params, min_speedup=min_speedup
@@ -139,7 +140,6 @@ def _run_checked_sweep(
 ) -> dict:
     """`run_sweep` once its checks passed, holding the sweep folder's lease."""
     first = checked.combinations[0][1].spec
-    _check_same_sweep(storage, sweep)
     try:
         storage.write_text(
             SWEEP_FILE, yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
