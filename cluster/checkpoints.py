@@ -1,4 +1,5 @@
-"""Which of a run's checkpoints are complete, read from its storage (local or S3) without Ray.
+"""Which of a run's checkpoints are complete and intact, read from its storage (local or S3)
+without Ray.
 
 Ray Train V2 already gives the guarantee resume relies on: every rank uploads its files
 into a fresh `checkpoint_<timestamp>` folder, and only once all ranks have reported does the
@@ -7,30 +8,95 @@ whole or absent); resume restores the snapshot's latest checkpoint. An upload cu
 halfway leaves an unregistered folder that nothing reads and that never replaces a good one.
 
 On top of that, `CheckpointManifest` (cluster/manifest_callback.py) writes `COMPLETE.json`
-into each registered checkpoint, listing every file and its size: readers that do not
-parse Ray's internal snapshot (`distill export`, `distill runs list`) check the files
-against it. A checkpoint counts as complete when its manifest matches its files, or when
-Ray's snapshot lists it (the window between Ray's registration and our manifest).
+into each registered checkpoint (`build_manifest`): every file with its size and sha256.
+A checkpoint is *complete* when its files have the manifest's sizes (or, without a
+manifest yet, when Ray's snapshot lists it), and *intact* when their checksums match too.
+`newest_intact` checks the newest checkpoints until one is intact, so resume, `distill
+export` and `distill runs list` never take a damaged checkpoint (a truncated, missing or
+altered file) for a good one.
+
+    COMPLETE.json = {"version": 2, "step": 8, "ranks": 2,
+                     "files": {"engine/mp_rank_00_model_states.pt": {"size": 5678, "sha256": "..."}, ...}}
+
+(Version 1 manifests, written before checksums, list sizes only: `{"files": {path: size}}`.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass, field
+
+import pyarrow.fs
 
 from distill.cluster.run_files import TRAIN_DIR
 from distill.cluster.storage import Storage
 
 COMPLETE = "COMPLETE.json"
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+MANIFEST_VERSION = 2
+_STAGING = f".{COMPLETE}.tmp"  # the manifest before it is moved into place
+_CHUNK = 8 << 20  # bytes read at a time while hashing
+
+
+# -- writing (on the Ray Train controller, through Ray's pyarrow filesystem) -----------------
+
+
+def file_sha256(fs: pyarrow.fs.FileSystem, path: str) -> str:
+    """sha256 of one file, streamed (read once, never whole in memory)."""
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_manifest(fs: pyarrow.fs.FileSystem, root: str, *, step, ranks: int) -> dict:
+    """The manifest of the checkpoint folder `root` on `fs`: every file's size and sha256."""
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True))
+    files = {}
+    for info in sorted(infos, key=lambda i: i.path):
+        rel = info.path[len(root) + 1 :]
+        if info.type == pyarrow.fs.FileType.File and rel not in (COMPLETE, _STAGING):
+            files[rel] = {"size": info.size, "sha256": file_sha256(fs, info.path)}
+    return {"version": MANIFEST_VERSION, "step": step, "ranks": ranks, "files": files}
+
+
+def write_manifest(fs: pyarrow.fs.FileSystem, root: str, manifest: dict) -> None:
+    """Write `COMPLETE.json` into `root` under a temporary name, then move it into place:
+    readers see the whole manifest or none."""
+    with fs.open_output_stream(f"{root}/{_STAGING}") as f:
+        f.write(json.dumps(manifest, indent=1).encode())
+    fs.move(f"{root}/{_STAGING}", f"{root}/{COMPLETE}")
+
+
+# -- reading ---------------------------------------------------------------------------------
 
 
 def manifest_problem(manifest: dict, files: dict[str, int]) -> str | None:
-    """Why `files` ({relpath: size}) do not match the manifest, or None when they do."""
-    for rel, size in manifest.get("files", {}).items():
+    """Why `files` ({relpath: size}) do not have the manifest's files and sizes, or None."""
+    for rel, entry in manifest.get("files", {}).items():
+        size = entry["size"] if isinstance(entry, dict) else entry  # version 1: sizes only
         if rel not in files:
-            return f"{rel} missing"
+            return f"{rel}: missing"
         if files[rel] != size:
-            return f"{rel} has {files[rel]} bytes, expected {size}"
+            return f"{rel}: {files[rel]} bytes, expected {size}"
+    return None
+
+
+def checksum_problem(storage: Storage, path: str, manifest: dict) -> str | None:
+    """Which file under `path` (a checkpoint, relative to the storage) does not have the
+    manifest's sha256, or None. Reads every file once, where it is (S3: streamed)."""
+    root, fs = storage.ray_storage()
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    for rel, entry in manifest.get("files", {}).items():
+        if isinstance(entry, dict) and "sha256" in entry:
+            try:
+                digest = file_sha256(fs, f"{root}/{path}/{rel}")
+            except FileNotFoundError:  # deleted since the listing (other errors propagate)
+                return f"{rel}: missing"
+            if digest != entry["sha256"]:
+                return f"{rel}: sha256 differs from the manifest"
     return None
 
 
@@ -46,26 +112,89 @@ def _ray_registered(storage: Storage, folder: str) -> list[str]:
     ]
 
 
-def complete_checkpoints(storage: Storage, folder: str = TRAIN_DIR) -> list[dict]:
-    """The complete checkpoints of the run's Ray Train run (`train`: every stage of a
-    pipeline reports there), newest first: [{"name", "path", "step"}], `path` relative to the run folder."""
-    names = [n for n in storage.list(folder) if n.startswith("checkpoint_")]
+def _checkpoints(storage: Storage, folder: str) -> list[dict]:
+    """Every checkpoint of `folder` that Ray finished (it has a manifest, or Ray's snapshot
+    lists it), newest first: {"name", "path", "step", "manifest", "problem"}, where
+    `problem` says why its files do not match the manifest's sizes (None: they do)."""
     registered = set(_ray_registered(storage, folder))
-    found = []
-    for name in names:
-        rel = f"{folder}/{name}"
-        files = storage.list_files(rel)
-        step = None
+    listed = [n for n in storage.list(folder) if n.startswith("checkpoint_")]
+    found = [  # registered by Ray, yet gone: Ray would restore it and fail
+        {
+            "name": n,
+            "path": f"{folder}/{n}",
+            "step": None,
+            "manifest": None,
+            "problem": "folder missing",
+        }
+        for n in registered - set(listed)
+    ]
+    for name in listed:
+        path = f"{folder}/{name}"
+        files = storage.list_files(path)
+        manifest, problem = None, None
         if COMPLETE in files:
             try:
-                manifest = json.loads(storage.read_text(f"{rel}/{COMPLETE}"))
-            except (FileNotFoundError, ValueError):
-                manifest = None
-            if manifest is None or manifest_problem(manifest, files):
-                continue
-            step = manifest.get("step")
+                manifest = json.loads(storage.read_text(f"{path}/{COMPLETE}"))
+                problem = manifest_problem(manifest, files)
+            except (FileNotFoundError, ValueError, TypeError, KeyError, AttributeError):
+                manifest, problem = None, f"{COMPLETE}: unreadable"
         elif name not in registered:
             continue  # an upload that never finished (or whose run died before registering it)
-        found.append({"name": name, "path": rel, "step": step})
+        step = manifest.get("step") if manifest else None
+        found.append(
+            {"name": name, "path": path, "step": step, "manifest": manifest, "problem": problem}
+        )
     # Names are `checkpoint_<YYYY-mm-dd_HH-MM-SS.ffffff>`: sorting them sorts by time.
     return sorted(found, key=lambda c: c["name"], reverse=True)
+
+
+def _public(checkpoint: dict) -> dict:
+    return {k: checkpoint[k] for k in ("name", "path", "step")}
+
+
+def complete_checkpoints(storage: Storage, folder: str = TRAIN_DIR) -> list[dict]:
+    """The complete checkpoints of the run's Ray Train run (`train`: every stage of a
+    pipeline reports there), newest first: [{"name", "path", "step"}], `path` relative to
+    the run folder. Checks sizes only (cheap, for polling); `newest_intact` also checks sums."""
+    return [_public(c) for c in _checkpoints(storage, folder) if c["problem"] is None]
+
+
+@dataclass
+class CheckpointChoice:
+    """The newest intact checkpoint (`intact`, None when there is none) and the newer
+    damaged ones passed over on the way: [(checkpoint, which file is wrong and how)]."""
+
+    intact: dict | None
+    damaged: list[tuple[dict, str]] = field(default_factory=list)
+
+    def notice(self, using: str, *, none_left: str, where: str = "") -> str | None:
+        """One line naming the newest damaged checkpoint's bad file and what is used
+        instead (`using`: "resuming from", "exporting from", ...; `none_left`: what happens
+        when no checkpoint is intact); None when nothing was damaged. `where` prefixes the
+        paths (e.g. the run's name when several runs are listed)."""
+        if not self.damaged:
+            return None
+        (first, problem), more = self.damaged[0], len(self.damaged) - 1
+        older = f"; {more} older damaged checkpoint(s) skipped too" if more else ""
+        if self.intact is None:
+            instead = f"no intact checkpoint left: {none_left}"
+        else:
+            step = f" (step {self.intact['step']})" if self.intact.get("step") is not None else ""
+            instead = f"{using} {where}{self.intact['path']}{step}"
+        return (
+            f"distill: checkpoint {where}{first['path']} is damaged ({problem}){older}; {instead}"
+        )
+
+
+def newest_intact(storage: Storage, folder: str = TRAIN_DIR) -> CheckpointChoice:
+    """Verify the run's checkpoints newest first (sizes, then checksums) until one is intact."""
+    choice = CheckpointChoice(intact=None)
+    for checkpoint in _checkpoints(storage, folder):
+        problem = checkpoint["problem"]
+        if problem is None and checkpoint["manifest"] is not None:
+            problem = checksum_problem(storage, checkpoint["path"], checkpoint["manifest"])
+        if problem is None:
+            choice.intact = _public(checkpoint)
+            return choice
+        choice.damaged.append((_public(checkpoint), problem))
+    return choice

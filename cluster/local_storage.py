@@ -1,16 +1,32 @@
 """A run folder on local (or shared network) disk: the `Storage` protocol over the file
 system, and the embedded default. Files are written to a temporary name and renamed into
 place; `put_dir` renames a complete copy into place, so a folder that exists is complete.
+
+The run folder's lease (`.lease.json`) is created with `O_CREAT | O_EXCL`, so of two
+writers only one creates it; replacing, renewing and removing it happen under an exclusive
+`flock` of `.lease.lock` next to it, so two writers never both take over a stale lease. A
+holder on this host whose process is gone has lost its lease, even before it expires.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
-from distill.cluster.storage_protocol import StorageNotFound
+from distill.cluster.storage_protocol import (
+    LEASE_FILE,
+    Lease,
+    LeaseHeld,
+    StorageNotFound,
+    may_take_over,
+)
+
+_LEASE_LOCK = ".lease.lock"
 
 
 class LocalStorage:
@@ -110,3 +126,56 @@ class LocalStorage:
 
     def check_readable(self) -> None:
         """Nothing to check: a missing folder reads as empty."""
+
+    # -- lease ----------------------------------------------------------------------------
+    def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.path(LEASE_FILE)
+        with self._lease_lock():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                held = self._read_lease()
+                if not (may_take_over(held, lease, force=force) or _holder_gone(held)):
+                    raise LeaseHeld(self.uri, held) from None
+                self.put(LEASE_FILE, lease.to_json().encode())
+                return held if held is not None and held.token != lease.token else None
+            with os.fdopen(fd, "w") as f:
+                f.write(lease.to_json())
+            return None
+
+    def release_lease(self, lease: Lease) -> None:
+        if not self.root.is_dir():
+            return
+        with self._lease_lock():
+            held = self._read_lease()
+            if held is not None and held.token == lease.token:
+                self.path(LEASE_FILE).unlink(missing_ok=True)
+
+    def _read_lease(self) -> Lease | None:
+        try:
+            return Lease.from_json(self.path(LEASE_FILE).read_bytes())
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def _lease_lock(self):
+        fd = os.open(self.path(_LEASE_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+
+def _holder_gone(held: Lease | None) -> bool:
+    """The lease's process ran on this host and no longer exists."""
+    if held is None or held.host != socket.gethostname():
+        return False
+    try:
+        os.kill(held.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

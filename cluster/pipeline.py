@@ -49,7 +49,10 @@ class WorkerInputs:
     storage); attempt: an id of this driver invocation, so a restarted worker group resumes
     at its own latest checkpoint while a new invocation starts at `start`;
     st_teacher: the sentence-transformers folder of the root teacher (export layout);
-    teacher_cache: the teacher-output cache a sweep built for this single-stage job."""
+    teacher_cache: the teacher-output cache a sweep built for this single-stage job;
+    damaged: names of the run's checkpoints the driver found damaged (`checkpoint_<time>`):
+    when Ray restores one of them, the workers resume from `resume_from` instead, the
+    newest intact checkpoint (relative to the run folder; None: none left, from step 0)."""
 
     stages: tuple[StagePlan, ...]
     run_uri: str
@@ -58,6 +61,8 @@ class WorkerInputs:
     attempt: str = ""
     st_teacher: str | None = None
     teacher_cache: dict | None = None
+    damaged: tuple[str, ...] = ()
+    resume_from: str | None = None
 
     @property
     def multi_stage(self) -> bool:

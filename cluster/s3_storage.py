@@ -11,6 +11,11 @@ A folder written with `put_dir` is complete once its manifest `.distill-manifest
 (written last, listing every file and its size) is present: S3 has no atomic rename, so the
 manifest is the commit point, and readers check it (`dir_complete`). Listings leave the
 manifests out: they are bookkeeping, not files anyone put there.
+
+The run folder's lease (`.lease.json`) is created with a conditional PUT
+(`If-None-Match: *`: of two writers exactly one succeeds); renewing, taking over and
+removing it are conditional on the ETag just read (`If-Match`), so two writers never both
+take over one stale lease. AWS S3, MinIO and moto honour both conditions.
 """
 
 from __future__ import annotations
@@ -34,12 +39,22 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from distill.cluster.storage_protocol import StorageError, StorageNotFound
+from distill.cluster.storage_protocol import (
+    LEASE_FILE,
+    Lease,
+    LeaseHeld,
+    StorageError,
+    StorageNotFound,
+    may_take_over,
+)
 
 MANIFEST = ".distill-manifest.json"
 PROBE_KEY = ".distill-write-probe"
 # DNS-compatible bucket names (what S3 and MinIO accept for new buckets).
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# A conditional request that lost to another writer (or whose object went meanwhile).
+_LOST_RACE = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404")
+_LEASE_ATTEMPTS = 5
 _PROBE_CONNECT_TIMEOUT_S = 3
 _PROBE_READ_TIMEOUT_S = 5
 
@@ -281,6 +296,52 @@ class S3Storage:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.client.download_file(self.bucket, self.key(f"{relpath}/{rel}"), str(target))
         return local_dir
+
+    # -- lease --------------------------------------------------------------------------
+    def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:
+        key, body = self.key(LEASE_FILE), lease.to_json().encode()
+        for _ in range(_LEASE_ATTEMPTS):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                return None
+            except ClientError as exc:
+                if _error_code(exc) not in _LOST_RACE:
+                    raise
+            held, etag = self._read_lease()
+            if etag is None:
+                continue  # released meanwhile: create it again
+            if not may_take_over(held, lease, force=force):
+                raise LeaseHeld(self.uri, held)
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfMatch=etag)
+            except ClientError as exc:
+                if _error_code(exc) not in _LOST_RACE:
+                    raise
+                continue  # another writer replaced it first: look again
+            return held if held is not None and held.token != lease.token else None
+        raise StorageError(f"{self.uri}: the lease changed hands while taking it; try again")
+
+    def release_lease(self, lease: Lease) -> None:
+        held, etag = self._read_lease()
+        if held is None or held.token != lease.token:
+            return
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(LEASE_FILE), IfMatch=etag)
+        except ClientError as exc:
+            if _error_code(exc) in ("NotImplemented", "InvalidArgument"):  # no conditional delete
+                self.client.delete_object(Bucket=self.bucket, Key=self.key(LEASE_FILE))
+            elif _error_code(exc) not in _LOST_RACE:  # lost: a writer took over, theirs stays
+                raise
+
+    def _read_lease(self) -> tuple[Lease | None, str | None]:
+        """(the lease, its ETag); (None, None) when there is none."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(LEASE_FILE))
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey"):
+                return None, None
+            raise
+        return Lease.from_json(obj["Body"].read()), obj["ETag"]
 
     # -- preflight ----------------------------------------------------------------------
     def probe(self) -> None:

@@ -9,9 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.cluster.local_storage import LocalStorage
-from distill.cluster.storage_protocol import Storage, StorageError, StorageNotFound, is_s3_uri
+from distill.cluster.storage_protocol import (
+    Lease,
+    LeaseHeld,
+    Storage,
+    StorageError,
+    StorageNotFound,
+    is_s3_uri,
+)
 
 __all__ = [
+    "Lease",
+    "LeaseHeld",
     "LocalStorage",
     "Storage",
     "StorageError",

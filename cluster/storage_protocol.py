@@ -6,10 +6,17 @@ from the URI, and callers are typed against `Storage`.
 Paths are relative to the storage's root and `/`-separated. Writes are atomic: a file
 appears whole or not at all, and a folder written with `put_dir` reads as complete
 (`dir_complete`) only once all of it is there.
+
+One writer per run folder: a run holds a `Lease` on its folder (`LEASE_FILE` at its root,
+created only if absent, renewed while the run lives, released when it ends); a second
+writer is refused with `LeaseHeld`, which names the holder.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -24,6 +31,65 @@ class StorageError(ValueError):
 class StorageNotFound(StorageError, FileNotFoundError):
     """Nothing is stored at that path. Also a FileNotFoundError, so code that reads local
     files and storage alike catches both with one clause."""
+
+
+LEASE_FILE = ".lease.json"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who writes a run folder, until when: the content of `LEASE_FILE`. `token` tells
+    one holder from another (a renewal keeps it); times are Unix seconds (UTC)."""
+
+    token: str
+    host: str
+    pid: int
+    started: float
+    expires: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Lease | None:
+        """The lease in `text`, or None when it is not one (a damaged or half-written file)."""
+        try:
+            raw = json.loads(text)
+            return cls(
+                token=str(raw["token"]),
+                host=str(raw["host"]),
+                pid=int(raw["pid"]),
+                started=float(raw["started"]),
+                expires=float(raw["expires"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.expires
+
+    def describe(self) -> str:
+        """`host H, pid P, since 2026-11-30 15:44:01 UTC, lease until 15:46:01 UTC`."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.started))
+        until = time.strftime("%H:%M:%S UTC", time.gmtime(self.expires))
+        return f"host {self.host}, pid {self.pid}, since {since}, lease until {until}"
+
+
+class LeaseHeld(StorageError):
+    """Another writer holds the run folder's lease (`holder`), and it is still valid."""
+
+    def __init__(self, uri: str, holder: Lease) -> None:
+        self.holder = holder
+        super().__init__(
+            f"{uri} is in use by another run ({holder.describe()}); wait for it to end "
+            "or for its lease to expire, or pass --force to take over"
+        )
+
+
+def may_take_over(held: Lease | None, new: Lease, *, force: bool) -> bool:
+    """Whether `new` may replace the lease `held` in the folder: it is `new`'s own (a
+    renewal), unreadable (a writer died while creating it), expired, or `force` says so."""
+    return held is None or held.token == new.token or held.expired() or force
 
 
 def is_s3_uri(uri: str | Path) -> bool:
@@ -105,4 +171,14 @@ class Storage(Protocol):
 
     def check_readable(self) -> None:
         """Check up front, in seconds, that the location can be read; StorageError if not."""
+        ...
+
+    def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:
+        """Make `lease` the folder's lease: created atomically when there is none, or
+        replacing one that `may_take_over` allows (the same token renews it). Returns the
+        other holder's lease it replaced, else None; raises `LeaseHeld` naming the holder."""
+        ...
+
+    def release_lease(self, lease: Lease) -> None:
+        """Remove the folder's lease if it is still `lease` (a writer that took over keeps its own)."""
         ...

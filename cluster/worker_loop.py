@@ -188,7 +188,14 @@ def resume_point(inputs: WorkerInputs, checkpoint) -> tuple[int, object | None]:
 
     A checkpoint this invocation wrote (the worker group restarted after a failure) resumes
     at its own stage; an earlier invocation's checkpoint resumes only the stage this
-    invocation starts at (a pipeline whose earlier stage changed starts that stage anew)."""
+    invocation starts at (a pipeline whose earlier stage changed starts that stage anew).
+    A checkpoint the driver found damaged is never read: the newest intact one the driver
+    chose (`inputs.resume_from`) replaces it, or none (step 0) when none is left."""
+    if checkpoint is not None and os.path.basename(checkpoint.path.rstrip("/")) in inputs.damaged:
+        checkpoint = None
+        if inputs.resume_from is not None:
+            root, filesystem = open_storage(inputs.run_uri, inputs.s3).ray_storage()
+            checkpoint = ray.train.Checkpoint(f"{root}/{inputs.resume_from}", filesystem=filesystem)
     if checkpoint is None:
         return inputs.start, None
     with checkpoint.as_directory() as folder:

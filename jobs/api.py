@@ -48,14 +48,20 @@ def load_sweep(
     return sweep
 
 
-def run(spec: JobSpec | str | Path | dict | None = None, output: str | None = None) -> dict:
+def run(
+    spec: JobSpec | str | Path | dict | None = None,
+    output: str | None = None,
+    *,
+    force: bool = False,
+) -> dict:
     """Train, export and evaluate one job (all its stages) on Ray; the report as a dict.
-    Re-running with the same output resumes from the latest checkpoint."""
+    Re-running with the same output resumes from the latest intact checkpoint. Another
+    writer's lease on the run folder raises SpecError; `force` takes it over."""
     from distill.jobs.run import run_job
 
     if not isinstance(spec, JobSpec):
         spec = load_spec(spec)
-    return run_job(spec, output)
+    return run_job(spec, output, force=force)
 
 
 def tune(
@@ -64,8 +70,10 @@ def tune(
     *,
     max_params: int | None = None,
     min_speedup: float | None = None,
+    force: bool = False,
 ) -> dict:
-    """Run a Ray Tune sweep over students; the sweep report (trials, Pareto front, choice)."""
+    """Run a Ray Tune sweep over students; the sweep report (trials, Pareto front, choice).
+    `force` takes over another writer's lease on the sweep folder."""
     from distill.jobs.tune import run_sweep
 
     if not isinstance(sweep, SweepSpec):
@@ -73,7 +81,7 @@ def tune(
     for name, value in (("max_params", max_params), ("min_speedup", min_speedup)):
         if value is not None and value <= 0:
             raise SpecError(f"{name}: expected a positive number, got {value}")
-    return run_sweep(sweep, output, max_params=max_params, min_speedup=min_speedup)
+    return run_sweep(sweep, output, max_params=max_params, min_speedup=min_speedup, force=force)
 
 
 def report(location: str | Path, s3=None) -> dict:
@@ -86,7 +94,7 @@ def report(location: str | Path, s3=None) -> dict:
 
 
 def export(run_location: str | Path, out: str | Path, s3=None) -> dict:
-    """Copy a run's student (or consolidate its newest complete checkpoint) into `out`."""
+    """Copy a run's student (or consolidate its newest intact checkpoint) into `out`."""
     from distill.jobs.runs import export_run
 
     return export_run(str(run_location), out, s3)

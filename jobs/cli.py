@@ -1,7 +1,7 @@
 """The `distill` command line.
 
-    distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke]
-    distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke]
+    distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke] [--force]
+    distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke] [--force]
                  [--max-params N] [--min-speedup X] [--submit --address URL]
     distill report RUN_OR_SWEEP_DIR [--json]
     distill runs list LOCATION          (a folder or s3://bucket/prefix)
@@ -26,6 +26,7 @@ from distill.jobs.flags import add_overrides_flag
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+_FORCE_HELP = "take over the folder's lease from another writer (it may still be running)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute"
     )
+    run.add_argument("--force", action="store_true", help=_FORCE_HELP)
     tune = sub.add_parser("tune", help="search student depth/width with Ray Tune (a sweep)")
     tune.add_argument("sweep", help="sweep YAML: base job spec + search space")
     add_overrides_flag(tune, "sweep", "base.training.steps=200 or search.num_samples=8")
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--smoke", action="store_true", help="a 2-4-trial version in minutes")
     tune.add_argument("--max-params", type=int, help="export the best student this small")
     tune.add_argument("--min-speedup", type=float, help="export the best student this fast")
+    tune.add_argument("--force", action="store_true", help=_FORCE_HELP)
     submit.add_submit_flags(tune, with_submit=True)  # tune --submit --address: on a cluster
     report = sub.add_parser("report", help="print a run's report.json or a sweep's table")
     report.add_argument("run_dir")
@@ -73,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
     try:
-        report = run_job(spec, args.output)
+        report = run_job(spec, args.output, force=args.force)
     except TrainingFailedError as exc:
         # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -109,7 +112,13 @@ def _tune(args: argparse.Namespace) -> int:
 
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
-    report = run_sweep(sweep, args.output, max_params=args.max_params, min_speedup=args.min_speedup)
+    report = run_sweep(
+        sweep,
+        args.output,
+        max_params=args.max_params,
+        min_speedup=args.min_speedup,
+        force=args.force,
+    )
     print(format_sweep_table(report))
     if report["counts"].get("interrupted"):
         return EXIT_INTERRUPTED  # like Ctrl-C anywhere; the same command resumes the sweep

@@ -4,6 +4,7 @@ from the teacher, steps from epochs)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -128,6 +129,25 @@ def check_storage(uri, spec: JobSpec, field: str = "output.dir"):
     except StorageError as exc:
         raise SpecError(f"{field}: {exc}") from None
     return storage
+
+
+def take_lease(
+    held: contextlib.ExitStack, storage, *, force: bool, field: str = "--output"
+) -> None:
+    """Hold the run (or sweep) folder's lease until `held` closes (renewed meanwhile,
+    released at the end). Another writer's valid lease is a one-line SpecError naming it
+    (host, pid, since), before Ray starts; `force` takes it over."""
+    from distill.cluster.lease import hold_lease
+    from distill.cluster.storage import LeaseHeld
+
+    try:
+        held.enter_context(hold_lease(storage, force=force))
+    except LeaseHeld as exc:
+        raise SpecError(f"{field}: {exc}") from None
+    except OSError as exc:  # the folder cannot be created (a file in the way, no permission)
+        raise SpecError(
+            f"{field} {storage.uri}: cannot create the folder ({exc.strerror})"
+        ) from None
 
 
 def preflight(spec: JobSpec) -> JobSpec:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import tempfile
 import time
 import uuid
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from distill.cluster.checkpoints import newest_intact
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.pipeline import (
     StagePlan,
@@ -31,7 +34,7 @@ from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
 from distill.core.stages import Stage
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
-from distill.jobs.preflight import check_storage, preflight_stages
+from distill.jobs.preflight import check_storage, preflight_stages, take_lease
 from distill.jobs.report import build_report
 
 CONFIG_FILE = "config.yaml"
@@ -126,17 +129,26 @@ def _run_stages(
     plans: tuple[StagePlan, ...], storage: Storage, teacher_cache: dict | None, callbacks
 ):
     """Run the stages that are not done yet, all in one Ray Train run; the final stage's
-    final checkpoint. A finished job (every stage done with this very spec) runs nothing."""
+    final checkpoint. A finished job (every stage done with this very spec) runs nothing.
+    Damaged checkpoints (a file truncated, missing or altered) are passed over, with one
+    line saying so: the workers resume from the newest intact one instead."""
     import ray.train
 
     from distill.cluster.launch import fit  # imports Ray: only after every check has passed
 
+    checkpoints = newest_intact(storage)
+    notice = checkpoints.notice("resuming from", none_left="starting from step 0")
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+    damaged = tuple(checkpoint["name"] for checkpoint, _ in checkpoints.damaged)
     start = next(
         (i for i, plan in enumerate(plans) if stage_done(storage, plan) is None), len(plans)
     )
     if start == len(plans):
-        done = stage_done(storage, plans[-1])
-        return ray.train.Checkpoint(done["checkpoint"], filesystem=storage.ray_storage()[1])
+        final = stage_done(storage, plans[-1])["checkpoint"]
+        if os.path.basename(final.rstrip("/")) not in damaged:
+            return ray.train.Checkpoint(final, filesystem=storage.ray_storage()[1])
+        start = len(plans) - 1  # its final checkpoint is damaged: train its end again
     if len(plans) > 1:
         for plan in plans[start:]:
             storage.write_text(f"{stage_dir(plan.name)}/{CONFIG_FILE}", dump_spec(plan.spec))
@@ -149,6 +161,8 @@ def _run_stages(
         attempt=uuid.uuid4().hex,
         st_teacher=resolve_teacher(root) if is_sentence_transformer(root) else None,
         teacher_cache=teacher_cache,
+        damaged=damaged,
+        resume_from=checkpoints.intact["path"] if checkpoints.intact else None,
     )
     result = fit(inputs, storage, callbacks=callbacks)
     if getattr(result, "error", None):
@@ -166,18 +180,24 @@ def run_job(
     teacher_cache: dict | None = None,
     cache_bypass: str | None = None,
     callbacks: list | None = None,
+    force: bool = False,
+    lease: bool = True,
 ) -> dict:
     """Run one distillation job (all its stages) end to end and return its report.
 
     teacher_cache: a cache `distill.cluster.teacher_cache.prepare_cache` found or built for this
     single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
     teacher runs on the fly (both land in the report); callbacks: extra Ray Train
-    callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial."""
+    callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial.
+    The run holds its folder's lease throughout (a second writer is refused with a
+    SpecError naming the holder, before Ray starts); `force` takes over another writer's
+    lease; lease=False for sweep trials, whose sweep holds the lease of the whole folder."""
     started = time.perf_counter()
     spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
     stages = preflight_stages(spec)
     run_dir = run_dir_for(spec, output)
-    storage = check_storage(run_dir, spec, "--output" if output else "output.dir")
+    field = "--output" if output else "output.dir"
+    storage = check_storage(run_dir, spec, field)
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
     for stage in stages:
         where = f"stage {stage.name}: " if len(stages) > 1 else ""
@@ -186,6 +206,33 @@ def run_job(
         spec = stages[0].spec.model_copy(update={"output": spec.output})
         stages = [Stage(stages[0].name, stages[0].kind, spec, stages[0].placement)]
     _check_resumable(storage, spec)
+    with contextlib.ExitStack() as held:  # the lease before the first write
+        if lease:
+            take_lease(held, storage, force=force, field=field)
+        return _run_checked(
+            spec,
+            stages,
+            storage,
+            run_dir=run_dir,
+            started=started,
+            teacher_cache=teacher_cache,
+            cache_bypass=cache_bypass,
+            callbacks=callbacks,
+        )
+
+
+def _run_checked(
+    spec: JobSpec,
+    stages: list[Stage],
+    storage: Storage,
+    *,
+    run_dir,
+    started: float,
+    teacher_cache: dict | None,
+    cache_bypass: str | None,
+    callbacks: list | None,
+) -> dict:
+    """`run_job` once its checks passed, holding the run folder's lease."""
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))
     except OSError as exc:

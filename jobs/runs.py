@@ -5,20 +5,23 @@ disk or in S3 (`s3://bucket/prefix`).
     distill export s3://bucket/runs/quickstart --out ./student
 
 `export` downloads the run's finished `student/`; when there is none (the run was stopped
-before its end) it takes the newest complete checkpoint and consolidates the DeepSpeed
-shards of every rank into an fp32 student (cluster/consolidate.py).
+before its end) it takes the newest intact checkpoint and consolidates the DeepSpeed
+shards of every rank into an fp32 student (cluster/consolidate.py). Both commands verify
+checkpoints against their manifests (sizes and sha256) and pass over damaged ones with one
+line naming the damaged file.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from distill.cluster.checkpoints import complete_checkpoints
+from distill.cluster.checkpoints import newest_intact
 from distill.cluster.pipeline import stage_dir
 from distill.cluster.run_files import STATE_FILE, STUDENT_DIR, TRAIN_DIR
 from distill.cluster.storage import Storage, StorageError, open_storage
@@ -55,9 +58,16 @@ def _run_row(run: Storage) -> dict | None:
             speedup=sp.get("speedup"),
         )
         return row
-    checkpoints = complete_checkpoints(run, TRAIN_DIR)
-    if checkpoints:
-        row.update(status="stopped (checkpoint)", steps=checkpoints[0]["step"])
+    checkpoints = newest_intact(run, TRAIN_DIR)
+    notice = checkpoints.notice(
+        "showing", none_left="the run is listed as damaged", where=f"{run.name}/"
+    )
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
+        checkpoint, problem = checkpoints.damaged[0]
+        row.update(status="damaged checkpoint", damaged=f"{checkpoint['path']}: {problem}")
+    if checkpoints.intact:
+        row.update(status="stopped (checkpoint)", steps=checkpoints.intact["step"])
     return row
 
 
@@ -129,10 +139,17 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
         return {"source": "student", "run": run.uri}
     if not run.exists(CONFIG_FILE):
         raise SpecError(f"export: {run.uri} is not a run folder (no {CONFIG_FILE})")
-    checkpoints = complete_checkpoints(run, TRAIN_DIR)
-    if not checkpoints:
-        raise SpecError(f"export: {run.uri} has no student/ and no complete checkpoint")
-    newest = checkpoints[0]
+    checkpoints = newest_intact(run, TRAIN_DIR)
+    newest = checkpoints.intact
+    if newest is None:
+        damaged = "".join(
+            f" ({checkpoint['path']} is damaged: {problem})"
+            for checkpoint, problem in checkpoints.damaged[:1]
+        )
+        raise SpecError(f"export: {run.uri} has no student/ and no intact checkpoint{damaged}")
+    notice = checkpoints.notice("exporting from", none_left="")
+    if notice:
+        print(notice, file=sys.stderr, flush=True)
     files = run.list_files(newest["path"])
     if any(f.startswith(f"{STUDENT_DIR}/") for f in files):  # the final one carries the export
         run.get_dir(f"{newest['path']}/{STUDENT_DIR}", out)

@@ -54,8 +54,9 @@ def _run_dir(spec: JobSpec, output: str | None) -> str:
 
 
 def _remote_flags(args: argparse.Namespace) -> list[str]:
-    """`--smoke` and `--output` as the remote command takes them."""
-    return (["--smoke"] if args.smoke else []) + (["--output", args.output] if args.output else [])
+    """`--smoke`, `--output` and `--force` (tune) as the remote command takes them."""
+    flags = (["--smoke"] if args.smoke else []) + (["--output", args.output] if args.output else [])
+    return flags + (["--force"] if getattr(args, "force", False) else [])
 
 
 def validate(config: str | None, overrides: list[str], smoke: bool, output: str | None) -> JobSpec:

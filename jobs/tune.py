@@ -10,6 +10,7 @@ find or build the teacher-output cache, run (or resume) the Tune experiment, the
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import yaml
@@ -17,7 +18,7 @@ import yaml
 from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params
 from distill.core.spec import JobSpec, SpecError, redacted, smoke
-from distill.jobs.preflight import check_storage
+from distill.jobs.preflight import check_storage, take_lease
 from distill.jobs.run import run_dir_for, run_job
 from distill.jobs.sweep_check import CheckedSweep, check_sweep
 
@@ -110,16 +111,35 @@ def run_sweep(
     *,
     max_params: int | None = None,
     min_speedup: float | None = None,
+    force: bool = False,
 ) -> dict:
-    """Run (or resume) a sweep end to end; returns its report."""
+    """Run (or resume) a sweep end to end; returns its report. The sweep holds one lease
+    on its folder throughout (its trials write under it and take none of their own);
+    `force` takes over another writer's lease."""
     started = time.perf_counter()
     checked = check_sweep(sweep)
-    first = checked.combinations[0][1].spec
     base_spec = JobSpec.model_validate(checked.base)
-    storage = check_storage(
-        run_dir_for(base_spec, output), base_spec, "--output" if output else "base.output.dir"
-    )
+    field = "--output" if output else "base.output.dir"
+    storage = check_storage(run_dir_for(base_spec, output), base_spec, field)
     _check_same_sweep(storage, sweep)
+    with contextlib.ExitStack() as held:  # the lease before the first write
+        take_lease(held, storage, force=force, field=field)
+        return _run_checked_sweep(
+            sweep, checked, storage, started, max_params=max_params, min_speedup=min_speedup
+        )
+
+
+def _run_checked_sweep(
+    sweep: SweepSpec,
+    checked: CheckedSweep,
+    storage: Storage,
+    started: float,
+    *,
+    max_params: int | None,
+    min_speedup: float | None,
+) -> dict:
+    """`run_sweep` once its checks passed, holding the sweep folder's lease."""
+    first = checked.combinations[0][1].spec
     try:
         storage.write_text(
             SWEEP_FILE, yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
@@ -218,5 +238,6 @@ def run_trial(params: dict, context: dict) -> None:
         teacher_cache=context["cache"],
         cache_bypass=context["bypass"],
         callbacks=[TuneReportCallback()],
+        lease=False,  # the sweep holds the lease of its whole folder
     )
     tune.report(final_metrics(report))

@@ -5,11 +5,24 @@ empty storage and a scratch local folder; tests/unit/cluster/test_storage.py run
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import pytest
 
-from distill.cluster.storage import Storage, StorageError, StorageNotFound
+from distill.cluster.storage import Lease, LeaseHeld, Storage, StorageError, StorageNotFound
+from distill.cluster.storage_protocol import LEASE_FILE
+
+
+def lease(token: str, *, host: str = "node-a", pid: int = 4242, ttl_s: float = 60.0) -> Lease:
+    """A lease of another (made-up) writer, valid for `ttl_s` seconds (negative: expired)."""
+    now = time.time()
+    return Lease(token=token, host=host, pid=pid, started=now - 5, expires=now + ttl_s)
+
+
+def _held(store: Storage) -> Lease | None:
+    return Lease.from_json(store.get(LEASE_FILE)) if store.exists(LEASE_FILE) else None
 
 
 def _local_folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -117,6 +130,49 @@ def check_delete(store: Storage, scratch: Path) -> None:
     assert store.list() == ["keep.txt"]
 
 
+def check_lease_has_one_holder(store: Storage, scratch: Path) -> None:
+    first = lease("first")
+    assert store.acquire_lease(first) is None and _held(store) == first
+    with pytest.raises(LeaseHeld) as refused:
+        store.acquire_lease(lease("second", host="node-b", pid=7))
+    assert refused.value.holder == first
+    message = str(refused.value)
+    assert (
+        "\n" not in message and "host node-a, pid 4242, since " in message and "--force" in message
+    )
+    assert _held(store) == first
+
+    renewed = dataclasses.replace(first, expires=first.expires + 100)  # same token: renewal
+    assert store.acquire_lease(renewed) is None and _held(store) == renewed
+
+    store.release_lease(lease("second"))  # not the holder: nothing happens
+    assert _held(store) == renewed
+    store.release_lease(first)
+    assert _held(store) is None and not store.exists(LEASE_FILE)
+    second = lease("second", host="node-b", pid=7)
+    assert store.acquire_lease(second) is None and _held(store) == second
+
+
+def check_expired_or_forced_leases_are_taken_over(store: Storage, scratch: Path) -> None:
+    stale = lease("stale", ttl_s=-1)  # its writer stopped renewing a second ago
+    store.acquire_lease(stale)
+    fresh = lease("fresh", host="node-b")
+    assert store.acquire_lease(fresh) == stale and _held(store) == fresh
+
+    forced = lease("forced", host="node-c")
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease(forced)
+    assert store.acquire_lease(forced, force=True) == fresh and _held(store) == forced
+    # The writer that lost its lease can neither renew nor release it.
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease(dataclasses.replace(fresh, expires=time.time() + 60))
+    store.release_lease(fresh)
+    assert _held(store) == forced
+
+    store.put(LEASE_FILE, b'{"token": "half-wr')  # a writer died while creating it
+    assert store.acquire_lease(fresh) is None and _held(store) == fresh
+
+
 CHECKS = [
     check_implements_the_protocol,
     check_files_round_trip,
@@ -125,4 +181,6 @@ CHECKS = [
     check_listing,
     check_folders_round_trip,
     check_delete,
+    check_lease_has_one_holder,
+    check_expired_or_forced_leases_are_taken_over,
 ]

@@ -27,6 +27,8 @@ from test_cli import cli_env
 from transformers import AutoModel
 
 from distill.cluster.s3_storage import S3Options, S3Storage
+from distill.cluster.storage import Lease
+from distill.cluster.storage_protocol import LEASE_FILE
 
 pytestmark = pytest.mark.ray
 
@@ -100,6 +102,9 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     first = _tune([str(sweep), "--output", uri], env)
     _wait_for(lambda: len(finished_trials()) >= 1, 420, first)
     done_first = finished_trials()
+    # The sweep's driver holds one lease for the whole folder; its trials hold none.
+    assert Lease.from_json(storage.get(LEASE_FILE)).pid == first.pid
+    assert not any(storage.exists(f"trials/{t}/{LEASE_FILE}") for t in storage.list("trials"))
     stamp = {
         t: s3_client(moto_endpoint).head_object(
             Bucket=bucket, Key=f"sweeps/depth/trials/{t}/report.json"
@@ -109,6 +114,7 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     out, _ = first.communicate(timeout=180)
     assert first.returncode == 130, out[-3000:]
+    assert not storage.exists(LEASE_FILE)  # released on Ctrl-C too
     interrupted = json.loads(storage.read_text("sweep_report.json"))
     assert interrupted["counts"]["completed"] == len(done_first) >= 1
     assert interrupted["counts"]["interrupted"] == 2 - len(done_first)

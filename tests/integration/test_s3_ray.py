@@ -8,6 +8,7 @@ run has no student). `slow`: resume with every local trace wiped, and an endpoin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import threading
@@ -92,10 +93,15 @@ def test_s3_job_writes_everything_to_the_bucket(s3_run, moto_endpoint, tmp_path,
         .read()
     )
     assert manifest["step"] == 8 and manifest["ranks"] == 2
-    for rank in (0, 1):  # ZeRO-3 shards of both ranks, each listed with its size
+    for rank in (0, 1):  # ZeRO-3 shards of both ranks, each listed with its size and sha256
         for kind in ("model_states", "optim_states"):
             shard = next(f for f in manifest["files"] if f"zero_pp_rank_{rank}_" in f and kind in f)
-            assert rel[f"{TRAIN_DIR}/{name}/{shard}"] == manifest["files"][shard] > 0
+            entry = manifest["files"][shard]
+            assert rel[f"{TRAIN_DIR}/{name}/{shard}"] == entry["size"] > 0
+            body = s3_client(moto_endpoint).get_object(
+                Bucket=bucket, Key=f"{RUN}/{TRAIN_DIR}/{name}/{shard}"
+            )["Body"]
+            assert hashlib.sha256(body.read()).hexdigest() == entry["sha256"]
 
     storage = S3Storage(f"s3://{bucket}/{RUN}", S3Options(endpoint_url=moto_endpoint))
     assert [c["step"] for c in complete_checkpoints(storage)] == [8]

@@ -9,9 +9,11 @@ import pickle
 import time
 
 import pytest
+from helpers.checkpoint_folders import NEWER, OLDER, SHARD, two_checkpoint_run
 from helpers.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET, PausableProxy, list_keys, s3_client
 from helpers.storage_checks import CHECKS
 
+from distill.cluster.checkpoints import COMPLETE, newest_intact
 from distill.cluster.local_storage import LocalStorage
 from distill.cluster.s3_storage import MANIFEST, S3Options, S3Storage, parse_s3_uri
 from distill.cluster.storage import StorageError, open_storage
@@ -124,3 +126,19 @@ def test_probe_tells_wrong_keys_from_missing_permission(locked_s3, monkeypatch):
     with pytest.raises(StorageError, match="access denied") as err:
         _storage(endpoint, f"s3://{bucket}/r").probe()
     assert reader_secret not in str(err.value) and reader_id not in str(err.value)
+
+
+def test_checkpoints_verify_their_checksums_in_s3(moto_endpoint, bucket):
+    """The manifest written through pyarrow's S3 filesystem (as Ray Train's controller
+    writes it) catches a flipped byte and a truncated file in the bucket."""
+    run = two_checkpoint_run(_storage(moto_endpoint, f"s3://{bucket}/runs/r1"))
+    assert COMPLETE in run.list(f"train/{NEWER}")
+    assert newest_intact(run).intact["name"] == NEWER
+    data = bytearray(run.get(f"train/{NEWER}/{SHARD}"))
+    data[7] ^= 0xFF
+    run.put(f"train/{NEWER}/{SHARD}", bytes(data))
+    choice = newest_intact(run)
+    assert choice.intact["name"] == OLDER and choice.intact["step"] == 4
+    assert choice.damaged[0][1] == f"{SHARD}: sha256 differs from the manifest"
+    run.put(f"train/{NEWER}/{SHARD}", bytes(data[:100]))
+    assert newest_intact(run).damaged[0][1] == f"{SHARD}: 100 bytes, expected {len(data)}"

@@ -1,0 +1,107 @@
+"""Checkpoints verify themselves: `COMPLETE.json` records every file's size and sha256
+(written through pyarrow, as the Ray Train callback writes it), and `newest_intact` passes
+over a checkpoint with a truncated, missing or altered file, naming it in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers.checkpoint_folders import NEWER, OLDER, SHARD, make_checkpoint, two_checkpoint_run
+
+from distill.cluster.checkpoints import COMPLETE, RAY_SNAPSHOT, complete_checkpoints, newest_intact
+from distill.cluster.local_storage import LocalStorage
+
+
+@pytest.fixture
+def run(tmp_path) -> LocalStorage:
+    return two_checkpoint_run(tmp_path / "runs" / "r1")
+
+
+def test_the_manifest_lists_every_file_with_size_and_sha256(run):
+    manifest = json.loads(run.read_text(f"train/{NEWER}/{COMPLETE}"))
+    assert manifest["version"] == 2 and manifest["step"] == 8 and manifest["ranks"] == 2
+    assert sorted(manifest["files"]) == [SHARD, "train_state.json"]
+    shard = manifest["files"][SHARD]
+    assert shard["size"] == 256 * 18 and len(shard["sha256"]) == 64
+    assert not any(p.name.endswith(".tmp") for p in run.path(f"train/{NEWER}").iterdir())
+
+
+def test_an_intact_newest_checkpoint_is_chosen_without_a_notice(run):
+    choice = newest_intact(run)
+    assert choice.intact == {"name": NEWER, "path": f"train/{NEWER}", "step": 8}
+    assert choice.damaged == [] and choice.notice("resuming from", none_left="-") is None
+
+
+def test_a_truncated_file_falls_back_to_the_older_checkpoint(run):
+    shard = run.path(f"train/{NEWER}/{SHARD}")
+    shard.write_bytes(shard.read_bytes()[:1234])
+    choice = newest_intact(run)
+    assert choice.intact["name"] == OLDER and choice.intact["step"] == 4
+    assert choice.notice("resuming from", none_left="starting from step 0") == (
+        f"distill: checkpoint train/{NEWER} is damaged ({SHARD}: 1234 bytes, expected 4608); "
+        f"resuming from train/{OLDER} (step 4)"
+    )
+    assert [c["name"] for c in complete_checkpoints(run)] == [OLDER]
+
+
+def test_a_missing_file_falls_back(run):
+    run.delete(f"train/{NEWER}/train_state.json")
+    choice = newest_intact(run)
+    assert choice.intact["name"] == OLDER
+    assert choice.damaged[0][1] == "train_state.json: missing"
+
+
+def test_a_file_with_the_right_size_but_wrong_bytes_fails_its_checksum(run):
+    shard = run.path(f"train/{NEWER}/{SHARD}")
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # one flipped byte: same size
+    shard.write_bytes(bytes(data))
+    assert [c["name"] for c in complete_checkpoints(run)] == [NEWER, OLDER]  # sizes only
+    choice = newest_intact(run)
+    assert choice.intact["name"] == OLDER
+    assert choice.damaged[0][1] == f"{SHARD}: sha256 differs from the manifest"
+
+
+def test_no_intact_checkpoint_left_says_so(run):
+    run.delete(f"train/{NEWER}/{SHARD}")
+    run.write_text(f"train/{OLDER}/{COMPLETE}", '{"files": ')  # cut-off manifest
+    choice = newest_intact(run)
+    assert choice.intact is None and len(choice.damaged) == 2
+    assert choice.notice("resuming from", none_left="starting from step 0") == (
+        f"distill: checkpoint train/{NEWER} is damaged ({SHARD}: missing); "
+        "1 older damaged checkpoint(s) skipped too; "
+        "no intact checkpoint left: starting from step 0"
+    )
+    assert choice.damaged[1][1] == f"{COMPLETE}: unreadable"
+
+
+def test_partial_uploads_are_ignored_and_registered_unmanifested_checkpoints_count(run):
+    # Newest: an upload cut off before Ray registered it (no manifest, not in the snapshot).
+    partial = "checkpoint_2026-11-30_10-10-00.000000"
+    make_checkpoint(run, partial, 12, manifest=False)
+    assert newest_intact(run).intact["name"] == NEWER and newest_intact(run).damaged == []
+    # Registered by Ray, manifest not yet written (the callback's window): it counts.
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": partial}]}
+    run.write_text(f"train/{RAY_SNAPSHOT}", json.dumps(snapshot))
+    assert newest_intact(run).intact == {"name": partial, "path": f"train/{partial}", "step": None}
+
+
+def test_sizes_only_manifests_of_older_runs_still_verify(run):
+    manifest = json.loads(run.read_text(f"train/{NEWER}/{COMPLETE}"))
+    v1 = {"step": 8, "files": {rel: f["size"] for rel, f in manifest["files"].items()}}
+    run.write_text(f"train/{NEWER}/{COMPLETE}", json.dumps(v1))
+    assert newest_intact(run).intact["name"] == NEWER
+    run.put(f"train/{NEWER}/{SHARD}", b"short")
+    assert newest_intact(run).damaged[0][1] == f"{SHARD}: 5 bytes, expected 4608"
+
+
+def test_a_registered_checkpoint_whose_folder_is_gone_is_damaged(run):
+    gone = "checkpoint_2026-11-30_10-10-00.000000"
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": n} for n in (OLDER, NEWER, gone)]}
+    run.write_text(f"train/{RAY_SNAPSHOT}", json.dumps(snapshot))
+    choice = newest_intact(run)
+    assert choice.intact["name"] == NEWER
+    assert choice.damaged == [
+        ({"name": gone, "path": f"train/{gone}", "step": None}, "folder missing")
+    ]
