@@ -62,7 +62,9 @@ def switches(run: Path) -> list[dict]:
                 "from": a,
                 "to": b,
                 "switch_s": round(gap, 2),
-                "in_worker_s": round(first["stage_switch_s"], 2) if "stage_switch_s" in first else None,
+                "in_worker_s": round(first["stage_switch_s"], 2)
+                if "stage_switch_s" in first
+                else None,
             }
         )
     return rows

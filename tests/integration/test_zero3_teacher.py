@@ -19,7 +19,7 @@ import pytest
 import ray.train
 import torch
 from ray.train.torch import TorchConfig, TorchTrainer
-from test_fault_tolerance import kill_worker_after
+from test_fault_tolerance import TINY, kill_worker_after
 
 from distill.cluster.report_log import REPORTS_FILE, read_reports
 from distill.cluster.teacher_placement import place_teacher
@@ -114,23 +114,9 @@ def test_partitioned_teacher_matches_the_replicated_one(ray_session, tmp_path, g
         assert sum(locals_) >= total  # together the partitions hold every parameter
 
 
-ZERO3_RUN = [
-    "teacher.partition=zero3",
-    "student.layers=2",
-    "training.steps=12",
-    "training.batch_size=8",
-    "training.log_every=1",
-    "training.eval_every=12",
-    "training.checkpoint_every=3",
-    "training.warmup_steps=1",
-    "training.learning_rate=5e-4",
-    "data.max_length=32",
-    "data.max_train_samples=300",
-    "data.max_eval_samples=16",
-    "evaluation.throughput_texts=16",
-    "evaluation.throughput_rounds=1",
-    "scaling.max_failures=1",
-]
+# The fault-tolerance job (12 steps, a checkpoint every 3, max_failures 1), its teacher
+# partitioned and its student a little deeper.
+ZERO3_RUN = [*TINY, "teacher.partition=zero3", "student.layers=2"]
 
 
 def test_zero3_teacher_job_trains_survives_a_killed_worker_and_reports(ray_session, tmp_path):

@@ -4,7 +4,7 @@ config) and the dtype / partition resolution with its one-line refusals."""
 from __future__ import annotations
 
 import pytest
-from transformers import AutoModel, BertConfig
+from transformers import AutoModel
 
 from distill.core.placement import (
     COMFORT,
@@ -15,24 +15,16 @@ from distill.core.placement import (
 )
 from distill.core.spec import SpecError, load_spec
 
-TINY = BertConfig(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=64,
-    max_position_embeddings=64,
-)
 
-
-def test_footprint_counts_parameters_by_hand():
-    fp = footprint(TINY, AutoModel)
+def test_footprint_counts_parameters_by_hand(tiny_bert):
+    config = tiny_bert.config  # hidden 32, 4 layers, FFN 64, vocab 99, 64 positions
+    fp = footprint(config, AutoModel)
     h, f, v, p, t = 32, 64, 99, 64, 2
     embeddings = v * h + p * h + t * h + 2 * h  # word, position, token type, LayerNorm
     block = 4 * (h * h + h) + 2 * h + (h * f + f) + (f * h + h) + 2 * h  # q,k,v,o + LN + FFN + LN
     pooler = h * h + h
     assert fp.parameters == embeddings + 4 * block + pooler
-    assert fp.parameters == sum(p.numel() for p in AutoModel.from_config(TINY).parameters())
+    assert fp.parameters == sum(p.numel() for p in tiny_bert.parameters())
     assert fp.largest_gather == block  # a block (12,608) is bigger than the word table (3,168)
 
 
