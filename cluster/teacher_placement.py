@@ -73,6 +73,7 @@ def teacher_deepspeed_config(spec: JobSpec) -> dict:
             "stage": 3,
             "stage3_prefetch_bucket_size": z.prefetch_bucket_size,
             "stage3_max_live_parameters": z.max_live_parameters,
+            "stage3_max_reuse_distance": z.max_reuse_distance,
             "stage3_param_persistence_threshold": z.param_persistence_threshold,
         },
         "bf16": {"enabled": dtype == "bf16"},

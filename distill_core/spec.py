@@ -31,10 +31,14 @@ class Zero3TeacherSpec(Strict):
     """DeepSpeed stage-3 settings of a partitioned teacher: how far ahead its forward
     gathers the next layers' parameters, so gathers overlap the current layer's compute."""
 
-    prefetch_bucket_size: PositiveInt = (
-        50_000_000  # elements fetched ahead (stage3_prefetch_bucket_size)
-    )
-    max_live_parameters: PositiveInt = 1_000_000_000  # gathered elements kept at once
+    # Elements fetched ahead of the layer being run (stage3_prefetch_bucket_size).
+    prefetch_bucket_size: PositiveInt = 50_000_000
+    # Gathered elements alive at once, and how soon a gathered parameter must be reused to be
+    # kept: a teacher's forward uses each layer once per step, so anything kept between
+    # steps is a second copy of the teacher. DeepSpeed's defaults (1e9 each) keep most of a
+    # 1B teacher gathered; these bound the gathered memory to about one prefetch window.
+    max_live_parameters: PositiveInt = 100_000_000
+    max_reuse_distance: Annotated[int, Field(ge=0)] = 0
     param_persistence_threshold: Annotated[int, Field(ge=0)] = 100_000  # smaller stay whole
 
 
