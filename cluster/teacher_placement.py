@@ -11,6 +11,7 @@ optimizer; its fingerprint is computed over every rank's partitions.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ def place_teacher(
     if spec.teacher.partition == "replicate":
         module = family.load_model(folder, seed=spec.training.seed, dtype=dtype)
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        release_freed_memory()
         return PlacedTeacher(module, "replicate")
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
@@ -104,4 +106,15 @@ def place_teacher(
     module.eval().requires_grad_(False)
     engine, _, _, _ = deepspeed.initialize(model=module, config=config)
     engine.eval()
+    release_freed_memory()
     return PlacedTeacher(engine.module, "zero3", engine)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap memory freed after loading (checkpoint shards, fp32 upcasts) back to
+    the OS; glibc keeps it otherwise, and a worker's resident memory would stay at the
+    loading peak for the whole run."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: nothing to do
+        pass
