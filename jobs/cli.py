@@ -19,7 +19,7 @@ import json
 import sys
 
 from distill.core.spec import SpecError, load_spec
-from distill.core.stages import smoke_pipeline
+from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
 from distill.jobs.flags import add_overrides_flag
 
@@ -57,10 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _smoke_note(note: str | None):
+    """Prints what --smoke changed, once the input has passed every check (a rejected
+    input gets its one error line and nothing else)."""
+    if note is None:
+        return None
+    return lambda: print(f"distill: smoke: {note}", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
+    note = None
     if args.smoke:
-        spec = smoke_pipeline(spec)
+        spec, note = smoke_pipeline_planned(spec)
 
     import datasets
     import transformers
@@ -73,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
     try:
-        report = run_job(spec, args.output)
+        report = run_job(spec, args.output, on_checked=_smoke_note(note))
     except TrainingFailedError as exc:
         # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -89,11 +98,12 @@ def _tune(args: argparse.Namespace) -> int:
     if args.address:
         raise SpecError("--address: goes with --submit (without it the sweep runs here)")
     from distill.cluster.sweep_spec import load_sweep
-    from distill.jobs.tune import smoke_sweep
+    from distill.jobs.tune import smoke_sweep_planned
 
     sweep = load_sweep(args.sweep, args.overrides)
+    note = None
     if args.smoke:
-        sweep = smoke_sweep(sweep)
+        sweep, note = smoke_sweep_planned(sweep)
     for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):
         if value is not None and value <= 0:
             raise SpecError(f"{flag}: expected a positive number, got {value}")
@@ -106,7 +116,13 @@ def _tune(args: argparse.Namespace) -> int:
 
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
-    report = run_sweep(sweep, args.output, max_params=args.max_params, min_speedup=args.min_speedup)
+    report = run_sweep(
+        sweep,
+        args.output,
+        max_params=args.max_params,
+        min_speedup=args.min_speedup,
+        on_checked=_smoke_note(note),
+    )
     print(format_sweep_table(report))
     if report["counts"].get("interrupted"):
         return EXIT_INTERRUPTED  # like Ctrl-C anywhere; the same command resumes the sweep

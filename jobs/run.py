@@ -10,6 +10,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -143,13 +144,15 @@ def run_job(
     teacher_cache: dict | None = None,
     cache_bypass: str | None = None,
     callbacks: list | None = None,
+    on_checked: Callable[[], None] | None = None,
 ) -> dict:
     """Run one distillation job (all its stages) end to end and return its report.
 
     teacher_cache: a cache `distill.cluster.teacher_cache.prepare_cache` found or built for this
     single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
     teacher runs on the fly (both land in the report); callbacks: extra Ray Train
-    callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial."""
+    callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial;
+    on_checked: called once every check has passed, before anything is written."""
     started = time.perf_counter()
     spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
     stages = preflight_stages(spec)
@@ -160,6 +163,8 @@ def run_job(
         spec = stages[0].spec.model_copy(update={"output": spec.output})
         stages = [Stage(stages[0].name, stages[0].kind, spec)]
     _check_resumable(storage, spec)
+    if on_checked is not None:
+        on_checked()
     try:
         storage.write_text(CONFIG_FILE, dump_spec(spec))
     except OSError as exc:

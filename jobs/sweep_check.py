@@ -42,10 +42,7 @@ def _describe(params: dict) -> str:
 def check_sweep(sweep: SweepSpec) -> CheckedSweep:
     """Validate the base spec and every combination; raise one `SpecError` line naming the
     first invalid combination and how many there are."""
-    try:
-        base_spec = JobSpec.model_validate(sweep.base)
-    except ValidationError as exc:
-        raise SpecError(f"base.{format_error(exc)}") from None
+    base_spec = sweep.base_spec()
     # Only paths are resolved: student dims stay unset so each trial's values resolve them.
     base = absolute_paths(base_spec).model_dump(mode="json")
     values = _check_values(sweep)

@@ -11,12 +11,22 @@ find or build the teacher-output cache, run (or resume) the Tune experiment, the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import yaml
 
 from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params
-from distill.core.spec import JobSpec, SpecError, redacted, smoke
+from distill.core.spec import (
+    JobSpec,
+    SpecError,
+    apply_smoke,
+    describe_smoke,
+    explicit_fields,
+    plan_changes,
+    redacted,
+    smoke_plan,
+)
 from distill.jobs.preflight import check_storage
 from distill.jobs.run import run_dir_for, run_job
 from distill.jobs.sweep_check import CheckedSweep, check_sweep
@@ -26,10 +36,15 @@ _SMOKE_TRIALS = 4
 _SMOKE_GRACE = 10
 
 
-def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
-    """A 2-4-trial version: the base shrunk like `distill run --smoke`, at most two values
-    per dimension and at most four grid points, at most three sampled trials."""
-    base = smoke(JobSpec.model_validate(sweep.base)).model_dump(mode="json")
+def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, str]:
+    """A 2-4-trial version, and one line saying what changed: the base shrunk like
+    `distill run --smoke`, at most two values per dimension and at most four grid points,
+    at most three sampled trials. Fields the sweep file (or `--set`) gives are kept."""
+    base_spec = sweep.base_spec()
+    plan = smoke_plan(base_spec, explicit_fields(base_spec))
+    base = apply_smoke(base_spec, plan).model_dump(mode="json")
+    changed = {f"base.{k}": v for k, v in plan.changed.items()}
+    kept = {f"base.{k}": v for k, v in plan.kept.items()}
     space = {}
     for key, p in sweep.space.items():
         if p.grid is not None:
@@ -45,17 +60,23 @@ def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
             if points * len(p.grid) > _SMOKE_TRIALS:
                 space[key] = p.model_copy(update={"grid": p.grid[:1]})
             points *= len(space[key].grid)
-    search = sweep.search
-    if search.algorithm != "grid":
-        search = search.model_copy(update={"num_samples": min(search.num_samples, 3)})
-    else:
-        search = search.model_copy(update={"num_samples": 1})
-    scheduler = sweep.scheduler.model_copy(
-        update={"grace_period": min(sweep.scheduler.grace_period, _SMOKE_GRACE)}
-    )
-    return sweep.model_copy(
-        update={"base": base, "space": space, "search": search, "scheduler": scheduler}
-    )
+    for key, p in sweep.space.items():
+        if p.values != space[key].values:
+            changed[f"space.{key}"] = (p.values, space[key].values)
+    smoked = sweep.model_copy(update={"base": base, "space": space})
+    trials = min(sweep.search.num_samples, 3) if sweep.search.algorithm != "grid" else 1
+    grace = min(sweep.scheduler.grace_period, _SMOKE_GRACE)
+    targets = {"search.num_samples": trials, "scheduler.grace_period": grace}
+    runs = plan_changes(sweep, targets, explicit_fields(sweep))
+    smoked = apply_smoke(smoked, runs)
+    changed.update(runs.changed)
+    kept.update(runs.kept)
+    return smoked, describe_smoke(changed, kept)
+
+
+def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
+    """`smoke_sweep_planned` without the description."""
+    return smoke_sweep_planned(sweep)[0]
 
 
 def _cache_plan(checked: CheckedSweep):
@@ -110,16 +131,20 @@ def run_sweep(
     *,
     max_params: int | None = None,
     min_speedup: float | None = None,
+    on_checked: Callable[[], None] | None = None,
 ) -> dict:
-    """Run (or resume) a sweep end to end; returns its report."""
+    """Run (or resume) a sweep end to end; returns its report. `on_checked` is called once
+    every check has passed, before anything is written."""
     started = time.perf_counter()
     checked = check_sweep(sweep)
     first = checked.combinations[0][1].spec
-    base_spec = JobSpec.model_validate(checked.base)
+    base_spec = JobSpec.model_validate(checked.base)  # checked: valid
     storage = check_storage(
         run_dir_for(base_spec, output), base_spec, "--output" if output else "base.output.dir"
     )
     _check_same_sweep(storage, sweep)
+    if on_checked is not None:
+        on_checked()
     try:
         storage.write_text(
             SWEEP_FILE, yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
