@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from distill.cluster.storage_protocol import StorageNotFound
+from distill.cluster.storage_protocol import StorageError, StorageNotFound
 
 
 class LocalStorage:
@@ -109,4 +109,9 @@ class LocalStorage:
         """Nothing to check up front: the run folder is created (or refused) on first write."""
 
     def check_readable(self) -> None:
-        """Nothing to check: a missing folder reads as empty."""
+        """The root must be a folder: StorageNotFound when nothing is there, StorageError
+        when it is a file."""
+        if not self.root.exists():
+            raise StorageNotFound(f"{self.root}: no such folder")
+        if not self.root.is_dir():
+            raise StorageError(f"{self.root}: is a file, not a folder")

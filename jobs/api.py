@@ -78,11 +78,9 @@ def tune(
 
 def report(location: str | Path, s3=None) -> dict:
     """The report of a finished run or sweep folder (local or `s3://`)."""
-    from distill.jobs.report import read_report
-    from distill.jobs.sweep_report import read_sweep_report
+    from distill.jobs.run_folder import read_run_report
 
-    sweep = read_sweep_report(str(location), s3)
-    return sweep if sweep is not None else read_report(location, s3)
+    return read_run_report(str(location), s3).report
 
 
 def export(run_location: str | Path, out: str | Path, s3=None) -> dict:

@@ -130,15 +130,20 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from distill.jobs.report import format_table, read_report
-    from distill.jobs.sweep_report import format_sweep_table, read_sweep_report
+    from distill.jobs.run_folder import read_run_report
 
-    sweep = read_sweep_report(args.run_dir, runs.s3_options(args))
-    if sweep is not None:
-        print(json.dumps(sweep, indent=2) if args.json else format_sweep_table(sweep))
+    found = read_run_report(args.run_dir, runs.s3_options(args))
+    if args.json:
+        print(json.dumps(found.report, indent=2))
         return 0
-    report = read_report(args.run_dir, runs.s3_options(args))
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    if found.kind == "sweep":
+        from distill.jobs.sweep_report import format_sweep_table
+
+        print(found.formatted(format_sweep_table))
+    else:
+        from distill.jobs.report import format_table
+
+        print(found.formatted(format_table))
     return 0
 
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.pipeline import (
@@ -34,8 +33,8 @@ from distill.core.stages import Stage
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.preflight import check_storage, preflight_stages
 from distill.jobs.report import build_report
+from distill.jobs.run_folder import CONFIG_FILE, REPORT_FILE, DamagedFile, read_yaml_file
 
-CONFIG_FILE = "config.yaml"
 # Fields that change the trained model's shape or meaning: resuming with others is refused.
 _RESUME_KEYS = ("teacher", "student", "task", "objective", "stages")
 
@@ -60,14 +59,11 @@ def _check_resumable(storage: Storage, spec: JobSpec) -> None:
     if not storage.exists(CONFIG_FILE):
         return
     try:
-        previous = yaml.safe_load(storage.read_text(CONFIG_FILE)) or {}
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        previous = None
-    if not isinstance(previous, dict):
+        previous = read_yaml_file(storage, CONFIG_FILE)
+    except DamagedFile as exc:
         raise SpecError(
-            f"{storage.uri}/{CONFIG_FILE}: existing run config is unreadable; "
-            "use a new output.name (or --output)"
-        )
+            f"{exc}; the existing run's config is unreadable: use a new output.name (or --output)"
+        ) from None
     current = spec.model_dump(mode="json")
     for key in _RESUME_KEYS:
         if _model_shape(key, previous.get(key)) != _model_shape(key, current[key]):
@@ -204,5 +200,5 @@ def run_job(
             ],
         )
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
-    storage.write_text("report.json", json.dumps(report, indent=2))
+    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))
     return report

@@ -29,6 +29,7 @@ from distill.core.spec import (
 )
 from distill.jobs.preflight import check_storage
 from distill.jobs.run import run_dir_for, run_job
+from distill.jobs.run_folder import DamagedFile, read_yaml_file
 from distill.jobs.sweep_check import CheckedSweep, check_sweep
 
 SWEEP_FILE = "sweep.yaml"
@@ -115,7 +116,12 @@ def _data_in_space(sweep: SweepSpec) -> str | None:
 def _check_same_sweep(storage: Storage, sweep: SweepSpec) -> None:
     if not storage.exists(SWEEP_FILE):
         return
-    previous = yaml.safe_load(storage.read_text(SWEEP_FILE)) or {}
+    try:
+        previous = read_yaml_file(storage, SWEEP_FILE)
+    except DamagedFile as exc:
+        raise SpecError(
+            f"{exc}; the existing sweep's file is unreadable: use a new --output"
+        ) from None
     current = redacted(sweep.model_dump(mode="json"))
     for key in ("base", "space", "search", "scheduler"):
         if previous.get(key) != current[key]:

@@ -225,3 +225,41 @@ def test_an_override_that_is_not_yaml_names_the_key():
         SpecError, match=r"^--set objective.weights: '\{logit_kl:' is not a YAML value"
     ):
         parse_overrides(["objective.weights={logit_kl:"])
+
+
+# --- S3 connection settings ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("not-a-url", "http:// or https://"),
+        ("ftp://host:21", "http:// or https://"),
+        ("http://", "no host"),
+        ("http://:9000", "no host"),
+        ("http://host:notaport", "not a valid URL"),
+        ("http://host:70000", "not a valid URL"),
+        ("http://[::1", "not a valid URL"),
+    ],
+)
+def test_s3_endpoint_must_be_an_http_url(url, expected):
+    with pytest.raises(SpecError, match=r"^output\.s3\.endpoint_url: ") as err:
+        load_spec(None, [f"output.s3.endpoint_url={url}"])
+    assert expected in str(err.value)
+
+
+def test_s3_endpoint_and_region_that_are_fine():
+    spec = load_spec(
+        None, ["output.s3.endpoint_url=http://minio:9000", "output.s3.region=eu-west-1"]
+    )
+    assert spec.output.s3.endpoint_url == "http://minio:9000"
+    assert (
+        load_spec(None, ["output.s3.endpoint_url=https://s3.example.com"]).output.s3.region is None
+    )
+    with pytest.raises(SpecError, match=r"^output\.s3\.region: "):
+        load_spec(None, ["output.s3.region=not a region!"])
+
+
+def test_a_folder_given_as_the_config_file_is_named_a_folder(tmp_path):
+    with pytest.raises(SpecError, match=r"^config .*: is a folder, expected a YAML file$"):
+        load_spec(tmp_path)
