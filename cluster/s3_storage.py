@@ -35,6 +35,7 @@ from botocore.exceptions import (
 )
 
 from distill.cluster.storage_protocol import StorageError, StorageNotFound
+from distill.core.spec import url_problem
 
 MANIFEST = ".distill-manifest.json"
 PROBE_KEY = ".distill-write-probe"
@@ -62,6 +63,17 @@ class S3Options:
             return spec
         fields = ("endpoint_url", "region", "addressing_style", "retry_mode", "max_attempts")
         return cls(**{f: getattr(spec, f) for f in fields})
+
+    def check_environment(self) -> None:
+        """An endpoint from the environment is checked like `output.s3.endpoint_url`, so a
+        malformed one is a StorageError naming the variable, not botocore's ValueError."""
+        if self.endpoint_url:
+            return
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            value = os.environ.get(var)
+            problem = url_problem(value) if value else None
+            if problem:
+                raise StorageError(f"{var}: {problem}")
 
     def resolved_endpoint(self) -> str | None:
         # boto3 reads these by itself; pyarrow may not, so both get the same explicit value.
@@ -115,6 +127,7 @@ class S3Storage:
     def __init__(self, uri: str, options: S3Options | None = None) -> None:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.options = options or S3Options()
+        self.options.check_environment()
         self._s3 = None
 
     # -- addressing ---------------------------------------------------------------------

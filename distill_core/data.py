@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from datasets.exceptions import DatasetGenerationError
 
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
 # Offline seq2seq pairs: docstring sentence -> its content words (corpus.keyword_target).
@@ -66,6 +67,7 @@ def load_source(
     if kind == "sts":
         return _load_sts(path)
     if kind == "local-unknown":
+        _check_file(path)  # a folder is named as one
         raise DataError(f"data file {path}: unknown extension; expected one of {sorted(_FORMATS)}")
     if kind == "hub":
         return _load_hub(path, config_name, split)
@@ -111,13 +113,13 @@ def _utf8_problem(path: str) -> str | None:
 
 def _unreadable(path: str, kind: str, exc: Exception) -> str:
     """Why `datasets` could not read a local file: not UTF-8 (text formats), else the
-    first line of the innermost error (datasets wraps it in a generic one)."""
+    first line of the error under datasets' generic one."""
     if kind != "parquet":
         problem = _utf8_problem(path)
         if problem:
             return f"not UTF-8 text ({problem}); save it as UTF-8"
-    root = exc
-    while root.__cause__ is not None or root.__context__ is not None:
+    root = exc  # datasets wraps the reason in a generic DatasetGenerationError
+    while isinstance(root, DatasetGenerationError) and (root.__cause__ or root.__context__):
         root = root.__cause__ or root.__context__
     first = str(root).strip().splitlines()[0][:200] if str(root).strip() else type(root).__name__
     if "corresponds to no data" in first or "no data" in first.lower():

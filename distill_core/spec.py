@@ -487,11 +487,28 @@ def smoke_targets(spec: JobSpec) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SmokePlan:
-    """What `--smoke` does to a spec: `changed` {field: (old, new)} for the fields the user
-    left unset, `kept` {field: value} for those it would shrink but the user set."""
+    """What `--smoke` does: `changed` {field: (old, new)} for the fields the user left
+    unset, `kept` {field: (value, what smoke would have made it)} for those the user set."""
 
     changed: dict[str, tuple[Any, Any]]
-    kept: dict[str, Any]
+    kept: dict[str, tuple[Any, Any]]
+
+    def prefixed(self, prefix: str) -> SmokePlan:
+        """The same plan with every field name prefixed (`base.`, `stages.1.`)."""
+        return SmokePlan(
+            {f"{prefix}{k}": v for k, v in self.changed.items()},
+            {f"{prefix}{k}": v for k, v in self.kept.items()},
+        )
+
+    def __or__(self, other: SmokePlan) -> SmokePlan:
+        return SmokePlan({**self.changed, **other.changed}, {**self.kept, **other.kept})
+
+    def describe(self) -> str:
+        """One line: what --smoke changed and what it kept because the user set it."""
+        changed = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in self.changed.items())
+        kept = ", ".join(f"{k}={_show(v)}" for k, (v, _) in self.kept.items())
+        parts = [changed, f"kept as set: {kept}" if kept else ""]
+        return "; ".join(p for p in parts if p) or "nothing to shrink"
 
 
 def plan_changes(model: BaseModel, targets: dict[str, Any], explicit: set[str]) -> SmokePlan:
@@ -502,7 +519,7 @@ def plan_changes(model: BaseModel, targets: dict[str, Any], explicit: set[str]) 
         if current == target:
             continue
         if name in explicit:
-            kept[name] = current
+            kept[name] = (current, target)
         else:
             changed[name] = (current, target)
     return SmokePlan(changed, kept)
@@ -527,14 +544,6 @@ def smoke(spec: JobSpec) -> JobSpec:
     """Shrink steps, data and evaluation so the job finishes in about a minute, except the
     fields the user set explicitly (`model_fields_set`), which stay as given."""
     return apply_smoke(spec, smoke_plan(spec, explicit_fields(spec)))
-
-
-def describe_smoke(changed: dict[str, tuple[Any, Any]], kept: dict[str, Any]) -> str:
-    """One line: what --smoke changed and what it kept because the user set it."""
-    parts = [", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in changed.items())]
-    if kept:
-        parts.append("kept as set: " + ", ".join(f"{k}={_show(v)}" for k, v in kept.items()))
-    return "; ".join(p for p in parts if p) or "nothing to shrink"
 
 
 def _show(value: Any) -> str:

@@ -15,9 +15,9 @@ from distill.core.spec import (
     STAGE_SECTIONS,
     STAGE_TEACHER_PREFIX,
     JobSpec,
+    SmokePlan,
     SpecError,
     apply_smoke,
-    describe_smoke,
     explicit_fields,
     format_error,
     merge,
@@ -103,30 +103,29 @@ def expand_stages(spec: JobSpec) -> list[Stage]:
     return stages
 
 
-def smoke_pipeline_planned(spec: JobSpec) -> tuple[JobSpec, str]:
-    """`smoke` for the job and every stage, and one line saying what it changed. A field set
+def smoke_pipeline_planned(spec: JobSpec) -> tuple[JobSpec, SmokePlan]:
+    """`smoke` for the job and every stage, and what it changed and kept. A field set
     explicitly, in the job's sections or in a stage's, is never changed (a stage inherits
     the job's shrunk values unless it sets its own)."""
     job_explicit = explicit_fields(spec)
     plan = smoke_plan(spec, job_explicit)
     shrunk = apply_smoke(spec, plan)
-    changed, kept = dict(plan.changed), dict(plan.kept)
     if not spec.stages:
-        return shrunk, describe_smoke(changed, kept)
+        return shrunk, plan
     stages = []
     for i, (stage, expanded) in enumerate(zip(shrunk.stages, expand_stages(shrunk))):
         own = explicit_fields({s: getattr(stage, s) for s in STAGE_SECTIONS})
         stage_plan = smoke_plan(expanded.spec, job_explicit | own)
-        for name, (old, new) in stage_plan.changed.items():
+        for name, (_, new) in stage_plan.changed.items():
             section, _, rest = name.partition(".")
             merged = merge(getattr(stage, section) or {}, nested(rest, new))
             stage = stage.model_copy(update={section: merged})
-            changed[f"stages.{i}.{name}"] = (old, new)
-        kept.update({f"stages.{i}.{k}": v for k, v in stage_plan.kept.items() if k in own})
+        kept = {k: v for k, v in stage_plan.kept.items() if k in own}  # the job's: listed once
+        plan = plan | SmokePlan(stage_plan.changed, kept).prefixed(f"stages.{i}.")
         stages.append(stage)
-    return shrunk.model_copy(update={"stages": stages}), describe_smoke(changed, kept)
+    return shrunk.model_copy(update={"stages": stages}), plan
 
 
 def smoke_pipeline(spec: JobSpec) -> JobSpec:
-    """`smoke_pipeline_planned` without the description."""
+    """`smoke_pipeline_planned` without the plan."""
     return smoke_pipeline_planned(spec)[0]

@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
     note = None
     if args.smoke:
-        spec, note = smoke_pipeline_planned(spec)
+        spec, plan = smoke_pipeline_planned(spec)
+        note = plan.describe()
 
     import datasets
     import transformers
@@ -103,7 +104,8 @@ def _tune(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.overrides)
     note = None
     if args.smoke:
-        sweep, note = smoke_sweep_planned(sweep)
+        sweep, plan = smoke_sweep_planned(sweep)
+        note = plan.describe()
     for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):
         if value is not None and value <= 0:
             raise SpecError(f"{flag}: expected a positive number, got {value}")

@@ -19,9 +19,9 @@ from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params
 from distill.core.spec import (
     JobSpec,
+    SmokePlan,
     SpecError,
     apply_smoke,
-    describe_smoke,
     explicit_fields,
     plan_changes,
     redacted,
@@ -37,15 +37,13 @@ _SMOKE_TRIALS = 4
 _SMOKE_GRACE = 10
 
 
-def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, str]:
-    """A 2-4-trial version, and one line saying what changed: the base shrunk like
-    `distill run --smoke`, at most two values per dimension and at most four grid points,
-    at most three sampled trials. Fields the sweep file (or `--set`) gives are kept."""
+def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, SmokePlan]:
+    """A 2-4-trial version, and what changed: the base shrunk like `distill run --smoke`,
+    at most two values per dimension and at most four grid points, at most three sampled
+    trials. Fields the sweep file (or `--set`) gives are kept."""
     base_spec = sweep.base_spec()
-    plan = smoke_plan(base_spec, explicit_fields(base_spec))
-    base = apply_smoke(base_spec, plan).model_dump(mode="json")
-    changed = {f"base.{k}": v for k, v in plan.changed.items()}
-    kept = {f"base.{k}": v for k, v in plan.kept.items()}
+    base_plan = smoke_plan(base_spec, explicit_fields(base_spec))
+    base = apply_smoke(base_spec, base_plan).model_dump(mode="json")
     space = {}
     for key, p in sweep.space.items():
         if p.grid is not None:
@@ -61,22 +59,21 @@ def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, str]:
             if points * len(p.grid) > _SMOKE_TRIALS:
                 space[key] = p.model_copy(update={"grid": p.grid[:1]})
             points *= len(space[key].grid)
-    for key, p in sweep.space.items():
-        if p.values != space[key].values:
-            changed[f"space.{key}"] = (p.values, space[key].values)
-    smoked = sweep.model_copy(update={"base": base, "space": space})
+    fewer = {
+        f"space.{k}": (p.values, space[k].values)
+        for k, p in sweep.space.items()
+        if p.values != space[k].values
+    }
     trials = min(sweep.search.num_samples, 3) if sweep.search.algorithm != "grid" else 1
     grace = min(sweep.scheduler.grace_period, _SMOKE_GRACE)
     targets = {"search.num_samples": trials, "scheduler.grace_period": grace}
     runs = plan_changes(sweep, targets, explicit_fields(sweep))
-    smoked = apply_smoke(smoked, runs)
-    changed.update(runs.changed)
-    kept.update(runs.kept)
-    return smoked, describe_smoke(changed, kept)
+    smoked = apply_smoke(sweep.model_copy(update={"base": base, "space": space}), runs)
+    return smoked, base_plan.prefixed("base.") | SmokePlan(fewer, {}) | runs
 
 
 def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
-    """`smoke_sweep_planned` without the description."""
+    """`smoke_sweep_planned` without the plan."""
     return smoke_sweep_planned(sweep)[0]
 
 

@@ -152,7 +152,8 @@ def test_smoke_sweep_keeps_two_to_four_trials():
         },
         scheduler={"kind": "asha"},
     )
-    small, note = smoke_sweep_planned(sweep)
+    small, plan = smoke_sweep_planned(sweep)
+    note = plan.describe()
     grid = [len(p.grid) for p in small.space.values()]
     total = 1
     for n in grid:
@@ -169,7 +170,8 @@ def test_smoke_sweep_keeps_what_the_sweep_file_sets():
         space={"student.layers": {"grid": [1, 2]}},
         scheduler={"kind": "asha", "grace_period": 100},
     )
-    small, note = smoke_sweep_planned(sweep)
+    small, plan = smoke_sweep_planned(sweep)
+    note = plan.describe()
     assert small.base["training"]["steps"] == 500
     assert small.base["training"]["checkpoint_every"] == 100
     assert small.base["training"]["eval_every"] == 10  # not set: shrunk

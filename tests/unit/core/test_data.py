@@ -108,7 +108,11 @@ def test_file_without_rows_is_a_data_error(tmp_path, name, content):
         ("empty.jsonl", b"", "empty file (0 bytes)"),
         ("latin1.csv", b"text\ncaf\xe9 au lait\n", "not UTF-8 text (byte 0xe9 at offset 8)"),
         ("latin1.txt", b"na\xefve\n", "not UTF-8 text (byte 0xef at offset 2)"),
-        ("broken.jsonl", b'{"text": "a"}\n{bad json\n', "cannot read it as json ("),
+        (
+            "broken.jsonl",
+            b'{"text": "a"}\n{bad json\n',
+            "cannot read it as json (JSON parse error: Missing a name",
+        ),
         ("fake.parquet", b"not parquet", "cannot read it as parquet (Parquet magic bytes"),
     ],
 )

@@ -9,7 +9,6 @@ from distill.core.spec import (
     JobSpec,
     SpecError,
     apply_smoke,
-    describe_smoke,
     dump_spec,
     explicit_fields,
     load_spec,
@@ -151,7 +150,7 @@ def test_smoke_never_overrides_a_field_set_in_the_yaml_or_with_set(tmp_path):
     assert small.evaluation.throughput_texts == 4096
     # What the user did not set is still shrunk, and the note says which is which.
     assert (small.training.eval_every, small.data.max_eval_samples) == (10, 64)
-    note = describe_smoke(plan.changed, plan.kept)
+    note = plan.describe()
     assert "training.eval_every 50 -> 10" in note and "\n" not in note
     assert "kept as set: " in note and "training.steps=50" in note
     assert "training.checkpoint_every=100" in note

@@ -71,7 +71,8 @@ def test_bad_stages_fail_naming_the_stage_and_field(tmp_path, stages, message):
 
 def test_smoke_keeps_what_the_job_or_a_stage_sets_and_shrinks_the_rest(tmp_path):
     spec = _spec(tmp_path, PIPELINE, ["stages.0.training.steps=900"])
-    small, note = smoke_pipeline_planned(spec)
+    small, plan = smoke_pipeline_planned(spec)
+    note = plan.describe()
     general, ft, task = expand_stages(small)
     # stage 0 sets 900 with --set, stage 1 sets 30 in the YAML, the job sets 50 in the YAML.
     assert [s.spec.training.steps for s in (general, ft, task)] == [900, 30, 50]
