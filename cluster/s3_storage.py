@@ -15,6 +15,7 @@ manifests out: they are bookkeeping, not files anyone put there.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -121,6 +122,20 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _reading(method):
+    """A read whose failure (other than "not found") is a one-line StorageError saying why,
+    instead of botocore's exception."""
+
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(self._explain(exc, reading=True)) from None
+
+    return read
+
+
 class S3Storage:
     """A run folder at `s3://bucket/prefix`."""
 
@@ -176,6 +191,7 @@ class S3Storage:
         return f"{self.bucket}/{self.prefix}".rstrip("/"), self.pyarrow_filesystem()
 
     # -- files --------------------------------------------------------------------------
+    @_reading
     def exists(self, relpath: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(relpath))
@@ -188,6 +204,7 @@ class S3Storage:
         )
         return listing.get("KeyCount", 0) > 0
 
+    @_reading
     def get(self, relpath: str) -> bytes:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))["Body"]
@@ -207,6 +224,7 @@ class S3Storage:
     def write_text(self, relpath: str, text: str) -> None:
         self.put(relpath, text.encode())
 
+    @_reading
     def list(self, relpath: str = "") -> list[str]:
         """Names of the immediate children (files and folders) of `relpath`."""
         prefix = self.key(relpath)
@@ -221,6 +239,7 @@ class S3Storage:
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
         return sorted(n for n in names if n and n != MANIFEST)
 
+    @_reading
     def list_files(self, relpath: str = "") -> dict[str, int]:
         """Every file under `relpath`, recursively, as {path relative to relpath: size}
         (without `put_dir` manifests)."""
@@ -282,6 +301,7 @@ class S3Storage:
         present = self.list_files(relpath)
         return all(present.get(rel) == size for rel, size in manifest["files"].items())
 
+    @_reading
     def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
         """Download a folder (without its manifest) into `local_dir`."""
         local_dir = Path(local_dir)
@@ -325,7 +345,7 @@ class S3Storage:
         except Exception as exc:
             raise StorageError(self._explain(exc)) from None
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception, *, reading: bool = False) -> str:
         where = self.options.resolved_endpoint() or "AWS S3"
         if isinstance(exc, NoCredentialsError):
             return (
@@ -341,10 +361,12 @@ class S3Storage:
             if code in _BAD_CREDENTIALS:
                 return f"the AWS credentials were rejected by {where} ({code})"
             if code in ("403", "AccessDenied", "AllAccessDisabled"):
-                return (
-                    f"access denied to s3://{self.bucket}/{self.prefix}: the credentials may "
-                    "not write there (s3:PutObject and s3:DeleteObject are needed)"
+                needed = (
+                    "read there (s3:ListBucket and s3:GetObject are needed)"
+                    if reading
+                    else "write there (s3:PutObject and s3:DeleteObject are needed)"
                 )
+                return f"access denied to s3://{self.bucket}/{self.prefix}: the credentials may not {needed}"
             return f"s3://{self.bucket}: {code or 'request failed'}"
         if isinstance(exc, BotoCoreError):
             return f"s3://{self.bucket}: {type(exc).__name__}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.cluster.sweep_spec import SweepSpec
-from distill.core.spec import JobSpec, SpecError, load_spec_dict
+from distill.core.spec import JobSpec, load_spec_dict
 from distill.core.spec import load_spec as _load_spec_file
 from distill.core.stages import smoke_pipeline
 
@@ -66,13 +66,13 @@ def tune(
     min_speedup: float | None = None,
 ) -> dict:
     """Run a Ray Tune sweep over students; the sweep report (trials, Pareto front, choice)."""
+    from distill.jobs.flags import check_limit
     from distill.jobs.tune import run_sweep
 
     if not isinstance(sweep, SweepSpec):
         sweep = load_sweep(sweep)
-    for name, value in (("max_params", max_params), ("min_speedup", min_speedup)):
-        if value is not None and value <= 0:
-            raise SpecError(f"{name}: expected a positive number, got {value}")
+    check_limit("max_params", max_params)
+    check_limit("min_speedup", min_speedup)
     return run_sweep(sweep, output, max_params=max_params, min_speedup=min_speedup)
 
 

@@ -18,10 +18,10 @@ import argparse
 import json
 import sys
 
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SmokePlan, SpecError, load_spec
 from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
-from distill.jobs.flags import add_overrides_flag
+from distill.jobs.flags import add_overrides_flag, check_limit
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -57,20 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _smoke_note(note: str | None):
+def _smoke_note(plan: SmokePlan | None):
     """Prints what --smoke changed, once the input has passed every check (a rejected
     input gets its one error line and nothing else)."""
-    if note is None:
+    if plan is None:
         return None
-    return lambda: print(f"distill: smoke: {note}", file=sys.stderr, flush=True)
+    return lambda: print(f"distill: smoke: {plan.describe()}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
-    note = None
+    plan = None
     if args.smoke:
         spec, plan = smoke_pipeline_planned(spec)
-        note = plan.describe()
 
     import datasets
     import transformers
@@ -83,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
     try:
-        report = run_job(spec, args.output, on_checked=_smoke_note(note))
+        report = run_job(spec, args.output, on_checked=_smoke_note(plan))
     except TrainingFailedError as exc:
         # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -94,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    check_limit("--max-params", args.max_params)
+    check_limit("--min-speedup", args.min_speedup)
     if args.submit:
         return submit.tune_submit_cli(args)
     if args.address:
@@ -102,13 +103,9 @@ def _tune(args: argparse.Namespace) -> int:
     from distill.jobs.tune import smoke_sweep_planned
 
     sweep = load_sweep(args.sweep, args.overrides)
-    note = None
+    plan = None
     if args.smoke:
         sweep, plan = smoke_sweep_planned(sweep)
-        note = plan.describe()
-    for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):
-        if value is not None and value <= 0:
-            raise SpecError(f"{flag}: expected a positive number, got {value}")
 
     import datasets
     import transformers
@@ -123,7 +120,7 @@ def _tune(args: argparse.Namespace) -> int:
         args.output,
         max_params=args.max_params,
         min_speedup=args.min_speedup,
-        on_checked=_smoke_note(note),
+        on_checked=_smoke_note(plan),
     )
     print(format_sweep_table(report))
     if report["counts"].get("interrupted"):

@@ -16,7 +16,7 @@ from distill.core.hub import HubUnreachable
 from distill.core.model_files import has_weights as teacher_has_weights
 from distill.core.model_files import teacher_folder_problem
 from distill.core.outputs import has_task_head
-from distill.core.spec import JobSpec, SpecError
+from distill.core.spec import MAX_COUNT, JobSpec, SpecError
 from distill.core.stages import Stage, expand_stages
 from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
 
@@ -101,7 +101,13 @@ def _check_data(spec: JobSpec) -> JobSpec:
             f"(training.batch_size {t.batch_size} x {sc.num_workers} workers)"
         )
     if t.epochs is not None:
-        steps = max(1, math.floor(t.epochs * len(train) / per_step))
+        exact = t.epochs * len(train) / per_step
+        if exact > MAX_COUNT:
+            raise SpecError(
+                f"training.epochs: {t.epochs:g} epochs of {len(train)} rows are {exact:.3g} steps; "
+                f"at most {MAX_COUNT}"
+            )
+        steps = max(1, math.floor(exact))
         spec = spec.model_copy(
             update={"training": t.model_copy(update={"steps": steps, "epochs": None})}
         )

@@ -76,8 +76,12 @@ def _run_row(run: Storage) -> dict | None:
 def list_runs(location: str, s3=None) -> list[dict]:
     """One row per run folder directly under `location` (those holding a config.yaml)."""
     storage = open_readable(location, s3, "runs list")
+    try:
+        names = storage.list()
+    except StorageError as exc:
+        raise SpecError(f"runs list: {exc}") from None
     rows = []
-    for name in storage.list():
+    for name in names:
         if name.startswith("."):
             continue
         row = _run_row(storage.child(name))
@@ -168,6 +172,13 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
     run = open_readable(run_uri, s3, "export")
     out = Path(out)
     check_out_folder(out)
+    try:
+        return _export(run, out)
+    except StorageError as exc:  # a read the first check could not foresee (access, network)
+        raise SpecError(f"export: {exc}") from None
+
+
+def _export(run: Storage, out: Path) -> dict:
     if run.dir_complete(STUDENT_DIR):
         run.get_dir(STUDENT_DIR, out)
         _restore_empty_module_dirs(out)

@@ -227,7 +227,7 @@ ISSUE17: dict[str, Case] = {
     # --smoke prints what it changed only once the input passed: here it did not
     "smoke-then-bad-data": exact(
         ("run", "--smoke", "--set", "data.train.path=nope.csv"),
-        "data.train: data file {dir}/nope.csv: not found",
+        "data.train: data file nope.csv: not found",
     ),
     # the teacher folder, checked completely before Ray
     "teacher-without-weights": exact(
@@ -243,7 +243,7 @@ ISSUE17: dict[str, Case] = {
     "teacher-truncated-weights": exact(
         run_args("teacher.name=./t"),
         "teacher.name: {dir}/t: model.safetensors is not a readable safetensors file "
-        "(Error while deserializing header: invalid header length)",
+        "(Error while deserializing header: header too small)",
         files={"t/config.json": TEACHER_CONFIG, "t/model.safetensors": TINY_WEIGHTS[:4]},
     ),
     # hub names while the hub cannot be reached: at once, in one line

@@ -11,14 +11,6 @@ from distill.jobs.preflight import preflight
 
 
 @pytest.fixture
-def teacher_dir(tmp_path, tiny_bert, tiny_tokenizer):
-    folder = tmp_path / "teacher"
-    tiny_bert.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
 def corpus(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(f"the cat sat on mat number {i}" for i in range(200)) + "\n")
