@@ -42,7 +42,7 @@ def source_format(path: str, fmt: str = "auto") -> str:
     """`csv`, `tsv`, `json`, `parquet`, `text`, `hub` or `builtin`."""
     if fmt != "auto":
         return {"jsonl": "json", "txt": "text"}.get(fmt, fmt)
-    if path in (BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS):
+    if path.startswith("builtin:"):
         return "builtin"
     suffix = Path(path).suffix.lower()
     if suffix in _FORMATS:
@@ -60,10 +60,13 @@ def load_source(
 
         texts, targets = keyword_pairs()
         return datasets.Dataset.from_dict({"text": texts, "target": targets})
-    if kind == "builtin":
+    if kind == "builtin" and path == BUILTIN_DOCSTRINGS:
         from distill.core.corpus import docstring_sentences
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
+    if kind == "builtin":
+        known = [BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS]
+        raise DataError(f"data file {path}: no such built-in corpus; choose from {known}")
     if kind == "sts":
         return _load_sts(path)
     if kind == "local-unknown":

@@ -208,6 +208,10 @@ class EvaluationSpec(Strict):
     batch_size: PositiveInt = 32
 
 
+# botocore takes a region that is one DNS label.
+_REGION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
 def url_problem(url: str) -> str | None:
     """Why `url` is not an `http(s)://host[:port]` address, or None when it is one."""
     try:
@@ -228,11 +232,17 @@ class S3Spec(Strict):
     """Where an `s3://` output lives; credentials come from the AWS chain, never from here."""
 
     endpoint_url: str | None = None  # None: AWS_ENDPOINT_URL(_S3) or AWS; e.g. http://minio:9000
-    # None: AWS_REGION / AWS_DEFAULT_REGION / profile. botocore accepts a DNS label only.
-    region: str | None = Field(None, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+    region: str | None = None  # None: AWS_REGION / AWS_DEFAULT_REGION / profile
     addressing_style: Literal["auto", "path", "virtual"] = "auto"  # MinIO: path
     retry_mode: Literal["standard", "adaptive"] = "standard"
     max_attempts: PositiveInt = 10  # per request (boto3 and pyarrow), exponential backoff
+
+    @field_validator("region")
+    @classmethod
+    def _region_is_a_name(cls, region: str | None) -> str | None:
+        if region is not None and not _REGION.match(region):
+            raise ValueError(f"expected a region name such as eu-west-1, got {region!r}")
+        return region
 
     @field_validator("endpoint_url")
     @classmethod

@@ -28,10 +28,27 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of all bad input: `distill: error: <flag>: <what>`
+    (no usage block), exit code 2. Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        for lead, says in _ARGPARSE_LEADS.items():
+            if message.startswith(lead):
+                message = f"{message.removeprefix(lead)}: {says} (see {self.prog} --help)"
+        print(f"distill: error: {message.removeprefix('argument ')}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+# argparse messages that name the flags last, turned around to name them first.
+_ARGPARSE_LEADS = {
+    "the following arguments are required: ": "required",
+    "unrecognized arguments: ": "unknown argument",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distill", description="Distributed knowledge distillation on Ray."
-    )
+    parser = _Parser(prog="distill", description="Distributed knowledge distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a distillation job (no CONFIG: the offline quickstart)")
     run.add_argument("config", nargs="?", help="job spec YAML")

@@ -8,7 +8,7 @@ import math
 import os
 
 from distill.cluster.job_data import train_eval_texts
-from distill.core.architectures import builtin_path
+from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
 from distill.core.data import DataError
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
@@ -25,6 +25,9 @@ def _teacher_config(spec: JobSpec, kind: str):
     """The teacher's config, once its folder (when local) holds all that the workers load:
     config, weights (none only for a `pretrain` stage's architecture) and tokenizer."""
     name = spec.teacher.name
+    if name.startswith(BUILTIN_PREFIX) and builtin_path(name) is None:
+        known = [f"{BUILTIN_PREFIX}{a}" for a in builtin_architectures()]
+        raise SpecError(f"teacher.name: {name} is no packaged architecture; choose from {known}")
     path = resolve_teacher(name)
     if (looks_like_local_path(name) or os.path.isabs(path)) and not os.path.isdir(path):
         what = "is a file, expected a model folder" if os.path.exists(path) else "does not exist"

@@ -213,7 +213,7 @@ def _export(run: Storage, out: Path) -> dict:
 def add_parsers(sub) -> None:
     """`runs list` and `export` subcommands, with the S3 connection flags."""
     runs = sub.add_parser("runs", help="list runs under a folder or s3://bucket/prefix")
-    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="list")
     listing = runs_sub.add_parser("list", help="runs with status and headline metrics")
     listing.add_argument("location", help="folder or s3://bucket/prefix holding run folders")
     listing.add_argument("--json", action="store_true", help="print JSON rows")

@@ -299,6 +299,17 @@ ISSUE17: dict[str, Case] = {
         "--address: 'http://127.0.0.1:notaport' is not a valid URL (Port could not be cast to "
         f"integer value as 'notaport'){ADDRESS_HINT}",
     ),
+    # flags argparse refuses: the same one line, no usage block
+    "unknown-flag": exact(("run", "--bogus"), "--bogus: unknown argument (see distill --help)"),
+    "export-without-out": exact(("export", "r"), "--out: required (see distill export --help)"),
+    "tune-max-params-not-a-number": exact(
+        ("tune", "s.yaml", "--max-params", "nan"), "--max-params: invalid int value: 'nan'"
+    ),
+    "unknown-builtin-teacher": exact(
+        run_args("teacher.name=builtin:nope"),
+        "teacher.name: builtin:nope is no packaged architecture; "
+        "choose from ['builtin:tiny-bart', 'builtin:tiny-gpt2']",
+    ),
     "submit-bad-spec": exact(
         ("submit", "--address", UNREACHABLE, "--set", "training.seed=-1"),
         "training.seed: Input should be greater than or equal to 0",

@@ -134,6 +134,11 @@ def test_datasets_logs_nothing_for_an_unreadable_file(tmp_path, capfd):
     assert "Failed to load JSON" not in out + err
 
 
+def test_an_unknown_builtin_corpus_lists_the_known_ones():
+    with pytest.raises(DataError, match=r"builtin:nope: no such built-in corpus; choose from"):
+        load_texts("builtin:nope")
+
+
 def test_a_folder_is_not_a_data_file(tmp_path):
     (tmp_path / "corpus.csv").mkdir()
     with pytest.raises(DataError, match=r"corpus\.csv: is a folder, expected a file"):
