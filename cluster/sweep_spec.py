@@ -34,6 +34,8 @@ from distill.core.spec import (
     read_yaml_mapping,
 )
 
+# Every combination of the space's values is checked before a sweep starts: at most this many.
+MAX_CHECKED = 5000
 # Final per-trial metrics (from the trial's report) a searcher can optimise.
 TRIAL_METRICS = {
     "quality": "max",  # the student's quality metric on the dev split (e.g. STS Spearman)
@@ -70,6 +72,11 @@ class ParamSpec(Strict):
         bounds = self.uniform or self.loguniform or self.randint
         if bounds is not None and not bounds[0] < bounds[1]:
             raise ValueError(f"{given[0]}: low {bounds[0]} must be below high {bounds[1]}")
+        if self.randint is not None and self.randint[1] - self.randint[0] > MAX_CHECKED:
+            raise ValueError(
+                f"randint: {self.randint[1] - self.randint[0]} values; at most {MAX_CHECKED} "
+                "(every value is checked before the sweep starts)"
+            )
         return self
 
     @property

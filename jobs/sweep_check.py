@@ -13,12 +13,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from distill.cluster.sweep_spec import SweepSpec, apply_params
+from distill.cluster.sweep_spec import MAX_CHECKED, SweepSpec, apply_params
 from distill.core.spec import JobSpec, SpecError, format_error
 from distill.core.stages import Stage
 from distill.jobs.preflight import absolute_paths, preflight_stages
-
-MAX_CHECKED = 5000
 
 
 @dataclass(frozen=True)

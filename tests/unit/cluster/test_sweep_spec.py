@@ -200,3 +200,9 @@ def test_example_sweep_is_valid_and_its_smoke_version_small(monkeypatch):
     assert len(checked.combinations) == 9
     assert {s.spec.student.hidden for _, s in checked.combinations} == {384, 256, 192}
     assert len(check_sweep(smoke_sweep(sweep)).combinations) == 4
+
+
+def test_a_randint_too_wide_to_check_is_refused_without_listing_it(tmp_path):
+    path = _write(tmp_path, {"space": {"training.seed": {"randint": [0, 10**12]}}})
+    with pytest.raises(SpecError, match=r"^space\.training\.seed: randint: .* at most 5000"):
+        load_sweep(path)
