@@ -39,9 +39,10 @@ def _ray_registered(storage: Storage, folder: str) -> list[str]:
         snapshot = json.loads(storage.read_text(f"{folder}/{RAY_SNAPSHOT}"))
     except (FileNotFoundError, OSError, ValueError):
         return []
+    results = snapshot.get("checkpoint_results") if isinstance(snapshot, dict) else None
     return [
         r.get("checkpoint_dir_name")
-        for r in snapshot.get("checkpoint_results", [])
+        for r in (results if isinstance(results, list) else [])
         if isinstance(r, dict) and r.get("checkpoint_dir_name")
     ]
 
@@ -61,7 +62,8 @@ def complete_checkpoints(storage: Storage, folder: str = TRAIN_DIR) -> list[dict
                 manifest = json.loads(storage.read_text(f"{rel}/{COMPLETE}"))
             except (FileNotFoundError, ValueError):
                 manifest = None
-            if manifest is None or manifest_problem(manifest, files):
+            damaged = not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict)
+            if damaged or manifest_problem(manifest, files):
                 continue
             step = manifest.get("step")
         elif name not in registered:
