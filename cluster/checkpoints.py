@@ -105,9 +105,10 @@ def _ray_registered(storage: Storage, folder: str) -> list[str]:
         snapshot = json.loads(storage.read_text(f"{folder}/{RAY_SNAPSHOT}"))
     except (FileNotFoundError, OSError, ValueError):
         return []
+    results = snapshot.get("checkpoint_results") if isinstance(snapshot, dict) else None
     return [
         r.get("checkpoint_dir_name")
-        for r in snapshot.get("checkpoint_results", [])
+        for r in (results if isinstance(results, list) else [])
         if isinstance(r, dict) and r.get("checkpoint_dir_name")
     ]
 

@@ -22,6 +22,7 @@ from distill.cluster.storage_protocol import (
     LEASE_FILE,
     Lease,
     LeaseHeld,
+    StorageError,
     StorageNotFound,
     may_take_over,
 )
@@ -125,7 +126,12 @@ class LocalStorage:
         """Nothing to check up front: the run folder is created (or refused) on first write."""
 
     def check_readable(self) -> None:
-        """Nothing to check: a missing folder reads as empty."""
+        """The root must be a folder: StorageNotFound when nothing is there, StorageError
+        when it is a file."""
+        if not self.root.exists():
+            raise StorageNotFound(f"{self.root}: no such folder")
+        if not self.root.is_dir():
+            raise StorageError(f"{self.root}: is a file, not a folder")
 
     # -- lease ----------------------------------------------------------------------------
     def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:

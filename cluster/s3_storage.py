@@ -20,6 +20,7 @@ take over one stale lease. AWS S3, MinIO and moto honour both conditions.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -47,6 +48,7 @@ from distill.cluster.storage_protocol import (
     StorageNotFound,
     may_take_over,
 )
+from distill.core.spec import url_problem
 
 MANIFEST = ".distill-manifest.json"
 PROBE_KEY = ".distill-write-probe"
@@ -77,6 +79,17 @@ class S3Options:
             return spec
         fields = ("endpoint_url", "region", "addressing_style", "retry_mode", "max_attempts")
         return cls(**{f: getattr(spec, f) for f in fields})
+
+    def check_environment(self) -> None:
+        """An endpoint from the environment is checked like `output.s3.endpoint_url`, so a
+        malformed one is a StorageError naming the variable, not botocore's ValueError."""
+        if self.endpoint_url:
+            return
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            value = os.environ.get(var)
+            problem = url_problem(value) if value else None
+            if problem:
+                raise StorageError(f"{var}: {problem}")
 
     def resolved_endpoint(self) -> str | None:
         # boto3 reads these by itself; pyarrow may not, so both get the same explicit value.
@@ -124,12 +137,27 @@ def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _reading(method):
+    """A read whose failure (other than "not found") is a one-line StorageError saying why,
+    instead of botocore's exception."""
+
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(self._explain(exc, reading=True)) from None
+
+    return read
+
+
 class S3Storage:
     """A run folder at `s3://bucket/prefix`."""
 
     def __init__(self, uri: str, options: S3Options | None = None) -> None:
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.options = options or S3Options()
+        self.options.check_environment()
         self._s3 = None
 
     # -- addressing ---------------------------------------------------------------------
@@ -178,6 +206,7 @@ class S3Storage:
         return f"{self.bucket}/{self.prefix}".rstrip("/"), self.pyarrow_filesystem()
 
     # -- files --------------------------------------------------------------------------
+    @_reading
     def exists(self, relpath: str) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(relpath))
@@ -190,6 +219,7 @@ class S3Storage:
         )
         return listing.get("KeyCount", 0) > 0
 
+    @_reading
     def get(self, relpath: str) -> bytes:
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=self.key(relpath))["Body"]
@@ -209,6 +239,7 @@ class S3Storage:
     def write_text(self, relpath: str, text: str) -> None:
         self.put(relpath, text.encode())
 
+    @_reading
     def list(self, relpath: str = "") -> list[str]:
         """Names of the immediate children (files and folders) of `relpath`."""
         prefix = self.key(relpath)
@@ -223,6 +254,7 @@ class S3Storage:
             names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
         return sorted(n for n in names if n and n != MANIFEST)
 
+    @_reading
     def list_files(self, relpath: str = "") -> dict[str, int]:
         """Every file under `relpath`, recursively, as {path relative to relpath: size}
         (without `put_dir` manifests)."""
@@ -284,6 +316,7 @@ class S3Storage:
         present = self.list_files(relpath)
         return all(present.get(rel) == size for rel, size in manifest["files"].items())
 
+    @_reading
     def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
         """Download a folder (without its manifest) into `local_dir`."""
         local_dir = Path(local_dir)
@@ -373,7 +406,7 @@ class S3Storage:
         except Exception as exc:
             raise StorageError(self._explain(exc)) from None
 
-    def _explain(self, exc: Exception) -> str:
+    def _explain(self, exc: Exception, *, reading: bool = False) -> str:
         where = self.options.resolved_endpoint() or "AWS S3"
         if isinstance(exc, NoCredentialsError):
             return (
@@ -389,10 +422,12 @@ class S3Storage:
             if code in _BAD_CREDENTIALS:
                 return f"the AWS credentials were rejected by {where} ({code})"
             if code in ("403", "AccessDenied", "AllAccessDisabled"):
-                return (
-                    f"access denied to s3://{self.bucket}/{self.prefix}: the credentials may "
-                    "not write there (s3:PutObject and s3:DeleteObject are needed)"
+                needed = (
+                    "read there (s3:ListBucket and s3:GetObject are needed)"
+                    if reading
+                    else "write there (s3:PutObject and s3:DeleteObject are needed)"
                 )
+                return f"access denied to s3://{self.bucket}/{self.prefix}: the credentials may not {needed}"
             return f"s3://{self.bucket}: {code or 'request failed'}"
         if isinstance(exc, BotoCoreError):
             return f"s3://{self.bucket}: {type(exc).__name__}"

@@ -170,7 +170,8 @@ class Storage(Protocol):
         ...
 
     def check_readable(self) -> None:
-        """Check up front, in seconds, that the location can be read; StorageError if not."""
+        """Check up front, in seconds, that the location can be read; StorageError if not
+        (StorageNotFound when a local folder is missing; an S3 prefix may be empty)."""
         ...
 
     def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:

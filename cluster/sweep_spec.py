@@ -19,11 +19,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from distill.core.spec import PositiveInt, SpecError, Strict, format_error, merge, parse_overrides
+from distill.core.spec import (
+    JobSpec,
+    PositiveInt,
+    Seed,
+    SpecError,
+    Strict,
+    format_error,
+    merge,
+    nested,
+    parse_overrides,
+    read_yaml_mapping,
+)
 
+# Every combination of the space's values is checked before a sweep starts: at most this many.
+MAX_CHECKED = 5000
 # Final per-trial metrics (from the trial's report) a searcher can optimise.
 TRIAL_METRICS = {
     "quality": "max",  # the student's quality metric on the dev split (e.g. STS Spearman)
@@ -60,6 +72,11 @@ class ParamSpec(Strict):
         bounds = self.uniform or self.loguniform or self.randint
         if bounds is not None and not bounds[0] < bounds[1]:
             raise ValueError(f"{given[0]}: low {bounds[0]} must be below high {bounds[1]}")
+        if self.randint is not None and self.randint[1] - self.randint[0] > MAX_CHECKED:
+            raise ValueError(
+                f"randint: {self.randint[1] - self.randint[0]} values; at most {MAX_CHECKED} "
+                "(every value is checked before the sweep starts)"
+            )
         return self
 
     @property
@@ -85,7 +102,7 @@ class SearchSpec(Strict):
     # What the searcher optimises, from the trial's final report: one metric, or several for
     # Optuna's multi-objective search (its Pareto-aware NSGA-II sampler).
     objectives: list[Literal["quality", "retention", "speedup", "params"]] = ["quality"]
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _objectives(self) -> SearchSpec:
@@ -128,6 +145,13 @@ class SweepSpec(Strict):
     max_concurrent_trials: PositiveInt | None = None
     teacher_cache: bool = True
 
+    def base_spec(self) -> JobSpec:
+        """The base job spec, validated; a SpecError names `base.<field>`."""
+        try:
+            return JobSpec.model_validate(self.base)
+        except ValidationError as err:
+            raise SpecError(f"base.{format_error(err)}") from None
+
     @model_validator(mode="after")
     def _space(self) -> SweepSpec:
         if not self.space:
@@ -146,21 +170,11 @@ class SweepSpec(Strict):
         return self
 
 
-def _nested(key: str, value: Any) -> dict:
-    node: dict = {}
-    tree = node
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return tree
-
-
 def apply_params(base: dict, params: dict[str, Any]) -> dict:
     """The base job spec (raw dict) with one trial's values merged in."""
     raw = base
     for key, value in params.items():
-        raw = merge(raw, _nested(key, value))
+        raw = merge(raw, nested(key, value))
     return raw
 
 
@@ -169,24 +183,23 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
     `base.training.steps=50` or `search.num_samples=4`), validate. `base` may name a job
     spec file, read relative to the sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"sweep {path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"sweep {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"sweep {path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "sweep")
     if isinstance(raw.get("base"), str):
         base_path = (path.parent / raw["base"]).resolve()
-        if not base_path.is_file():
+        if not base_path.exists():
             raise SpecError(f"base: job spec {raw['base']} not found next to {path}")
-        raw["base"] = yaml.safe_load(base_path.read_text()) or {}
-    raw = merge(raw, parse_overrides(overrides or []))
+        raw["base"] = read_yaml_mapping(base_path, "base")
+    return validate_sweep(merge(raw, parse_overrides(overrides or [])))
+
+
+def validate_sweep(raw: dict) -> SweepSpec:
+    """A sweep given as a mapping (as the YAML holds it, `base` inline), base included."""
     try:
-        return SweepSpec.model_validate(raw)
+        sweep = SweepSpec.model_validate(raw)
     except ValidationError as err:
         raise SpecError(_sweep_error(err)) from None
+    sweep.base_spec()  # a bad base fails here, naming `base.<field>`
+    return sweep
 
 
 def _sweep_error(err: ValidationError) -> str:

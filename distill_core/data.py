@@ -7,15 +7,18 @@ A source is a local csv/tsv/json/jsonl/parquet/txt file, a hub dataset name, or
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
 import torch
+from datasets.exceptions import DatasetGenerationError
 
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
 # Offline seq2seq pairs: docstring sentence -> its content words (corpus.keyword_target).
@@ -39,7 +42,7 @@ def source_format(path: str, fmt: str = "auto") -> str:
     """`csv`, `tsv`, `json`, `parquet`, `text`, `hub` or `builtin`."""
     if fmt != "auto":
         return {"jsonl": "json", "txt": "text"}.get(fmt, fmt)
-    if path in (BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS):
+    if path.startswith("builtin:"):
         return "builtin"
     suffix = Path(path).suffix.lower()
     if suffix in _FORMATS:
@@ -57,41 +60,111 @@ def load_source(
 
         texts, targets = keyword_pairs()
         return datasets.Dataset.from_dict({"text": texts, "target": targets})
-    if kind == "builtin":
+    if kind == "builtin" and path == BUILTIN_DOCSTRINGS:
         from distill.core.corpus import docstring_sentences
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
+    if kind == "builtin":
+        known = [BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS]
+        raise DataError(f"data file {path}: no such built-in corpus; choose from {known}")
     if kind == "sts":
         return _load_sts(path)
     if kind == "local-unknown":
+        _check_file(path)  # a folder is named as one
         raise DataError(f"data file {path}: unknown extension; expected one of {sorted(_FORMATS)}")
     if kind == "hub":
-        return datasets.load_dataset(path, config_name, split=split)
+        return _load_hub(path, config_name, split)
+    _check_file(path)
+    try:
+        with _quiet_datasets():  # its log line would precede (and repeat) our one-line error
+            if kind == "tsv":
+                # QUOTE_NONE: GLUE-style TSVs contain bare quote characters inside sentences.
+                return datasets.load_dataset(
+                    "csv", data_files=path, delimiter="\t", quoting=csv.QUOTE_NONE, split="train"
+                )
+            return datasets.load_dataset(kind, data_files=path, split="train")
+    except Exception as exc:  # datasets raises several types for empty or unparsable files
+        raise DataError(f"data file {path}: {_unreadable(path, kind, exc)}") from None
+
+
+def _check_file(path: str) -> None:
+    if os.path.isdir(path):
+        raise DataError(f"data file {path}: is a folder, expected a file")
     if not os.path.isfile(path):
         raise DataError(f"data file {path}: not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"data file {path}: empty file (0 bytes)")
+
+
+def _utf8_problem(path: str) -> str | None:
+    """Where a file stops being UTF-8, or None (read in chunks: files may be large)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                return f"byte {chunk[exc.start]:#04x} at offset {offset + exc.start}"
+            offset += len(chunk)
     try:
-        if kind == "tsv":
-            # QUOTE_NONE: GLUE-style TSVs contain bare quote characters inside sentences.
-            return datasets.load_dataset(
-                "csv", data_files=path, delimiter="\t", quoting=csv.QUOTE_NONE, split="train"
-            )
-        return datasets.load_dataset(kind, data_files=path, split="train")
-    except Exception as exc:  # datasets raises several types for empty or unparsable files
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if "corresponds to no data" in first or "no data" in first.lower():
-            first = "no rows"
-        raise DataError(f"data file {path}: cannot read it as {kind} ({first})") from None
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "a truncated character at the end"
+    return None
+
+
+def _unreadable(path: str, kind: str, exc: Exception) -> str:
+    """Why `datasets` could not read a local file: not UTF-8 (text formats), else the
+    first line of the error under datasets' generic one."""
+    if kind != "parquet":
+        problem = _utf8_problem(path)
+        if problem:
+            return f"not UTF-8 text ({problem}); save it as UTF-8"
+    root = exc  # datasets wraps the reason in a generic DatasetGenerationError
+    while isinstance(root, DatasetGenerationError) and (root.__cause__ or root.__context__):
+        root = root.__cause__ or root.__context__
+    first = str(root).strip().splitlines()[0][:200] if str(root).strip() else type(root).__name__
+    if "corresponds to no data" in first or "no data" in first.lower():
+        first = "no rows"
+    return f"cannot read it as {kind} ({first})"
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
+def _load_hub(name: str, config_name: str | None, split: str) -> datasets.Dataset:
+    """A hub dataset; while the hub is unreachable only from the local cache, failing in
+    one line rather than after the hub client's retries."""
+    from distill.core.hub import HubUnreachable, hub_reachable, offline_hub
+
+    if hub_reachable():
+        return datasets.load_dataset(name, config_name, split=split)
+    try:
+        with offline_hub(), _quiet_datasets():
+            return datasets.load_dataset(name, config_name, split=split)
+    except Exception:  # not cached: datasets' error would blame the connection, vaguely
+        raise DataError(str(HubUnreachable(name))) from None
 
 
 def _load_sts(path: str) -> datasets.Dataset:
     """An STS Benchmark file (no header) as columns sentence1, sentence2, score."""
     from distill.core.evaluation import load_sts_pairs
 
-    if not os.path.isfile(path):
-        raise DataError(f"data file {path}: not found")
-    pairs = load_sts_pairs(path)
-    if not pairs.scores:
-        raise DataError(f"data file {path}: no STS Benchmark rows (7 tab-separated fields)")
+    _check_file(path)
+    try:
+        pairs = load_sts_pairs(path)
+    except UnicodeDecodeError:
+        raise DataError(f"data file {path}: not UTF-8 text") from None
+    except ValueError as exc:
+        raise DataError(f"data file {exc}") from None
     return datasets.Dataset.from_dict(
         {"sentence1": pairs.first, "sentence2": pairs.second, "score": pairs.scores}
     )

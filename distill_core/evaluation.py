@@ -9,6 +9,7 @@ so machine noise hits both alike.
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -33,18 +34,22 @@ def load_sts_pairs(path: str, limit: int | None = None) -> StsPairs:
     Extra trailing fields on a few lines are ignored."""
     first, second, scores = [], [], []
     with open(path, encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+        for line, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if len(row) < 7:
                 continue
-            scores.append(float(row[4]))
+            try:
+                score = float(row[4])
+            except ValueError:
+                score = math.nan
+            if not math.isfinite(score):
+                raise ValueError(f"{path} line {line}: score {row[4]!r} is not a finite number")
+            scores.append(score)
             first.append(row[5])
             second.append(row[6])
             if limit is not None and len(scores) >= limit:
                 break
     if not scores:
-        raise ValueError(
-            f"evaluation.sts_path: {path} has no STS rows (expected 7 tab-separated fields)"
-        )
+        raise ValueError(f"{path} has no STS rows (expected 7 tab-separated fields)")
     return StsPairs(first, second, scores)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,15 +22,6 @@ from torch import nn
 from distill.core import token_losses
 from distill.core.outputs import ModelOutputs
 from distill.core.student import is_encoder_decoder
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-
-
-def has_weights(folder: str) -> bool:
-    """False for a local folder holding only a config (a packaged architecture)."""
-    path = Path(folder)
-    return not path.is_dir() or any((path / f).is_file() for f in WEIGHT_FILES)
-
 
 # --- forward: hidden states of target tokens and the LM head ---------------------------------
 

@@ -32,7 +32,6 @@ from distill.core.generative import (
     TokenObjective,
     TokenSettings,
     generative_collate,
-    has_weights,
     lm_head,
     num_chunks,
     prepare_seq2seq_batch,
@@ -46,6 +45,7 @@ from distill.core.generative_eval import (
     generation_throughput,
     perplexity,
 )
+from distill.core.model_files import has_weights
 from distill.core.outputs import ModelOutputs
 from distill.core.spec import SpecError
 from distill.core.student import (

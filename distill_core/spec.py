@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from distill.core.packaged_teacher import PACKAGED_TEACHER
 
-PositiveInt = Annotated[int, Field(gt=0)]
+# Counts and sizes end up in torch, numpy and Ray as C integers: a 32-bit bound turns a
+# mistyped 1e30 into a spec error instead of an overflow on a worker.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+# numpy's and `datasets`' shuffles take seeds in [0, 2**32); torch takes those too.
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
 
 
 class SpecError(ValueError):
@@ -24,7 +32,12 @@ class SpecError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    """Base of every spec model: unknown fields are errors, and a float must be finite
+    (`.inf` or `.nan` would train on nan, or overflow when steps are derived from it)."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, coerce_numbers_to_str=True, allow_inf_nan=False
+    )
 
 
 class Zero3TeacherSpec(Strict):
@@ -186,9 +199,9 @@ class TrainingSpec(Strict):
     batch_size: PositiveInt = 16  # per worker
     learning_rate: Annotated[float, Field(gt=0)] = 2e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_steps: Annotated[int, Field(ge=0)] = 10
+    warmup_steps: Count = 10
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
-    seed: int = 42
+    seed: Seed = 42
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 50
@@ -204,7 +217,7 @@ class ScalingSpec(Strict):
     cpus_per_worker: PositiveInt = 1
     gpus_per_worker: Annotated[float, Field(ge=0)] = 0
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    max_failures: Annotated[int, Field(ge=0)] = 0
+    max_failures: Count = 0
     # Memory each worker may use (Ray's `memory` resource, GB); None: this machine's memory
     # shared by the workers (a local run) or unknown (a remote cluster). Preflight sizes the
     # teacher's placement against it.
@@ -226,6 +239,26 @@ class EvaluationSpec(Strict):
     batch_size: PositiveInt = 32
 
 
+# botocore takes a region that is one DNS label.
+_REGION = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not an `http(s)://host[:port]` address, or None when it is one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"{url!r} is not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http:// or https:// URL, got {url!r}"
+    if not parts.hostname:
+        return f"{url!r} has no host (expected http://HOST[:PORT])"
+    if port == 0:
+        return f"{url!r}: port 0 is not a port"
+    return None
+
+
 class S3Spec(Strict):
     """Where an `s3://` output lives; credentials come from the AWS chain, never from here."""
 
@@ -234,6 +267,21 @@ class S3Spec(Strict):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"  # MinIO: path
     retry_mode: Literal["standard", "adaptive"] = "standard"
     max_attempts: PositiveInt = 10  # per request (boto3 and pyarrow), exponential backoff
+
+    @field_validator("region")
+    @classmethod
+    def _region_is_a_name(cls, region: str | None) -> str | None:
+        if region is not None and not _REGION.match(region):
+            raise ValueError(f"expected a region name such as eu-west-1, got {region!r}")
+        return region
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, url: str | None) -> str | None:
+        problem = url_problem(url) if url is not None else None
+        if problem:
+            raise ValueError(problem)
+        return url
 
 
 class OutputSpec(Strict):
@@ -331,6 +379,17 @@ def parse_overrides(pairs: list[str]) -> dict:
     return tree
 
 
+def nested(dotted: str, value: Any) -> dict:
+    """`a.b.c`, v -> {"a": {"b": {"c": v}}}."""
+    tree: dict = {}
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
 def merge(base: dict, update: dict) -> dict:
     """Deep merge; `stages.1.training.steps=5` addresses list items by index."""
     out = dict(base)
@@ -355,21 +414,40 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def parse_yaml_mapping(text: str, where: str) -> dict:
+    """YAML text that must hold a mapping (empty: {}); `where` names it in the SpecError."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{where}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file holding a mapping; every way it can be unusable (missing, a folder, not
+    readable, not UTF-8, not YAML, not a mapping) is one SpecError naming `what path`."""
+    path = Path(path)
+    where = f"{what} {path}"
+    if path.is_dir():
+        raise SpecError(f"{where}: is a folder, expected a YAML file")
+    if not path.is_file():
+        raise SpecError(f"{where}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{where}: not UTF-8 text") from None
+    except OSError as exc:
+        raise SpecError(f"{where}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    return parse_yaml_mapping(text, where)
+
+
 def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> JobSpec:
     """Read YAML (or the defaults when `path` is None), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise SpecError(f"config {path}: file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SpecError(f"config {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        except UnicodeDecodeError:
-            raise SpecError(f"config {path}: not UTF-8 text") from None
-        if not isinstance(raw, dict):
-            raise SpecError(f"config {path}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "config") if path is not None else {}
     return load_spec_dict(raw, overrides)
 
 
@@ -384,50 +462,133 @@ def load_spec_dict(raw: dict, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(format_error(err)) from None
 
 
-def smoke(spec: JobSpec) -> JobSpec:
-    """Shrink steps, data and evaluation so any config finishes in about a minute."""
+def explicit_fields(node: Any, prefix: str = "") -> set[str]:
+    """Dotted paths of the fields given explicitly (in the YAML, with `--set`, in a dict) in a
+    validated spec (pydantic's `model_fields_set`, recursively) or in a raw section dict."""
+    if isinstance(node, BaseModel):
+        items = [(k, getattr(node, k)) for k in node.model_fields_set]
+    elif isinstance(node, dict):
+        items = list(node.items())
+    else:
+        return set()
+    found = set()
+    for key, value in items:
+        found.add(f"{prefix}{key}")
+        found |= explicit_fields(value, f"{prefix}{key}.")
+    return found
+
+
+def field_value(node: Any, dotted: str) -> Any:
+    """The value at a dotted path of a spec (None when a section on the way is unset)."""
+    for key in dotted.split("."):
+        if node is None:
+            return None
+        node = node.get(key) if isinstance(node, dict) else getattr(node, key)
+    return node
+
+
+def with_value(model: BaseModel, dotted: str, value: Any) -> BaseModel:
+    """A copy of a spec model with the field at a dotted path set (not re-validated)."""
+    head, _, rest = dotted.partition(".")
+    new = with_value(getattr(model, head), rest, value) if rest else value
+    return model.model_copy(update={head: new})
+
+
+SMOKE_STEPS = 20
+_TRAINING_LENGTH = ("training.steps", "training.epochs")
+
+
+def smoke_targets(spec: JobSpec) -> dict[str, Any]:
+    """What `--smoke` makes of each field it shrinks: caps and fixed small values."""
     t, d, e, o = spec.training, spec.data, spec.evaluation, spec.objective
-    steps = min(t.steps or 20, 20)
     # Sequence-level KD generates a target per training row before training: keep it small.
     rows = 256 if o.sequence_kd is not None else 2000
-    sequence_kd = o.sequence_kd and o.sequence_kd.model_copy(
-        update={
-            "num_beams": 1,
-            "max_new_tokens": min(o.sequence_kd.max_new_tokens, 24),
-            "batch_size": 64,
-        }
-    )
-    return spec.model_copy(
-        update={
-            "objective": o.model_copy(update={"sequence_kd": sequence_kd}),
-            "training": t.model_copy(
-                update={
-                    "steps": steps,
-                    "epochs": None,
-                    "batch_size": min(t.batch_size, 16),
-                    "warmup_steps": min(t.warmup_steps, 2),
-                    "log_every": 5,
-                    "eval_every": 10,
-                    "checkpoint_every": 10,
-                }
-            ),
-            "data": d.model_copy(
-                update={
-                    "max_train_samples": min(d.max_train_samples or rows, rows),
-                    "max_eval_samples": min(d.max_eval_samples, 64),
-                    "max_length": min(d.max_length, 64),
-                }
-            ),
-            "evaluation": e.model_copy(
-                update={
-                    "max_sts_pairs": min(e.max_sts_pairs or 200, 200),
-                    "throughput_texts": min(e.throughput_texts, 64),
-                    "throughput_rounds": 1,
-                    "generation_length": min(e.generation_length, 16),
-                }
-            ),
-        }
-    )
+    targets = {
+        "training.steps": min(t.steps or SMOKE_STEPS, SMOKE_STEPS),
+        "training.epochs": None,
+        "training.batch_size": min(t.batch_size, 16),
+        "training.warmup_steps": min(t.warmup_steps, 2),
+        "training.log_every": 5,
+        "training.eval_every": 10,
+        "training.checkpoint_every": 10,
+        "data.max_train_samples": min(d.max_train_samples or rows, rows),
+        "data.max_eval_samples": min(d.max_eval_samples, 64),
+        "data.max_length": min(d.max_length, 64),
+        "evaluation.max_sts_pairs": min(e.max_sts_pairs or 200, 200),
+        "evaluation.throughput_texts": min(e.throughput_texts, 64),
+        "evaluation.throughput_rounds": 1,
+        "evaluation.generation_length": min(e.generation_length, 16),
+    }
+    if o.sequence_kd is not None:
+        targets["objective.sequence_kd.num_beams"] = 1
+        targets["objective.sequence_kd.max_new_tokens"] = min(o.sequence_kd.max_new_tokens, 24)
+        targets["objective.sequence_kd.batch_size"] = 64
+    return targets
+
+
+@dataclass(frozen=True)
+class SmokePlan:
+    """What `--smoke` does: `changed` {field: (old, new)} for the fields the user left
+    unset, `kept` {field: (value, what smoke would have made it)} for those the user set."""
+
+    changed: dict[str, tuple[Any, Any]]
+    kept: dict[str, tuple[Any, Any]]
+
+    def prefixed(self, prefix: str) -> SmokePlan:
+        """The same plan with every field name prefixed (`base.`, `stages.1.`)."""
+        return SmokePlan(
+            {f"{prefix}{k}": v for k, v in self.changed.items()},
+            {f"{prefix}{k}": v for k, v in self.kept.items()},
+        )
+
+    def __or__(self, other: SmokePlan) -> SmokePlan:
+        return SmokePlan({**self.changed, **other.changed}, {**self.kept, **other.kept})
+
+    def describe(self) -> str:
+        """One line: what --smoke changed and what it kept because the user set it."""
+        changed = ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in self.changed.items())
+        kept = ", ".join(f"{k}={_show(v)}" for k, (v, _) in self.kept.items())
+        parts = [changed, f"kept as set: {kept}" if kept else ""]
+        return "; ".join(p for p in parts if p) or "nothing to shrink"
+
+
+def plan_changes(model: BaseModel, targets: dict[str, Any], explicit: set[str]) -> SmokePlan:
+    """Set each field of `targets` (dotted) to its value, except those in `explicit`."""
+    changed, kept = {}, {}
+    for name, target in targets.items():
+        current = field_value(model, name)
+        if current == target:
+            continue
+        if name in explicit:
+            kept[name] = (current, target)
+        else:
+            changed[name] = (current, target)
+    return SmokePlan(changed, kept)
+
+
+def smoke_plan(spec: JobSpec, explicit: set[str]) -> SmokePlan:
+    """The smoke changes for `spec`, leaving every field in `explicit` as it is. The
+    training length (steps or epochs) is one setting: either given, both are kept."""
+    if explicit & set(_TRAINING_LENGTH):
+        explicit = explicit | set(_TRAINING_LENGTH)
+    return plan_changes(spec, smoke_targets(spec), explicit)
+
+
+def apply_smoke(model: BaseModel, plan: SmokePlan) -> BaseModel:
+    """`model` with the plan's changes made."""
+    for name, (_, new) in plan.changed.items():
+        model = with_value(model, name, new)
+    return model
+
+
+def smoke(spec: JobSpec) -> JobSpec:
+    """Shrink steps, data and evaluation so the job finishes in about a minute, except the
+    fields the user set explicitly (`model_fields_set`), which stay as given."""
+    return apply_smoke(spec, smoke_plan(spec, explicit_fields(spec)))
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else str(value)
 
 
 SECRET_KEY = re.compile(

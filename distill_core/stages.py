@@ -15,10 +15,14 @@ from distill.core.spec import (
     STAGE_SECTIONS,
     STAGE_TEACHER_PREFIX,
     JobSpec,
+    SmokePlan,
     SpecError,
+    apply_smoke,
+    explicit_fields,
     format_error,
     merge,
-    smoke,
+    nested,
+    smoke_plan,
 )
 
 SINGLE_STAGE = "train"
@@ -100,26 +104,29 @@ def expand_stages(spec: JobSpec) -> list[Stage]:
     return stages
 
 
-def smoke_pipeline(spec: JobSpec) -> JobSpec:
-    """`smoke` for every stage: each stage's training and data sections are replaced by the
-    shrunk ones, so a stage's own `training.steps` cannot undo the smoke settings."""
-    shrunk = smoke(spec)
+def smoke_pipeline_planned(spec: JobSpec) -> tuple[JobSpec, SmokePlan]:
+    """`smoke` for the job and every stage, and what it changed and kept. A field set
+    explicitly, in the job's sections or in a stage's, is never changed (a stage inherits
+    the job's shrunk values unless it sets its own)."""
+    job_explicit = explicit_fields(spec)
+    plan = smoke_plan(spec, job_explicit)
+    shrunk = apply_smoke(spec, plan)
     if not spec.stages:
-        return shrunk
+        return shrunk, plan
     stages = []
-    for stage, expanded in zip(spec.stages, expand_stages(spec)):
-        small = smoke(expanded.spec)
-        stages.append(
-            stage.model_copy(
-                update={
-                    "training": small.training.model_dump(mode="json"),
-                    "data": small.data.model_dump(mode="json"),
-                    **(
-                        {"objective": small.objective.model_dump(mode="json")}
-                        if stage.objective is not None
-                        else {}
-                    ),
-                }
-            )
-        )
-    return shrunk.model_copy(update={"stages": stages})
+    for i, (stage, expanded) in enumerate(zip(shrunk.stages, expand_stages(shrunk))):
+        own = explicit_fields({s: getattr(stage, s) for s in STAGE_SECTIONS})
+        stage_plan = smoke_plan(expanded.spec, job_explicit | own)
+        for name, (_, new) in stage_plan.changed.items():
+            section, _, rest = name.partition(".")
+            merged = merge(getattr(stage, section) or {}, nested(rest, new))
+            stage = stage.model_copy(update={section: merged})
+        kept = {k: v for k, v in stage_plan.kept.items() if k in own}  # the job's: listed once
+        plan = plan | SmokePlan(stage_plan.changed, kept).prefixed(f"stages.{i}.")
+        stages.append(stage)
+    return shrunk.model_copy(update={"stages": stages}), plan
+
+
+def smoke_pipeline(spec: JobSpec) -> JobSpec:
+    """`smoke_pipeline_planned` without the plan."""
+    return smoke_pipeline_planned(spec)[0]

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from distill.core.architectures import builtin_path
+from distill.core.hub import HubUnreachable, hub_reachable
 from distill.core.packaged_teacher import PACKAGED_TEACHER, packaged_teacher_path
 
 __all__ = ["PACKAGED_TEACHER", "freeze", "load_teacher", "load_teacher_config", "resolve_teacher"]
@@ -35,7 +36,15 @@ def looks_like_local_path(name: str) -> bool:
 
 
 def load_teacher_config(name: str) -> PretrainedConfig:
-    return AutoConfig.from_pretrained(resolve_teacher(name))
+    """The teacher's config. A hub name while the hub cannot be reached is read from the
+    local cache only (an OSError saying so when it is not there), without retries."""
+    path = resolve_teacher(name)
+    if os.path.exists(path) or hub_reachable():
+        return AutoConfig.from_pretrained(path)
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except OSError:
+        raise HubUnreachable(name) from None
 
 
 def load_teacher(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.cluster.sweep_spec import SweepSpec
-from distill.core.spec import JobSpec, SpecError, load_spec_dict
+from distill.core.spec import JobSpec, load_spec_dict
 from distill.core.spec import load_spec as _load_spec_file
 from distill.core.stages import smoke_pipeline
 
@@ -74,23 +74,21 @@ def tune(
 ) -> dict:
     """Run a Ray Tune sweep over students; the sweep report (trials, Pareto front, choice).
     `force` takes over another writer's lease on the sweep folder."""
+    from distill.jobs.flags import check_limit
     from distill.jobs.tune import run_sweep
 
     if not isinstance(sweep, SweepSpec):
         sweep = load_sweep(sweep)
-    for name, value in (("max_params", max_params), ("min_speedup", min_speedup)):
-        if value is not None and value <= 0:
-            raise SpecError(f"{name}: expected a positive number, got {value}")
+    check_limit("max_params", max_params)
+    check_limit("min_speedup", min_speedup)
     return run_sweep(sweep, output, max_params=max_params, min_speedup=min_speedup, force=force)
 
 
 def report(location: str | Path, s3=None) -> dict:
     """The report of a finished run or sweep folder (local or `s3://`)."""
-    from distill.jobs.report import read_report
-    from distill.jobs.sweep_report import read_sweep_report
+    from distill.jobs.run_folder import read_run_report
 
-    sweep = read_sweep_report(str(location), s3)
-    return sweep if sweep is not None else read_report(location, s3)
+    return read_run_report(str(location), s3).report
 
 
 def export(run_location: str | Path, out: str | Path, s3=None) -> dict:

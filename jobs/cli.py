@@ -18,10 +18,10 @@ import argparse
 import json
 import sys
 
-from distill.core.spec import SpecError, load_spec
-from distill.core.stages import smoke_pipeline
+from distill.core.spec import SmokePlan, SpecError, load_spec
+from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
-from distill.jobs.flags import add_overrides_flag
+from distill.jobs.flags import add_overrides_flag, check_limit
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -29,10 +29,27 @@ EXIT_INTERRUPTED = 130
 _FORCE_HELP = "take over the folder's lease from another writer (it may still be running)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of all bad input: `distill: error: <flag>: <what>`
+    (no usage block), exit code 2. Subcommand parsers are of this class too."""
+
+    def error(self, message: str):
+        for lead, says in _ARGPARSE_LEADS.items():
+            if message.startswith(lead):
+                message = f"{message.removeprefix(lead)}: {says} (see {self.prog} --help)"
+        print(f"distill: error: {message.removeprefix('argument ')}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+# argparse messages that name the flags last, turned around to name them first.
+_ARGPARSE_LEADS = {
+    "the following arguments are required: ": "required",
+    "unrecognized arguments: ": "unknown argument",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="distill", description="Distributed knowledge distillation on Ray."
-    )
+    parser = _Parser(prog="distill", description="Distributed knowledge distillation on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a distillation job (no CONFIG: the offline quickstart)")
     run.add_argument("config", nargs="?", help="job spec YAML")
@@ -60,10 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _smoke_note(plan: SmokePlan | None):
+    """Prints what --smoke changed, once the input has passed every check (a rejected
+    input gets its one error line and nothing else)."""
+    if plan is None:
+        return None
+    return lambda: print(f"distill: smoke: {plan.describe()}", file=sys.stderr, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
+    plan = None
     if args.smoke:
-        spec = smoke_pipeline(spec)
+        spec, plan = smoke_pipeline_planned(spec)
 
     import datasets
     import transformers
@@ -76,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     datasets.disable_progress_bars()
     transformers.logging.disable_progress_bar()
     try:
-        report = run_job(spec, args.output, force=args.force)
+        report = run_job(spec, args.output, force=args.force, on_checked=_smoke_note(plan))
     except TrainingFailedError as exc:
         # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
@@ -90,19 +116,19 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    check_limit("--max-params", args.max_params)
+    check_limit("--min-speedup", args.min_speedup)
     if args.submit:
         return submit.tune_submit_cli(args)
     if args.address:
         raise SpecError("--address: goes with --submit (without it the sweep runs here)")
     from distill.cluster.sweep_spec import load_sweep
-    from distill.jobs.tune import smoke_sweep
+    from distill.jobs.tune import smoke_sweep_planned
 
     sweep = load_sweep(args.sweep, args.overrides)
+    plan = None
     if args.smoke:
-        sweep = smoke_sweep(sweep)
-    for flag, value in (("--max-params", args.max_params), ("--min-speedup", args.min_speedup)):
-        if value is not None and value <= 0:
-            raise SpecError(f"{flag}: expected a positive number, got {value}")
+        sweep, plan = smoke_sweep_planned(sweep)
 
     import datasets
     import transformers
@@ -118,6 +144,7 @@ def _tune(args: argparse.Namespace) -> int:
         max_params=args.max_params,
         min_speedup=args.min_speedup,
         force=args.force,
+        on_checked=_smoke_note(plan),
     )
     print(format_sweep_table(report))
     if report["counts"].get("interrupted"):
@@ -126,15 +153,20 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from distill.jobs.report import format_table, read_report
-    from distill.jobs.sweep_report import format_sweep_table, read_sweep_report
+    from distill.jobs.run_folder import read_run_report
 
-    sweep = read_sweep_report(args.run_dir, runs.s3_options(args))
-    if sweep is not None:
-        print(json.dumps(sweep, indent=2) if args.json else format_sweep_table(sweep))
+    found = read_run_report(args.run_dir, runs.s3_options(args))
+    if args.json:
+        print(json.dumps(found.report, indent=2))
         return 0
-    report = read_report(args.run_dir, runs.s3_options(args))
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    if found.kind == "sweep":
+        from distill.jobs.sweep_report import format_sweep_table
+
+        print(found.formatted(format_sweep_table))
+    else:
+        from distill.jobs.report import format_table
+
+        print(found.formatted(format_table))
     return 0
 
 

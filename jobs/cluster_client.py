@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from distill.core.spec import SpecError
+from distill.core.spec import SpecError, url_problem
 
 DASHBOARD_PORT = 8265
 
@@ -28,10 +28,15 @@ def cluster_address(address: str | None) -> str:
         raise SpecError(
             "--address: no cluster given; pass --address http://HEAD:8265 or set RAY_ADDRESS"
         )
-    if "://" not in address and address != "auto":
+    if address == "auto":
+        return address  # Ray finds the cluster this machine belongs to
+    if "://" not in address:
         host = address.split(":")[0]
         address = f"http://{host}:{DASHBOARD_PORT}" if address.count(":") == 0 else address
         address = address if "://" in address else f"http://{address}"
+    problem = url_problem(address)
+    if problem:
+        raise SpecError(f"--address: {problem}; give the Ray dashboard URL, e.g. http://HEAD:8265")
     return address.rstrip("/")
 
 

@@ -9,24 +9,41 @@ import math
 import os
 
 from distill.cluster.job_data import train_eval_texts
+from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
 from distill.core.data import DataError
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
-from distill.core.generative import has_weights as has_weights_at
+from distill.core.hub import HubUnreachable
+from distill.core.model_files import has_weights as teacher_has_weights
+from distill.core.model_files import teacher_folder_problem
 from distill.core.outputs import has_task_head
 from distill.core.placement import footprint, resolve_placement, worker_memory_bytes
-from distill.core.spec import JobSpec, SpecError
+from distill.core.spec import MAX_COUNT, JobSpec, SpecError
 from distill.core.stages import Stage, expand_stages
 from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
 
 
-def _teacher_config(spec: JobSpec):
+def _teacher_config(spec: JobSpec, kind: str):
+    """The teacher's config, once its folder (when local) holds all that the workers load:
+    config, weights (none only for a `pretrain` stage's architecture) and tokenizer."""
     name = spec.teacher.name
+    if name.startswith(BUILTIN_PREFIX) and builtin_path(name) is None:
+        known = [f"{BUILTIN_PREFIX}{a}" for a in builtin_architectures()]
+        raise SpecError(f"teacher.name: {name} is no packaged architecture; choose from {known}")
     path = resolve_teacher(name)
     if (looks_like_local_path(name) or os.path.isabs(path)) and not os.path.isdir(path):
-        raise SpecError(f"teacher.name: folder {name} does not exist")
+        what = "is a file, expected a model folder" if os.path.exists(path) else "does not exist"
+        raise SpecError(f"teacher.name: folder {name} {what}")
+    if os.path.isdir(path):
+        # A builtin architecture has no weights on purpose: its family says what to do.
+        needs_weights = kind != "pretrain" and builtin_path(name) is None
+        problem = teacher_folder_problem(path, needs_weights=needs_weights)
+        if problem:
+            raise SpecError(f"teacher.name: {name}: {problem}")
     try:
         return load_teacher_config(name)
+    except HubUnreachable as exc:
+        raise SpecError(f"teacher.name: {exc}") from None
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise SpecError(
@@ -89,20 +106,28 @@ def _check_data(spec: JobSpec) -> JobSpec:
             f"(training.batch_size {t.batch_size} x {sc.num_workers} workers)"
         )
     if t.epochs is not None:
-        steps = max(1, math.floor(t.epochs * len(train) / per_step))
+        exact = t.epochs * len(train) / per_step
+        if exact > MAX_COUNT:
+            raise SpecError(
+                f"training.epochs: {t.epochs:g} epochs of {len(train)} rows are {exact:.3g} steps; "
+                f"at most {MAX_COUNT}"
+            )
+        steps = max(1, math.floor(exact))
         spec = spec.model_copy(
             update={"training": t.model_copy(update={"steps": steps, "epochs": None})}
         )
     sts = spec.evaluation.sts_path
     if sts:
+        if os.path.isdir(sts):
+            raise SpecError(f"evaluation.sts_path: {sts} is a folder, expected an STS file")
         if not os.path.isfile(sts):
             raise SpecError(f"evaluation.sts_path: file {sts} not found")
         try:
-            load_sts_pairs(sts, limit=1)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise SpecError(
-                f"evaluation.sts_path: {sts} is not an STS Benchmark file ({exc})"
-            ) from None
+            load_sts_pairs(sts)  # every row: a bad score must not wait for the final report
+        except UnicodeDecodeError:
+            raise SpecError(f"evaluation.sts_path: {sts}: not UTF-8 text") from None
+        except ValueError as exc:
+            raise SpecError(f"evaluation.sts_path: {exc}") from None
     return spec
 
 
@@ -178,9 +203,9 @@ def preflight_stages(
                 if tc is None:
                     raise SpecError(f"teacher.name: stage {ref} makes an LSTM, which cannot teach")
             else:
-                tc = _teacher_config(s)
+                tc = _teacher_config(s, stage.kind)
                 has_head = has_task_head(resolve_teacher(s.teacher.name))
-                has_weights = has_weights_at(resolve_teacher(s.teacher.name))
+                has_weights = teacher_has_weights(resolve_teacher(s.teacher.name))
             family = family_of(tc)
             s = family.resolve_stage(
                 s, stage.kind, tc, teacher_has_weights=has_weights, teacher_has_head=has_head

@@ -6,7 +6,6 @@ The schema is documented in docs/report.md; `SCHEMA_VERSION` changes on any brea
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -152,21 +151,3 @@ def format_table(report: dict) -> str:
             )
         )
     return "\n".join(lines)
-
-
-def read_report(run_dir: str | Path, s3=None) -> dict:
-    """The report of a run folder or `s3://bucket/prefix/RUN` (`s3`: connection settings)."""
-    from distill.cluster.storage import StorageError, StorageNotFound, open_storage
-    from distill.core.spec import SpecError
-
-    try:
-        storage = open_storage(run_dir, s3)
-        storage.check_readable()
-        text = storage.read_text("report.json")
-    except StorageNotFound:  # before StorageError, which it is too
-        raise SpecError(
-            f"report: {str(run_dir).rstrip('/')}/report.json not found (has the run finished?)"
-        ) from None
-    except StorageError as exc:
-        raise SpecError(f"report: {exc}") from None
-    return json.loads(text)

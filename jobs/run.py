@@ -12,10 +12,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
 from distill.cluster.checkpoints import newest_intact
 from distill.cluster.job_data import train_eval_texts
@@ -36,8 +36,8 @@ from distill.core.stages import Stage
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.preflight import check_storage, preflight_stages, take_lease
 from distill.jobs.report import build_report
+from distill.jobs.run_folder import CONFIG_FILE, REPORT_FILE, DamagedFile, read_yaml_file
 
-CONFIG_FILE = "config.yaml"
 # Fields that change the trained model's shape or meaning: resuming with others is refused.
 _RESUME_KEYS = ("teacher", "student", "task", "objective", "stages")
 
@@ -62,14 +62,11 @@ def _check_resumable(storage: Storage, spec: JobSpec) -> None:
     if not storage.exists(CONFIG_FILE):
         return
     try:
-        previous = yaml.safe_load(storage.read_text(CONFIG_FILE)) or {}
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
-        previous = None
-    if not isinstance(previous, dict):
+        previous = read_yaml_file(storage, CONFIG_FILE)
+    except DamagedFile as exc:
         raise SpecError(
-            f"{storage.uri}/{CONFIG_FILE}: existing run config is unreadable; "
-            "use a new output.name (or --output)"
-        )
+            f"{exc}; the existing run's config is unreadable: use a new output.name (or --output)"
+        ) from None
     current = spec.model_dump(mode="json")
     for key in _RESUME_KEYS:
         if _model_shape(key, previous.get(key)) != _model_shape(key, current[key]):
@@ -182,6 +179,7 @@ def run_job(
     callbacks: list | None = None,
     force: bool = False,
     lease: bool = True,
+    on_checked: Callable[[], None] | None = None,
 ) -> dict:
     """Run one distillation job (all its stages) end to end and return its report.
 
@@ -191,7 +189,8 @@ def run_job(
     callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial.
     The run holds its folder's lease throughout (a second writer is refused with a
     SpecError naming the holder, before Ray starts); `force` takes over another writer's
-    lease; lease=False for sweep trials, whose sweep holds the lease of the whole folder."""
+    lease; lease=False for sweep trials, whose sweep holds the lease of the whole folder;
+    on_checked: called once every check has passed, before anything is written."""
     started = time.perf_counter()
     spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
     stages = preflight_stages(spec)
@@ -206,6 +205,8 @@ def run_job(
         spec = stages[0].spec.model_copy(update={"output": spec.output})
         stages = [Stage(stages[0].name, stages[0].kind, spec, stages[0].placement)]
     _check_resumable(storage, spec)
+    if on_checked is not None:
+        on_checked()
     with contextlib.ExitStack() as held:  # the lease before the first write
         if lease:
             take_lease(held, storage, force=force, field=field)
@@ -272,5 +273,5 @@ def _run_checked(
             ],
         )
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
-    storage.write_text("report.json", json.dumps(report, indent=2))
+    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))
     return report

@@ -14,51 +14,63 @@ line naming the damaged file.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
+from pydantic import ValidationError
 
 from distill.cluster.checkpoints import newest_intact
 from distill.cluster.pipeline import stage_dir
 from distill.cluster.run_files import STATE_FILE, STUDENT_DIR, TRAIN_DIR
-from distill.cluster.storage import Storage, StorageError, open_storage
-from distill.core.spec import JobSpec, SpecError
+from distill.cluster.storage import Storage, StorageError
+from distill.core.spec import JobSpec, SpecError, format_error
+from distill.jobs.run_folder import (
+    CONFIG_FILE,
+    REPORT_FILE,
+    DamagedFile,
+    check_report,
+    open_readable,
+    read_json_file,
+    read_yaml_file,
+)
 
-CONFIG_FILE = "config.yaml"
-REPORT_FILE = "report.json"
+DAMAGED = "damaged"
 
 
-def _open(uri: str, s3, what: str) -> Storage:
-    try:
-        storage = open_storage(uri, s3)
-        storage.check_readable()
-        return storage
-    except StorageError as exc:
-        raise SpecError(f"{what}: {exc}") from None
+def _quality(q: dict) -> str | None:
+    if q.get("retention") is None or q.get("student") is None:
+        return None
+    return f"{q['metric']} {q['student']:.4g} ({q['retention']:.3g} of teacher)"
 
 
 def _run_row(run: Storage) -> dict | None:
+    """The row of one run folder, None when it is no run (no config.yaml). A damaged run
+    (unreadable config or report) is a row with status `damaged` and its reason."""
     children = set(run.list())
     if CONFIG_FILE not in children:
         return None
     row = {"name": run.name, "uri": run.uri, "status": "no checkpoint", "steps": None}
-    if REPORT_FILE in children:
-        report = json.loads(run.read_text(REPORT_FILE))
-        tr, q, sp = report["training"], report["quality"], report["speed"]
-        row.update(
-            status=report["run"].get("status", "completed"),
-            steps=tr.get("steps"),
-            final_loss=tr.get("final_loss"),
-            quality=f"{q['metric']} {q['student']:.4g} ({q['retention']:.3g} of teacher)"
-            if q.get("retention") is not None
-            else None,
-            speedup=sp.get("speedup"),
-        )
-        return row
-    checkpoints = newest_intact(run, TRAIN_DIR)
+    try:
+        read_yaml_file(run, CONFIG_FILE)
+        if REPORT_FILE in children:
+            report = check_report(run, REPORT_FILE, read_json_file(run, REPORT_FILE))
+            tr, sp = report["training"], report["speed"]
+            row.update(
+                status=report["run"].get("status", "completed"),
+                steps=tr.get("steps"),
+                final_loss=tr.get("final_loss"),
+                quality=_quality(report["quality"]),
+                speedup=sp.get("speedup"),
+            )
+            return row
+        checkpoints = newest_intact(run, TRAIN_DIR)
+    except DamagedFile as exc:
+        return {**row, "status": DAMAGED, "reason": f"{exc.relpath}: {exc.reason}"}
+    except (StorageError, OSError) as exc:
+        return {**row, "status": DAMAGED, "reason": f"cannot read the run ({exc})"}
     notice = checkpoints.notice(
         "showing", none_left="the run is listed as damaged", where=f"{run.name}/"
     )
@@ -73,9 +85,13 @@ def _run_row(run: Storage) -> dict | None:
 
 def list_runs(location: str, s3=None) -> list[dict]:
     """One row per run folder directly under `location` (those holding a config.yaml)."""
-    storage = _open(location, s3, "runs list")
+    storage = open_readable(location, s3, "runs list")
+    try:
+        names = storage.list()
+    except StorageError as exc:
+        raise SpecError(f"runs list: {exc}") from None
     rows = []
-    for name in storage.list():
+    for name in names:
         if name.startswith("."):
             continue
         row = _run_row(storage.child(name))
@@ -100,7 +116,12 @@ def format_runs(rows: list[dict]) -> str:
         for r in rows
     ]
     width = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width)).rstrip() for row in table)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, width)).rstrip() for row in table]
+    damaged = [r for r in rows if r["status"] == DAMAGED]
+    if damaged:
+        lines.append("")
+        lines += [f"{r['name']}: damaged: {r['reason']}" for r in damaged]
+    return "\n".join(lines)
 
 
 def _restore_empty_module_dirs(folder: Path) -> None:
@@ -113,26 +134,61 @@ def _restore_empty_module_dirs(folder: Path) -> None:
                 (folder / module["path"]).mkdir(parents=True, exist_ok=True)
 
 
+def _spec_file(run: Storage, relpath: str) -> JobSpec:
+    """A resolved spec the run wrote (its `config.yaml`, a stage's); DamagedFile if it is
+    unreadable or no longer a valid spec."""
+    raw = read_yaml_file(run, relpath)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise DamagedFile(run, relpath, f"not a valid job spec ({format_error(err)})") from None
+
+
 def _checkpoint_spec(run: Storage, checkpoint: str) -> JobSpec:
     """The resolved spec of the stage a checkpoint belongs to: the run's config.yaml, or
     in a pipeline `stages/<stage>/config.yaml` of the stage its train_state.json names."""
-    spec = JobSpec.model_validate(yaml.safe_load(run.read_text(CONFIG_FILE)))
+    spec = _spec_file(run, CONFIG_FILE)
     if not spec.stages:
         return spec
-    state = json.loads(run.read_text(f"{checkpoint}/{STATE_FILE}"))
+    state = read_json_file(run, f"{checkpoint}/{STATE_FILE}")
     config = f"{stage_dir(state.get('stage', spec.stages[-1].name))}/{CONFIG_FILE}"
     if not run.exists(config):
         raise SpecError(f"export: {run.uri}: {config} is missing")
-    return JobSpec.model_validate(yaml.safe_load(run.read_text(config)))
+    return _spec_file(run, config)
+
+
+def check_out_folder(out: Path, flag: str = "--out") -> None:
+    """`out` can become the export: an empty folder, or a path whose nearest existing
+    parent is a writable folder. Checked before anything is downloaded or written."""
+    if out.exists():
+        if not out.is_dir():
+            raise SpecError(f"{flag}: {out} is a file, expected a folder")
+        if any(out.iterdir()):
+            raise SpecError(f"{flag}: {out} is not empty")
+        parent = out
+    else:
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise SpecError(f"{flag}: cannot create {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SpecError(f"{flag}: cannot write into {parent} (permission denied)")
 
 
 def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
     """Put the run's student into `out` (created; must not hold files). Returns where it
     came from: {"source": "student" | "checkpoint" | "consolidated", ...}."""
-    run = _open(run_uri, s3, "export")
+    run = open_readable(run_uri, s3, "export")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise SpecError(f"--out: {out} is not empty")
+    check_out_folder(out)
+    try:
+        return _export(run, out)
+    except StorageError as exc:  # a read the first check could not foresee (access, network)
+        raise SpecError(f"export: {exc}") from None
+
+
+def _export(run: Storage, out: Path) -> dict:
     if run.dir_complete(STUDENT_DIR):
         run.get_dir(STUDENT_DIR, out)
         _restore_empty_module_dirs(out)
@@ -156,9 +212,9 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
         _restore_empty_module_dirs(out)
         return {"source": "checkpoint", "checkpoint": newest["name"], "step": newest["step"]}
 
+    spec = _checkpoint_spec(run, newest["path"])  # before DeepSpeed and any download
     from distill.cluster.consolidate import export_from_checkpoint  # imports DeepSpeed
 
-    spec = _checkpoint_spec(run, newest["path"])
     with tempfile.TemporaryDirectory(prefix="distill-export-") as tmp:
         run.get_dir(newest["path"], tmp)
         staging = Path(tmp) / "export"
@@ -174,7 +230,7 @@ def export_run(run_uri: str, out: str | Path, s3=None) -> dict:
 def add_parsers(sub) -> None:
     """`runs list` and `export` subcommands, with the S3 connection flags."""
     runs = sub.add_parser("runs", help="list runs under a folder or s3://bucket/prefix")
-    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="list")
     listing = runs_sub.add_parser("list", help="runs with status and headline metrics")
     listing.add_argument("location", help="folder or s3://bucket/prefix holding run folders")
     listing.add_argument("--json", action="store_true", help="print JSON rows")
@@ -194,13 +250,18 @@ def add_s3_flags(parser) -> None:
 
 
 def s3_options(args):
+    """The S3 connection flags as an `S3Spec`; a bad value is a SpecError naming its flag."""
     from distill.core.spec import S3Spec
 
-    return S3Spec(
-        endpoint_url=getattr(args, "endpoint_url", None),
-        region=getattr(args, "region", None),
-        addressing_style=getattr(args, "addressing_style", "auto"),
-    )
+    try:
+        return S3Spec(
+            endpoint_url=getattr(args, "endpoint_url", None),
+            region=getattr(args, "region", None),
+            addressing_style=getattr(args, "addressing_style", "auto"),
+        )
+    except ValidationError as err:
+        field, _, message = format_error(err).partition(": ")
+        raise SpecError(f"--{field.replace('_', '-')}: {message}") from None
 
 
 def runs_command(args) -> int:

@@ -146,7 +146,7 @@ def submit_sweep(args: argparse.Namespace) -> str:
     sweep = load_sweep(args.sweep, args.overrides)
     if args.smoke:
         sweep = smoke_sweep(sweep)
-    base = JobSpec.model_validate(sweep.base)
+    base = sweep.base_spec()
     _output_check(args.output, base, "base.")
     import datasets
 

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from distill.cluster.sweep_spec import SweepSpec, apply_params
+from distill.cluster.sweep_spec import MAX_CHECKED, SweepSpec, apply_params
 from distill.core.spec import JobSpec, SpecError, format_error
 from distill.core.stages import Stage
 from distill.jobs.preflight import absolute_paths, preflight_stages
-
-MAX_CHECKED = 5000
 
 
 @dataclass(frozen=True)
@@ -42,10 +40,7 @@ def _describe(params: dict) -> str:
 def check_sweep(sweep: SweepSpec) -> CheckedSweep:
     """Validate the base spec and every combination; raise one `SpecError` line naming the
     first invalid combination and how many there are."""
-    try:
-        base_spec = JobSpec.model_validate(sweep.base)
-    except ValidationError as exc:
-        raise SpecError(f"base.{format_error(exc)}") from None
+    base_spec = sweep.base_spec()
     # Only paths are resolved: student dims stay unset so each trial's values resolve them.
     base = absolute_paths(base_spec).model_dump(mode="json")
     values = _check_values(sweep)

@@ -11,10 +11,10 @@ import io
 import json
 import tempfile
 
-from distill.cluster.storage import Storage, StorageError, open_storage
+from distill.cluster.storage import Storage
 from distill.jobs.pareto import choose, pareto_front
+from distill.jobs.run_folder import SWEEP_REPORT_FILE
 
-SWEEP_REPORT = "sweep_report.json"
 PARETO_PNG = "pareto.png"
 CHOSEN_DIR = "student"
 SCHEMA_VERSION = 1
@@ -182,7 +182,7 @@ def write_sweep_outputs(storage: Storage, report: dict) -> None:
     export_chosen(storage, report)
     if any(r["status"] == "completed" for r in report["trials"]):
         storage.put(PARETO_PNG, pareto_png(report))
-    storage.write_text(SWEEP_REPORT, json.dumps(report, indent=2))
+    storage.write_text(SWEEP_REPORT_FILE, json.dumps(report, indent=2))
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -242,18 +242,3 @@ def format_sweep_table(report: dict) -> str:
             )
         )
     return "\n".join(lines)
-
-
-def read_sweep_report(location, s3=None) -> dict | None:
-    """A sweep folder's report, or None when `location` is not a finished sweep."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        storage = open_storage(location, s3)
-        if not storage.exists(SWEEP_REPORT):
-            return None
-        return json.loads(storage.read_text(SWEEP_REPORT))
-    # Not readable as a sweep (no such folder or bucket, access denied, ...): read_report
-    # then gives the one-line error.
-    except (StorageError, OSError, ValueError, BotoCoreError, ClientError):
-        return None

@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import yaml
 
 from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params
-from distill.core.spec import JobSpec, SpecError, redacted, smoke
+from distill.core.spec import (
+    JobSpec,
+    SmokePlan,
+    SpecError,
+    apply_smoke,
+    explicit_fields,
+    plan_changes,
+    redacted,
+    smoke_plan,
+)
 from distill.jobs.preflight import check_storage, take_lease
 from distill.jobs.run import run_dir_for, run_job
+from distill.jobs.run_folder import DamagedFile, read_yaml_file
 from distill.jobs.sweep_check import CheckedSweep, check_sweep
 
 SWEEP_FILE = "sweep.yaml"
@@ -27,10 +38,13 @@ _SMOKE_TRIALS = 4
 _SMOKE_GRACE = 10
 
 
-def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
-    """A 2-4-trial version: the base shrunk like `distill run --smoke`, at most two values
-    per dimension and at most four grid points, at most three sampled trials."""
-    base = smoke(JobSpec.model_validate(sweep.base)).model_dump(mode="json")
+def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, SmokePlan]:
+    """A 2-4-trial version, and what changed: the base shrunk like `distill run --smoke`,
+    at most two values per dimension and at most four grid points, at most three sampled
+    trials. Fields the sweep file (or `--set`) gives are kept."""
+    base_spec = sweep.base_spec()
+    base_plan = smoke_plan(base_spec, explicit_fields(base_spec))
+    base = apply_smoke(base_spec, base_plan).model_dump(mode="json")
     space = {}
     for key, p in sweep.space.items():
         if p.grid is not None:
@@ -46,17 +60,22 @@ def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
             if points * len(p.grid) > _SMOKE_TRIALS:
                 space[key] = p.model_copy(update={"grid": p.grid[:1]})
             points *= len(space[key].grid)
-    search = sweep.search
-    if search.algorithm != "grid":
-        search = search.model_copy(update={"num_samples": min(search.num_samples, 3)})
-    else:
-        search = search.model_copy(update={"num_samples": 1})
-    scheduler = sweep.scheduler.model_copy(
-        update={"grace_period": min(sweep.scheduler.grace_period, _SMOKE_GRACE)}
-    )
-    return sweep.model_copy(
-        update={"base": base, "space": space, "search": search, "scheduler": scheduler}
-    )
+    fewer = {
+        f"space.{k}": (p.values, space[k].values)
+        for k, p in sweep.space.items()
+        if p.values != space[k].values
+    }
+    trials = min(sweep.search.num_samples, 3) if sweep.search.algorithm != "grid" else 1
+    grace = min(sweep.scheduler.grace_period, _SMOKE_GRACE)
+    targets = {"search.num_samples": trials, "scheduler.grace_period": grace}
+    runs = plan_changes(sweep, targets, explicit_fields(sweep))
+    smoked = apply_smoke(sweep.model_copy(update={"base": base, "space": space}), runs)
+    return smoked, base_plan.prefixed("base.") | SmokePlan(fewer, {}) | runs
+
+
+def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
+    """`smoke_sweep_planned` without the plan."""
+    return smoke_sweep_planned(sweep)[0]
 
 
 def _cache_plan(checked: CheckedSweep):
@@ -95,7 +114,12 @@ def _data_in_space(sweep: SweepSpec) -> str | None:
 def _check_same_sweep(storage: Storage, sweep: SweepSpec) -> None:
     if not storage.exists(SWEEP_FILE):
         return
-    previous = yaml.safe_load(storage.read_text(SWEEP_FILE)) or {}
+    try:
+        previous = read_yaml_file(storage, SWEEP_FILE)
+    except DamagedFile as exc:
+        raise SpecError(
+            f"{exc}; the existing sweep's file is unreadable: use a new --output"
+        ) from None
     current = redacted(sweep.model_dump(mode="json"))
     for key in ("base", "space", "search", "scheduler"):
         if previous.get(key) != current[key]:
@@ -112,16 +136,20 @@ def run_sweep(
     max_params: int | None = None,
     min_speedup: float | None = None,
     force: bool = False,
+    on_checked: Callable[[], None] | None = None,
 ) -> dict:
     """Run (or resume) a sweep end to end; returns its report. The sweep holds one lease
     on its folder throughout (its trials write under it and take none of their own);
-    `force` takes over another writer's lease."""
+    `force` takes over another writer's lease; `on_checked` is called once every check has
+    passed, before anything is written."""
     started = time.perf_counter()
     checked = check_sweep(sweep)
-    base_spec = JobSpec.model_validate(checked.base)
+    base_spec = JobSpec.model_validate(checked.base)  # checked: valid
     field = "--output" if output else "base.output.dir"
     storage = check_storage(run_dir_for(base_spec, output), base_spec, field)
     _check_same_sweep(storage, sweep)
+    if on_checked is not None:
+        on_checked()
     with contextlib.ExitStack() as held:  # the lease before the first write
         take_lease(held, storage, force=force, field=field)
         return _run_checked_sweep(

@@ -76,6 +76,15 @@ def tiny_tokenizer(tmp_path_factory) -> BertTokenizerFast:
     return tokenizer
 
 
+@pytest.fixture
+def teacher_dir(tmp_path, tiny_bert, tiny_tokenizer):
+    """A teacher folder as `save_pretrained` writes it: the tiny BERT and its tokenizer."""
+    folder = tmp_path / "teacher"
+    tiny_bert.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder
+
+
 # --- Ray integration (tests/test_ray_*.py) ---------------------------------------------------
 
 # Ray Train's controller polls its workers every 2 s; the suite's ~40 short Train runs (and

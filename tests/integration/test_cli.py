@@ -12,6 +12,7 @@ selected cases two at a time once per module and the tests only read the results
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
+from helpers.reports import GOOD_REPORT
+from safetensors.torch import save as safetensors_save
 
 from distill.core.spec import dump_spec, load_spec
+from distill.core.teacher import PACKAGED_TEACHER, resolve_teacher
 
 ERROR_PREFIX = "distill: error: "
 # The default run folder, relative to the case folder (output.dir/output.name).
@@ -37,6 +42,8 @@ class Case:
     mentions: str = ""  # must appear somewhere in the message
     files: dict[str, str | bytes] = field(default_factory=dict)  # written into the case folder
     run_folder: str = DEFAULT_RUN
+    line: str = ""  # when given: the exact message after "distill: error: " ("{dir}" as above)
+    env: dict[str, str | None] = field(default_factory=dict)  # None: removed from the env
 
 
 def run_args(*overrides: str, output: str | None = None) -> tuple[str, ...]:
@@ -122,6 +129,190 @@ CASES: dict[str, Case] = {
         "--max-params",
         "positive",
         files={"s.yaml": "space:\n  student.layers: {grid: [1]}\n"},
+    ),
+}
+
+# -- issue 17: a tester's bad inputs, each now one exact line -------------------------------
+
+_TEACHER = Path(resolve_teacher(PACKAGED_TEACHER))
+TEACHER_CONFIG = (_TEACHER / "config.json").read_text()
+TOKENIZER = (_TEACHER / "tokenizer.json").read_text()
+TINY_WEIGHTS = safetensors_save({"w": torch.zeros(1)})  # a valid header: enough for preflight
+# A hub that answers nothing (users do not set HF_HUB_OFFLINE; the tests' env does).
+NO_HUB = {"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"}
+UNREACHABLE = "http://127.0.0.1:9"
+RUN_CONFIG = {"r/config.yaml": dump_spec(load_spec())}
+STOPPED_RUN = {  # a run with a complete checkpoint but no export: export must consolidate
+    "r/config.yaml": "student: [\n",
+    "r/train/checkpoint_2026-01-01_00-00-00.000000/COMPLETE.json": '{"files": {}, "step": 5}',
+}
+NO_WEIGHTS = "no weights (expected one of model.safetensors, model.safetensors.index.json, "
+NO_WEIGHTS += "pytorch_model.bin, pytorch_model.bin.index.json)"
+NO_TOKENIZER = "no tokenizer (expected one of tokenizer.json, vocab.txt, vocab.json, "
+NO_TOKENIZER += "spiece.model, sentencepiece.bpe.model, tokenizer.model, tekken.json); "
+NO_TOKENIZER += "save the tokenizer with the model"
+HUB_DOWN = "is not a local path and not in the local cache, and the Hugging Face hub "
+HUB_DOWN += f"({UNREACHABLE}) cannot be reached"
+ADDRESS_HINT = "; give the Ray dashboard URL, e.g. http://HEAD:8265"
+
+
+def exact(args: tuple[str, ...], line: str, **kw) -> Case:
+    """A case whose whole message is `line`; its field is what precedes the first ': '."""
+    return Case(args, line.partition(": ")[0], line=line, **kw)
+
+
+ISSUE17: dict[str, Case] = {
+    # report / runs list / export on damaged or misplaced run folders
+    "report-truncated-json": exact(
+        ("report", "r"),
+        "{dir}/r/report.json: not valid JSON at line 1 column 10 (truncated?)",
+        files={**RUN_CONFIG, "r/report.json": '{"run": {'},
+    ),
+    "report-missing-sections": exact(
+        ("report", "r"),
+        "{dir}/r/report.json: not a complete distill report (missing section 'size')",
+        files={**RUN_CONFIG, "r/report.json": '{"run": {"name": "r", "wall_time_s": 1.0}}'},
+    ),
+    "report-json-is-a-folder": exact(
+        ("report", "r"),
+        "{dir}/r/report.json: is a folder, expected a file",
+        files={**RUN_CONFIG, "r/report.json/x": "y"},
+    ),
+    "runs-list-missing-folder": exact(
+        ("runs", "list", "nope"), "runs list: {dir}/nope: no such folder"
+    ),
+    "runs-list-of-a-file": exact(
+        ("runs", "list", "afile"),
+        "runs list: {dir}/afile: is a file, not a folder",
+        files={"afile": "x\n"},
+    ),
+    "export-out-under-a-file": exact(
+        ("export", "r", "--out", "afile/student"),
+        "--out: cannot create afile/student: {dir}/afile is a file, not a folder",
+        files={**RUN_CONFIG, "r/student/config.json": "{}", "afile": "x\n"},
+    ),
+    "export-out-is-a-file": exact(
+        ("export", "r", "--out", "afile"),
+        "--out: afile is a file, expected a folder",
+        files={**RUN_CONFIG, "r/student/config.json": "{}", "afile": "x\n"},
+    ),
+    "export-broken-config": exact(
+        ("export", "r", "--out", "student"),
+        "{dir}/r/config.yaml: invalid YAML (while parsing a flow node)",
+        files=STOPPED_RUN,
+    ),
+    # the spec: URLs, finite numbers, seeds, the config path
+    "s3-endpoint-not-a-url": exact(
+        run_args("output.s3.endpoint_url=not-a-url"),
+        "output.s3.endpoint_url: expected an http:// or https:// URL, got 'not-a-url'",
+    ),
+    "epochs-infinite": exact(
+        run_args("training.epochs=.inf"), "training.epochs: Input should be a finite number"
+    ),
+    "loss-weight-nan": exact(
+        run_args("objective.weights={{hidden_mse: .nan}}"),  # {{ }}: str.format escapes
+        "objective.weights.hidden_mse: Input should be a finite number",
+    ),
+    "negative-seed": exact(
+        run_args("training.seed=-1"), "training.seed: Input should be greater than or equal to 0"
+    ),
+    "config-is-a-folder": exact(
+        ("run", "cfg"), "config cfg: is a folder, expected a YAML file", files={"cfg/x": ""}
+    ),
+    "tune-smoke-unknown-base-field": exact(
+        ("tune", "s.yaml", "--smoke"),
+        "base.student.bogus: unknown field",
+        files={"s.yaml": "base: {student: {bogus: 1}}\nspace:\n  student.layers: {grid: [1]}\n"},
+    ),
+    # --smoke prints what it changed only once the input passed: here it did not
+    "smoke-then-bad-data": exact(
+        ("run", "--smoke", "--set", "data.train.path=nope.csv"),
+        "data.train: data file nope.csv: not found",
+    ),
+    # the teacher folder, checked completely before Ray
+    "teacher-without-weights": exact(
+        run_args("teacher.name=./t"),
+        f"teacher.name: {{dir}}/t: {NO_WEIGHTS}",
+        files={"t/config.json": TEACHER_CONFIG, "t/tokenizer.json": TOKENIZER},
+    ),
+    "teacher-without-tokenizer": exact(
+        run_args("teacher.name=./t"),
+        f"teacher.name: {{dir}}/t: {NO_TOKENIZER}",
+        files={"t/config.json": TEACHER_CONFIG, "t/model.safetensors": TINY_WEIGHTS},
+    ),
+    "teacher-truncated-weights": exact(
+        run_args("teacher.name=./t"),
+        "teacher.name: {dir}/t: model.safetensors is not a readable safetensors file "
+        "(Error while deserializing header: header too small)",
+        files={"t/config.json": TEACHER_CONFIG, "t/model.safetensors": TINY_WEIGHTS[:4]},
+    ),
+    # hub names while the hub cannot be reached: at once, in one line
+    "hub-teacher-unreachable": exact(
+        run_args("teacher.name=nosuchorg/nosuchmodel"),
+        f"teacher.name: 'nosuchorg/nosuchmodel' {HUB_DOWN}",
+        env=NO_HUB,
+    ),
+    "hub-dataset-unreachable": exact(
+        run_args("data.train.path=nosuchorg/nosuchdata"),
+        f"data.train: 'nosuchorg/nosuchdata' {HUB_DOWN}",
+        env=NO_HUB,
+    ),
+    # data files: the reason, and no library log line before it
+    "data-malformed-jsonl": exact(
+        run_args("data.train.path=bad.jsonl"),
+        "data.train: data file {dir}/bad.jsonl: cannot read it as json "
+        "(JSON parse error: Missing a name for object member. in row 1)",
+        files={"bad.jsonl": '{"text": "a"}\n{bad json\n'},
+    ),
+    "data-fake-parquet": exact(
+        run_args("data.train.path=fake.parquet"),
+        "data.train: data file {dir}/fake.parquet: cannot read it as parquet (Parquet magic "
+        "bytes not found in footer. Either the file is corrupted or this is not a parquet file.)",
+        files={"fake.parquet": "not parquet\n"},
+    ),
+    "data-empty-file": exact(
+        run_args("data.train.path=empty.csv"),
+        "data.train: data file {dir}/empty.csv: empty file (0 bytes)",
+        files={"empty.csv": ""},
+    ),
+    "data-latin1": exact(
+        run_args("data.train.path=latin1.csv"),
+        "data.train: data file {dir}/latin1.csv: not UTF-8 text (byte 0xe9 at offset 8); "
+        "save it as UTF-8",
+        files={"latin1.csv": b"text\ncaf\xe9 au lait\n"},
+    ),
+    # the cluster commands with an address that is malformed or answers nothing
+    "status-unreachable-address": exact(
+        ("status", "j1", "--address", UNREACHABLE),
+        f"--address {UNREACHABLE}: cannot reach the Ray dashboard (ConnectionError)",
+    ),
+    "jobs-address-not-http": exact(
+        ("jobs", "--address", "ftp://x"),
+        f"--address: expected an http:// or https:// URL, got 'ftp://x'{ADDRESS_HINT}",
+    ),
+    "logs-address-without-host": exact(
+        ("logs", "j1", "--address", "http://"),
+        f"--address: 'http://' has no host (expected http://HOST[:PORT]){ADDRESS_HINT}",
+    ),
+    "stop-address-bad-port": exact(
+        ("stop", "j1", "--address", "127.0.0.1:notaport"),
+        "--address: 'http://127.0.0.1:notaport' is not a valid URL (Port could not be cast to "
+        f"integer value as 'notaport'){ADDRESS_HINT}",
+    ),
+    # flags argparse refuses: the same one line, no usage block
+    "unknown-flag": exact(("run", "--bogus"), "--bogus: unknown argument (see distill --help)"),
+    "export-without-out": exact(("export", "r"), "--out: required (see distill export --help)"),
+    "tune-max-params-not-a-number": exact(
+        ("tune", "s.yaml", "--max-params", "nan"), "--max-params: invalid int value: 'nan'"
+    ),
+    "unknown-builtin-teacher": exact(
+        run_args("teacher.name=builtin:nope"),
+        "teacher.name: builtin:nope is no packaged architecture; "
+        "choose from ['builtin:tiny-bart', 'builtin:tiny-gpt2']",
+    ),
+    "submit-bad-spec": exact(
+        ("submit", "--address", UNREACHABLE, "--set", "training.seed=-1"),
+        "training.seed: Input should be greater than or equal to 0",
     ),
 }
 
@@ -228,10 +419,15 @@ def _run_case(case: Case, folder: Path, hf_cache: Path) -> Outcome:
         else:
             path.write_text(content)
     before = _snapshot(folder)
+    env = cli_env(ray_tmp_dir(folder), hf_cache)
+    for key, value in case.env.items():
+        env.pop(key, None)
+        if value is not None:
+            env[key] = value
     proc = subprocess.run(
         [sys.executable, "-m", "distill.jobs.cli", *(a.format(dir=folder) for a in case.args)],
         cwd=folder,
-        env=cli_env(ray_tmp_dir(folder), hf_cache),
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,
@@ -240,7 +436,7 @@ def _run_case(case: Case, folder: Path, hf_cache: Path) -> Outcome:
 
 
 def _all_cases() -> dict[str, Case]:
-    return {**CASES, **{name: case for name, (case, _) in GAPS.items()}}
+    return {**CASES, **ISSUE17, **{name: case for name, (case, _) in GAPS.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -272,11 +468,16 @@ def check_rejected(case: Case, out: Outcome) -> None:
     assert sep and expected.strip(), f"no '<field>: <expected>' in {line!r}"
     assert case.field.format(dir=out.folder) in named, line
     assert case.mentions.format(dir=out.folder) in line, line
+    if case.line:
+        assert line == ERROR_PREFIX + case.line.format(dir=out.folder)
 
 
 def check_no_ray(case: Case, out: Outcome) -> None:
     """Ray printed nothing, created no session folder, and the run folder got no train/."""
-    text = out.stdout + out.stderr
+    # Ray's own output; our error line may name "the Ray dashboard".
+    text = "\n".join(
+        ln for ln in (out.stdout + out.stderr).splitlines() if not ln.startswith(ERROR_PREFIX)
+    )
     assert "Started a local Ray instance" not in text
     assert "Ray" not in text, text[-2000:]
     assert not ray_tmp_dir(out.folder).exists(), "ray.init ran"
@@ -302,6 +503,35 @@ def test_bad_input_is_rejected_before_ray(name, outcomes):
 @pytest.mark.parametrize("name", CASES)
 def test_stderr_is_exactly_the_error_line(name, outcomes):
     check_one_line(outcomes[name])
+
+
+@pytest.mark.parametrize("name", ISSUE17)
+def test_issue17_bad_inputs_exit_2_with_exactly_one_line_before_ray(name, outcomes):
+    case, out = ISSUE17[name], outcomes[name]
+    check_rejected(case, out)
+    check_one_line(out)
+    check_no_ray(case, out)
+
+
+def test_runs_list_shows_a_damaged_run_and_lists_the_others(tmp_path):
+    """One run with a truncated report.json, one with a config.yaml that does not parse,
+    one finished normally: exit 0, the good one listed with its numbers."""
+    files = {
+        "runs/good/config.yaml": RUN_CONFIG["r/config.yaml"],
+        "runs/good/report.json": json.dumps(GOOD_REPORT),
+        "runs/cut/config.yaml": RUN_CONFIG["r/config.yaml"],
+        "runs/cut/report.json": '{"run": {"name": "cut", "wall',
+        "runs/yaml/config.yaml": "student: [\n",
+    }
+    out = _run_case(Case(("runs", "list", "runs"), "", files=files), tmp_path / "c", tmp_path)
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["run", "status", "steps", "final", "loss", "quality", "speed-up"]
+    rows = {ln.split()[0]: ln for ln in lines[1:4]}
+    assert rows["good"].split()[1:3] == ["completed", "20"]
+    assert rows["cut"].split()[1] == "damaged" and rows["yaml"].split()[1] == "damaged"
+    assert "cut: damaged: report.json: not valid JSON at line 1 column 25 (truncated?)" in lines
+    assert "yaml: damaged: config.yaml: invalid YAML (while parsing a flow node)" in lines
 
 
 @pytest.mark.parametrize("name", GAPS)

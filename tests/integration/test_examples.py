@@ -24,7 +24,7 @@ from distill.core.export import PROBE_TEXTS, load_encoder
 from distill.core.generative import probe_logits
 from distill.core.lstm_student import BiLSTMModel
 from distill.core.spec import load_spec
-from distill.core.stages import expand_stages, smoke_pipeline
+from distill.core.stages import expand_stages, smoke_pipeline_planned
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray
@@ -44,8 +44,21 @@ FAST_EVAL = [
     "evaluation.throughput_rounds=1",
     "evaluation.max_sts_pairs=64",
     "scaling.num_workers=2",
-    "training.steps=6",  # smoke caps every stage at 20 steps; 6 show the loss terms as well
+    "training.steps=6",  # 6 steps show the loss terms as well
 ]
+
+
+def smoke_example(example: Path, overrides: list[str]):
+    """`--smoke` keeps what an example's YAML sets (its steps, data caps, beams); a test
+    shrinks those too, with `--set` (as a user wanting a quick look would), so each example
+    runs as small as smoke makes any config."""
+    spec, plan = smoke_pipeline_planned(load_spec(example, overrides))
+    if not plan.kept:
+        return spec
+    shrink = [f"{k}={'' if new is None else new}" for k, (_, new) in plan.kept.items()]
+    spec, plan = smoke_pipeline_planned(load_spec(example, [*overrides, *shrink]))
+    assert not plan.kept, plan.kept
+    return spec
 
 
 def _needs_task_data(raw: dict) -> bool:
@@ -61,7 +74,7 @@ AFTER_SMOKE = {"bert_to_lstm": {"steps": 8, "eval_every": 4}}
 def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
     monkeypatch.chdir(ROOT)  # examples name data relative to the repo root
     raw = yaml.safe_load(example.read_text())
-    # Every stage 6 steps too (a stage's own length would otherwise get smoke's 20).
+    # Every stage 6 steps too (each stage sets its own length, which smoke keeps).
     overrides = FAST_EVAL + [
         f"stages.{i}.training.steps=6" for i in range(len(raw.get("stages", [])))
     ]
@@ -73,7 +86,7 @@ def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
             "data.text_columns=null",
             "evaluation.sts_path=null",
         ]
-    spec = smoke_pipeline(load_spec(example, overrides))
+    spec = smoke_example(example, overrides)
     if example.stem in AFTER_SMOKE:
         training = spec.training.model_copy(update=AFTER_SMOKE[example.stem])
         spec = spec.model_copy(update={"training": training})
@@ -118,11 +131,11 @@ def _stage_history(run_dir: Path, stage: str) -> list[dict]:
 
 
 def _smoke(example: str, extra: list[str]):
-    # Smoke caps each stage at 20 steps; these tests use 8, enough to see the loss drop.
+    # 8 steps per stage: enough to see the loss drop.
     overrides = GENERATIVE_FAST + [f"stages.{i}.training.steps=8" for i in range(4)]
     overrides += [f"stages.{i}.training.learning_rate=0.002" for i in range(4)]
     overrides += extra  # last: a test's own setting (e.g. more steps to resume) wins
-    return smoke_pipeline(load_spec(ROOT / "examples" / example, overrides))
+    return smoke_example(ROOT / "examples" / example, overrides)
 
 
 def _final_probe(run_dir: Path, stage: str) -> torch.Tensor:

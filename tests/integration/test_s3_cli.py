@@ -64,6 +64,41 @@ def _cases(moto_endpoint: str, locked) -> dict[str, tuple[Case, dict[str, str]]]
             {},
         ),
         "runs-list-malformed-uri": (Case(("runs", "list", "s3://"), "runs list", "bucket"), {}),
+        # `report` probes the endpoint as briefly as `runs list` does (it used to take 25 s)
+        "report-unreachable-endpoint": (
+            Case(
+                ("report", "s3://bucket/run", "--endpoint-url", unreachable),
+                "report",
+                line=f"report: cannot reach the S3 endpoint {unreachable} (EndpointConnectionError)",
+            ),
+            {},
+        ),
+        "runs-list-unreachable-endpoint": (
+            Case(
+                ("runs", "list", "s3://bucket/runs", "--endpoint-url", unreachable),
+                "runs list",
+                line=f"runs list: cannot reach the S3 endpoint {unreachable} "
+                "(EndpointConnectionError)",
+            ),
+            {},
+        ),
+        "endpoint-flag-not-a-url": (
+            Case(
+                ("runs", "list", "s3://bucket/runs", "--endpoint-url", "not-a-url"),
+                "--endpoint-url",
+                line="--endpoint-url: expected an http:// or https:// URL, got 'not-a-url'",
+            ),
+            {},
+        ),
+        "endpoint-env-not-a-url": (
+            Case(
+                ("runs", "list", "s3://bucket/runs"),
+                "runs list",
+                line="runs list: AWS_ENDPOINT_URL: expected an http:// or https:// URL, "
+                "got 'not-a-url'",
+            ),
+            {"AWS_ENDPOINT_URL": "not-a-url"},
+        ),
     }
 
 
@@ -105,6 +140,10 @@ NAMES = [
     "unreachable-endpoint",
     "report-of-missing-s3-run",
     "runs-list-malformed-uri",
+    "report-unreachable-endpoint",
+    "runs-list-unreachable-endpoint",
+    "endpoint-flag-not-a-url",
+    "endpoint-env-not-a-url",
 ]
 
 
@@ -117,6 +156,12 @@ def test_bad_s3_storage_exits_2_in_one_line_before_ray(name, outcomes):
     assert FAKE_SECRET not in out.stderr + out.stdout
     assert FAKE_KEY_ID not in out.stderr + out.stdout
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in out.stderr
+
+
+def test_report_on_an_unreachable_endpoint_fails_as_fast_as_runs_list(outcomes):
+    _, _, report = outcomes["report-unreachable-endpoint"]
+    _, _, listing = outcomes["runs-list-unreachable-endpoint"]
+    assert report < listing + 5, (report, listing)
 
 
 def test_unreachable_endpoint_fails_within_seconds(outcomes):

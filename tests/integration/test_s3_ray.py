@@ -26,8 +26,8 @@ from distill.cluster.checkpoints import COMPLETE, TRAIN_DIR, complete_checkpoint
 from distill.cluster.s3_storage import S3Options, S3Storage
 from distill.core.export import load_encoder
 from distill.core.spec import S3Spec, load_spec
-from distill.jobs.report import read_report
 from distill.jobs.run import run_job
+from distill.jobs.run_folder import read_run_report
 from distill.jobs.runs import export_run, list_runs
 
 pytestmark = pytest.mark.ray
@@ -107,7 +107,7 @@ def test_s3_job_writes_everything_to_the_bucket(s3_run, moto_endpoint, tmp_path,
     assert [c["step"] for c in complete_checkpoints(storage)] == [8]
     assert [h["step"] for h in _history(moto_endpoint, bucket)] == [2, 4, 6, 8]
 
-    report = read_report(f"s3://{bucket}/{RUN}", S3Spec(endpoint_url=moto_endpoint))
+    report = read_run_report(f"s3://{bucket}/{RUN}", S3Spec(endpoint_url=moto_endpoint)).report
     assert report["run"]["status"] == "completed" and report["training"]["steps"] == 8
     assert report["paths"]["student"] == f"s3://{bucket}/{RUN}/student"
     assert report["paths"]["checkpoint"].startswith(f"s3://{bucket}/{RUN}/{TRAIN_DIR}/")

@@ -10,7 +10,7 @@ import yaml
 from distill.cluster.sweep_spec import SweepSpec, apply_params, load_sweep
 from distill.core.spec import SpecError
 from distill.jobs.sweep_check import check_sweep
-from distill.jobs.tune import smoke_sweep
+from distill.jobs.tune import smoke_sweep, smoke_sweep_planned
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED = ROOT.parent / "shared" / "data"
@@ -144,15 +144,16 @@ def test_valid_space_resolves_every_combination():
 
 def test_smoke_sweep_keeps_two_to_four_trials():
     sweep = SweepSpec(
-        base={**BASE, "training": {"steps": 500}},
+        base={**BASE, "training": {"batch_size": 4}},
         space={
             "student.layers": {"grid": [1, 2, 3]},
             "student.hidden": {"grid": [384, 192, 96]},
             "student.init": {"grid": ["random", "width_slice"]},
         },
-        scheduler={"kind": "asha", "grace_period": 100},
+        scheduler={"kind": "asha"},
     )
-    small = smoke_sweep(sweep)
+    small, plan = smoke_sweep_planned(sweep)
+    note = plan.describe()
     grid = [len(p.grid) for p in small.space.values()]
     total = 1
     for n in grid:
@@ -160,6 +161,33 @@ def test_smoke_sweep_keeps_two_to_four_trials():
     assert 2 <= total <= 4
     assert small.base["training"]["steps"] <= 20
     assert small.scheduler.grace_period <= 10
+    assert "space.student.layers [1, 2, 3] -> [1, 2]" in note and "\n" not in note
+
+
+def test_smoke_sweep_keeps_what_the_sweep_file_sets():
+    sweep = SweepSpec(
+        base={**BASE, "training": {"steps": 500, "checkpoint_every": 100}},
+        space={"student.layers": {"grid": [1, 2]}},
+        scheduler={"kind": "asha", "grace_period": 100},
+    )
+    small, plan = smoke_sweep_planned(sweep)
+    note = plan.describe()
+    assert small.base["training"]["steps"] == 500
+    assert small.base["training"]["checkpoint_every"] == 100
+    assert small.base["training"]["eval_every"] == 10  # not set: shrunk
+    assert small.scheduler.grace_period == 100
+    assert "kept as set: " in note and "base.training.steps=500" in note
+    assert "scheduler.grace_period=100" in note
+
+
+def test_smoke_of_a_sweep_with_a_bad_base_names_the_field(tmp_path):
+    path = _write(
+        tmp_path, {"base": {"student": {"bogus": 1}}, "space": {"student.layers": {"grid": [1]}}}
+    )
+    with pytest.raises(SpecError, match=r"^base\.student\.bogus: unknown field$"):
+        load_sweep(path)
+    with pytest.raises(SpecError, match=r"^base\.student\.bogus: unknown field$"):
+        smoke_sweep_planned(SweepSpec(base={"student": {"bogus": 1}}, space={"a.b": {"grid": [1]}}))
 
 
 @pytest.mark.skipif(
@@ -172,3 +200,9 @@ def test_example_sweep_is_valid_and_its_smoke_version_small(monkeypatch):
     assert len(checked.combinations) == 9
     assert {s.spec.student.hidden for _, s in checked.combinations} == {384, 256, 192}
     assert len(check_sweep(smoke_sweep(sweep)).combinations) == 4
+
+
+def test_a_randint_too_wide_to_check_is_refused_without_listing_it(tmp_path):
+    path = _write(tmp_path, {"space": {"training.seed": {"randint": [0, 10**12]}}})
+    with pytest.raises(SpecError, match=r"^space\.training\.seed: randint: .* at most 5000"):
+        load_sweep(path)

@@ -101,6 +101,62 @@ def test_file_without_rows_is_a_data_error(tmp_path, name, content):
         load_texts(str(path))
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.csv", b"", "empty file (0 bytes)"),
+        ("empty.jsonl", b"", "empty file (0 bytes)"),
+        ("latin1.csv", b"text\ncaf\xe9 au lait\n", "not UTF-8 text (byte 0xe9 at offset 8)"),
+        ("latin1.txt", b"na\xefve\n", "not UTF-8 text (byte 0xef at offset 2)"),
+        (
+            "broken.jsonl",
+            b'{"text": "a"}\n{bad json\n',
+            "cannot read it as json (JSON parse error: Missing a name",
+        ),
+        ("fake.parquet", b"not parquet", "cannot read it as parquet (Parquet magic bytes"),
+    ],
+)
+def test_an_unreadable_file_gets_its_reason_not_a_generic_one(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_texts(str(path))
+    assert str(err.value).startswith(f"data.train: data file {path}: {reason}"), str(err.value)
+    assert "An error occurred while generating the dataset" not in str(err.value)
+
+
+def test_datasets_logs_nothing_for_an_unreadable_file(tmp_path, capfd):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "a"}\n{bad json\n')
+    with pytest.raises(DataError):
+        load_texts(str(path))
+    out, err = capfd.readouterr()
+    assert "Failed to load JSON" not in out + err
+
+
+def test_an_unknown_builtin_corpus_lists_the_known_ones():
+    with pytest.raises(DataError, match=r"builtin:nope: no such built-in corpus; choose from"):
+        load_texts("builtin:nope")
+
+
+def test_a_folder_is_not_a_data_file(tmp_path):
+    (tmp_path / "corpus.csv").mkdir()
+    with pytest.raises(DataError, match=r"corpus\.csv: is a folder, expected a file"):
+        load_texts(str(tmp_path / "corpus.csv"))
+
+
+def test_a_hub_dataset_while_the_hub_is_unreachable_fails_at_once(monkeypatch):
+    import time
+
+    import distill.core.hub as hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"^data\.train: 'nosuchorg/nosuchdata' is not a local"):
+        load_texts("nosuchorg/nosuchdata")
+    assert time.monotonic() - started < 5
+
+
 # --- tokenizing and batching ------------------------------------------------------
 
 

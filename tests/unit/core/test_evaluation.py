@@ -33,10 +33,18 @@ def test_load_sts_pairs_tolerates_extra_fields_and_quotes(tmp_path):
     assert load_sts_pairs(str(path), limit=2).scores == [5.0, 1.5]
 
 
-def test_load_sts_pairs_without_rows_names_the_field(tmp_path):
+def test_load_sts_pairs_without_rows_names_the_file(tmp_path):
     path = tmp_path / "sts.csv"
     path.write_text("only\tthree\tfields\n")
-    with pytest.raises(ValueError, match="evaluation.sts_path"):
+    with pytest.raises(ValueError, match=r"sts\.csv has no STS rows"):
+        load_sts_pairs(str(path))
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "five"])
+def test_load_sts_pairs_refuses_a_score_that_is_not_a_finite_number(tmp_path, score):
+    path = tmp_path / "sts.csv"
+    path.write_text(f"g\tf\t2012\t1\t4.0\ta\tb\ng\tf\t2012\t2\t{score}\tc\td\n")
+    with pytest.raises(ValueError, match=rf"sts\.csv line 2: score '{score}' is not a finite"):
         load_sts_pairs(str(path))
 
 

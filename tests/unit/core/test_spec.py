@@ -8,11 +8,14 @@ import yaml
 from distill.core.spec import (
     JobSpec,
     SpecError,
+    apply_smoke,
     dump_spec,
+    explicit_fields,
     load_spec,
     parse_overrides,
     redacted,
     smoke,
+    smoke_plan,
 )
 from distill.core.teacher import PACKAGED_TEACHER
 
@@ -126,29 +129,50 @@ def test_missing_config_file(tmp_path):
 # --- smoke ---------------------------------------------------------------------
 
 
-def test_smoke_shrinks_a_large_job():
-    spec = load_spec(
-        None,
-        [
-            "training.steps=5000",
-            "data.max_train_samples=100000",
-            "data.max_length=512",
-            "evaluation.throughput_texts=4096",
-        ],
-    )
+def test_smoke_shrinks_what_the_user_left_unset():
+    spec = load_spec()
     small = smoke(spec)
     assert small.training.steps == 20 and small.training.epochs is None
+    assert small.training.checkpoint_every == 10 and small.training.warmup_steps == 2
     assert small.data.max_train_samples == 2000 and small.data.max_eval_samples == 64
-    assert small.data.max_length == 64
     assert small.evaluation.throughput_texts == 64 and small.evaluation.throughput_rounds == 1
-    assert spec.training.steps == 5000  # the original is not modified
+    assert spec.training.steps == 100  # the original is not modified
 
 
-def test_smoke_keeps_already_small_values_and_replaces_epochs():
-    small = smoke(load_spec(None, ["training.steps=5", "data.max_train_samples=100"]))
-    assert small.training.steps == 5 and small.data.max_train_samples == 100
-    by_epochs = smoke(load_spec(None, ["training.steps=null", "training.epochs=3"]))
-    assert by_epochs.training.steps == 20 and by_epochs.training.epochs is None
+def test_smoke_never_overrides_a_field_set_in_the_yaml_or_with_set(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("training: {checkpoint_every: 100}\ndata: {max_train_samples: 100000}\n")
+    spec = load_spec(path, ["training.steps=50", "evaluation.throughput_texts=4096"])
+    plan = smoke_plan(spec, explicit_fields(spec))
+    small = apply_smoke(spec, plan)
+    assert (small.training.steps, small.training.checkpoint_every) == (50, 100)
+    assert small.data.max_train_samples == 100000
+    assert small.evaluation.throughput_texts == 4096
+    # What the user did not set is still shrunk, and the note says which is which.
+    assert (small.training.eval_every, small.data.max_eval_samples) == (10, 64)
+    note = plan.describe()
+    assert "training.eval_every 50 -> 10" in note and "\n" not in note
+    assert "kept as set: " in note and "training.steps=50" in note
+    assert "training.checkpoint_every=100" in note
+
+
+def test_smoke_treats_steps_and_epochs_as_one_setting():
+    by_epochs = smoke(load_spec(None, ["training.epochs=3"]))
+    assert (by_epochs.training.steps, by_epochs.training.epochs) == (100, 3)
+    by_steps = smoke(load_spec(None, ["training.steps=5"]))
+    assert (by_steps.training.steps, by_steps.training.epochs) == (5, None)
+
+
+def test_explicit_fields_come_from_the_yaml_and_overrides_only():
+    spec = load_spec(None, ["training.steps=5", "objective.weights={kd: 1.0}"])
+    assert explicit_fields(spec) == {
+        "training",
+        "training.steps",
+        "objective",
+        "objective.weights",
+        "objective.weights.kd",
+    }
+    assert explicit_fields(load_spec()) == set()
 
 
 # --- redaction and the written config ------------------------------------------
@@ -200,3 +224,41 @@ def test_an_override_that_is_not_yaml_names_the_key():
         SpecError, match=r"^--set objective.weights: '\{logit_kl:' is not a YAML value"
     ):
         parse_overrides(["objective.weights={logit_kl:"])
+
+
+# --- S3 connection settings ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("not-a-url", "http:// or https://"),
+        ("ftp://host:21", "http:// or https://"),
+        ("http://", "no host"),
+        ("http://:9000", "no host"),
+        ("http://host:notaport", "not a valid URL"),
+        ("http://host:70000", "not a valid URL"),
+        ("http://[::1", "not a valid URL"),
+    ],
+)
+def test_s3_endpoint_must_be_an_http_url(url, expected):
+    with pytest.raises(SpecError, match=r"^output\.s3\.endpoint_url: ") as err:
+        load_spec(None, [f"output.s3.endpoint_url={url}"])
+    assert expected in str(err.value)
+
+
+def test_s3_endpoint_and_region_that_are_fine():
+    spec = load_spec(
+        None, ["output.s3.endpoint_url=http://minio:9000", "output.s3.region=eu-west-1"]
+    )
+    assert spec.output.s3.endpoint_url == "http://minio:9000"
+    assert (
+        load_spec(None, ["output.s3.endpoint_url=https://s3.example.com"]).output.s3.region is None
+    )
+    with pytest.raises(SpecError, match=r"^output\.s3\.region: "):
+        load_spec(None, ["output.s3.region=not a region!"])
+
+
+def test_a_folder_given_as_the_config_file_is_named_a_folder(tmp_path):
+    with pytest.raises(SpecError, match=r"^config .*: is a folder, expected a YAML file$"):
+        load_spec(tmp_path)

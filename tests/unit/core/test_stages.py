@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from distill.core.spec import SpecError, load_spec
-from distill.core.stages import SINGLE_STAGE, expand_stages, smoke_pipeline
+from distill.core.stages import SINGLE_STAGE, expand_stages, smoke_pipeline_planned
 from distill.core.teacher import PACKAGED_TEACHER
 from distill.jobs.preflight import preflight_stages
 
@@ -69,11 +69,19 @@ def test_bad_stages_fail_naming_the_stage_and_field(tmp_path, stages, message):
     assert "\n" not in str(err.value)
 
 
-def test_smoke_shrinks_every_stage_even_when_a_stage_sets_its_own_steps(tmp_path):
-    spec = smoke_pipeline(_spec(tmp_path, PIPELINE, ["stages.0.training.steps=900"]))
-    for stage in expand_stages(spec):
-        assert stage.spec.training.steps <= 20
-        assert stage.spec.data.max_train_samples <= 2000
+def test_smoke_keeps_what_the_job_or_a_stage_sets_and_shrinks_the_rest(tmp_path):
+    spec = _spec(tmp_path, PIPELINE, ["stages.0.training.steps=900"])
+    small, plan = smoke_pipeline_planned(spec)
+    note = plan.describe()
+    general, ft, task = expand_stages(small)
+    # stage 0 sets 900 with --set, stage 1 sets 30 in the YAML, the job sets 50 in the YAML.
+    assert [s.spec.training.steps for s in (general, ft, task)] == [900, 30, 50]
+    assert all(s.spec.training.batch_size == 8 for s in (general, ft, task))  # job's own
+    # Left unset everywhere: shrunk in every stage.
+    assert all(s.spec.data.max_train_samples == 2000 for s in (general, ft, task))
+    assert all(s.spec.training.checkpoint_every == 10 for s in (general, ft, task))
+    assert "data.max_train_samples unset -> 2000" in note
+    assert "stages.0.training.steps=900" in note and "\n" not in note
 
 
 def _labelled_csv(tmp_path):

@@ -11,14 +11,6 @@ from distill.jobs.preflight import preflight
 
 
 @pytest.fixture
-def teacher_dir(tmp_path, tiny_bert, tiny_tokenizer):
-    folder = tmp_path / "teacher"
-    tiny_bert.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
 def corpus(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(f"the cat sat on mat number {i}" for i in range(200)) + "\n")
@@ -103,3 +95,45 @@ def test_held_out_split_needs_a_row_per_worker(teacher_dir, tmp_path):
                 None, [f"teacher.name={teacher_dir}", f"data.train.path={tiny}", "student.layers=2"]
             )
         )
+
+
+def test_a_teacher_folder_without_weights_is_refused_before_ray(teacher_dir, corpus):
+    (teacher_dir / "model.safetensors").unlink()
+    with pytest.raises(SpecError, match=r"^teacher\.name: .*teacher: no weights \(expected one"):
+        preflight(load_spec(None, [f"teacher.name={teacher_dir}", f"data.train.path={corpus}"]))
+
+
+def test_a_teacher_folder_without_a_tokenizer_is_refused(teacher_dir, corpus):
+    for name in ("tokenizer.json", "vocab.txt"):
+        (teacher_dir / name).unlink(missing_ok=True)
+    with pytest.raises(SpecError, match=r"^teacher\.name: .*teacher: no tokenizer"):
+        preflight(load_spec(None, [f"teacher.name={teacher_dir}", f"data.train.path={corpus}"]))
+
+
+def test_a_hub_teacher_while_the_hub_is_unreachable_fails_at_once(monkeypatch, corpus):
+    import distill.core.teacher as teacher
+
+    monkeypatch.setattr(teacher, "hub_reachable", lambda: False)
+    with pytest.raises(SpecError) as err:
+        preflight(load_spec(None, ["teacher.name=nosuchorg/nosuchmodel"]))
+    assert str(err.value) == (
+        "teacher.name: 'nosuchorg/nosuchmodel' is not a local path and not in the local cache, "
+        "and the Hugging Face hub (https://huggingface.co) cannot be reached"
+    )
+
+
+def test_a_data_seed_out_of_range_is_a_spec_error_naming_training_seed():
+    with pytest.raises(SpecError, match=r"^training\.seed: "):
+        load_spec(None, ["training.seed=-1"])
+
+
+def test_an_sts_file_with_a_bad_score_deep_inside_is_refused_up_front(
+    teacher_dir, corpus, tmp_path
+):
+    sts = tmp_path / "sts.tsv"
+    rows = [f"g\tf\t2012\t{i}\t{i % 5}.0\ta cat {i}\tthe mat {i}" for i in range(100)]
+    rows[90] = "g\tf\t2012\t90\tnan\ta\tb"
+    sts.write_text("\n".join(rows) + "\n")
+    overrides = [f"teacher.name={teacher_dir}", f"data.train.path={corpus}", "student.layers=2"]
+    with pytest.raises(SpecError, match=r"^evaluation\.sts_path: .*line 91: score 'nan'"):
+        preflight(load_spec(None, [*overrides, f"evaluation.sts_path={sts}"]))
