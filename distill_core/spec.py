@@ -462,9 +462,15 @@ def load_spec_dict(raw: dict, overrides: list[str] | None = None) -> JobSpec:
         raise SpecError(format_error(err)) from None
 
 
+def override_fields(overrides: list[str] | None) -> set[str]:
+    """Dotted paths the `--set KEY=VALUE` overrides give: what `--smoke` must keep. A config
+    file's own values are the example's defaults, which `--smoke` caps."""
+    return explicit_fields(parse_overrides(overrides or []))
+
+
 def explicit_fields(node: Any, prefix: str = "") -> set[str]:
-    """Dotted paths of the fields given explicitly (in the YAML, with `--set`, in a dict) in a
-    validated spec (pydantic's `model_fields_set`, recursively) or in a raw section dict."""
+    """Dotted paths of the fields given explicitly in a validated spec (pydantic's
+    `model_fields_set`, recursively) or in a raw dict (e.g. parsed `--set` overrides)."""
     if isinstance(node, BaseModel):
         items = [(k, getattr(node, k)) for k in node.model_fields_set]
     elif isinstance(node, dict):
@@ -581,10 +587,10 @@ def apply_smoke(model: BaseModel, plan: SmokePlan) -> BaseModel:
     return model
 
 
-def smoke(spec: JobSpec) -> JobSpec:
+def smoke(spec: JobSpec, explicit: set[str] | None = None) -> JobSpec:
     """Shrink steps, data and evaluation so the job finishes in about a minute, except the
-    fields the user set explicitly (`model_fields_set`), which stay as given."""
-    return apply_smoke(spec, smoke_plan(spec, explicit_fields(spec)))
+    fields the user set explicitly (`explicit`: `override_fields` of the `--set`s)."""
+    return apply_smoke(spec, smoke_plan(spec, explicit or set()))
 
 
 def _show(value: Any) -> str:

@@ -18,7 +18,6 @@ from distill.core.spec import (
     SmokePlan,
     SpecError,
     apply_smoke,
-    explicit_fields,
     format_error,
     merge,
     nested,
@@ -104,18 +103,22 @@ def expand_stages(spec: JobSpec) -> list[Stage]:
     return stages
 
 
-def smoke_pipeline_planned(spec: JobSpec) -> tuple[JobSpec, SmokePlan]:
-    """`smoke` for the job and every stage, and what it changed and kept. A field set
-    explicitly, in the job's sections or in a stage's, is never changed (a stage inherits
-    the job's shrunk values unless it sets its own)."""
-    job_explicit = explicit_fields(spec)
+def smoke_pipeline_planned(
+    spec: JobSpec, explicit: set[str] | None = None
+) -> tuple[JobSpec, SmokePlan]:
+    """`smoke` for the job and every stage, and what it changed and kept. `explicit`: the
+    dotted fields the user set (`override_fields(--set ...)`; `stages.I.section.field` for a
+    stage's), never changed; everything else a config gives is capped (a stage inherits the
+    job's shrunk values unless it sets its own explicitly)."""
+    explicit = explicit or set()
+    job_explicit = {f for f in explicit if not f.startswith("stages.")}
     plan = smoke_plan(spec, job_explicit)
     shrunk = apply_smoke(spec, plan)
     if not spec.stages:
         return shrunk, plan
     stages = []
     for i, (stage, expanded) in enumerate(zip(shrunk.stages, expand_stages(shrunk))):
-        own = explicit_fields({s: getattr(stage, s) for s in STAGE_SECTIONS})
+        own = {f.removeprefix(f"stages.{i}.") for f in explicit if f.startswith(f"stages.{i}.")}
         stage_plan = smoke_plan(expanded.spec, job_explicit | own)
         for name, (_, new) in stage_plan.changed.items():
             section, _, rest = name.partition(".")
@@ -127,6 +130,6 @@ def smoke_pipeline_planned(spec: JobSpec) -> tuple[JobSpec, SmokePlan]:
     return shrunk.model_copy(update={"stages": stages}), plan
 
 
-def smoke_pipeline(spec: JobSpec) -> JobSpec:
+def smoke_pipeline(spec: JobSpec, explicit: set[str] | None = None) -> JobSpec:
     """`smoke_pipeline_planned` without the plan."""
-    return smoke_pipeline_planned(spec)[0]
+    return smoke_pipeline_planned(spec, explicit)[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.cluster.sweep_spec import SweepSpec
-from distill.core.spec import JobSpec, load_spec_dict
+from distill.core.spec import JobSpec, load_spec_dict, override_fields
 from distill.core.spec import load_spec as _load_spec_file
 from distill.core.stages import smoke_pipeline
 
@@ -31,7 +31,7 @@ def load_spec(
         spec = load_spec_dict(source, overrides)
     else:
         spec = _load_spec_file(source, overrides)
-    return smoke_pipeline(spec) if smoke else spec
+    return smoke_pipeline(spec, override_fields(overrides)) if smoke else spec
 
 
 def load_sweep(
@@ -44,7 +44,7 @@ def load_sweep(
     if smoke:
         from distill.jobs.tune import smoke_sweep
 
-        sweep = smoke_sweep(sweep)
+        sweep = smoke_sweep(sweep, override_fields(overrides))
     return sweep
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from distill.core.spec import SmokePlan, SpecError, load_spec
+from distill.core.spec import SmokePlan, SpecError, load_spec, override_fields
 from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
 from distill.jobs.flags import add_overrides_flag, check_limit
@@ -89,7 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
     plan = None
     if args.smoke:
-        spec, plan = smoke_pipeline_planned(spec)
+        spec, plan = smoke_pipeline_planned(spec, override_fields(args.overrides))
 
     import datasets
     import transformers
@@ -128,7 +128,7 @@ def _tune(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep, args.overrides)
     plan = None
     if args.smoke:
-        sweep, plan = smoke_sweep_planned(sweep)
+        sweep, plan = smoke_sweep_planned(sweep, override_fields(args.overrides))
 
     import datasets
     import transformers

@@ -63,13 +63,14 @@ def validate(config: str | None, overrides: list[str], smoke: bool, output: str 
     """Load and preflight the spec here, without Ray; returns the spec."""
     import datasets
 
+    from distill.core.spec import override_fields
     from distill.core.stages import smoke_pipeline
     from distill.jobs.preflight import preflight_stages
 
     datasets.disable_progress_bars()  # a bar would split the one-line error
     spec = load_spec(config, overrides)
     if smoke:
-        spec = smoke_pipeline(spec)
+        spec = smoke_pipeline(spec, override_fields(overrides))
     _output_check(output, spec)
     preflight_stages(spec, local_resources=False)
     return spec
@@ -139,13 +140,14 @@ def submit_sweep(args: argparse.Namespace) -> str:
     without this machine's CPU count), stage it with its relative data, submit `distill tune`.
     Returns the submission id."""
     from distill.cluster.sweep_spec import load_sweep
+    from distill.core.spec import override_fields
     from distill.jobs.sweep_check import check_sweep
     from distill.jobs.tune import smoke_sweep
 
     cluster_address(args.address)
     sweep = load_sweep(args.sweep, args.overrides)
     if args.smoke:
-        sweep = smoke_sweep(sweep)
+        sweep = smoke_sweep(sweep, override_fields(args.overrides))
     base = sweep.base_spec()
     _output_check(args.output, base, "base.")
     import datasets

@@ -23,7 +23,6 @@ from distill.core.spec import (
     SmokePlan,
     SpecError,
     apply_smoke,
-    explicit_fields,
     plan_changes,
     redacted,
     smoke_plan,
@@ -38,12 +37,16 @@ _SMOKE_TRIALS = 4
 _SMOKE_GRACE = 10
 
 
-def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, SmokePlan]:
+def smoke_sweep_planned(
+    sweep: SweepSpec, explicit: set[str] | None = None
+) -> tuple[SweepSpec, SmokePlan]:
     """A 2-4-trial version, and what changed: the base shrunk like `distill run --smoke`,
     at most two values per dimension and at most four grid points, at most three sampled
-    trials. Fields the sweep file (or `--set`) gives are kept."""
+    trials. `explicit`: the dotted fields `--set` gave (`base.training.steps`, ...), kept."""
+    explicit = explicit or set()
     base_spec = sweep.base_spec()
-    base_plan = smoke_plan(base_spec, explicit_fields(base_spec))
+    base_explicit = {f.removeprefix("base.") for f in explicit if f.startswith("base.")}
+    base_plan = smoke_plan(base_spec, base_explicit)
     base = apply_smoke(base_spec, base_plan).model_dump(mode="json")
     space = {}
     for key, p in sweep.space.items():
@@ -68,14 +71,14 @@ def smoke_sweep_planned(sweep: SweepSpec) -> tuple[SweepSpec, SmokePlan]:
     trials = min(sweep.search.num_samples, 3) if sweep.search.algorithm != "grid" else 1
     grace = min(sweep.scheduler.grace_period, _SMOKE_GRACE)
     targets = {"search.num_samples": trials, "scheduler.grace_period": grace}
-    runs = plan_changes(sweep, targets, explicit_fields(sweep))
+    runs = plan_changes(sweep, targets, explicit)
     smoked = apply_smoke(sweep.model_copy(update={"base": base, "space": space}), runs)
     return smoked, base_plan.prefixed("base.") | SmokePlan(fewer, {}) | runs
 
 
-def smoke_sweep(sweep: SweepSpec) -> SweepSpec:
+def smoke_sweep(sweep: SweepSpec, explicit: set[str] | None = None) -> SweepSpec:
     """`smoke_sweep_planned` without the plan."""
-    return smoke_sweep_planned(sweep)[0]
+    return smoke_sweep_planned(sweep, explicit)[0]
 
 
 def _cache_plan(checked: CheckedSweep):

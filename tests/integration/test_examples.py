@@ -23,7 +23,7 @@ from distill.cluster.run_files import PROBE_FILE
 from distill.core.export import PROBE_TEXTS, load_encoder
 from distill.core.generative import probe_logits
 from distill.core.lstm_student import BiLSTMModel
-from distill.core.spec import load_spec
+from distill.core.spec import load_spec, override_fields
 from distill.core.stages import expand_stages, smoke_pipeline_planned
 from distill.jobs.run import run_job
 
@@ -49,16 +49,10 @@ FAST_EVAL = [
 
 
 def smoke_example(example: Path, overrides: list[str]):
-    """`--smoke` keeps what an example's YAML sets (its steps, data caps, beams); a test
-    shrinks those too, with `--set` (as a user wanting a quick look would), so each example
-    runs as small as smoke makes any config."""
-    spec, plan = smoke_pipeline_planned(load_spec(example, overrides))
-    if not plan.kept:
-        return spec
-    shrink = [f"{k}={'' if new is None else new}" for k, (_, new) in plan.kept.items()]
-    spec, plan = smoke_pipeline_planned(load_spec(example, [*overrides, *shrink]))
-    assert not plan.kept, plan.kept
-    return spec
+    """`distill run EXAMPLE --smoke --set OVERRIDES`: smoke caps what the example sets and
+    keeps what the test sets with `--set`."""
+    spec = load_spec(example, overrides)
+    return smoke_pipeline_planned(spec, override_fields(overrides))[0]
 
 
 def _needs_task_data(raw: dict) -> bool:

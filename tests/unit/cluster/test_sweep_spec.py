@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from distill.cluster.sweep_spec import SweepSpec, apply_params, load_sweep
-from distill.core.spec import SpecError
+from distill.core.spec import SpecError, override_fields
 from distill.jobs.sweep_check import check_sweep
 from distill.jobs.tune import smoke_sweep, smoke_sweep_planned
 
@@ -164,17 +164,24 @@ def test_smoke_sweep_keeps_two_to_four_trials():
     assert "space.student.layers [1, 2, 3] -> [1, 2]" in note and "\n" not in note
 
 
-def test_smoke_sweep_keeps_what_the_sweep_file_sets():
+def test_smoke_sweep_keeps_what_set_gives_and_caps_the_file():
     sweep = SweepSpec(
-        base={**BASE, "training": {"steps": 500, "checkpoint_every": 100}},
+        base={**BASE, "training": {"steps": 500, "checkpoint_every": 100, "eval_every": 200}},
         space={"student.layers": {"grid": [1, 2]}},
         scheduler={"kind": "asha", "grace_period": 100},
     )
-    small, plan = smoke_sweep_planned(sweep)
+    explicit = override_fields(
+        [
+            "base.training.steps=500",
+            "base.training.checkpoint_every=100",
+            "scheduler.grace_period=100",
+        ]
+    )
+    small, plan = smoke_sweep_planned(sweep, explicit)
     note = plan.describe()
     assert small.base["training"]["steps"] == 500
     assert small.base["training"]["checkpoint_every"] == 100
-    assert small.base["training"]["eval_every"] == 10  # not set: shrunk
+    assert small.base["training"]["eval_every"] == 10  # only the file sets it: capped
     assert small.scheduler.grace_period == 100
     assert "kept as set: " in note and "base.training.steps=500" in note
     assert "scheduler.grace_period=100" in note

@@ -157,10 +157,12 @@ def test_smoke_never_overrides_a_field_set_in_the_yaml_or_with_set(tmp_path):
 
 
 def test_smoke_treats_steps_and_epochs_as_one_setting():
-    by_epochs = smoke(load_spec(None, ["training.epochs=3"]))
+    by_epochs = smoke(load_spec(None, ["training.epochs=3"]), {"training.epochs"})
     assert (by_epochs.training.steps, by_epochs.training.epochs) == (100, 3)
-    by_steps = smoke(load_spec(None, ["training.steps=5"]))
+    by_steps = smoke(load_spec(None, ["training.steps=5"]), {"training.steps"})
     assert (by_steps.training.steps, by_steps.training.epochs) == (5, None)
+    capped = smoke(load_spec(None, ["training.epochs=3"]))  # from a config file: capped
+    assert (capped.training.steps, capped.training.epochs) == (20, None)
 
 
 def test_explicit_fields_come_from_the_yaml_and_overrides_only():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError, load_spec, override_fields
 from distill.core.stages import SINGLE_STAGE, expand_stages, smoke_pipeline_planned
 from distill.core.teacher import PACKAGED_TEACHER
 from distill.jobs.preflight import preflight_stages
@@ -70,13 +70,15 @@ def test_bad_stages_fail_naming_the_stage_and_field(tmp_path, stages, message):
 
 
 def test_smoke_keeps_what_the_job_or_a_stage_sets_and_shrinks_the_rest(tmp_path):
-    spec = _spec(tmp_path, PIPELINE, ["stages.0.training.steps=900"])
-    small, plan = smoke_pipeline_planned(spec)
+    overrides = ["stages.0.training.steps=900", "training.batch_size=8"]
+    spec = _spec(tmp_path, PIPELINE, overrides)
+    small, plan = smoke_pipeline_planned(spec, override_fields(overrides))
     note = plan.describe()
     general, ft, task = expand_stages(small)
-    # stage 0 sets 900 with --set, stage 1 sets 30 in the YAML, the job sets 50 in the YAML.
-    assert [s.spec.training.steps for s in (general, ft, task)] == [900, 30, 50]
-    assert all(s.spec.training.batch_size == 8 for s in (general, ft, task))  # job's own
+    # stage 0 sets 900 with --set: kept; stage 1 sets 30 and the job 50 in the YAML: the
+    # file's values are capped at smoke's 20.
+    assert [s.spec.training.steps for s in (general, ft, task)] == [900, 20, 20]
+    assert all(s.spec.training.batch_size == 8 for s in (general, ft, task))  # --set: kept
     # Left unset everywhere: shrunk in every stage.
     assert all(s.spec.data.max_train_samples == 2000 for s in (general, ft, task))
     assert all(s.spec.training.checkpoint_every == 10 for s in (general, ft, task))

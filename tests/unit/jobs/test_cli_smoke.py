@@ -22,11 +22,14 @@ def test_smoke_keeps_explicit_settings_and_says_what_it_changed(monkeypatch, cap
 
     monkeypatch.setattr(distill.jobs.run, "run_job", fake_run_job)
     config = tmp_path / "job.yaml"
-    config.write_text("training: {checkpoint_every: 40}\n")
-    code = cli.main(["run", str(config), "--smoke", "--set", "training.steps=7"])
+    config.write_text("training: {checkpoint_every: 40, eval_every: 30}\n")
+    sets = ["training.steps=7", "training.checkpoint_every=40"]
+    code = cli.main(["run", str(config), "--smoke", "--set", *sets])
     assert code == 0
     t = seen["spec"].training
-    assert (t.steps, t.checkpoint_every, t.eval_every) == (7, 40, 10)  # set, set, shrunk
+    # --set: kept; the config file's eval_every: capped like an unset field.
+    assert (t.steps, t.checkpoint_every, t.eval_every) == (7, 40, 10)
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("distill: smoke: training.warmup_steps 10 -> 2, ")
+    assert "training.eval_every 30 -> 10" in line
     assert line.endswith("kept as set: training.checkpoint_every=40")  # 7 is below the cap
