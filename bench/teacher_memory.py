@@ -136,8 +136,9 @@ def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], 
 
 def two_node_env(tmp: Path) -> tuple[dict, list[list[str]]]:
     """Start a head and a worker node (1 CPU each); the env that joins them and the stops."""
+    ray = str(Path(sys.executable).parent / "ray")
     head = [
-        "ray",
+        ray,
         "start",
         "--head",
         "--num-cpus=1",
@@ -148,7 +149,7 @@ def two_node_env(tmp: Path) -> tuple[dict, list[list[str]]]:
     ]
     subprocess.run(head, check=True, capture_output=True)
     worker = [
-        "ray",
+        ray,
         "start",
         "--address=127.0.0.1:6390",
         "--num-cpus=1",
@@ -156,7 +157,7 @@ def two_node_env(tmp: Path) -> tuple[dict, list[list[str]]]:
         "--disable-usage-stats",
     ]
     subprocess.run(worker, check=True, capture_output=True)
-    return {"RAY_ADDRESS": "127.0.0.1:6390"}, [["ray", "stop", "--force"]]
+    return {"RAY_ADDRESS": "127.0.0.1:6390"}, [[ray, "stop", "--force"]]
 
 
 def main() -> None:
@@ -166,6 +167,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=25)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--two-node", action="store_true")
+    parser.add_argument(
+        "--limits-only", action="store_true", help="only the memory-limit and 2-node rows"
+    )
     parser.add_argument("--out", default="bench/results/teacher_memory.json")
     args = parser.parse_args()
     teacher = build_teacher(args.layers, args.hidden, args.heads, args.vocab)

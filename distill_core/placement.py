@@ -7,7 +7,8 @@
 
 `teacher.partition: auto` replicates a teacher whose parameters take at most half of a
 worker's memory (`COMFORT`; the other half is for the student, its optimizer state,
-activations and the framework) and partitions a bigger one over more than one worker. A
+activations and the framework) and partitions a bigger one over more than one worker; a
+partition plus one gathered layer may take up to `ZERO3_SHARE` (80%) of a worker's memory. A
 worker's memory is `scaling.memory_per_worker_gb`, else this machine's memory shared by the
 workers of a local run; on a remote cluster without that field nothing is known and `auto`
 replicates. The same estimate refuses a placement that cannot fit, naming the field.
@@ -27,7 +28,8 @@ from distill.core.student import layer_stacks
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMFORT = 0.5  # the teacher's share of a worker's memory
+COMFORT = 0.5  # a replicated teacher's share of a worker's memory ("fits comfortably")
+ZERO3_SHARE = 0.8  # a partition plus one gathered layer may take this much (the floor)
 
 
 @dataclass(frozen=True)
@@ -120,11 +122,12 @@ def resolve_placement(
             f"every worker, more than half of a worker's {gb(worker_memory)}; use "
             "teacher.partition: zero3 (with scaling.num_workers > 1) or a smaller teacher.dtype"
         )
-    if budget is not None and mode == "zero3" and partitioned > budget:
+    if worker_memory is not None and mode == "zero3" and partitioned > ZERO3_SHARE * worker_memory:
         raise SpecError(
             f"scaling.num_workers: {workers} workers leave each a 1/{workers} teacher partition "
-            f"plus one gathered layer of {gb(partitioned)} at {dtype}, more than half of a "
-            f"worker's {gb(worker_memory)}; add workers, memory or a smaller teacher.dtype"
+            f"plus one gathered layer of {gb(partitioned)} at {dtype}, more than "
+            f"{ZERO3_SHARE:.0%} of a worker's {gb(worker_memory)}; add workers, memory or a "
+            "smaller teacher.dtype"
         )
     return Placement(
         partition=mode,

@@ -8,6 +8,7 @@ from transformers import AutoModel
 
 from distill.core.placement import (
     COMFORT,
+    ZERO3_SHARE,
     TeacherFootprint,
     footprint,
     resolve_placement,
@@ -68,13 +69,13 @@ def test_auto_replicates_what_fits_and_partitions_what_does_not():
 def test_a_placement_that_cannot_fit_is_one_line_naming_the_field():
     with pytest.raises(SpecError, match=r"^teacher.partition: replicate puts the whole teacher"):
         resolve_placement(_spec("teacher.partition=replicate"), TEACHER, worker_memory=6 * MB)
-    zero3 = resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=6 * MB)
-    assert zero3.per_worker_bytes == 2_400_000 <= COMFORT * 6 * MB
+    zero3 = resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=3 * MB)
+    assert zero3.per_worker_bytes == 2_400_000 <= ZERO3_SHARE * 3 * MB  # below the teacher's 4 MB
     with pytest.raises(SpecError, match=r"^scaling.num_workers: 2 workers leave each") as err:
-        resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=4 * MB)
+        resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=2 * MB)
     assert "\n" not in str(err.value)
     four = resolve_placement(
-        _spec("teacher.partition=zero3", "scaling.num_workers=4"), TEACHER, worker_memory=4 * MB
+        _spec("teacher.partition=zero3", "scaling.num_workers=4"), TEACHER, worker_memory=2 * MB
     )
     assert four.per_worker_bytes == (250_000 + 100_000) * 4
 
