@@ -176,15 +176,21 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="distill-teacher-memory-") as tmp:
         tmp = Path(tmp)
-        for partition, dtype in (
+        placements = [
             ("replicate", "fp32"),
             ("zero3", "fp32"),
             ("replicate", "bf16"),
             ("zero3", "bf16"),
-        ):
+        ]
+        for partition, dtype in [] if args.limits_only else placements:
             rows.append(run(teacher, partition, dtype, tmp / f"{partition}-{dtype}", []))
             print(json.dumps(rows[-1]), flush=True)
-        whole_gib = rows[0].get("teacher_parameters", 0) * 4 / 2**30
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from distill.core.placement import footprint
+
+        config = AutoConfig.from_pretrained(teacher)
+        whole_gib = footprint(config, AutoModelForCausalLM).parameters * 4 / 2**30
         limit = [f"scaling.memory_per_worker_gb={round(whole_gib * 0.9, 2)}"]  # below the teacher
         for partition in ("replicate", "zero3"):
             row = run(teacher, partition, "fp32", tmp / f"limit-{partition}", limit)
