@@ -50,7 +50,11 @@ def run_dir_for(spec: JobSpec, output: str | None) -> Path | str:
 
 def _model_shape(key: str, value):
     """The part of a spec section that decides what the trained model is. A stage's
-    `training` and `data` may change between invocations (e.g. more steps): Ray resumes."""
+    `training` and `data` may change between invocations (e.g. more steps): Ray resumes;
+    so may where the teacher lives (`teacher.partition`, `dtype`, `zero3`): only its name
+    decides what is distilled."""
+    if key == "teacher" and isinstance(value, dict):
+        return value.get("name")
     if key == "stages" and value:
         return [
             {k: v for k, v in stage.items() if k not in ("training", "data")} for stage in value
