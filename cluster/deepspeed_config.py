@@ -11,6 +11,7 @@ from distill.core.spec import JobSpec
 
 def deepspeed_config(spec: JobSpec, total_steps: int) -> dict:
     t, ds = spec.training, spec.deepspeed
+    warmup = min(t.warmup_steps, max(total_steps - 1, 0))
     zero: dict = {"stage": ds.zero_stage}
     if ds.offload_optimizer:
         if ds.zero_stage == 0:
@@ -40,9 +41,11 @@ def deepspeed_config(spec: JobSpec, total_steps: int) -> dict:
         "scheduler": {
             "type": "WarmupDecayLR",
             "params": {
-                "warmup_min_lr": 0.0,
+                # No warm-up (warmup_steps 0, which DeepSpeed refuses): one step that
+                # already starts at the full learning rate.
+                "warmup_min_lr": t.learning_rate if warmup == 0 else 0.0,
                 "warmup_max_lr": t.learning_rate,
-                "warmup_num_steps": min(t.warmup_steps, max(total_steps - 1, 0)),
+                "warmup_num_steps": max(warmup, 1),
                 "total_num_steps": max(total_steps, 1),
                 "warmup_type": "linear",
             },

@@ -7,3 +7,4 @@ ENGINE_TAG = "engine"  # DeepSpeed checkpoint tag: <checkpoint>/engine/...
 STATE_FILE = "train_state.json"  # step, metrics history, teacher fingerprint
 STUDENT_DIR = "student"  # HF export, final checkpoint only
 PROBE_FILE = "probe.pt"  # trained model's embeddings of PROBE_TEXTS, final checkpoint only
+DIVERGED_FILE = "train/diverged.json"  # why a diverging run stopped (worker -> driver)

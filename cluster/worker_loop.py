@@ -46,7 +46,7 @@ from distill.cluster.pipeline import (
     stage_dir,
     stage_student,
 )
-from distill.cluster.run_files import ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
+from distill.cluster.run_files import DIVERGED_FILE, ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.storage import Storage, open_storage
 from distill.cluster.teacher_cache import open_cache
 from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
@@ -523,21 +523,21 @@ def save_and_report(
 
 
 def stop_diverged(stage: LiveStage, progress: Progress, step: int) -> None:
-    """Stop a diverging stage: report why (no checkpoint, so the newest checkpoint stays
-    the last finite state) and export nothing. Every rank reports, as Ray Train requires."""
-    what = ", ".join(progress.nonfinite_parts or ("trained parameters",))
+    """Stop a diverging stage: record why in the run's storage (`DIVERGED_FILE`, read by the
+    driver), report without a checkpoint (so the newest checkpoint stays the last finite
+    state) and export nothing. Every rank reports, as Ray Train requires."""
+    record = {
+        "attempt": stage.attempt,
+        "step": step,
+        **({"stage": stage.plan.name} if stage.multi_stage else {}),
+        "nonfinite": list(progress.nonfinite_parts or ("trained parameters",)),
+        "nonfinite_steps": progress.nonfinite_streak,
+    }
     if stage.rank == 0:
-        print(f"[distill] stopping at step {step}: {what} not finite", flush=True)
-    ray.train.report(
-        {
-            "step": step,
-            **({"stage": stage.plan.name} if stage.multi_stage else {}),
-            "diverged": True,
-            "nonfinite": list(progress.nonfinite_parts or ("trained parameters",)),
-            "nonfinite_steps": progress.nonfinite_streak,
-            **_placement(),
-        }
-    )
+        print(f"[distill] stopping at step {step}: {', '.join(record['nonfinite'])} not finite")
+        stage.storage.write_text(DIVERGED_FILE, json.dumps(record))
+    dist.barrier()
+    ray.train.report({**record, "diverged": True, **_placement()})
 
 
 def finish_stage(stage: LiveStage, progress: Progress, metrics: dict, inputs: WorkerInputs) -> None:

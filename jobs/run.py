@@ -27,7 +27,7 @@ from distill.cluster.pipeline import (
     stage_done,
     stage_student,
 )
-from distill.cluster.run_files import PROBE_FILE, STATE_FILE, STUDENT_DIR
+from distill.cluster.run_files import DIVERGED_FILE, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.storage import Storage, is_s3_uri
 from distill.cluster.teacher_cache import cache_summary
 from distill.cluster.worker_env import in_job_working_dir
@@ -85,19 +85,19 @@ class TrainingDiverged(RuntimeError):
     checkpoint is the last finite state and nothing was exported."""
 
 
-def _diverged_line(result) -> str:
-    m = result.metrics
-    stage = f"stage {m['stage']}, " if "stage" in m else ""
+def _diverged_line(record: dict, checkpoint) -> str:
+    stage = f"stage {record['stage']}, " if "stage" in record else ""
     kept = (
-        f"the newest checkpoint ({result.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}) is the "
+        f"the newest checkpoint ({checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}) is the "
         "last finite state"
-        if result.checkpoint is not None
+        if checkpoint is not None
         else "no checkpoint was written"
     )
     return (
-        f"training diverged at {stage}step {m['step']}: {', '.join(m['nonfinite'])} not finite "
-        f"for {m['nonfinite_steps']} consecutive steps (training.stop_after_nonfinite); {kept}; "
-        "nothing was exported (lower training.learning_rate or the loss weights)"
+        f"training diverged at {stage}step {record['step']}: {', '.join(record['nonfinite'])} "
+        f"not finite for {record['nonfinite_steps']} consecutive steps "
+        f"(training.stop_after_nonfinite); {kept}; nothing was exported (lower "
+        "training.learning_rate or the loss weights)"
     )
 
 
@@ -165,11 +165,15 @@ def _run_stages(
         damaged=damaged,
         resume_from=checkpoints.intact["path"] if checkpoints.intact else None,
     )
+    if storage.exists(DIVERGED_FILE):  # an earlier invocation's; this one starts afresh
+        storage.delete(DIVERGED_FILE)
     result = fit(inputs, storage, callbacks=callbacks)
     if getattr(result, "error", None):
         raise result.error
-    if (result.metrics or {}).get("diverged"):
-        raise TrainingDiverged(_diverged_line(result))
+    if storage.exists(DIVERGED_FILE):
+        record = json.loads(storage.read_text(DIVERGED_FILE))
+        if record.get("attempt") == inputs.attempt:
+            raise TrainingDiverged(_diverged_line(record, result.checkpoint))
     mark_done(storage, plans[-1], checkpoint=result.checkpoint.path)
     return result.checkpoint
 
