@@ -118,10 +118,14 @@ def resolve_cache(
         root = open_storage(location, spec.output.s3)
         storage = root.child(f"{CACHE_DIR}/{key}")
         hit = storage.exists(MANIFEST_FILE)
-        if not hit and c.mode == "auto":
-            root.probe()  # about to build: the location must be writable
+        if not hit and c.mode == "auto":  # about to build: the location must be writable
+            root.probe()
+            root.put(f"{CACHE_DIR}/.write-check", b"")
+            root.delete(f"{CACHE_DIR}/.write-check")
     except StorageError as exc:
         raise SpecError(f"teacher.cache.location {location}: {exc}") from None
+    except OSError as exc:
+        raise SpecError(f"teacher.cache.location {location}: cannot write ({exc.strerror})") from None
     if not hit and c.mode == "required":
         raise SpecError(
             f"teacher.cache: mode required, but {location} holds no complete cache "

@@ -208,3 +208,41 @@ def test_key_changes_with_teacher_data_and_tensors(tiny_tokenizer):
         key(plan=CachePlan(topk=8, temperature=2.0)),
     }
     assert len(variants) == 8
+
+
+def test_driver_finds_the_cache_by_key_before_ray(tmp_path, teacher_dir):
+    """`resolve_cache` (no Ray, no teacher weights): a miss, then a hit once a manifest is
+    there, a new key for other rows, and one-line refusals for `required` and for a
+    location that cannot be written."""
+    from distill.cluster.storage import LocalStorage
+    from distill.cluster.teacher_cache import CACHE_DIR, resolve_cache
+    from distill.core.spec import SpecError, load_spec
+
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(TEXTS * 5) + "\n")
+
+    def spec(*extra):
+        return load_spec(
+            None,
+            [f"teacher.name={teacher_dir}", f"data.train.path={data}", "data.eval_fraction=0.2",
+             "student.layers=2", "teacher.cache.mode=auto", *extra],
+        )  # fmt: skip
+
+    storage = LocalStorage(tmp_path / "run")
+    request, reason = resolve_cache(spec(), storage)
+    assert reason is None and not request.hit and request.plan.pooled
+    assert len(request.rows["train"]) + len(request.rows["eval"]) == 20
+    (tmp_path / "run" / CACHE_DIR / request.key).mkdir(parents=True)
+    (tmp_path / "run" / CACHE_DIR / request.key / MANIFEST_FILE).write_text("{}")
+    again, _ = resolve_cache(spec("teacher.cache.mode=required"), storage)
+    assert again.hit and again.key == request.key
+    other, _ = resolve_cache(spec("data.max_length=4"), storage)
+    assert other.key != request.key and not other.hit
+    with pytest.raises(SpecError, match="teacher.cache: mode required, but .* holds no complete"):
+        resolve_cache(spec("teacher.cache.mode=required", "data.max_length=4"), storage)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SpecError, match="teacher.cache.location"):
+        resolve_cache(spec(f"teacher.cache.location={blocker}"), storage)
+    _, why = resolve_cache(spec("objective.mixup.alpha=0.4"), storage)
+    assert "MixKD" in why
