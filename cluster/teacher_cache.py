@@ -125,7 +125,9 @@ def resolve_cache(
     except StorageError as exc:
         raise SpecError(f"teacher.cache.location {location}: {exc}") from None
     except OSError as exc:
-        raise SpecError(f"teacher.cache.location {location}: cannot write ({exc.strerror})") from None
+        raise SpecError(
+            f"teacher.cache.location {location}: cannot write ({exc.strerror})"
+        ) from None
     if not hit and c.mode == "required":
         raise SpecError(
             f"teacher.cache: mode required, but {location} holds no complete cache "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -128,7 +129,7 @@ def run_inference(
     started = time.perf_counter()
     out = ds.map_batches(
         actor_class,
-        fn_constructor_args=(spec.model_dump_json(), teacher_dir, cache_uri, _plan_dict(plan)),
+        fn_constructor_args=(spec.model_dump_json(), teacher_dir, cache_uri, asdict(plan)),
         batch_size=inf.rows_per_shard,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=inf.actors),
@@ -148,9 +149,3 @@ def run_inference(
         f"{len(entries)} shards)"
     )
     return entries
-
-
-def _plan_dict(plan: CachePlan) -> dict:
-    from dataclasses import asdict
-
-    return asdict(plan)

@@ -60,7 +60,9 @@ def test_identical_models_give_zero_and_topk_lower_bounds_the_full(divergence):
     student = torch.randn(5, 40, generator=g)
     full = token_divergence(student, logits, divergence=divergence)
     for k in (1, 8, 39):
-        assert (_sparse(student, logits, k, divergence=divergence) <= full + 1e-4).all()  # fp32 rounding of 1 - sum
+        assert (
+            _sparse(student, logits, k, divergence=divergence) <= full + 1e-4
+        ).all()  # fp32 rounding of 1 - sum
 
 
 def test_gradients_are_finite_when_the_kept_ids_hold_all_teacher_mass():
@@ -90,4 +92,6 @@ def test_batch_permutation_permutes_the_per_token_loss():
     g = torch.Generator().manual_seed(3)
     student, teacher = torch.randn(7, 20, generator=g), torch.randn(7, 20, generator=g)
     perm = torch.randperm(7, generator=g)
-    torch.testing.assert_close(_sparse(student[perm], teacher[perm], 3), _sparse(student, teacher, 3)[perm])
+    torch.testing.assert_close(
+        _sparse(student[perm], teacher[perm], 3), _sparse(student, teacher, 3)[perm]
+    )

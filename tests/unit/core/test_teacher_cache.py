@@ -193,7 +193,9 @@ def test_key_changes_with_teacher_data_and_tensors(tiny_tokenizer):
     rows = rows_digest([r["input_ids"] for r in _rows(tiny_tokenizer)])
     fewer = rows_digest([r["input_ids"] for r in _rows(tiny_tokenizer)[:-1]])
 
-    def key(teacher="t", rows=rows, plan=CachePlan((2,)), max_length=64):
+    layer2 = CachePlan((2,))
+
+    def key(teacher="t", rows=rows, plan=layer2, max_length=64):
         return cache_key(teacher=teacher, rows=rows, plan=plan, settings={"max_length": max_length})
 
     assert key() == key()
