@@ -105,27 +105,23 @@ def _lm(view: TokenView) -> torch.Tensor:
 def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
     def loss(view: TokenView) -> torch.Tensor:
         s = view.settings
-        if view.teacher_topk is not None:
+        options = {
+            "num_chunks": s.num_chunks,
+            "divergence": divergence,
+            "temperature": s.temperature,
+            "beta": s.jsd_beta,
+            "checkpoint": s.checkpoint,
+        }
+        if view.teacher_topk is not None:  # a cached teacher: its top-k logits per token
             return token_losses.chunked_sparse_token_kd(
-                view.student_hidden,
-                view.student_head,
-                *view.teacher_topk,
-                num_chunks=s.num_chunks,
-                divergence=divergence,
-                temperature=s.temperature,
-                beta=s.jsd_beta,
-                checkpoint=s.checkpoint,
+                view.student_hidden, view.student_head, *view.teacher_topk, **options
             )
         return token_losses.chunked_token_kd(
             view.student_hidden,
             view.teacher_hidden,
             view.student_head,
             view.teacher_head,
-            num_chunks=s.num_chunks,
-            divergence=divergence,
-            temperature=s.temperature,
-            beta=s.jsd_beta,
-            checkpoint=s.checkpoint,
+            **options,
         )
 
     return loss

@@ -47,16 +47,25 @@ def token_divergence(
         raise ValueError(f"divergence: unknown {divergence!r}; choose from {DIVERGENCES}")
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return _combine(t, s, divergence, beta, _kl) * temperature**2
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dim from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _combine(t, s, divergence: str, beta: float, kl) -> torch.Tensor:
+    """The named divergence of teacher and student log-probabilities `t`, `s` built from
+    `kl(log_p, log_q)`."""
     if divergence == "forward_kl":
-        per_token = (t.exp() * (t - s)).sum(-1)
-    elif divergence == "reverse_kl":
-        per_token = (s.exp() * (s - t)).sum(-1)
-    else:
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"jsd_beta: must lie strictly between 0 and 1, got {beta}")
-        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
-        per_token = beta * (t.exp() * (t - m)).sum(-1) + (1.0 - beta) * (s.exp() * (s - m)).sum(-1)
-    return per_token * temperature**2
+        return kl(t, s)
+    if divergence == "reverse_kl":
+        return kl(s, t)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd_beta: must lie strictly between 0 and 1, got {beta}")
+    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
+    return beta * kl(t, m) + (1.0 - beta) * kl(s, m)
 
 
 def token_kd(
@@ -206,16 +215,7 @@ def sparse_token_divergence(
     t_top = topk_logits.float() / temperature - teacher_lse.float().unsqueeze(-1)
     s = torch.cat([s_top, _log_rest(s_top)], dim=-1)
     t = torch.cat([t_top, _log_rest(t_top)], dim=-1)
-    if divergence == "forward_kl":
-        per_token = _xlogy_diff(t, s)
-    elif divergence == "reverse_kl":
-        per_token = _xlogy_diff(s, t)
-    else:
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"jsd_beta: must lie strictly between 0 and 1, got {beta}")
-        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
-        per_token = beta * _xlogy_diff(t, m) + (1.0 - beta) * _xlogy_diff(s, m)
-    return per_token * temperature**2
+    return _combine(t, s, divergence, beta, _xlogy_diff) * temperature**2
 
 
 def _log_rest(log_top: torch.Tensor) -> torch.Tensor:
