@@ -193,7 +193,7 @@ def lm(args) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     rows = tokenize_generative(train_texts, tokenizer, 64)
     pad = generative_collate(tokenizer)
-    held_out = {"text": list(eval_texts["text"])[:256]}
+    held_out = {"text": list(eval_texts["text"])[:128]}
 
     def loader(seed):
         return DataLoader(
@@ -221,6 +221,7 @@ def lm(args) -> None:
                 break
     teacher.eval().requires_grad_(False)
     teacher_ppl = perplexity(teacher, tokenizer, held_out, max_length=64)
+    print(f"[bench] teacher: {args.teacher_steps} steps, perplexity {teacher_ppl:.2f}", flush=True)
 
     def build_cache(k, tmp):
         plan = CachePlan(topk=k, temperature=1.0)
@@ -273,9 +274,11 @@ def lm(args) -> None:
         }
 
     quality = {"full (live teacher)": student_run(None)}
+    print(f"[bench] full KD: {quality['full (live teacher)']}", flush=True)
     for k in args.k:
         with tempfile.TemporaryDirectory() as tmp:
             quality[f"top-{k} (cache)"] = student_run(build_cache(k, tmp))
+        print(f"[bench] top-{k} KD: {quality[f'top-{k} (cache)']}", flush=True)
     full = quality["full (live teacher)"]["perplexity"]
     for q in quality.values():
         q["vs_full"] = q["perplexity"] / full - 1
@@ -307,9 +310,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--steps", type=int, default=60)
     p = sub.add_parser("lm")
-    p.add_argument("--teacher-steps", type=int, default=400)
-    p.add_argument("--student-steps", type=int, default=200)
-    p.add_argument("--k", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--teacher-steps", type=int, default=300)
+    p.add_argument("--student-steps", type=int, default=150)
+    p.add_argument("--k", type=int, nargs="+", default=[64])
     args = parser.parse_args()
     {"inference": inference, "train": train, "lm": lm}[args.mode](args)
 

@@ -72,6 +72,11 @@ class TeacherCacheSpec(Strict):
     before training; required: use a complete cache or stop before training."""
 
     mode: Literal["off", "auto", "required"] = "off"
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off_is_false(cls, mode):
+        return "off" if mode is False else mode  # YAML 1.1 reads a bare `off` as false
     # A folder or s3:// prefix holding caches by key (shared between runs and sweeps);
     # None: the run's or sweep's own storage.
     location: str | None = None
