@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import ray.cloudpickle
+import torch
 from helpers.s3_fixtures import list_keys, s3_client
 
 from distill.cluster.storage import LocalStorage, open_storage
@@ -129,3 +130,48 @@ def test_cache_on_s3_is_built_and_streamed(ray_session, moto_endpoint, bucket):
     storage = open_storage(uri, load_spec(None, s3).output.s3)
     assert storage.exists("student/model.safetensors")
     assert s3_client(moto_endpoint).head_object(Bucket=bucket, Key="runs/cached/report.json")
+
+
+def test_causal_lm_job_streams_top_k_targets(ray_session, tmp_path):
+    """A GPT-2 teacher's top-k targets: built by Ray Data, streamed by 2 workers whose
+    training never loads the teacher, KD loss from the sparse divergence."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from distill.core.teacher import resolve_teacher
+
+    arch = resolve_teacher("builtin:tiny-gpt2")
+    teacher = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config.from_pretrained(arch)).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(arch).save_pretrained(teacher)
+    spec = load_spec(
+        None,
+        [
+            f"teacher.name={teacher}",
+            "student.layers=1",
+            "objective.weights={lm: 0.5, lm_kl: 0.5}",
+            "teacher.cache.mode=auto",
+            "teacher.cache.topk=8",
+            "teacher.inference.rows_per_shard=64",
+            "training.steps=6",
+            "training.batch_size=8",
+            "training.log_every=2",
+            "training.eval_every=6",
+            "training.checkpoint_every=6",
+            "training.warmup_steps=1",
+            "data.max_length=32",
+            "data.max_train_samples=128",
+            "data.max_eval_samples=16",
+        ],
+    )
+    report = run_job(spec, str(tmp_path / "lm"))
+    cache = report["teacher_cache"]
+    assert (
+        cache["used"]
+        and not cache["hit"]
+        and report["teacher"]["placement"]["partition"] == "cache"
+    )
+    manifest = json.loads((tmp_path / "lm" / CACHE_DIR / cache["key"] / MANIFEST_FILE).read_text())
+    assert manifest["plan"]["topk"] == 8 and manifest["tokens"]["train"] > 128
+    history = [json.loads(x) for x in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
+    assert all(h["loss_lm_kl"] > 0 for h in history) and history[-1]["loss"] < history[0]["loss"]
