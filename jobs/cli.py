@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from distill.core.spec import SmokePlan, SpecError, load_spec, override_fields
 from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
+from distill.jobs.cluster_client import run_address
 from distill.jobs.flags import add_overrides_flag, check_limit
 
 EXIT_BAD_INPUT = 2
@@ -48,8 +50,34 @@ _ARGPARSE_LEADS = {
 }
 
 
+def version_line() -> str:
+    """`distill --version`: this package's version and the stack it runs on (read from the
+    installed distributions' metadata, so nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    stack = ", ".join(f"{n} {of(n)}" for n in ("torch", "ray", "deepspeed", "transformers"))
+    return f"distill {of('distill')} ({stack}; Python {sys.version.split()[0]})"
+
+
+class _Version(argparse.Action):
+    """Prints `version_line()` unwrapped (argparse's own action wraps it at 80 columns)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="distill", description="Distributed knowledge distillation on Ray.")
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the version of distill and its stack"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a distillation job (no CONFIG: the offline quickstart)")
     run.add_argument("config", nargs="?", help="job spec YAML")
@@ -59,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute"
     )
     run.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    run.add_argument(
+        "--address",
+        help="Ray address to join, HEAD:6379 or auto (default: RAY_ADDRESS, else a local Ray); "
+        "a dashboard URL goes to `distill submit`",
+    )
     tune = sub.add_parser("tune", help="search student depth/width with Ray Tune (a sweep)")
     tune.add_argument("sweep", help="sweep YAML: base job spec + search space")
     add_overrides_flag(tune, "sweep", "base.training.steps=200 or search.num_samples=8")
@@ -85,7 +118,16 @@ def _smoke_note(plan: SmokePlan | None):
     return lambda: print(f"distill: smoke: {plan.describe()}", file=sys.stderr, flush=True)
 
 
+def _join(address: str | None) -> None:
+    """Checks the Ray address this process will join (`--address` wins over `RAY_ADDRESS`)
+    and makes it the one Ray, preflight and the workers see."""
+    resolved = run_address(address)
+    if resolved is not None:
+        os.environ["RAY_ADDRESS"] = resolved
+
+
 def _run(args: argparse.Namespace) -> int:
+    _join(args.address)
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
     plan = None
     if args.smoke:
@@ -122,6 +164,7 @@ def _tune(args: argparse.Namespace) -> int:
         return submit.tune_submit_cli(args)
     if args.address:
         raise SpecError("--address: goes with --submit (without it the sweep runs here)")
+    _join(None)
     from distill.cluster.sweep_spec import load_sweep
     from distill.jobs.tune import smoke_sweep_planned
 
