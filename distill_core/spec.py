@@ -202,6 +202,9 @@ class TrainingSpec(Strict):
     warmup_steps: Count = 10
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     seed: Seed = 42
+    # Micro-batches per optimizer step (each of `batch_size` rows per worker); `steps`
+    # counts optimizer steps, so a step reads batch_size x workers x this many rows.
+    gradient_accumulation_steps: PositiveInt = 1
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 50
@@ -228,6 +231,12 @@ class DeepSpeedSpec(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_optimizer: bool = False
+    # ZeRO-3 only: the student's parameters live in CPU memory between uses (offload_param).
+    offload_parameters: bool = False
+    # Your own DeepSpeed config, a JSON/YAML file or an inline mapping, deep-merged over the
+    # one distill generates (`distill.cluster.deepspeed_config`). Fields distill owns (batch
+    # sizes, accumulation, ZeRO stage, precision, clipping) must agree with the spec's.
+    config: str | dict[str, Any] | None = None
 
 
 class EvaluationSpec(Strict):
@@ -622,7 +631,13 @@ def dump_spec(spec: JobSpec) -> str:
 # rewrite paths: preflight (made absolute), `distill submit` (bundled into the job's
 # working dir) and a submitted job's nodes (rebased onto their copy of it). Dotted paths
 # below the job, or below a stage (whose sections are raw dicts); `*` is each list item.
-PATH_FIELDS = ("teacher.name", "data.train.*.path", "data.eval.path", "evaluation.sts_path")
+PATH_FIELDS = (
+    "teacher.name",
+    "data.train.*.path",
+    "data.eval.path",
+    "evaluation.sts_path",
+    "deepspeed.config",
+)
 # Values that never name a local path, whatever is on disk: builtin architectures and
 # corpora, another stage's model, object storage, and the packaged teacher.
 _NOT_LOCAL_PREFIXES = ("builtin:", STAGE_TEACHER_PREFIX, "s3://")

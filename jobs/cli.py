@@ -210,7 +210,24 @@ def _report(args: argparse.Namespace) -> int:
         from distill.jobs.report import format_table
 
         print(found.formatted(format_table))
+    if found.kind == "run":
+        _draw_curves(found.root, args)
     return 0
+
+
+def _draw_curves(root: str, args: argparse.Namespace) -> None:
+    """curves.png next to the run's report.json (stderr says where; a folder this user
+    cannot write to is a one-line note, not a failure of the report)."""
+    from distill.cluster.storage import StorageError, open_storage
+    from distill.jobs.curves import write_curves
+
+    try:
+        where = write_curves(open_storage(root, runs.s3_options(args)))
+    except (OSError, StorageError) as exc:
+        print(f"distill: curves.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    if where:
+        print(f"curves: {where}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
