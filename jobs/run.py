@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from distill.cluster.checkpoints import newest_intact
+from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.pipeline import (
     StagePlan,
@@ -38,6 +39,8 @@ from distill.jobs.curves import write_curves
 from distill.jobs.preflight import check_storage, preflight_stages, take_lease
 from distill.jobs.report import build_report
 from distill.jobs.run_folder import CONFIG_FILE, REPORT_FILE, DamagedFile, read_yaml_file
+
+DEEPSPEED_FILE = "deepspeed.json"
 
 # Fields that change the trained model's shape or meaning: resuming with others is refused.
 _RESUME_KEYS = ("teacher", "student", "task", "objective", "stages")
@@ -253,6 +256,10 @@ def _run_checked(
     if teacher_cache is not None and len(stages) > 1:
         raise SpecError("stages: the teacher-output cache serves single-stage jobs only")
     plans = plan_stages(stages)
+    for plan in plans:  # what each DeepSpeed engine is given, next to the results
+        where = f"{stage_dir(plan.name)}/" if len(plans) > 1 else ""
+        config = deepspeed_config(plan.spec, plan.spec.training.steps)
+        storage.write_text(f"{where}{DEEPSPEED_FILE}", json.dumps(config, indent=2))
     checkpoint = _run_stages(plans, storage, teacher_cache, callbacks)
     final = plans[-1]
     final_spec = final.spec.model_copy(update={"output": spec.output})
