@@ -36,6 +36,7 @@ from distill.core.spec import JobSpec, SpecError, dump_spec
 from distill.core.stages import Stage
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.curves import write_curves
+from distill.jobs.model_card import write_model_card
 from distill.jobs.preflight import check_storage, preflight_stages, take_lease
 from distill.jobs.report import build_report
 from distill.jobs.run_folder import CONFIG_FILE, REPORT_FILE, DamagedFile, read_yaml_file
@@ -290,5 +291,6 @@ def _run_checked(
         )
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
     storage.write_text(REPORT_FILE, json.dumps(report, indent=2))
+    write_model_card(storage, report, final_spec)
     write_curves(storage)
     return report
