@@ -246,6 +246,11 @@ class EvaluationSpec(Strict):
     throughput_rounds: PositiveInt = 3
     generation_length: PositiveInt = 32  # generative teachers: new tokens per prompt (tokens/s)
     batch_size: PositiveInt = 32
+    # Serving speed in report.json (encoders): batch-1 latency p50/p95 and batch-32
+    # throughput of teacher and student, interleaved. onnx: PyTorch, ONNX fp32 and ONNX int8;
+    # pytorch: PyTorch only; none: not measured.
+    latency: Literal["onnx", "pytorch", "none"] = "onnx"
+    latency_rounds: PositiveInt = 100  # batch-1 calls per model and backend
 
 
 # botocore takes a region that is one DNS label.
@@ -533,6 +538,7 @@ def smoke_targets(spec: JobSpec) -> dict[str, Any]:
         "evaluation.throughput_texts": min(e.throughput_texts, 64),
         "evaluation.throughput_rounds": 1,
         "evaluation.generation_length": min(e.generation_length, 16),
+        "evaluation.latency_rounds": min(e.latency_rounds, 20),
     }
     if o.sequence_kd is not None:
         targets["objective.sequence_kd.num_beams"] = 1
