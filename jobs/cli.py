@@ -1,11 +1,14 @@
 """The `distill` command line.
 
     distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke] [--force]
+                [--address HEAD:6379]
     distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke] [--force]
                  [--max-params N] [--min-speedup X] [--submit --address URL]
     distill report RUN_OR_SWEEP_DIR [--json]
     distill runs list LOCATION          (a folder or s3://bucket/prefix)
-    distill export RUN --out DIR        (RUN: a run folder or s3://bucket/prefix/RUN)
+    distill export RUN --out DIR [--format onnx [--quantize int8]]
+                                        (RUN: a run folder or s3://bucket/prefix/RUN)
+    distill --version
     distill submit [CONFIG.yaml] --address http://HEAD:8265 [--set ...]   (jobs/submit.py)
     distill status JOB | logs JOB [--follow] | stop JOB | jobs            (a Ray cluster's jobs)
 
@@ -73,8 +76,57 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+# `distill COMMAND --help` ends with these examples (every path exists in a fresh clone).
+EXAMPLES = {
+    "run": [
+        "distill run                                   # the offline quickstart (no hub, CPU)",
+        "distill run --smoke                           # the same in about a minute",
+        "distill run examples/minilm.yaml --set training.steps=50 --output runs/minilm",
+        "distill run --set deepspeed.config=ds.json training.gradient_accumulation_steps=4",
+        "distill run --address 10.0.0.7:6379           # join a running Ray cluster",
+    ],
+    "tune": [
+        "distill tune examples/sweep_depth_width.yaml --smoke",
+        "distill tune examples/sweep_depth_width.yaml --max-params 12000000",
+        "distill tune examples/sweep_depth_width.yaml --submit --address http://HEAD:8265",
+    ],
+    "report": [
+        "distill report runs/quickstart                # the table; also writes curves.png",
+        "distill report runs/quickstart --json",
+        "distill report s3://bucket/runs/quickstart --endpoint-url http://localhost:9000",
+    ],
+    "runs": ["distill runs list runs", "distill runs list s3://bucket/runs --json"],
+    "export": [
+        "distill export runs/quickstart --out ./student",
+        "distill export runs/quickstart --out ./serving --format onnx --quantize int8",
+    ],
+    "submit": [
+        "distill submit examples/minilm.yaml --address http://HEAD:8265 "
+        "--output s3://bucket/runs/minilm --follow",
+    ],
+    "status": ["distill status raysubmit_XYZ --address http://HEAD:8265"],
+    "logs": ["distill logs raysubmit_XYZ --follow --address http://HEAD:8265"],
+    "stop": ["distill stop raysubmit_XYZ --wait --address http://HEAD:8265"],
+    "jobs": ["distill jobs --address http://HEAD:8265"],
+}
+
+
+def _add_examples(sub) -> None:
+    for name, parser in sub.choices.items():
+        lines = EXAMPLES.get(name)
+        if lines:
+            parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="distill", description="Distributed knowledge distillation on Ray.")
+    parser = _Parser(
+        prog="distill",
+        description="Distributed knowledge distillation on Ray.",
+        epilog="examples:\n  distill run --smoke\n  distill report runs/quickstart\n"
+        "  distill COMMAND --help      # examples of each command",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--version", action=_Version, nargs=0, help="print the version of distill and its stack"
     )
@@ -107,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_s3_flags(report)
     runs.add_parsers(sub)
     submit.add_parsers(sub)
+    _add_examples(sub)
     return parser
 
 

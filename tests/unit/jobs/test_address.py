@@ -147,3 +147,22 @@ def test_version_names_the_stack(capsys):
     line = capsys.readouterr().out.strip()
     assert line.startswith("distill 0.1.0 (torch ")
     assert "deepspeed" in line and "transformers" in line and "Python 3." in line
+
+
+def test_every_command_help_ends_with_examples(capsys):
+    import pathlib
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    repo = pathlib.Path(__file__).resolve().parents[3]
+    for name, command in sub.choices.items():
+        assert command.epilog and command.epilog.startswith("examples:\n"), name
+        for line in cli.EXAMPLES[name]:
+            assert line.startswith("distill ")
+            assert "../shared" not in line
+            for word in line.split():
+                if word.startswith("examples/"):
+                    assert (repo / word).is_file(), word
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert "examples:\n  distill run " in capsys.readouterr().out
