@@ -251,6 +251,9 @@ class EvaluationSpec(Strict):
     # pytorch: PyTorch only; none: not measured.
     latency: Literal["onnx", "pytorch", "none"] = "onnx"
     latency_rounds: PositiveInt = 100  # batch-1 calls per model and backend
+    # Threads of both backends while timing (torch and onnxruntime intra-op); None: torch's
+    # current count. 1 gives stable numbers on a machine that other jobs load.
+    latency_threads: PositiveInt | None = None
 
 
 # botocore takes a region that is one DNS label.

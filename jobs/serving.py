@@ -47,11 +47,24 @@ def latency_section(spec: JobSpec, teacher_dir: str, student_dir, eval_rows) -> 
     {p50_ms, p95_ms, batch32_per_s}}}, onnx_check, settings}; None when
     `evaluation.latency` is none. An encoder that ONNX cannot export keeps its PyTorch
     numbers and the reason (`onnx_error`)."""
-    from distill.core.latency import measure_latency
+    import torch
 
     e = spec.evaluation
     if e.latency == "none":
         return None
+    before = torch.get_num_threads()
+    threads = e.latency_threads or before
+    torch.set_num_threads(threads)
+    try:
+        return _latency(spec, teacher_dir, student_dir, eval_rows, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _latency(spec: JobSpec, teacher_dir: str, student_dir, eval_rows, threads: int) -> dict:
+    from distill.core.latency import measure_latency
+
+    e = spec.evaluation
     texts, max_length = _texts(eval_rows), spec.data.max_length
     teacher, student = load_encoder(teacher_dir), load_encoder(student_dir)
     encoders = {"pytorch": {"teacher": teacher, "student": student}}
@@ -61,7 +74,7 @@ def latency_section(spec: JobSpec, teacher_dir: str, student_dir, eval_rows) -> 
             "max_length": max_length,
             "rounds": e.latency_rounds,
             "throughput_texts": e.throughput_texts,
-            "threads": _threads(),
+            "threads": threads,
             "includes": "tokenization",
         }
     }
@@ -76,12 +89,12 @@ def latency_section(spec: JobSpec, teacher_dir: str, student_dir, eval_rows) -> 
                 section["onnx_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
             else:
                 onnx = {
-                    "teacher": OnnxEncoder(t_fp32, teacher.tokenizer),
-                    "student": OnnxEncoder(s_fp32, student.tokenizer),
+                    "teacher": OnnxEncoder(t_fp32, teacher.tokenizer, threads),
+                    "student": OnnxEncoder(s_fp32, student.tokenizer, threads),
                 }
                 int8 = {
-                    "teacher": OnnxEncoder(t_int8, teacher.tokenizer),
-                    "student": OnnxEncoder(s_int8, student.tokenizer),
+                    "teacher": OnnxEncoder(t_int8, teacher.tokenizer, threads),
+                    "student": OnnxEncoder(s_int8, student.tokenizer, threads),
                 }
                 encoders.update(onnx=onnx, onnx_int8=int8)
                 section["onnx_check"] = {
@@ -98,12 +111,6 @@ def latency_section(spec: JobSpec, teacher_dir: str, student_dir, eval_rows) -> 
             max_length=max_length,
         )
     return section
-
-
-def _threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def export_onnx_folder(student_dir: Path, spec: JobSpec, eval_texts: list[str], int8: bool) -> dict:
