@@ -82,21 +82,15 @@ def _loading(report: dict, has_st: bool, has_classifier: bool, has_onnx: bool) -
 
 
 def _speed_rows(report: dict) -> list[str]:
+    """Throughput, and the latency rows of the report's table (`report.latency_rows`)."""
+    from distill.jobs.report import latency_rows
+
     sp = report.get("speed") or {}
     rows = [
-        f"| throughput ({sp.get('unit', '-')}, batch 32) | {_num(sp.get('teacher'))} | "
-        f"{_num(sp.get('student'))} | {_num(sp.get('speedup'), 3)}x |"
+        f"| throughput ({sp.get('unit', '-')}, batch {sp.get('batch_size', 32)}) | "
+        f"{_num(sp.get('teacher'))} | {_num(sp.get('student'))} | {_num(sp.get('speedup'), 3)}x |"
     ]
-    latency = report.get("latency") or {}
-    for backend, models in (latency.get("backends") or {}).items():
-        t, s = models.get("teacher") or {}, models.get("student") or {}
-        for key, label in (("p50_ms", "p50"), ("p95_ms", "p95")):
-            if key in s:
-                ratio = t.get(key) / s[key] if t.get(key) and s[key] else None
-                rows.append(
-                    f"| batch-1 latency {label}, {backend} (ms) | {_num(t.get(key))} | "
-                    f"{_num(s[key])} | {_num(ratio, 3)}x faster |"
-                )
+    rows += [f"| {' | '.join(row)} |" for row in latency_rows(report.get("latency"))]
     return rows
 
 

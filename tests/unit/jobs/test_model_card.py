@@ -60,7 +60,7 @@ def test_the_card_carries_the_report_numbers_and_how_to_load():
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     assert "| sts_spearman (sts-test.csv, n=1379) | 0.8203 | 0.7712 | 0.94 retained |" in card
     assert "| parameters | 22,713,216 | 11,355,264 | 2x smaller |" in card
-    assert "| batch-1 latency p50, pytorch (ms) | 9 | 4.5 | 2x faster |" in card
+    assert "| batch-1 p50 ms (PyTorch) | 9 | 4.5 | 2x faster |" in card
     assert "3 layers, hidden 384, 12 heads, ffn 1536 (init `every_other_layer`)" in card
     assert "`hidden_mse` x 1, `pooled_cosine` x 1" in card
     assert "x 2 accumulated" in card
