@@ -6,6 +6,8 @@ the task head, ONNX). A Hub-style YAML header comes first.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from distill.core.spec import JobSpec
 
 CARD_FILE = "README.md"
@@ -94,21 +96,19 @@ def _speed_rows(report: dict) -> list[str]:
     return rows
 
 
-def write_model_card(storage, report: dict, spec: JobSpec) -> str:
-    """Write `student/README.md` of a run (a `Storage`); returns its relative path."""
-    from distill.cluster.run_files import STUDENT_DIR
+def write_model_card(student: Path, report: dict, spec: JobSpec) -> Path:
+    """Write `README.md` into a local student folder, describing what the folder holds."""
     from distill.core.hf_classifier import MODELING_FILE
 
-    names = set(storage.list(STUDENT_DIR))
     card = model_card(
         report,
         spec,
-        has_st="modules.json" in names,
-        has_classifier=MODELING_FILE in names,
-        has_onnx="onnx" in names,
+        has_st=(student / "modules.json").is_file(),
+        has_classifier=(student / MODELING_FILE).is_file(),
+        has_onnx=(student / "onnx").is_dir(),
     )
-    storage.write_text(f"{STUDENT_DIR}/{CARD_FILE}", card)
-    return f"{STUDENT_DIR}/{CARD_FILE}"
+    (student / CARD_FILE).write_text(card)
+    return student / CARD_FILE
 
 
 def model_card(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -266,7 +267,6 @@ def _run_checked(
     final_spec = final.spec.model_copy(update={"output": spec.output})
     with contextlib.ExitStack() as scratch:
         folder = Path(scratch.enter_context(checkpoint.as_directory()))  # S3: a local download
-        storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
         storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
@@ -289,8 +289,13 @@ def _run_checked(
                 {"name": p.name, "kind": p.kind, "steps": p.spec.training.steps} for p in plans
             ],
         )
+        # The export with its model card (made from the report) goes to the run in one
+        # put_dir, so its manifest covers the card; the checkpoint's copy stays as it was.
+        staging = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="distill-out-")))
+        shutil.copytree(folder / STUDENT_DIR, staging / STUDENT_DIR)
+        write_model_card(staging / STUDENT_DIR, report, final_spec)
+        storage.put_dir(staging / STUDENT_DIR, STUDENT_DIR)
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
     storage.write_text(REPORT_FILE, json.dumps(report, indent=2))
-    write_model_card(storage, report, final_spec)
     write_curves(storage)
     return report

@@ -316,13 +316,6 @@ def _export_onnx(args, out: Path, int8: bool) -> None:
         )
     print(line)
     if run.exists(REPORT_FILE):
-        from distill.jobs.model_card import CARD_FILE, model_card
+        from distill.jobs.model_card import write_model_card
 
-        card = model_card(
-            read_json_file(run, REPORT_FILE),
-            spec,
-            has_st=(out / "modules.json").is_file(),
-            has_classifier=(out / "modeling_distill.py").is_file(),
-            has_onnx=True,
-        )
-        (out / CARD_FILE).write_text(card)
+        write_model_card(out, read_json_file(run, REPORT_FILE), spec)

@@ -7,7 +7,6 @@ import copy
 
 from helpers.reports import GOOD_REPORT
 
-from distill.cluster.storage import LocalStorage
 from distill.core.spec import load_spec
 from distill.jobs.model_card import model_card, write_model_card
 
@@ -80,9 +79,9 @@ def test_a_task_student_card_shows_the_classifier(tmp_path):
     (tmp_path / "student").mkdir()
     (tmp_path / "student" / "modeling_distill.py").write_text("")
     spec = load_spec(None, ["task.type=classification"])
-    path = write_model_card(LocalStorage(tmp_path), report, spec)
-    card = (tmp_path / path).read_text()
-    assert path == "student/README.md"
+    path = write_model_card(tmp_path / "student", report, spec)
+    card = path.read_text()
+    assert path == tmp_path / "student" / "README.md"
     assert "pipeline_tag: text-classification" in card
     assert "| task accuracy (n=64) | 0.9 | 0.85 | 0.944 retained |" in card
     assert 'pipeline("text-classification", model="student", trust_remote_code=True)' in card
