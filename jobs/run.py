@@ -296,6 +296,6 @@ def _run_checked(
         write_model_card(staging / STUDENT_DIR, report, final_spec)
         storage.put_dir(staging / STUDENT_DIR, STUDENT_DIR)
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
-    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))
     write_curves(storage)
+    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))  # last: the run is done
     return report
