@@ -64,7 +64,7 @@ from distill.core.student import (
     no_gather,
     student_config,
 )
-from distill.core.teacher_cache import plan_for
+from distill.core.teacher_cache import bypass_reason, encoder_rows, plan_for
 
 _STUDENT = "student."
 _POOLED = "objective.projections.pooled."
@@ -319,8 +319,21 @@ class EncoderFamily(ModelFamily):
 
         return spearman_of_embeddings(embed, pairs)
 
-    def cache_plan(self, model):
-        return plan_for(model.objective.weights, model.objective.pairs)
+    def cache_plan(self, spec, teacher_config, columns):
+        o, s = spec.objective, spec.student
+        reason = bypass_reason(o.weights, mixup=o.mixup is not None)
+        if reason:
+            return None, reason
+        student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
+        pairs = layer_pairs(o.layer_map, student_depth, depth(teacher_config))
+        plan = plan_for(o.weights, pairs)
+        return (None, "the objective reads no teacher output") if plan.empty else (plan, None)
+
+    def cache_rows(self, teacher, teacher_head, tokenizer, batch, plan):
+        return encoder_rows(teacher, teacher_head, batch, plan)
+
+    def cached_outputs(self, cache, split, index, batch, dtype):
+        return cache.encoder_outputs(split, index, batch["attention_mask"], dtype)
 
     # -- export -----------------------------------------------------------------------------
 

@@ -264,3 +264,9 @@ def test_s3_endpoint_and_region_that_are_fine():
 def test_a_folder_given_as_the_config_file_is_named_a_folder(tmp_path):
     with pytest.raises(SpecError, match=r"^config .*: is a folder, expected a YAML file$"):
         load_spec(tmp_path)
+
+
+def test_teacher_cache_mode_off_survives_yaml_booleans():
+    assert load_spec(None, ["teacher.cache.mode=off"]).teacher.cache.mode == "off"
+    with pytest.raises(SpecError, match="teacher.cache.mode"):
+        load_spec(None, ["teacher.cache.mode=on"])
