@@ -78,6 +78,14 @@ class LocalStorage:
     def write_text(self, relpath: str, text: str) -> None:
         self.put(relpath, text.encode())
 
+    def append_text(self, relpath: str, text: str) -> None:
+        target = self.path(relpath)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
     def put_dir(self, local_dir: str | Path, relpath: str) -> None:
         """Copy a folder in, replacing any previous one only once the copy is complete."""
         target = self.path(relpath)

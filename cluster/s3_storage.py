@@ -239,6 +239,14 @@ class S3Storage:
     def write_text(self, relpath: str, text: str) -> None:
         self.put(relpath, text.encode())
 
+    def append_text(self, relpath: str, text: str) -> None:
+        # S3 has no append: read and rewrite (the files appended to stay small).
+        try:
+            old = self.get(relpath)
+        except StorageNotFound:
+            old = b""
+        self.put(relpath, old + text.encode())
+
     @_reading
     def list(self, relpath: str = "") -> list[str]:
         """Names of the immediate children (files and folders) of `relpath`."""

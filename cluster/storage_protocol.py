@@ -139,6 +139,12 @@ class Storage(Protocol):
         """`put` of the UTF-8 encoded text."""
         ...
 
+    def append_text(self, relpath: str, text: str) -> None:
+        """Add `text` to the end of a file (created if missing), durably before returning:
+        a reader sees it at once (local disk: appended and flushed; S3, which has no
+        append: the object rewritten whole, so keep such files small)."""
+        ...
+
     def get_dir(self, relpath: str, local_dir: str | Path) -> Path:
         """Copy the folder at `relpath` into `local_dir` (created); returns it.
         StorageNotFound when there is no folder there."""

@@ -38,6 +38,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
+from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
 from distill.cluster.pipeline import (
     METRICS_FILE,
     StagePlan,
@@ -92,10 +93,12 @@ def run_stage(
     with contextlib.ExitStack() as scratch:
         stage = set_up_stage(inputs, plan, scratch)
         progress = restore(stage, checkpoint)
+        stage.live = _live_metrics(stage, progress.history, scratch)
         progress.previous_end = previous_end
         total = stage.spec.training.steps
         for step in range(progress.step + 1, total + 1):
-            loss, parts = train_step(stage, progress, step)
+            for _ in range(stage.spec.training.gradient_accumulation_steps):
+                loss, parts = train_step(stage, progress, step)  # DeepSpeed steps on the last
             patience = stage.spec.training.stop_after_nonfinite
             if progress.nonfinite_streak >= patience or (
                 step == total and not _finite_state(stage, progress)
@@ -142,7 +145,7 @@ class LiveStage:
     train_ds: object
     collate: object
     eval_loader: DataLoader
-    steps_per_epoch: int
+    steps_per_epoch: int  # batches (micro-batches under gradient accumulation)
     cache: object | None
     sts_pairs: object | None
     st_teacher: str | None
@@ -150,6 +153,7 @@ class LiveStage:
     attempt: str
     teacher_before: str = ""
     placement_group: str | None = None
+    live: LiveMetrics | None = None  # rank 0: metrics.jsonl and TensorBoard, as it trains
     mix_generator: torch.Generator = field(default_factory=torch.Generator)
     mask_generator: torch.Generator = field(default_factory=torch.Generator)
 
@@ -388,16 +392,19 @@ def restore(stage: LiveStage, checkpoint) -> Progress:
         progress.resumed_finished = progress.step >= stage.spec.training.steps
         if stage.rank == 0:
             print(f"[distill] resumed from checkpoint at step {progress.step}", flush=True)
-    progress.epoch = progress.step // stage.steps_per_epoch
+    read = progress.step * stage.spec.training.gradient_accumulation_steps  # micro-batches
+    progress.epoch = read // stage.steps_per_epoch
     progress.batches = _batches(stage, progress.epoch)
-    for _ in range(progress.step % stage.steps_per_epoch):  # replay the data position
+    for _ in range(read % stage.steps_per_epoch):  # replay the data position
         next(progress.batches)
     stage.engine.train()
     return progress
 
 
 def train_step(stage: LiveStage, progress: Progress, step: int):
-    """One optimizer step on the next batch; returns (loss, loss parts)."""
+    """One forward and backward on the next batch, and DeepSpeed's step (an optimizer
+    update at the end of `training.gradient_accumulation_steps` micro-batches); returns
+    (loss, loss parts)."""
     try:
         batch = next(progress.batches)
     except StopIteration:
@@ -493,6 +500,8 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
         )
     progress.loss_sum, progress.loss_n = 0.0, 0
     progress.history.append(metrics)
+    if stage.live is not None:
+        stage.live.log(metrics)
     return metrics
 
 
@@ -634,6 +643,20 @@ def _batches(stage: LiveStage, epoch: int):
             drop_last=True,
         )
     )
+
+
+def _live_metrics(stage: LiveStage, history: list[dict], scratch) -> LiveMetrics | None:
+    """Rank 0's live metrics of the stage: the run's metrics.jsonl and tensorboard/ (a
+    pipeline's stage: its own stages/<name>/metrics.jsonl and tensorboard/<name>/)."""
+    if stage.rank != 0:
+        return None
+    metrics_file, events = METRICS_FILE, TENSORBOARD_DIR
+    if stage.multi_stage:
+        metrics_file = f"{stage_dir(stage.plan.name)}/{METRICS_FILE}"
+        events = f"{TENSORBOARD_DIR}/{stage.plan.name}"
+    live = LiveMetrics(stage.storage, metrics_file, events, history)
+    scratch.callback(live.close)
+    return live
 
 
 def _stage_export(storage: Storage, name: str | None, scratch: contextlib.ExitStack) -> str | None:

@@ -339,16 +339,15 @@ class EncoderFamily(ModelFamily):
 
     def export(self, model, tokenizer, folder, *, max_length, st_teacher):
         student, projection, head = _plain_fp32_copy(model)
-        out = export_student(
+        export_student(
             student,
             tokenizer,
             folder,
             projection=projection,
             sentence_transformer_teacher=st_teacher,
             max_seq_length=max_length,
+            head=head,
         )
-        if head is not None:
-            head.save(out)
         return SentenceEncoder(student, tokenizer, projection).encode(
             PROBE_TEXTS, max_length=max_length
         )

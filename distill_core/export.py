@@ -2,8 +2,10 @@
 when the teacher is one), and load it back as a sentence encoder.
 
 Layout: `save_pretrained` files and the tokenizer at the root; for sentence-transformers
-teachers also `modules.json`, `1_Pooling/`, `2_Dense/` (the learned student->teacher
-projection, when widths differ) and `3_Normalize/` when the teacher normalises.
+teachers the folder is then saved by sentence-transformers itself (`modules.json`,
+`1_Pooling/`, `2_Dense/` with the learned student->teacher projection when widths differ,
+`3_Normalize/` when the teacher normalises, and its configs). Task students also carry
+`task_head/` and load through `AutoModelForSequenceClassification` (`hf_classifier`).
 A BiLSTM student (`lstm_student.py`) is exported as the plain HF folder plus `2_Dense/`
 only: sentence-transformers cannot load it, and its pooling is `config.pooling`.
 """
@@ -11,7 +13,6 @@ only: sentence-transformers cannot load it, and its pooling is `config.pooling`.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -19,8 +20,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
+from distill.core.hf_classifier import write_sequence_classifier
 from distill.core.lstm_student import BiLSTMConfig, register_lstm_student
-from distill.core.outputs import sentence_pool
+from distill.core.outputs import TaskHead, sentence_pool
 
 _DENSE = "2_Dense"
 # Fixed texts whose outputs the trained in-memory model records at export time; the report
@@ -32,33 +34,47 @@ PROBE_TEXTS = [
 ]
 
 
-def _modules(teacher_dir: Path, has_dense: bool) -> list[dict]:
-    teacher_modules = json.loads((teacher_dir / "modules.json").read_text())
-    normalize = any(m["type"].endswith("Normalize") for m in teacher_modules)
-    mods = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {
-            "idx": 1,
-            "name": "1",
-            "path": "1_Pooling",
-            "type": "sentence_transformers.models.Pooling",
-        },
-    ]
-    if has_dense:
-        mods.append(
-            {"idx": 2, "name": "2", "path": _DENSE, "type": "sentence_transformers.models.Dense"}
+def _teacher_normalizes(teacher_dir: Path) -> bool:
+    """Whether a sentence-transformers teacher ends in a Normalize module."""
+    modules = json.loads((teacher_dir / "modules.json").read_text())
+    return any(m["type"].endswith("Normalize") for m in modules)
+
+
+def _save_sentence_transformer(
+    out: Path,
+    width: int,
+    projection: nn.Linear | None,
+    teacher_dir: Path,
+    max_seq_length: int,
+) -> None:
+    """sentence-transformers writes its own folder over the HF export in `out`: modules.json,
+    1_Pooling (mean), 2_Dense (the learned projection, when widths differ), Normalize when
+    the teacher normalises, its configs and its model card."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    modules = [Transformer(str(out), max_seq_length=max_seq_length), Pooling(width, "mean")]
+    if projection is not None:
+        modules.append(
+            Dense(
+                projection.in_features,
+                projection.out_features,
+                bias=projection.bias is not None,
+                activation_function=nn.Identity(),
+                init_weight=projection.weight.detach().float().cpu(),
+                init_bias=None
+                if projection.bias is None
+                else projection.bias.detach().float().cpu(),
+            )
         )
-    if normalize:
-        i = len(mods)
-        mods.append(
-            {
-                "idx": i,
-                "name": str(i),
-                "path": f"{i}_Normalize",
-                "type": "sentence_transformers.models.Normalize",
-            }
-        )
-    return mods
+    if _teacher_normalizes(teacher_dir):
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu").save(str(out))
 
 
 def export_student(
@@ -69,8 +85,11 @@ def export_student(
     projection: nn.Linear | None = None,
     sentence_transformer_teacher: str | Path | None = None,
     max_seq_length: int = 256,
+    head: TaskHead | None = None,
 ) -> Path:
-    """Write the student, its tokenizer and (optionally) the sentence-transformers modules.
+    """Write the student, its tokenizer, (optionally) the sentence-transformers modules and
+    a task head (`task_head/`, and for transformer students the Auto-class classifier of
+    `hf_classifier`).
 
     The sentence-transformers modules are skipped for a BiLSTM student, whatever
     `sentence_transformer_teacher` says: that library only loads transformer folders.
@@ -79,54 +98,41 @@ def export_student(
     out.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    if projection is not None:
-        (out / _DENSE).mkdir(exist_ok=True)
-        (out / _DENSE / "config.json").write_text(
-            json.dumps(
-                {
-                    "in_features": projection.in_features,
-                    "out_features": projection.out_features,
-                    "bias": projection.bias is not None,
-                    "activation_function": "torch.nn.modules.linear.Identity",
-                }
-            )
+    lstm = _is_lstm(student)
+    if sentence_transformer_teacher is not None and not lstm:
+        _save_sentence_transformer(
+            out,
+            student.config.hidden_size,
+            projection,
+            Path(sentence_transformer_teacher),
+            min(max_seq_length, student.config.max_position_embeddings),
         )
-        weights = {"linear.weight": projection.weight.detach().float().contiguous().cpu()}
-        if projection.bias is not None:
-            weights["linear.bias"] = projection.bias.detach().float().contiguous().cpu()
-        save_file(weights, str(out / _DENSE / "model.safetensors"))
-    if sentence_transformer_teacher is not None and not _is_lstm(student):
-        teacher_dir = Path(sentence_transformer_teacher)
-        modules = _modules(teacher_dir, projection is not None)
-        (out / "modules.json").write_text(json.dumps(modules, indent=2))
-        (out / "1_Pooling").mkdir(exist_ok=True)
-        (out / "1_Pooling" / "config.json").write_text(
-            json.dumps(
-                {
-                    "word_embedding_dimension": student.config.hidden_size,
-                    "pooling_mode_cls_token": False,
-                    "pooling_mode_mean_tokens": True,
-                    "pooling_mode_max_tokens": False,
-                    "pooling_mode_mean_sqrt_len_tokens": False,
-                },
-                indent=2,
-            )
-        )
-        (out / "sentence_bert_config.json").write_text(
-            json.dumps(
-                {
-                    "max_seq_length": min(max_seq_length, student.config.max_position_embeddings),
-                    "do_lower_case": False,
-                }
-            )
-        )
-        for extra in ("config_sentence_transformers.json",):
-            if (teacher_dir / extra).is_file():
-                shutil.copy(teacher_dir / extra, out / extra)
-        for m in modules:
-            if m["type"].endswith("Normalize"):
-                (out / m["path"]).mkdir(exist_ok=True)
+    elif projection is not None:
+        _save_dense(out / _DENSE, projection)
+    if head is not None:
+        head.save(out)
+        if not lstm:  # written last: the sentence-transformers save rewrites the weights
+            write_sequence_classifier(out, head)
     return out
+
+
+def _save_dense(folder: Path, projection: nn.Linear) -> None:
+    """The projection in sentence-transformers' Dense layout (read by `load_encoder`)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "in_features": projection.in_features,
+                "out_features": projection.out_features,
+                "bias": projection.bias is not None,
+                "activation_function": "torch.nn.modules.linear.Identity",
+            }
+        )
+    )
+    weights = {"linear.weight": projection.weight.detach().float().contiguous().cpu()}
+    if projection.bias is not None:
+        weights["linear.bias"] = projection.bias.detach().float().contiguous().cpu()
+    save_file(weights, str(folder / "model.safetensors"))
 
 
 def _is_lstm(model: nn.Module) -> bool:

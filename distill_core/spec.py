@@ -77,6 +77,7 @@ class TeacherCacheSpec(Strict):
     @classmethod
     def _yaml_off_is_false(cls, mode):
         return "off" if mode is False else mode  # YAML 1.1 reads a bare `off` as false
+
     # A folder or s3:// prefix holding caches by key (shared between runs and sweeps);
     # None: the run's or sweep's own storage.
     location: str | None = None
@@ -234,6 +235,9 @@ class TrainingSpec(Strict):
     warmup_steps: Count = 10
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     seed: Seed = 42
+    # Micro-batches per optimizer step (each of `batch_size` rows per worker); `steps`
+    # counts optimizer steps, so a step reads batch_size x workers x this many rows.
+    gradient_accumulation_steps: PositiveInt = 1
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 50
@@ -260,6 +264,12 @@ class DeepSpeedSpec(Strict):
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     offload_optimizer: bool = False
+    # ZeRO-3 only: the student's parameters live in CPU memory between uses (offload_param).
+    offload_parameters: bool = False
+    # Your own DeepSpeed config, a JSON/YAML file or an inline mapping, deep-merged over the
+    # one distill generates (`distill.cluster.deepspeed_config`). Fields distill owns (batch
+    # sizes, accumulation, ZeRO stage, precision, clipping) must agree with the spec's.
+    config: str | dict[str, Any] | None = None
 
 
 class EvaluationSpec(Strict):
@@ -269,6 +279,14 @@ class EvaluationSpec(Strict):
     throughput_rounds: PositiveInt = 3
     generation_length: PositiveInt = 32  # generative teachers: new tokens per prompt (tokens/s)
     batch_size: PositiveInt = 32
+    # Serving speed in report.json (encoders): batch-1 latency p50/p95 and batch-32
+    # throughput of teacher and student, interleaved. onnx: PyTorch, ONNX fp32 and ONNX int8;
+    # pytorch: PyTorch only; none: not measured.
+    latency: Literal["onnx", "pytorch", "none"] = "onnx"
+    latency_rounds: PositiveInt = 100  # batch-1 calls per model and backend
+    # Threads of both backends while timing (torch and onnxruntime intra-op); None: torch's
+    # current count. 1 gives stable numbers on a machine that other jobs load.
+    latency_threads: PositiveInt | None = None
 
 
 # botocore takes a region that is one DNS label.
@@ -556,6 +574,7 @@ def smoke_targets(spec: JobSpec) -> dict[str, Any]:
         "evaluation.throughput_texts": min(e.throughput_texts, 64),
         "evaluation.throughput_rounds": 1,
         "evaluation.generation_length": min(e.generation_length, 16),
+        "evaluation.latency_rounds": min(e.latency_rounds, 20),
     }
     if o.sequence_kd is not None:
         targets["objective.sequence_kd.num_beams"] = 1
@@ -660,6 +679,7 @@ PATH_FIELDS = (
     "data.train.*.path",
     "data.eval.path",
     "evaluation.sts_path",
+    "deepspeed.config",
 )
 # Values that never name a local path, whatever is on disk: builtin architectures and
 # corpora, another stage's model, object storage, and the packaged teacher.

@@ -1,11 +1,14 @@
 """The `distill` command line.
 
     distill run [CONFIG.yaml] [--set key=value ...] [--output DIR] [--smoke] [--force]
+                [--address HEAD:6379]
     distill tune SWEEP.yaml [--set key=value ...] [--output DIR] [--smoke] [--force]
                  [--max-params N] [--min-speedup X] [--submit --address URL]
     distill report RUN_OR_SWEEP_DIR [--json]
     distill runs list LOCATION          (a folder or s3://bucket/prefix)
-    distill export RUN --out DIR        (RUN: a run folder or s3://bucket/prefix/RUN)
+    distill export RUN --out DIR [--format onnx [--quantize int8]]
+                                        (RUN: a run folder or s3://bucket/prefix/RUN)
+    distill --version
     distill submit [CONFIG.yaml] --address http://HEAD:8265 [--set ...]   (jobs/submit.py)
     distill status JOB | logs JOB [--follow] | stop JOB | jobs            (a Ray cluster's jobs)
 
@@ -16,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from distill.core.spec import SmokePlan, SpecError, load_spec, override_fields
 from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
+from distill.jobs.cluster_client import run_address
 from distill.jobs.flags import add_overrides_flag, check_limit
 
 EXIT_BAD_INPUT = 2
@@ -48,8 +53,83 @@ _ARGPARSE_LEADS = {
 }
 
 
+def version_line() -> str:
+    """`distill --version`: this package's version and the stack it runs on (read from the
+    installed distributions' metadata, so nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    stack = ", ".join(f"{n} {of(n)}" for n in ("torch", "ray", "deepspeed", "transformers"))
+    return f"distill {of('distill')} ({stack}; Python {sys.version.split()[0]})"
+
+
+class _Version(argparse.Action):
+    """Prints `version_line()` unwrapped (argparse's own action wraps it at 80 columns)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+# `distill COMMAND --help` ends with these examples (every path exists in a fresh clone).
+EXAMPLES = {
+    "run": [
+        "distill run                                   # the offline quickstart (no hub, CPU)",
+        "distill run --smoke                           # the same in about a minute",
+        "distill run examples/minilm.yaml --set training.steps=50 --output runs/minilm",
+        "distill run --set deepspeed.config=ds.json training.gradient_accumulation_steps=4",
+        "distill run --address 10.0.0.7:6379           # join a running Ray cluster",
+    ],
+    "tune": [
+        "distill tune examples/sweep_depth_width.yaml --smoke",
+        "distill tune examples/sweep_depth_width.yaml --max-params 12000000",
+        "distill tune examples/sweep_depth_width.yaml --submit --address http://HEAD:8265",
+    ],
+    "report": [
+        "distill report runs/quickstart                # the table; also writes curves.png",
+        "distill report runs/quickstart --json",
+        "distill report s3://bucket/runs/quickstart --endpoint-url http://localhost:9000",
+    ],
+    "runs": ["distill runs list runs", "distill runs list s3://bucket/runs --json"],
+    "export": [
+        "distill export runs/quickstart --out ./student",
+        "distill export runs/quickstart --out ./serving --format onnx --quantize int8",
+    ],
+    "submit": [
+        "distill submit examples/minilm.yaml --address http://HEAD:8265 "
+        "--output s3://bucket/runs/minilm --follow",
+    ],
+    "status": ["distill status raysubmit_XYZ --address http://HEAD:8265"],
+    "logs": ["distill logs raysubmit_XYZ --follow --address http://HEAD:8265"],
+    "stop": ["distill stop raysubmit_XYZ --wait --address http://HEAD:8265"],
+    "jobs": ["distill jobs --address http://HEAD:8265"],
+}
+
+
+def _add_examples(sub) -> None:
+    for name, parser in sub.choices.items():
+        lines = EXAMPLES.get(name)
+        if lines:
+            parser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+            parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="distill", description="Distributed knowledge distillation on Ray.")
+    parser = _Parser(
+        prog="distill",
+        description="Distributed knowledge distillation on Ray.",
+        epilog="examples:\n  distill run --smoke\n  distill report runs/quickstart\n"
+        "  distill COMMAND --help      # examples of each command",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action=_Version, nargs=0, help="print the version of distill and its stack"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a distillation job (no CONFIG: the offline quickstart)")
     run.add_argument("config", nargs="?", help="job spec YAML")
@@ -59,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--smoke", action="store_true", help="tiny steps/data/eval: finishes in about a minute"
     )
     run.add_argument("--force", action="store_true", help=_FORCE_HELP)
+    run.add_argument(
+        "--address",
+        help="Ray address to join, HEAD:6379 or auto (default: RAY_ADDRESS, else a local Ray); "
+        "a dashboard URL goes to `distill submit`",
+    )
     tune = sub.add_parser("tune", help="search student depth/width with Ray Tune (a sweep)")
     tune.add_argument("sweep", help="sweep YAML: base job spec + search space")
     add_overrides_flag(tune, "sweep", "base.training.steps=200 or search.num_samples=8")
@@ -74,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_s3_flags(report)
     runs.add_parsers(sub)
     submit.add_parsers(sub)
+    _add_examples(sub)
     return parser
 
 
@@ -85,7 +171,16 @@ def _smoke_note(plan: SmokePlan | None):
     return lambda: print(f"distill: smoke: {plan.describe()}", file=sys.stderr, flush=True)
 
 
+def _join(address: str | None) -> None:
+    """Checks the Ray address this process will join (`--address` wins over `RAY_ADDRESS`)
+    and makes it the one Ray, preflight and the workers see."""
+    resolved = run_address(address)
+    if resolved is not None:
+        os.environ["RAY_ADDRESS"] = resolved
+
+
 def _run(args: argparse.Namespace) -> int:
+    _join(args.address)
     spec = load_spec(args.config, args.overrides)  # before the heavy imports: bad specs fail fast
     plan = None
     if args.smoke:
@@ -122,6 +217,7 @@ def _tune(args: argparse.Namespace) -> int:
         return submit.tune_submit_cli(args)
     if args.address:
         raise SpecError("--address: goes with --submit (without it the sweep runs here)")
+    _join(None)
     from distill.cluster.sweep_spec import load_sweep
     from distill.jobs.tune import smoke_sweep_planned
 
@@ -167,7 +263,24 @@ def _report(args: argparse.Namespace) -> int:
         from distill.jobs.report import format_table
 
         print(found.formatted(format_table))
+    if found.kind == "run":
+        _draw_curves(found.root, args)
     return 0
+
+
+def _draw_curves(root: str, args: argparse.Namespace) -> None:
+    """curves.png next to the run's report.json (stderr says where; a folder this user
+    cannot write to is a one-line note, not a failure of the report)."""
+    from distill.cluster.storage import StorageError, open_storage
+    from distill.jobs.curves import write_curves
+
+    try:
+        where = write_curves(open_storage(root, runs.s3_options(args)))
+    except (OSError, StorageError) as exc:
+        print(f"distill: curves.png not written ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    if where:
+        print(f"curves: {where}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

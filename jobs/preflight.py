@@ -8,6 +8,7 @@ import contextlib
 import math
 import os
 
+from distill.cluster.deepspeed_config import deepspeed_config, load_user_config
 from distill.cluster.job_data import train_eval_texts
 from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
 from distill.core.data import DataError
@@ -63,6 +64,8 @@ def _check_scaling(spec: JobSpec, local_resources: bool = True) -> None:
     sc, ds = spec.scaling, spec.deepspeed
     if ds.offload_optimizer and ds.zero_stage == 0:
         raise SpecError("deepspeed.offload_optimizer: needs deepspeed.zero_stage >= 1")
+    if ds.offload_parameters and ds.zero_stage != 3:
+        raise SpecError("deepspeed.offload_parameters: needs deepspeed.zero_stage 3")
     if sc.gpus_per_worker == 0 and ds.precision == "fp16":
         raise SpecError("deepspeed.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
     if os.environ.get("RAY_ADDRESS") or not local_resources:
@@ -99,11 +102,16 @@ def _check_data(spec: JobSpec) -> JobSpec:
             f"need at least one per worker ({spec.scaling.num_workers})"
         )
     t, sc = spec.training, spec.scaling
-    per_step = t.batch_size * sc.num_workers
+    per_step = t.batch_size * sc.num_workers * t.gradient_accumulation_steps
     if len(train) < per_step:
+        accumulation = (
+            f" x {t.gradient_accumulation_steps} accumulated"
+            if t.gradient_accumulation_steps > 1
+            else ""
+        )
         raise SpecError(
             f"data.train: {len(train)} rows is fewer than one step "
-            f"(training.batch_size {t.batch_size} x {sc.num_workers} workers)"
+            f"(training.batch_size {t.batch_size} x {sc.num_workers} workers{accumulation})"
         )
     if t.epochs is not None:
         exact = t.epochs * len(train) / per_step
@@ -128,6 +136,18 @@ def _check_data(spec: JobSpec) -> JobSpec:
             raise SpecError(f"evaluation.sts_path: {sts}: not UTF-8 text") from None
         except ValueError as exc:
             raise SpecError(f"evaluation.sts_path: {exc}") from None
+    return spec
+
+
+def resolve_deepspeed(spec: JobSpec) -> JobSpec:
+    """`deepspeed.config` read from its file into the spec (the workers and the run's
+    config.yaml get the mapping itself) and checked against the fields distill owns."""
+    ds = spec.deepspeed
+    if ds.config is None:
+        return spec
+    user = load_user_config(ds.config) if isinstance(ds.config, str) else ds.config
+    spec = spec.model_copy(update={"deepspeed": ds.model_copy(update={"config": user})})
+    deepspeed_config(spec, spec.training.steps or 1)  # conflicts: one SpecError
     return spec
 
 
@@ -230,6 +250,7 @@ def preflight_stages(
                 update={"partition": placement.partition, "dtype": placement.dtype}
             )
             s = s.model_copy(update={"teacher": teacher})
+            s = resolve_deepspeed(s)
             if check_data:
                 s = _check_data(s)
         except SpecError as exc:

@@ -88,6 +88,12 @@ def build_report(
         "teacher_check": train_state.get("teacher_fingerprint"),
         "paths": paths_section(run_dir, checkpoint_path),
     }
+    if family.name == "encoder":
+        from distill.jobs.serving import latency_section
+
+        latency = latency_section(spec, teacher_dir, student_dir, eval_rows)
+        if latency is not None:
+            report["latency"] = latency
     report["run"]["wall_time_s"] = time.perf_counter() - started
     return report
 
@@ -98,6 +104,40 @@ def _fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+_BACKEND_NAMES = {"pytorch": "PyTorch", "onnx": "ONNX", "onnx_int8": "ONNX int8"}
+
+
+def latency_rows(latency: dict | None) -> list[tuple[str, str, str, str]]:
+    """Table rows of report.json's `latency`: batch-1 p50/p95 and batch-32 throughput per
+    backend (student/teacher: the student's speed-up)."""
+    rows: list[tuple[str, str, str, str]] = []
+    for backend, models in ((latency or {}).get("backends") or {}).items():
+        name = _BACKEND_NAMES.get(backend, backend)
+        t, s = models.get("teacher", {}), models.get("student", {})
+        for key, label in (("p50_ms", "p50"), ("p95_ms", "p95")):
+            if key in t and key in s:
+                rows.append(
+                    (
+                        f"batch-1 {label} ms ({name})",
+                        _fmt(t[key], 3),
+                        _fmt(s[key], 3),
+                        _fmt(t[key] / s[key], 3) + "x faster" if s[key] else "-",
+                    )
+                )
+        bulk = next((k for k in s if k.endswith("_per_s")), None)
+        if bulk and bulk in t:
+            size = bulk.removeprefix("batch").removesuffix("_per_s")
+            rows.append(
+                (
+                    f"batch-{size} texts/s ({name})",
+                    _fmt(t[bulk], 4),
+                    _fmt(s[bulk], 4),
+                    _fmt(s[bulk] / t[bulk], 3) if t[bulk] else "-",
+                )
+            )
+    return rows
 
 
 def format_table(report: dict) -> str:
@@ -134,6 +174,7 @@ def format_table(report: dict) -> str:
                 _fmt(task["retention"], 3),
             )
         )
+    rows += latency_rows(report.get("latency"))
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
     lines += [

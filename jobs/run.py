@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from distill.cluster.checkpoints import newest_intact
+from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.pipeline import (
     StagePlan,
@@ -34,9 +36,13 @@ from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
 from distill.core.stages import Stage
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
+from distill.jobs.curves import write_curves
+from distill.jobs.model_card import write_model_card
 from distill.jobs.preflight import check_storage, preflight_stages, take_lease
 from distill.jobs.report import build_report
 from distill.jobs.run_folder import CONFIG_FILE, REPORT_FILE, DamagedFile, read_yaml_file
+
+DEEPSPEED_FILE = "deepspeed.json"
 
 # Fields that change the trained model's shape or meaning: resuming with others is refused.
 _RESUME_KEYS = ("teacher", "student", "task", "objective", "stages")
@@ -279,12 +285,15 @@ def _run_checked(
         ensure_ray(spec)
         teacher_cache = build_cache(cache_request)
     plans = plan_stages(stages)
+    for plan in plans:  # what each DeepSpeed engine is given, next to the results
+        where = f"{stage_dir(plan.name)}/" if len(plans) > 1 else ""
+        config = deepspeed_config(plan.spec, plan.spec.training.steps)
+        storage.write_text(f"{where}{DEEPSPEED_FILE}", json.dumps(config, indent=2))
     checkpoint = _run_stages(plans, storage, teacher_cache, callbacks)
     final = plans[-1]
     final_spec = final.spec.model_copy(update={"output": spec.output})
     with contextlib.ExitStack() as scratch:
         folder = Path(scratch.enter_context(checkpoint.as_directory()))  # S3: a local download
-        storage.put_dir(folder / STUDENT_DIR, STUDENT_DIR)
         probe = torch.load(folder / PROBE_FILE)
         state = json.loads((folder / STATE_FILE).read_text())
         storage.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
@@ -307,6 +316,13 @@ def _run_checked(
                 {"name": p.name, "kind": p.kind, "steps": p.spec.training.steps} for p in plans
             ],
         )
+        # The export with its model card (made from the report) goes to the run in one
+        # put_dir, so its manifest covers the card; the checkpoint's copy stays as it was.
+        staging = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="distill-out-")))
+        shutil.copytree(folder / STUDENT_DIR, staging / STUDENT_DIR)
+        write_model_card(staging / STUDENT_DIR, report, final_spec)
+        storage.put_dir(staging / STUDENT_DIR, STUDENT_DIR)
     report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
-    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))
+    write_curves(storage)
+    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))  # last: the run is done
     return report

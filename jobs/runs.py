@@ -3,6 +3,7 @@ disk or in S3 (`s3://bucket/prefix`).
 
     distill runs list s3://bucket/runs
     distill export s3://bucket/runs/quickstart --out ./student
+    distill export runs/quickstart --out ./serving --format onnx --quantize int8
 
 `export` downloads the run's finished `student/`; when there is none (the run was stopped
 before its end) it takes the newest intact checkpoint and consolidates the DeepSpeed
@@ -237,6 +238,16 @@ def add_parsers(sub) -> None:
     export = sub.add_parser("export", help="download (or consolidate) a run's student")
     export.add_argument("run", help="run folder or s3://bucket/prefix/RUN")
     export.add_argument("--out", required=True, help="local folder for the student")
+    export.add_argument(
+        "--format",
+        choices=("hf", "onnx"),
+        default="hf",
+        help="hf: the Hugging Face / sentence-transformers folder; onnx: also onnx/model.onnx "
+        "(encoders), checked against PyTorch",
+    )
+    export.add_argument(
+        "--quantize", choices=("int8",), help="with --format onnx: also onnx/model_int8.onnx"
+    )
     for parser in (listing, export):
         add_s3_flags(parser)
 
@@ -271,9 +282,40 @@ def runs_command(args) -> int:
 
 
 def export_command(args) -> int:
+    fmt = getattr(args, "format", "hf")
+    quantize = getattr(args, "quantize", None)
+    if quantize and fmt != "onnx":
+        raise SpecError("--quantize: goes with --format onnx")
     done = export_run(args.run, args.out, s3_options(args))
     where = {"student": "the run's student/", "checkpoint": "the final checkpoint"}.get(
         done["source"], f"checkpoint {done.get('checkpoint')} (ZeRO shards consolidated to fp32)"
     )
     print(f"exported the student of {args.run} from {where} to {args.out}")
+    if fmt == "onnx":
+        _export_onnx(args, Path(args.out), quantize == "int8")
     return 0
+
+
+def _export_onnx(args, out: Path, int8: bool) -> None:
+    """`--format onnx`: the ONNX graph(s) next to the exported student, checked, and the
+    model card (when the run has a report) saying how to load them."""
+    from distill.core.onnx_export import CHECK_TEXTS
+    from distill.jobs.serving import export_onnx_folder
+
+    run = open_readable(args.run, s3_options(args), "export")
+    spec = _spec_file(run, CONFIG_FILE)
+    check = export_onnx_folder(out, spec, CHECK_TEXTS, int8)
+    line = (
+        f"onnx: {out}/onnx/model.onnx (max abs diff to PyTorch {check['fp32_max_abs_diff']:.2g}, "
+        f"tolerance {check['fp32_tolerance']:g})"
+    )
+    if int8:
+        line += (
+            f"; {out}/onnx/model_int8.onnx (mean cosine to fp32 {check['int8_mean_cosine']:.4f}, "
+            f"at least {check['int8_min_mean_cosine']})"
+        )
+    print(line)
+    if run.exists(REPORT_FILE):
+        from distill.jobs.model_card import write_model_card
+
+        write_model_card(out, read_json_file(run, REPORT_FILE), spec)

@@ -66,6 +66,33 @@ def test_quickstart_smoke_produces_report_and_loadable_student(tmp_path):
     st = SentenceTransformer(str(student_dir), device="cpu").encode(texts, convert_to_tensor=True)
     assert torch.allclose(torch.nn.functional.normalize(ours, dim=-1), st, atol=1e-5)
 
+    # What a user watches and serves: curves, TensorBoard events, the model card with the
+    # report's numbers, batch-1 latency on every backend, and a checked ONNX export.
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    card = (student_dir / "README.md").read_text()
+    assert f"| {report['quality']['student']:.4g} |" in card
+    latency = report["latency"]["backends"]
+    assert set(latency) == {"pytorch", "onnx", "onnx_int8"}
+    assert latency["onnx"]["student"]["p50_ms"] > 0
+    assert report["latency"]["onnx_check"]["student"]["fp32_ok"]
+    assert "batch-1 p50 ms (ONNX int8)" in table.stdout
+    serving = tmp_path / "serving"
+    onnx = _distill(
+        "export",
+        str(run_dir),
+        "--out",
+        str(serving),
+        "--format",
+        "onnx",
+        "--quantize",
+        "int8",
+        cwd=tmp_path,
+    )
+    assert onnx.returncode == 0, onnx.stderr[-3000:]
+    check = json.loads((serving / "onnx" / "export_check.json").read_text())
+    assert check["fp32_max_abs_diff"] <= 1e-4 and check["int8_mean_cosine"] >= 0.98
+
 
 @pytest.mark.slow
 @pytest.mark.skipif(

@@ -68,6 +68,31 @@ def _stage_history(run_dir, stage: str) -> list[dict]:
     return [s for s in _checkpoint_states(run_dir) if s["stage"] == stage][-1]["history"]
 
 
+def _check_hf_task_student(student, report) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+    from distill.core.outputs import forward_outputs
+
+    texts = ["a good movie", "an awful film"]
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    encoder, head = load_encoder(student), TaskHead.load(student).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(student, trust_remote_code=True)
+    with torch.no_grad():
+        expected = head(forward_outputs(encoder.model, batch).pooled)
+        torch.testing.assert_close(model.eval()(**batch).logits, expected, atol=1e-5, rtol=0)
+    classify = pipeline("text-classification", model=str(student), trust_remote_code=True)
+    assert [r["label"] for r in classify(texts)] == [
+        f"LABEL_{i}" for i in expected.argmax(-1).tolist()
+    ]
+    card = (student / "README.md").read_text()
+    assert "pipeline_tag: text-classification" in card
+    task = report["task"]
+    assert f"| task accuracy (n={task['n']}) |" in card
+    assert "teacher_ft (finetune" in card and "mixkd (distill" in card
+
+
 def test_pipeline_runs_every_stage_and_resumes_mid_pipeline(ray_session, tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text(PIPELINE.format(data=_labelled(tmp_path)))
@@ -88,6 +113,9 @@ def test_pipeline_runs_every_stage_and_resumes_mid_pipeline(ray_session, tmp_pat
     assert TaskHead.load(run_dir / "student").linear.out_features == 2
     assert report["task"]["metric"] == "accuracy" and 0 <= report["task"]["student"] <= 1
     assert load_encoder(run_dir / "student").model.config.hidden_size == 192
+    # The task student is HF-native: the Auto class and pipeline load its trained head, and
+    # its model card carries the report's numbers.
+    _check_hf_task_student(run_dir / "student", report)
     history = _stage_history(run_dir, "mixkd")
     assert {"loss_logit_kl", "loss_minilmv2_relations", "loss_mix_logit_kl"} <= set(history[-1])
     assert {h["stage"] for h in history} == {"mixkd"}

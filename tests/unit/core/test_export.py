@@ -94,3 +94,68 @@ def test_export_without_sentence_transformer_teacher_is_plain_hf(tmp_path, stude
     assert not (out / "modules.json").exists() and (out / "2_Dense" / "config.json").is_file()
     expected = SentenceEncoder(student, tiny_tokenizer, _projection()).encode(TEXTS)
     torch.testing.assert_close(load_encoder(out).encode(TEXTS), expected, atol=1e-5, rtol=0)
+
+
+def test_the_sentence_transformers_folder_is_written_by_sentence_transformers(
+    tmp_path, student, tiny_tokenizer, st_teacher_dir
+):
+    import sentence_transformers
+
+    out = export_student(
+        student, tiny_tokenizer, tmp_path / "export", sentence_transformer_teacher=st_teacher_dir
+    )
+    written = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert written["__version__"]["sentence_transformers"] == sentence_transformers.__version__
+    types = [m["type"] for m in json.loads((out / "modules.json").read_text())]
+    assert all(t.startswith("sentence_transformers.") for t in types)
+    assert (out / "README.md").is_file()  # its own card (a run replaces it with distill's)
+
+
+def _head(task_type: str, labels: int):
+    from distill.core.outputs import TaskHead
+
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        return TaskHead(32, labels, task_type).eval()
+
+
+@pytest.mark.parametrize("with_st", [False, True], ids=["plain", "sentence-transformers"])
+def test_a_task_student_loads_through_the_auto_class_and_pipeline(
+    tmp_path, student, tiny_tokenizer, st_teacher_dir, with_st
+):
+    from transformers import AutoModel, AutoModelForSequenceClassification, pipeline
+
+    from distill.core.outputs import TaskHead, forward_outputs
+
+    head = _head("classification", 3)
+    out = export_student(
+        student,
+        tiny_tokenizer,
+        tmp_path / "export",
+        sentence_transformer_teacher=st_teacher_dir if with_st else None,
+        head=head,
+    )
+    batch = tiny_tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = head(forward_outputs(student, batch).pooled)
+        model = AutoModelForSequenceClassification.from_pretrained(out, trust_remote_code=True)
+        torch.testing.assert_close(model.eval()(**batch).logits, expected, atol=1e-5, rtol=0)
+        # The encoder alone still loads as before, and distill's own head reader too.
+        encoder = AutoModel.from_pretrained(out).eval()
+        torch.testing.assert_close(
+            encoder(**batch).last_hidden_state, student(**batch).last_hidden_state
+        )
+    assert TaskHead.load(out) is not None
+    classify = pipeline("text-classification", model=str(out), trust_remote_code=True)
+    best = expected.softmax(-1)[0]
+    [result] = classify(TEXTS[:1])
+    assert result["label"] == f"LABEL_{int(best.argmax())}"
+    assert result["score"] == pytest.approx(float(best.max()), abs=1e-5)
+
+
+def test_a_regression_student_says_so_in_its_config(tmp_path, student, tiny_tokenizer):
+    from transformers import AutoConfig
+
+    out = export_student(student, tiny_tokenizer, tmp_path / "e", head=_head("regression", 1))
+    config = AutoConfig.from_pretrained(out)
+    assert (config.problem_type, config.num_labels) == ("regression", 1)

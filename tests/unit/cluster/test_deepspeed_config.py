@@ -1,0 +1,153 @@
+"""DeepSpeed passthrough: `deepspeed.config` (a file or an inline mapping) is merged over the
+generated config; the fields distill owns must agree with the spec (one line naming both
+fields otherwise); gradient accumulation and ZeRO-3 parameter offload come from the spec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.cluster.deepspeed_config import deepspeed_config, generated_config
+from distill.core.spec import SpecError, load_spec, load_spec_dict
+from distill.jobs import cli
+from distill.jobs.preflight import preflight, resolve_deepspeed
+
+
+def _spec(**deepspeed):
+    return load_spec_dict({"deepspeed": deepspeed, "training": {"batch_size": 16}})
+
+
+def test_an_inline_mapping_is_merged_over_the_generated_config():
+    user = {
+        "zero_optimization": {"reduce_bucket_size": 5e7, "overlap_comm": False},
+        "activation_checkpointing": {"partition_activations": True},
+        "optimizer": {"params": {"betas": [0.9, 0.98]}},
+    }
+    config = deepspeed_config(_spec(config=user), 100)
+    assert config["zero_optimization"] == {
+        "stage": 2,
+        "reduce_bucket_size": 5e7,
+        "overlap_comm": False,
+    }
+    assert config["activation_checkpointing"] == {"partition_activations": True}
+    assert config["optimizer"]["params"]["betas"] == [0.9, 0.98]
+    assert config["optimizer"]["params"]["lr"] == 2e-4  # the rest of the section stays
+    assert "train_batch_size" not in config
+
+
+def test_without_a_user_config_the_generated_one_is_used_as_is():
+    spec = _spec()
+    assert deepspeed_config(spec, 10) == generated_config(spec, 10)
+
+
+@pytest.mark.parametrize(
+    ("user", "message"),
+    [
+        (
+            {"train_micro_batch_size_per_gpu": 8},
+            "deepspeed.config.train_micro_batch_size_per_gpu: 8 conflicts with training.batch_size (16 gives 16)",
+        ),
+        (
+            {"bf16": {"enabled": True}},
+            "deepspeed.config.bf16.enabled: True conflicts with deepspeed.precision ('fp32' gives False)",
+        ),
+        (
+            {"zero_optimization": {"stage": 3}},
+            "deepspeed.config.zero_optimization.stage: 3 conflicts with deepspeed.zero_stage (2 gives 2)",
+        ),
+        (
+            {"gradient_accumulation_steps": 4},
+            "deepspeed.config.gradient_accumulation_steps: 4 conflicts with training.gradient_accumulation_steps",
+        ),
+        (
+            {"train_batch_size": 64},
+            "deepspeed.config.train_batch_size: 64 is not training.batch_size x training.gradient_accumulation_steps x scaling.num_workers = 32",
+        ),
+    ],
+)
+def test_a_conflict_on_a_field_distill_owns_is_one_line(user, message):
+    with pytest.raises(SpecError) as err:
+        deepspeed_config(_spec(config=user), 100)
+    assert str(err.value).startswith(message)
+    assert "\n" not in str(err.value)
+
+
+def test_owned_fields_that_agree_are_accepted():
+    user = {
+        "train_micro_batch_size_per_gpu": 16,
+        "train_batch_size": 32,
+        "bf16": {"enabled": False},
+    }
+    config = deepspeed_config(_spec(config=user), 100)
+    assert config["train_batch_size"] == 32 and config["bf16"] == {"enabled": False}
+
+
+def test_gradient_accumulation_and_parameter_offload_come_from_the_spec():
+    spec = load_spec(
+        None,
+        [
+            "training.gradient_accumulation_steps=4",
+            "deepspeed.zero_stage=3",
+            "deepspeed.offload_parameters=true",
+        ],
+    )
+    config = deepspeed_config(spec, 10)
+    assert config["gradient_accumulation_steps"] == 4
+    assert config["zero_optimization"]["offload_param"] == {"device": "cpu", "pin_memory": False}
+    with pytest.raises(
+        SpecError, match="^deepspeed.offload_parameters: needs deepspeed.zero_stage 3"
+    ):
+        deepspeed_config(_spec(offload_parameters=True), 10)
+
+
+def test_an_optimizer_offload_in_the_user_config_drops_torch_adam():
+    user = {"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}
+    config = deepspeed_config(_spec(config=user), 10)
+    assert "torch_adam" not in config["optimizer"]["params"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_preflight_reads_the_file_into_the_spec(tmp_path, suffix):
+    user = {"zero_optimization": {"allgather_bucket_size": 1000000}}
+    path = tmp_path / f"ds{suffix}"
+    path.write_text(json.dumps(user))  # JSON is YAML too
+    spec = resolve_deepspeed(load_spec(None, [f"deepspeed.config={path}"]))
+    assert spec.deepspeed.config == user
+    assert deepspeed_config(spec, 10)["zero_optimization"]["allgather_bucket_size"] == 1000000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "file not found"),
+        ("[1, 2]", "expected a JSON object, got list"),
+        ("{not json", "invalid JSON"),
+    ],
+)
+def test_an_unusable_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / "ds.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SpecError, match=f"^deepspeed.config {path}: {message}"):
+        resolve_deepspeed(load_spec(None, [f"deepspeed.config={path}"]))
+
+
+def test_accumulation_counts_in_the_rows_one_step_needs(teacher_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"line {i} of the corpus" for i in range(100)) + "\n")
+    sets = [f"teacher.name={teacher_dir}", f"data.train.path={corpus}", "student.layers=2"]
+    sets += ["training.batch_size=16", "training.gradient_accumulation_steps=4"]
+    with pytest.raises(SpecError, match="x 2 workers x 4 accumulated"):
+        preflight(load_spec(None, sets))
+    sets += ["training.batch_size=4", "training.gradient_accumulation_steps=2", "training.epochs=2"]
+    epochs = preflight(load_spec(None, sets))
+    assert epochs.training.steps == 2 * 95 // (4 * 2 * 2)  # 95 train rows after the eval split
+
+
+def test_run_refuses_a_conflicting_config_before_ray(tmp_path, capsys):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"fp16": {"enabled": True}}))
+    assert cli.main(["run", "--set", f"deepspeed.config={path}"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("distill: error: deepspeed.config.fp16.enabled: True conflicts")

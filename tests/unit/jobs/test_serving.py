@@ -1,0 +1,102 @@
+"""Serving: the ONNX export reproduces the PyTorch embeddings within the stated tolerance
+(int8 within its stated cosine), `distill export --format onnx` writes and checks it, and
+report.json's latency section holds batch-1 p50/p95 and batch-32 throughput for teacher
+and student on every backend."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from helpers.reports import GOOD_REPORT
+
+from distill.core.export import export_student, load_encoder
+from distill.core.onnx_export import (
+    CHECK_TEXTS,
+    FP32_TOLERANCE,
+    INT8_MIN_COSINE,
+    OnnxEncoder,
+    onnx_files,
+)
+from distill.core.spec import load_spec
+from distill.core.student import StudentSize, build_student
+from distill.jobs import cli
+from distill.jobs.report import format_table
+from distill.jobs.serving import latency_section
+
+
+@pytest.fixture
+def student_dir(tmp_path, tiny_bert, tiny_tokenizer):
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        student = build_student(tiny_bert, StudentSize(layers=2, hidden=32, heads=4, ffn=64))
+        projection = torch.nn.Linear(32, 48)
+    return export_student(
+        student.eval(), tiny_tokenizer, tmp_path / "student", projection=projection
+    )
+
+
+def test_onnx_reproduces_the_pytorch_embeddings(student_dir, tmp_path):
+    fp32, int8 = onnx_files(student_dir, tmp_path / "onnx", int8=True)
+    reference = load_encoder(student_dir)
+    texts = ["the cat sat on the mat", "a very good movie indeed", "no"]
+    expected = reference.encode(texts, max_length=32)
+    assert expected.shape == (3, 48)  # the projection is part of the graph
+    got = OnnxEncoder(fp32, reference.tokenizer).encode(texts, max_length=32)
+    assert float((got - expected).abs().max()) <= FP32_TOLERANCE
+    quantized = OnnxEncoder(int8, reference.tokenizer).encode(texts, max_length=32)
+    cosine = torch.nn.functional.cosine_similarity(quantized, expected, dim=-1)
+    assert float(cosine.mean()) >= INT8_MIN_COSINE
+    assert int8.stat().st_size < fp32.stat().st_size
+
+
+def test_export_format_onnx_writes_checks_and_describes_it(student_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    student_dir.rename(run / "student")
+    (run / "config.yaml").write_text("data: {max_length: 32}\n")
+    (run / "report.json").write_text(json.dumps(GOOD_REPORT))
+    out = tmp_path / "serving"
+    args = ["export", str(run), "--out", str(out), "--format", "onnx", "--quantize", "int8"]
+    assert cli.main(args) == 0
+    check = json.loads((out / "onnx" / "export_check.json").read_text())
+    assert check["fp32_ok"] and check["int8_ok"] and check["texts"] == len(CHECK_TEXTS)
+    assert (out / "onnx" / "model_int8.onnx").is_file()
+    assert "onnx/model.onnx" in (out / "README.md").read_text()
+    printed = capsys.readouterr().out
+    assert f"onnx: {out}/onnx/model.onnx (max abs diff to PyTorch" in printed
+
+
+def test_quantize_needs_the_onnx_format(tmp_path, capsys):
+    assert (
+        cli.main(["export", str(tmp_path), "--out", str(tmp_path / "o"), "--quantize", "int8"]) == 2
+    )
+    assert capsys.readouterr().err.strip() == "distill: error: --quantize: goes with --format onnx"
+
+
+def test_latency_section_times_teacher_and_student_on_every_backend(
+    teacher_dir, student_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    spec = load_spec(
+        None,
+        ["data.max_length=32", "evaluation.latency_rounds=8", "evaluation.throughput_texts=16"],
+    )
+    rows = Dataset.from_dict({"text": ["the cat sat on the mat", "a good movie", "no"]})
+    section = latency_section(spec, str(teacher_dir), student_dir, rows)
+    assert set(section["backends"]) == {"pytorch", "onnx", "onnx_int8"}
+    for models in section["backends"].values():
+        for timing in (models["teacher"], models["student"]):
+            assert 0 < timing["p50_ms"] <= timing["p95_ms"]
+            assert timing["batch32_per_s"] > 0
+    assert (
+        section["onnx_check"]["student"]["fp32_ok"] and section["onnx_check"]["teacher"]["fp32_ok"]
+    )
+    assert any((tmp_path / "cache" / "onnx").iterdir())  # the teacher's graphs are kept
+    table = format_table({**GOOD_REPORT, "latency": section})
+    assert "batch-1 p50 ms (ONNX int8)" in table and "batch-32 texts/s (PyTorch)" in table
+
+    off = load_spec(None, ["evaluation.latency=none"])
+    assert latency_section(off, str(teacher_dir), student_dir, rows) is None
