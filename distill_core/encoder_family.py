@@ -32,11 +32,14 @@ from distill.core.family import (
     check_layer_choice,
     load_state,
     resolve_width,
+    student_model_config,
     student_size,
     used_losses,
 )
+from distill.core.internals import qkv_problem
 from distill.core.lstm_student import build_lstm_student
 from distill.core.mixup import mix_labels, mixup, sample_lambda
+from distill.core.model_types import model_type_name, model_type_of
 from distill.core.objective import (
     ATTENTION_LOSSES,
     LOSSES,
@@ -57,12 +60,10 @@ from distill.core.outputs import (
 )
 from distill.core.spec import JobSpec, SpecError
 from distill.core.student import (
-    StudentSize,
     build_student,
     count_parameters,
     freeze_word_embeddings,
     no_gather,
-    student_config,
 )
 from distill.core.teacher_cache import plan_for
 
@@ -83,8 +84,16 @@ class EncoderFamily(ModelFamily):
 
     # -- preflight --------------------------------------------------------------------------
 
+    def default_weights(self, kind, spec):
+        """Sentence-level distillation (TinyBERT-style hidden states + the pooled vector);
+        a finetune stage trains its task head on labels."""
+        if kind == "finetune":
+            return {"hard_label": 1.0}
+        return {"hidden_mse": 1.0, "pooled_cosine": 1.0}
+
     def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
         tc = teacher_config
+        spec = self.with_default_objective(spec, kind)
         if kind == "pretrain":
             raise SpecError(
                 "kind: pretrain needs a generative (causal or seq2seq) teacher architecture"
@@ -120,8 +129,15 @@ class EncoderFamily(ModelFamily):
             return spec.model_copy(update={"student": student})
         if s.decoder_layers is not None:
             raise SpecError("student.decoder_layers: only for seq2seq (encoder-decoder) teachers")
-        s = resolve_width(s, self.size(tc), narrow_only=False)
+        entry = model_type_of(tc)
+        s = resolve_width(s, self.size(tc), narrow_only=False, grouped=entry.kv_heads is not None)
         if s.init == "width_slice":
+            if not entry.width_slice:
+                raise SpecError(
+                    f"student.init: width_slice supports BERT-family encoders (BERT, RoBERTa, "
+                    f"ELECTRA, XLM-R); {model_type_name(tc)} takes uniform_map, "
+                    "every_other_layer, first_k or random"
+                )
             _check_width_slice(s.hidden, s.heads, s.ffn, tc)
         check_layer_choice(s, tc.num_hidden_layers, s.layers)
         return spec.model_copy(update={"student": s})
@@ -163,6 +179,11 @@ class EncoderFamily(ModelFamily):
         attention = used & ATTENTION_LOSSES
         if attention and s.kind == "lstm":
             raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")
+        problem = qkv_problem(tc) if attention else None
+        if problem:
+            raise SpecError(
+                f"objective.weights: {sorted(attention)} read self-attention Q/K/V, but {problem}"
+            )
         if o.attention_layer is not None and o.attention_layer > tc.num_hidden_layers:
             raise SpecError(
                 f"objective.attention_layer: {o.attention_layer} not in 1..{tc.num_hidden_layers}"
@@ -185,13 +206,14 @@ class EncoderFamily(ModelFamily):
             return teacher_config
         if spec.student.kind == "lstm":
             return None  # a BiLSTM cannot teach
-        return student_config(teacher_config, student_size(spec))
+        return student_model_config(spec, teacher_config)
 
     # -- training ---------------------------------------------------------------------------
 
     def trainable(
         self, spec, teacher, tokenizer, *, kind="distill", previous_student=None, gather=no_gather
     ):
+        spec = self.with_default_objective(spec, kind)
         projection, head = None, None
         if kind == "finetune":
             student = copy.deepcopy(teacher).requires_grad_(True).train()
@@ -341,8 +363,7 @@ class EncoderFamily(ModelFamily):
         )
 
     def student_from_state(self, spec, teacher_config, state):
-        config = student_config(teacher_config, student_size(spec))
-        student = AutoModel.from_config(config)
+        student = AutoModel.from_config(student_model_config(spec, teacher_config))
         projection = None
         if f"{_POOLED}weight" in state:
             w = state[f"{_POOLED}weight"]
@@ -440,7 +461,7 @@ def _fresh_student(spec: JobSpec, teacher: nn.Module, gather=no_gather) -> nn.Mo
             )
     return build_student(
         teacher,
-        StudentSize(s.layers, s.hidden, s.heads, s.ffn),
+        student_size(spec),
         init=s.init,
         teacher_layers=s.teacher_layers,
         seed=spec.training.seed,

@@ -36,6 +36,8 @@ from distill.core.student import (
     architecture_size,
     init_teacher_layers,
     no_gather,
+    student_config,
+    student_layer_choice,
 )
 
 Batch = dict[str, torch.Tensor]
@@ -62,6 +64,17 @@ class ModelFamily(ABC):
         return architecture_size(config)
 
     # -- preflight --------------------------------------------------------------------------
+
+    def default_weights(self, kind: str, spec: JobSpec) -> dict[str, float]:
+        """The objective a stage of `kind` gets when `objective.weights` is not set."""
+        raise NotImplementedError
+
+    def with_default_objective(self, spec: JobSpec, kind: str) -> JobSpec:
+        """`spec` with `objective.weights` filled in by the family's default when unset."""
+        if spec.objective.weights is not None:
+            return spec
+        objective = spec.objective.model_copy(update={"weights": self.default_weights(kind, spec)})
+        return spec.model_copy(update={"objective": objective})
 
     @abstractmethod
     def resolve_stage(
@@ -165,19 +178,24 @@ class ModelFamily(ABC):
         export_check (docs/report.md)."""
 
 
-def resolve_width(s: StudentSpec, teacher: StudentSize, *, narrow_only: bool) -> StudentSpec:
-    """Student hidden/heads/ffn from the spec, defaulting to the teacher's shape: a narrower
-    hidden keeps the teacher's head size and FFN ratio. Shared by every transformer family.
-    narrow_only: a teacher-initialised student may not be wider than its teacher."""
+def resolve_width(
+    s: StudentSpec, teacher: StudentSize, *, narrow_only: bool, grouped: bool = False
+) -> StudentSpec:
+    """Student hidden/heads/kv_heads/ffn from the spec, defaulting to the teacher's shape: a
+    narrower hidden keeps the teacher's head size, FFN ratio and grouped-query group size.
+    Shared by every transformer family. narrow_only: a teacher-initialised student may not
+    be wider than its teacher; grouped: the teacher's model type has key/value heads."""
     hidden = s.hidden or teacher.hidden
     head_dim = teacher.hidden // teacher.heads
     heads = s.heads or (teacher.heads if hidden == teacher.hidden else max(1, hidden // head_dim))
     if hidden % heads:
         raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
+    kv_heads = _resolve_kv_heads(s, teacher, heads, grouped)
     if narrow_only and s.init != "random":
         for field, value, most in (
             ("hidden", hidden, teacher.hidden),
             ("heads", heads, teacher.heads),
+            ("kv_heads", kv_heads or heads, teacher.kv_heads or teacher.heads),
         ):
             if value > most:
                 raise SpecError(
@@ -193,8 +211,40 @@ def resolve_width(s: StudentSpec, teacher: StudentSize, *, narrow_only: bool) ->
             "student.freeze_word_embeddings: true needs a teacher-initialised student, not init=random"
         )
     return s.model_copy(
-        update={"hidden": hidden, "heads": heads, "ffn": ffn, "freeze_word_embeddings": freeze}
+        update={
+            "hidden": hidden,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "ffn": ffn,
+            "freeze_word_embeddings": freeze,
+        }
     )
+
+
+def _resolve_kv_heads(s: StudentSpec, teacher: StudentSize, heads: int, grouped: bool):
+    """Key/value heads of a grouped-query student (None: one per head, no GQA field)."""
+    if not grouped:
+        if s.kv_heads is not None:
+            raise SpecError(
+                "student.kv_heads: the teacher has no grouped-query attention (no key/value "
+                "head count in its config)"
+            )
+        return None
+    if s.kv_heads is not None:
+        kv = s.kv_heads
+    elif heads == teacher.heads:
+        kv = teacher.kv_heads or heads
+    else:
+        group = teacher.heads // (teacher.kv_heads or teacher.heads)
+        if heads % group:
+            raise SpecError(
+                f"student.heads: {heads} is not a multiple of the teacher's {group} query heads "
+                "per key/value head; set student.kv_heads to a divisor of student.heads"
+            )
+        kv = heads // group
+    if heads % kv:
+        raise SpecError(f"student.kv_heads: {kv} does not divide student.heads {heads}")
+    return kv
 
 
 def check_layer_choice(s: StudentSpec, teacher_depth: int, student_depth: int) -> None:
@@ -215,6 +265,7 @@ def as_teacher_copy(spec: JobSpec, teacher: StudentSize, init: str) -> JobSpec:
             "decoder_layers": teacher.decoder_layers,
             "hidden": teacher.hidden,
             "heads": teacher.heads,
+            "kv_heads": teacher.kv_heads,
             "ffn": teacher.ffn,
             "init": init,
             "teacher_layers": None,
@@ -234,7 +285,16 @@ def used_losses(spec: JobSpec) -> set[str]:
 
 def student_size(spec: JobSpec) -> StudentSize:
     s = spec.student
-    return StudentSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
+    return StudentSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers, s.kv_heads)
+
+
+def student_model_config(spec: JobSpec, teacher_config: PretrainedConfig) -> PretrainedConfig:
+    """The config of a resolved stage's transformer student (per-layer lists follow the
+    teacher layers its init chooses)."""
+    size = student_size(spec)
+    s = spec.student
+    chosen = student_layer_choice(teacher_config, size, s.init, s.teacher_layers)
+    return student_config(teacher_config, size, chosen[0])
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -22,6 +22,7 @@ from distill.core.family import (
     check_layer_choice,
     load_state,
     resolve_width,
+    student_model_config,
     student_size,
     used_losses,
 )
@@ -46,6 +47,7 @@ from distill.core.generative_eval import (
     perplexity,
 )
 from distill.core.model_files import has_weights
+from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
 from distill.core.spec import SpecError
 from distill.core.student import (
@@ -53,7 +55,6 @@ from distill.core.student import (
     count_parameters,
     freeze_word_embeddings,
     no_gather,
-    student_config,
 )
 
 _STUDENT = "student."
@@ -87,8 +88,16 @@ class GenerativeFamily(ModelFamily):
 
     # -- preflight --------------------------------------------------------------------------
 
+    def default_weights(self, kind, spec):
+        """Token-level KD plus the LM loss on the data (MiniLLM / DistilGPT2-style); a
+        pretrain or finetune stage trains on the LM loss alone."""
+        if kind in ("pretrain", "finetune"):
+            return {"lm": 1.0}
+        return {"lm_kl": 1.0, "lm": 1.0}
+
     def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
         tc, family = teacher_config, self.name
+        spec = self.with_default_objective(spec, kind)
         o, s = spec.objective, spec.student
         used = used_losses(spec)
         unknown = sorted(used - set(TOKEN_LOSSES))
@@ -129,7 +138,7 @@ class GenerativeFamily(ModelFamily):
                 "student.init: width_slice supports BERT-family encoders; use uniform_map, "
                 "every_other_layer, first_k or random for a generative teacher"
             )
-        s = resolve_width(s, size, narrow_only=True)
+        s = resolve_width(s, size, narrow_only=True, grouped=model_type_of(tc).kv_heads is not None)
         decoder_layers = (s.decoder_layers or s.layers) if family == "seq2seq" else None
         check_layer_choice(s, size.layers, s.layers)
         if decoder_layers is not None:
@@ -147,13 +156,14 @@ class GenerativeFamily(ModelFamily):
     def output_config(self, spec, kind, teacher_config):
         if kind in ("finetune", "pretrain"):
             return teacher_config
-        return student_config(teacher_config, student_size(spec))
+        return student_model_config(spec, teacher_config)
 
     # -- training ---------------------------------------------------------------------------
 
     def trainable(
         self, spec, teacher, tokenizer, *, kind="distill", previous_student=None, gather=no_gather
     ):
+        spec = self.with_default_objective(spec, kind)
         if kind == "finetune":
             student = copy.deepcopy(teacher).requires_grad_(True).train()
         elif kind == "pretrain":
@@ -214,7 +224,7 @@ class GenerativeFamily(ModelFamily):
         return probe_logits(student, tokenizer, PROBE_TEXTS, max_length)
 
     def student_from_state(self, spec, teacher_config, state):
-        student = self.auto_class.from_config(student_config(teacher_config, student_size(spec)))
+        student = self.auto_class.from_config(student_model_config(spec, teacher_config))
         load_state(
             student, {k[len(_STUDENT) :]: v for k, v in state.items() if k.startswith(_STUDENT)}
         )
