@@ -23,7 +23,7 @@ How Q/K/V are found (`QkvLayout`), per kind of block:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from transformers import PretrainedConfig
@@ -69,6 +69,8 @@ class ModelType:
     decoder_*: the decoder stack of an encoder-decoder.
     qkv: None when the table does not know where Q/K/V are (attention relations refused).
     width_slice: BertModel's parameter names, so `student.init: width_slice` applies.
+    logit_softcap / scaled_decoder_output: config fields of what the LM head does besides
+    the projection (Gemma 2/3 tanh soft-capping; T5 scales tied decoder outputs).
     """
 
     family: Family
@@ -86,6 +88,8 @@ class ModelType:
     tied_embeddings: str = "tie_word_embeddings"
     qkv: QkvLayout | None = None
     width_slice: bool = False
+    logit_softcap: str | None = None
+    scaled_decoder_output: str | None = None
 
     def read(self, config: PretrainedConfig, dim: Dim) -> int | None:
         """The config's value of `dim` under this type's name (FFN: derived when unset)."""
@@ -114,6 +118,7 @@ _LLAMA_LAYERED = ModelType(
     per_layer=("layer_types",),
     qkv=PROJ_QKV,
 )
+_GEMMA_CAPPED = replace(_LLAMA_LAYERED, logit_softcap="final_logit_softcapping")
 
 MODEL_TYPES: dict[str, ModelType] = {
     # encoders
@@ -151,8 +156,8 @@ MODEL_TYPES: dict[str, ModelType] = {
     "gemma": _LLAMA_LIKE,
     "qwen2": _LLAMA_LAYERED,
     "qwen3": _LLAMA_LAYERED,
-    "gemma2": _LLAMA_LAYERED,
-    "gemma3_text": _LLAMA_LAYERED,
+    "gemma2": _GEMMA_CAPPED,
+    "gemma3_text": _GEMMA_CAPPED,
     # encoder-decoders
     "bart": ModelType(
         "seq2seq", layers="encoder_layers", hidden="d_model", heads="encoder_attention_heads",
@@ -162,6 +167,7 @@ MODEL_TYPES: dict[str, ModelType] = {
     "t5": ModelType(
         "seq2seq", layers="num_layers", hidden="d_model", heads="num_heads", ffn="d_ff",
         head_dim="d_kv", decoder_layers="num_decoder_layers", qkv=SHORT_QKV,
+        scaled_decoder_output="scale_decoder_outputs",
     ),
 }  # fmt: skip
 
