@@ -61,7 +61,12 @@ class ModelFamily(ABC):
         return self.auto_class.from_pretrained(folder, dtype=dtype)
 
     def size(self, config: PretrainedConfig) -> StudentSize:
-        return architecture_size(config)
+        """The teacher's depth and width (one-line SpecError when the model-type table
+        cannot read them from the config)."""
+        try:
+            return architecture_size(config)
+        except ValueError as exc:
+            raise SpecError(f"teacher.name: {exc}") from None
 
     # -- preflight --------------------------------------------------------------------------
 

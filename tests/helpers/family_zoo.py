@@ -26,7 +26,7 @@ from distill.core.architectures import builtin_path
 
 HIDDEN, LAYERS, HEADS, FFN = 32, 4, 4, 64
 COMMON = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS)
-ENCODER_IDS = dict(vocab_size=99, pad_token_id=0, max_position_embeddings=80)
+ENCODER_IDS = dict(pad_token_id=0, max_position_embeddings=80)
 
 # model_type -> config kwargs (tokenizer ids filled in by `tiny_config`).
 ENCODERS: dict[str, dict] = {
@@ -99,7 +99,7 @@ MODEL_TYPES = {**ENCODERS, **DECODERS, **SEQ2SEQ}
 AUTO = {"encoder": AutoModel, "causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
 
 # A representative subset (one per Q/K/V layout and config spelling) for the default suite.
-REPRESENTATIVE = ["distilbert", "deberta-v2", "modernbert", "qwen2", "gpt_neox", "t5"]
+REPRESENTATIVE = ["distilbert", "modernbert", "qwen2", "t5"]
 
 
 def family_name(model_type: str) -> str:
@@ -118,7 +118,7 @@ def tiny_config(model_type: str, tokenizer):
     """The tiny config of `model_type` with the tokenizer's special ids."""
     kwargs = dict(MODEL_TYPES[model_type])
     if model_type in ENCODERS:
-        kwargs = {**ENCODER_IDS, **kwargs}
+        kwargs = {**ENCODER_IDS, **kwargs, "vocab_size": len(tokenizer)}
     else:
         ids = dict(
             vocab_size=len(tokenizer),
