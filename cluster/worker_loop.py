@@ -52,9 +52,10 @@ from distill.cluster.teacher_cache import open_cache
 from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
 from distill.cluster.teacher_placement import PlacedTeacher, place_teacher
 from distill.cluster.worker_env import in_job_working_dir
+from distill.core.data import tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
-from distill.core.family import ModelFamily
+from distill.core.family import PRETRAINED, ModelFamily
 from distill.core.outputs import TaskHead
 from distill.core.placement import TORCH_DTYPES
 from distill.core.spec import JobSpec
@@ -270,7 +271,8 @@ class _Models:
     teacher_dir: str
     placed: PlacedTeacher
     teacher_head: TaskHead | None
-    tokenizer: object
+    tokenizer: object  # the student's
+    teacher_tokenizer: object | None  # the teacher's, when it differs from the student's
     family: ModelFamily
     model: torch.nn.Module
 
@@ -294,7 +296,14 @@ def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _
     )
     family = family_of(AutoConfig.from_pretrained(teacher_dir))
     placed = place_teacher(spec, family, teacher_dir, ray.train.torch.get_device())
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    previous = _stage_export(storage, plan.continues, scratch)
+    # The student's tokenizer: a continued stage's export's, a pretrained student's own, else
+    # the teacher's. When it differs, batches carry both tokenizations.
+    own = previous or (spec.student.name if spec.student.init == PRETRAINED else None)
+    tokenizer = AutoTokenizer.from_pretrained(own) if own else teacher_tokenizer
+    if not tokenizers_differ(tokenizer, teacher_tokenizer):
+        teacher_tokenizer = None
     teacher_head = TaskHead.load(teacher_dir)
     if teacher_head is not None:
         freeze(teacher_head)
@@ -303,10 +312,10 @@ def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _
         placed.module,
         tokenizer,
         kind=plan.kind,
-        previous_student=_stage_export(storage, plan.continues, scratch),
+        previous_student=previous,
         gather=_gatherer(placed),
     )
-    return _Models(teacher_dir, placed, teacher_head, tokenizer, family, model)
+    return _Models(teacher_dir, placed, teacher_head, tokenizer, teacher_tokenizer, family, model)
 
 
 def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache, rank, world):
@@ -315,7 +324,7 @@ def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache,
     train_texts, eval_texts = train_eval_texts(spec)
     if spec.objective.sequence_kd is not None:  # train on the teacher's generations
         train_texts = _with_generations(spec, storage, plan, models.teacher_dir, train_texts, rank)
-    tokenize, collate = models.family.batch_functions(tokenizer)
+    tokenize, collate = models.family.batch_functions(tokenizer, models.teacher_tokenizer)
     train_ds = tokenize(train_texts, tokenizer, max_length)
     if cache is not None:  # rows keep their index into the cache (built on the whole set)
         if len(train_ds) != cache.rows:

@@ -10,12 +10,19 @@ sentences/s.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
-from distill.core.data import collate, tokenize
+from distill.core.data import (
+    collate,
+    collate_for_both,
+    teacher_view,
+    tokenize,
+    tokenize_for_both,
+)
 from distill.core.evaluation import (
     cosine_agreement,
     load_sts_pairs,
@@ -26,11 +33,14 @@ from distill.core.evaluation import (
 )
 from distill.core.export import PROBE_TEXTS, SentenceEncoder, export_student, load_encoder
 from distill.core.family import (
+    PRETRAINED,
     Batch,
     ModelFamily,
     as_teacher_copy,
     check_layer_choice,
+    load_pretrained_student,
     load_state,
+    resolve_pretrained_student,
     resolve_width,
     student_model_config,
     student_size,
@@ -43,6 +53,7 @@ from distill.core.model_types import model_type_name, model_type_of
 from distill.core.objective import (
     ATTENTION_LOSSES,
     LOSSES,
+    POOLED_LOSSES,
     TASK_LOSSES,
     TEACHERLESS_LOSSES,
     DistillationModel,
@@ -68,6 +79,8 @@ from distill.core.student import (
 from distill.core.teacher_cache import plan_for
 
 _STUDENT = "student."
+# Losses that compare whole sentences, so student and teacher may tokenize differently.
+SENTENCE_LEVEL_LOSSES = POOLED_LOSSES | TASK_LOSSES
 _POOLED = "objective.projections.pooled."
 
 
@@ -84,16 +97,28 @@ class EncoderFamily(ModelFamily):
 
     # -- preflight --------------------------------------------------------------------------
 
-    def default_weights(self, kind, spec):
-        """Sentence-level distillation (TinyBERT-style hidden states + the pooled vector);
-        a finetune stage trains its task head on labels."""
+    def default_weights(self, kind, spec, cross_tokenizer=False):
+        """Sentence-level distillation (TinyBERT-style hidden states + the pooled vector; the
+        pooled vector alone when the student tokenizes differently); a finetune stage trains
+        its task head on labels."""
         if kind == "finetune":
             return {"hard_label": 1.0}
+        if cross_tokenizer:
+            return {"pooled_mse": 1.0, "pooled_cosine": 1.0}
         return {"hidden_mse": 1.0, "pooled_cosine": 1.0}
 
-    def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
+    def resolve_stage(
+        self,
+        spec,
+        kind,
+        teacher_config,
+        *,
+        teacher_has_weights,
+        teacher_has_head,
+        cross_tokenizer=False,
+    ):
         tc = teacher_config
-        spec = self.with_default_objective(spec, kind)
+        spec = self.with_default_objective(spec, kind, cross_tokenizer)
         if kind == "pretrain":
             raise SpecError(
                 "kind: pretrain needs a generative (causal or seq2seq) teacher architecture"
@@ -107,9 +132,13 @@ class EncoderFamily(ModelFamily):
                     f"({sorted(TEACHERLESS_LOSSES)})"
                 )
             spec = as_teacher_copy(spec, self.size(tc), "first_k")
+        elif spec.student.init == PRETRAINED or spec.student.name is not None:
+            spec = resolve_pretrained_student(spec, self.name)
         else:
             spec = self._resolve_student(spec, tc)
         self._check_objective(spec, tc, teacher_has_head)
+        if cross_tokenizer:
+            _check_cross_tokenizer(spec)
         return spec
 
     def _resolve_student(self, spec: JobSpec, tc) -> JobSpec:
@@ -180,6 +209,8 @@ class EncoderFamily(ModelFamily):
         if attention and s.kind == "lstm":
             raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")
         problem = qkv_problem(tc) if attention else None
+        if attention and not problem and s.init == PRETRAINED:
+            problem = qkv_problem(student_model_config(spec, tc))
         if problem:
             raise SpecError(
                 f"objective.weights: {sorted(attention)} read self-attention Q/K/V, but {problem}"
@@ -221,6 +252,8 @@ class EncoderFamily(ModelFamily):
             encoder = load_encoder(previous_student)
             student, projection = encoder.model.train(), encoder.projection
             head = TaskHead.load(previous_student)
+        elif spec.student.init == PRETRAINED:
+            student = load_pretrained_student(spec, AutoModel)
         else:
             student = _fresh_student(spec, teacher, gather)
         if spec.student.freeze_word_embeddings and kind != "finetune":
@@ -254,8 +287,11 @@ class EncoderFamily(ModelFamily):
             return DistillationModel(student, objective, head, mlm_head, masking)
         return DistillationModel(student, objective, head)
 
-    def batch_functions(self, tokenizer):
-        return tokenize, collate(tokenizer)
+    def batch_functions(self, tokenizer, teacher_tokenizer=None):
+        if teacher_tokenizer is None:
+            return tokenize, collate(tokenizer)
+        both = functools.partial(tokenize_for_both, teacher_tokenizer=teacher_tokenizer)
+        return both, collate_for_both(tokenizer, teacher_tokenizer)
 
     def prepare_batch(self, model: DistillationModel, batch: Batch, generator) -> Batch:
         """Masked-LM inputs (both models see the masked text) and `mlm_labels`, when the
@@ -282,7 +318,7 @@ class EncoderFamily(ModelFamily):
             return None
         return forward_outputs(
             teacher,
-            batch,
+            teacher_view(batch),
             head=teacher_head,
             qkv_layers=model.objective.teacher_qkv_layers,
             inputs_embeds=inputs_embeds,
@@ -431,6 +467,23 @@ class EncoderFamily(ModelFamily):
             },
             "export_check": {"max_abs_diff": export_diff, "probe_texts": len(PROBE_TEXTS)},
         }
+
+
+def _check_cross_tokenizer(spec: JobSpec) -> None:
+    """Student and teacher tokenize the text themselves: only sentence-level losses (the
+    pooled vectors, through a projection, and task logits) compare them."""
+    aligned = sorted(used_losses(spec) - SENTENCE_LEVEL_LOSSES)
+    if aligned:
+        raise SpecError(
+            f"objective.weights: {aligned} compare the models token by token, but the student's "
+            f"tokenizer ({spec.student.name}) differs from the teacher's; use "
+            f"{sorted(SENTENCE_LEVEL_LOSSES)}"
+        )
+    if spec.objective.mixup is not None:
+        raise SpecError(
+            "objective.mixup: MixKD mixes both models' token embeddings position by position; "
+            "the student's tokenizer differs from the teacher's"
+        )
 
 
 def objective_settings(spec: JobSpec, student: nn.Module, teacher: nn.Module) -> ObjectiveSettings:

@@ -27,8 +27,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
+from distill.core.model_types import model_type_name, model_type_of
 from distill.core.spec import JobSpec, SpecError, StudentSpec
 from distill.core.student import (
     Gather,
@@ -70,15 +71,20 @@ class ModelFamily(ABC):
 
     # -- preflight --------------------------------------------------------------------------
 
-    def default_weights(self, kind: str, spec: JobSpec) -> dict[str, float]:
+    def default_weights(
+        self, kind: str, spec: JobSpec, cross_tokenizer: bool = False
+    ) -> dict[str, float]:
         """The objective a stage of `kind` gets when `objective.weights` is not set."""
         raise NotImplementedError
 
-    def with_default_objective(self, spec: JobSpec, kind: str) -> JobSpec:
+    def with_default_objective(
+        self, spec: JobSpec, kind: str, cross_tokenizer: bool = False
+    ) -> JobSpec:
         """`spec` with `objective.weights` filled in by the family's default when unset."""
         if spec.objective.weights is not None:
             return spec
-        objective = spec.objective.model_copy(update={"weights": self.default_weights(kind, spec)})
+        weights = self.default_weights(kind, spec, cross_tokenizer)
+        objective = spec.objective.model_copy(update={"weights": weights})
         return spec.model_copy(update={"objective": objective})
 
     @abstractmethod
@@ -90,8 +96,11 @@ class ModelFamily(ABC):
         *,
         teacher_has_weights: bool,
         teacher_has_head: bool,
+        cross_tokenizer: bool = False,
     ) -> JobSpec:
-        """Validate a stage for this teacher; return it with the student's dims filled in."""
+        """Validate a stage for this teacher; return it with the student's dims filled in.
+        cross_tokenizer: the (pretrained) student's tokenizer differs from the teacher's, so
+        only objectives that compare whole sentences apply."""
 
     @abstractmethod
     def output_config(
@@ -118,8 +127,10 @@ class ModelFamily(ABC):
         makes a partitioned teacher's parameters whole while the student copies them."""
 
     @abstractmethod
-    def batch_functions(self, tokenizer) -> tuple[Callable, Callable]:
-        """(tokenize(dataset, tokenizer, max_length), collate(rows) -> Batch)."""
+    def batch_functions(self, tokenizer, teacher_tokenizer=None) -> tuple[Callable, Callable]:
+        """(tokenize(dataset, tokenizer, max_length), collate(rows) -> Batch). `tokenizer` is
+        the student's; `teacher_tokenizer` the teacher's when it differs (the batch then
+        carries both tokenizations)."""
 
     def prepare_batch(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
         """The step's inputs from a collated batch (masks drawn from `generator`)."""
@@ -273,6 +284,7 @@ def as_teacher_copy(spec: JobSpec, teacher: StudentSize, init: str) -> JobSpec:
             "kv_heads": teacher.kv_heads,
             "ffn": teacher.ffn,
             "init": init,
+            "name": None,
             "teacher_layers": None,
             "freeze_word_embeddings": False,
         }
@@ -294,10 +306,12 @@ def student_size(spec: JobSpec) -> StudentSize:
 
 
 def student_model_config(spec: JobSpec, teacher_config: PretrainedConfig) -> PretrainedConfig:
-    """The config of a resolved stage's transformer student (per-layer lists follow the
-    teacher layers its init chooses)."""
-    size = student_size(spec)
+    """The config of a resolved stage's transformer student: a pretrained student's own, or
+    the teacher's resized (per-layer lists follow the teacher layers its init chooses)."""
     s = spec.student
+    if s.init == PRETRAINED:
+        return AutoConfig.from_pretrained(s.name)
+    size = student_size(spec)
     chosen = student_layer_choice(teacher_config, size, s.init, s.teacher_layers)
     return student_config(teacher_config, size, chosen[0])
 
@@ -314,3 +328,63 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             f"unexpected {unexpected[:3]}"
         )
     model.eval()
+
+
+PRETRAINED = "pretrained"
+_OWN_SHAPE = ("layers", "hidden", "heads", "kv_heads", "ffn", "decoder_layers", "teacher_layers")
+
+
+def resolve_pretrained_student(spec: JobSpec, family: str) -> JobSpec:
+    """A `student.init: pretrained` student: its shape read from its own config (`student.name`),
+    which must be of the teacher's family. Shape fields set in the spec are refused (the
+    model keeps its own); its word embeddings train unless frozen explicitly."""
+    s = spec.student
+    if s.init != PRETRAINED:
+        if s.name is not None:
+            raise SpecError("student.name: only with student.init: pretrained")
+        return spec
+    if s.name is None:
+        raise SpecError(
+            "student.name: student.init: pretrained needs the student's model folder (with its "
+            "tokenizer)"
+        )
+    if s.kind != "transformer":
+        raise SpecError("student.init: pretrained takes a transformer student (student.kind)")
+    given = sorted(f for f in _OWN_SHAPE if f in s.model_fields_set and getattr(s, f) is not None)
+    if given:
+        raise SpecError(
+            f"student.{given[0]}: a pretrained student keeps its own shape; drop student.{given[0]}"
+        )
+    try:
+        config = AutoConfig.from_pretrained(s.name)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"student.name: cannot load {s.name!r} ({reason})") from None
+    entry = model_type_of(config)
+    if entry.family != family:
+        raise SpecError(
+            f"student.name: {s.name} is a {entry.family} model ({model_type_name(config)}); a "
+            f"{family} teacher needs a {family} student"
+        )
+    try:
+        size = architecture_size(config)
+    except ValueError as exc:
+        raise SpecError(f"student.name: {exc}") from None
+    student = s.model_copy(
+        update={
+            "layers": size.layers,
+            "hidden": size.hidden,
+            "heads": size.heads,
+            "kv_heads": size.kv_heads,
+            "ffn": size.ffn,
+            "decoder_layers": size.decoder_layers,
+            "teacher_layers": None,
+            "freeze_word_embeddings": bool(s.freeze_word_embeddings),
+        }
+    )
+    return spec.model_copy(update={"student": student})
+
+
+def load_pretrained_student(spec: JobSpec, auto_class) -> nn.Module:
+    """The pretrained student of `student.name`, in training mode."""
+    return auto_class.from_pretrained(spec.student.name).train()

@@ -17,10 +17,13 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from distill.core.export import PROBE_TEXTS
 from distill.core.family import (
+    PRETRAINED,
     ModelFamily,
     as_teacher_copy,
     check_layer_choice,
+    load_pretrained_student,
     load_state,
+    resolve_pretrained_student,
     resolve_width,
     student_model_config,
     student_size,
@@ -88,14 +91,23 @@ class GenerativeFamily(ModelFamily):
 
     # -- preflight --------------------------------------------------------------------------
 
-    def default_weights(self, kind, spec):
+    def default_weights(self, kind, spec, cross_tokenizer=False):
         """Token-level KD plus the LM loss on the data (MiniLLM / DistilGPT2-style); a
         pretrain or finetune stage trains on the LM loss alone."""
         if kind in ("pretrain", "finetune"):
             return {"lm": 1.0}
         return {"lm_kl": 1.0, "lm": 1.0}
 
-    def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
+    def resolve_stage(
+        self,
+        spec,
+        kind,
+        teacher_config,
+        *,
+        teacher_has_weights,
+        teacher_has_head,
+        cross_tokenizer=False,
+    ):
         tc, family = teacher_config, self.name
         spec = self.with_default_objective(spec, kind)
         o, s = spec.objective, spec.student
@@ -133,6 +145,15 @@ class GenerativeFamily(ModelFamily):
         size = self.size(tc)
         if kind in ("pretrain", "finetune"):  # the trained model is the teacher's architecture
             return as_teacher_copy(spec, size, "random" if kind == "pretrain" else "first_k")
+        if s.init == PRETRAINED or s.name is not None:
+            spec = resolve_pretrained_student(spec, family)
+            if cross_tokenizer:
+                raise SpecError(
+                    f"student.name: the student's tokenizer ({s.name}) differs from the "
+                    f"teacher's; {sorted(used)} compare next-token distributions over one "
+                    "vocabulary, so a generative student needs the teacher's tokenizer"
+                )
+            return spec
         if s.init == "width_slice":
             raise SpecError(
                 "student.init: width_slice supports BERT-family encoders; use uniform_map, "
@@ -170,6 +191,8 @@ class GenerativeFamily(ModelFamily):
             student = self.auto_class.from_config(teacher.config).train()
         elif previous_student is not None:
             student = self.auto_class.from_pretrained(previous_student).train()
+        elif spec.student.init == PRETRAINED:
+            student = load_pretrained_student(spec, self.auto_class)
         else:
             student = build_student(
                 teacher,
@@ -191,7 +214,7 @@ class GenerativeFamily(ModelFamily):
         ids = BatchIds.from_model(teacher.config, tokenizer, noise_ratio=o.noise_ratio)
         return GenerativeDistillationModel(student, TokenObjective(o.weights, settings), ids)
 
-    def batch_functions(self, tokenizer):
+    def batch_functions(self, tokenizer, teacher_tokenizer=None):
         return tokenize_generative, generative_collate(tokenizer)
 
     def prepare_batch(self, model, batch, generator):

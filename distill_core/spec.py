@@ -87,9 +87,12 @@ class StudentSpec(Strict):
     # teacher's group size (heads per key/value head).
     kv_heads: PositiveInt | None = None
     ffn: PositiveInt | None = None
-    init: Literal["random", "every_other_layer", "uniform_map", "first_k", "width_slice"] = (
-        "every_other_layer"
-    )
+    # `pretrained`: start from the model in `student.name` (a folder with its own config,
+    # weights and tokenizer); its shape is its own, so layers/hidden/heads/ffn do not apply.
+    init: Literal[
+        "random", "every_other_layer", "uniform_map", "first_k", "width_slice", "pretrained"
+    ] = "every_other_layer"
+    name: str | None = None  # the pretrained student's folder (or hub id), with init: pretrained
     teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
     # Seq2seq (BART-style) students: decoder depth; None = `layers` (encoder depth).
     decoder_layers: PositiveInt | None = None
@@ -628,7 +631,13 @@ def dump_spec(spec: JobSpec) -> str:
 # rewrite paths: preflight (made absolute), `distill submit` (bundled into the job's
 # working dir) and a submitted job's nodes (rebased onto their copy of it). Dotted paths
 # below the job, or below a stage (whose sections are raw dicts); `*` is each list item.
-PATH_FIELDS = ("teacher.name", "data.train.*.path", "data.eval.path", "evaluation.sts_path")
+PATH_FIELDS = (
+    "teacher.name",
+    "student.name",
+    "data.train.*.path",
+    "data.eval.path",
+    "evaluation.sts_path",
+)
 # Values that never name a local path, whatever is on disk: builtin architectures and
 # corpora, another stage's model, object storage, and the packaged teacher.
 _NOT_LOCAL_PREFIXES = ("builtin:", STAGE_TEACHER_PREFIX, "s3://")
