@@ -73,3 +73,32 @@ def test_model_type_distils_through_the_job(ray_session, model_type, bert_tokeni
     text = ["the student keeps the teacher's tokenizer"]
     t_ids = AutoTokenizer.from_pretrained(teacher)(text)["input_ids"]
     assert AutoTokenizer.from_pretrained(run_dir / "student")(text)["input_ids"] == t_ids
+
+
+def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
+    ray_session, bert_tokenizer, tmp_path
+):
+    """A BERT-vocabulary teacher into a pretrained DistilBERT-type student with a byte-level
+    BPE tokenizer: each model tokenizes the text itself, the pooled objectives train, and
+    the export carries the student's tokenizer."""
+    from helpers.family_zoo import lm_tokenizer
+
+    teacher = save_teacher("bert", tmp_path / "teacher", bert_tokenizer)
+    student = save_teacher("distilbert", tmp_path / "student", lm_tokenizer("gpt2"), seed=1)
+    run_dir = tmp_path / "run"
+    overrides = [s for s in SHORT if not s.startswith("student.")]
+    spec = load_spec(
+        None,
+        [f"teacher.name={teacher}", "student.init=pretrained", f"student.name={student}"]
+        + overrides,
+    )
+    report = run_job(spec, str(run_dir))
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < history[0]["loss"], history
+    assert {"loss_pooled_mse", "loss_pooled_cosine"} <= set(history[-1])
+    assert report["export_check"]["max_abs_diff"] < 1e-4
+    text = ["each model tokenizes the text itself"]
+    exported = AutoTokenizer.from_pretrained(run_dir / "student")(text)["input_ids"]
+    assert exported == AutoTokenizer.from_pretrained(student)(text)["input_ids"]
+    assert exported != bert_tokenizer(text)["input_ids"]
