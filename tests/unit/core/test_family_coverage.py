@@ -202,3 +202,27 @@ def test_attention_relations_refused_where_qkv_is_unknown(tiny_tokenizer):
 def test_decoder_families_listed():
     assert {family_name(t) for t in DECODERS} == {"causal"}
     assert set(MODEL_TYPES) <= set(TABLE)
+
+
+@pytest.mark.parametrize("model_type", sorted({**DECODERS, **SEQ2SEQ}))
+def test_lm_head_reproduces_each_types_own_logits(model_type):
+    """The chunked token losses build logits from hidden states with `lm_head`: they must be
+    the model's own (T5 scales tied decoder outputs, Gemma 2 soft-caps, BART adds a bias)."""
+    from distill.core.generative import lm_head, shift_right, target_hidden
+
+    tokenizer = lm_tokenizer(model_type)
+    torch.manual_seed(0)
+    model = AUTO[family_name(model_type)].from_config(tiny_config(model_type, tokenizer)).eval()
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    kwargs = dict(batch)
+    if model_type in SEQ2SEQ:
+        labels = enc["input_ids"]
+        batch["labels"] = labels
+        batch["decoder_input_ids"] = shift_right(labels, tokenizer.pad_token_id, 0)
+        kwargs["decoder_input_ids"] = batch["decoder_input_ids"]
+    with torch.no_grad():
+        hidden, _ = target_hidden(model, batch)
+        own = model(**kwargs).logits
+        ours = lm_head(model)(hidden)
+    assert torch.allclose(ours, own, atol=1e-5), (ours - own).abs().max()
