@@ -226,3 +226,48 @@ def test_lm_head_reproduces_each_types_own_logits(model_type):
         own = model(**kwargs).logits
         ours = lm_head(model)(hidden)
     assert torch.allclose(ours, own, atol=1e-5), (ours - own).abs().max()
+
+
+@pytest.mark.parametrize(
+    ("model_type", "path", "layout"),
+    [
+        ("gpt_neox", "gpt_neox.layers.{i}.attention.query_key_value", "per_head"),
+        ("modernbert", "layers.{i}.attn.Wqkv", "thirds"),
+        ("gpt2", "transformer.h.{i}.attn.c_attn", "thirds_conv1d"),
+    ],
+)
+def test_narrow_student_keeps_the_leading_heads_of_fused_qkv(
+    model_type, path, layout, tiny_tokenizer
+):
+    """A 2-of-4-head student's fused projection holds q, k and v of teacher heads 0 and 1."""
+    from distill.core.student import StudentSize, build_student
+
+    tokenizer = tiny_tokenizer if model_type in ENCODERS else lm_tokenizer(model_type)
+    teacher = AUTO[family_name(model_type)].from_config(tiny_config(model_type, tokenizer))
+    size = StudentSize(layers=2, hidden=16, heads=2, ffn=32)
+    student = build_student(teacher, size, init="first_k", auto_class=AUTO[family_name(model_type)])
+    for i in range(2):
+        t = teacher.get_submodule(path.format(i=i)).weight.detach()
+        s = student.get_submodule(path.format(i=i)).weight.detach()
+        if layout == "per_head":  # [heads * (q_h, k_h, v_h) * 8, in]
+            expected = t.view(4, 3, 8, 32)[:2, :, :, :16].reshape(48, 16)
+        elif layout == "thirds":  # [q | k | v] rows of [32, in]
+            expected = torch.cat([part[:16, :16] for part in t.chunk(3, dim=0)])
+        else:  # Conv1D: [in, q | k | v]
+            expected = torch.cat([part[:16, :16] for part in t.chunk(3, dim=1)], dim=1)
+        assert torch.equal(s, expected)
+
+
+def test_student_configs_use_each_types_field_names():
+    from distill.core.student import StudentSize, student_config
+
+    bpe = lm_tokenizer("t5")
+    t5 = student_config(tiny_config("t5", bpe), StudentSize(2, 16, 2, 32, 1))
+    assert (t5.num_layers, t5.num_decoder_layers, t5.d_model, t5.num_heads, t5.d_ff, t5.d_kv) == (
+        2, 1, 16, 2, 32, 8,
+    )  # fmt: skip
+    gemma = student_config(tiny_config("gemma", lm_tokenizer("gemma")), StudentSize(2, 16, 1, 32))
+    assert (gemma.head_dim, gemma.num_key_value_heads) == (16, 1)  # Gemma's own head size kept
+    qwen2 = tiny_config("qwen2", lm_tokenizer("qwen2"))
+    small = student_config(qwen2, StudentSize(2, 32, 4, 64, kv_heads=2), teacher_layers=[1, 3])
+    assert small.layer_types == ["sliding_attention", "sliding_attention"]
