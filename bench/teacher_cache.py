@@ -1,145 +1,317 @@
-"""Epoch time with the teacher-output cache against recomputing the teacher, as a ratio
-measured in one run.
+"""The teacher-output cache (issue 15): Ray Data teacher inference, bytes per target token,
+top-k against full-vocabulary KD, and training throughput and memory with the cache against
+a live teacher. Ratios are measured within one invocation.
 
-    python -m bench.teacher_cache [--rows 2000] [--epochs 1] [--out bench/results/teacher_cache.json]
+    python -m bench.teacher_cache inference [--rows 2000]   # rows/s: 1 actor x 1 or 2 CPUs, 2 actors x 1 CPU
+    python -m bench.teacher_cache train [--rows 2000]       # 2-worker Ray Train job: live teacher vs cache
+    python -m bench.teacher_cache lm                        # top-k bytes/token; top-k vs full KD perplexity
 
-The job is the sweep example's (examples/sweep_depth_width.yaml): the packaged
-all-MiniLM-L6-v2 teacher, SST-2 + STS-B training sentences, hidden MSE on uniformly mapped
-layers plus the pooled losses, a width-sliced student (`--student`, default 3 x 384), batch 64, fp32, AdamW,
-2 threads. The cache is built once (`prepare_cache`, the code path `distill tune` uses),
-then one process trains on the same batches in both modes, alternating mode every step, so
-machine noise (this machine is shared) hits both modes alike. Epoch time per mode = the sum
-of that mode's step times (teacher outputs, forward, backward, optimizer step) over one
-pass of the rows. The cache build is reported beside it, as the number of epochs it pays
-back in.
+Results go to bench/results/teacher_cache_<mode>.json; docs/benchmarks.md quotes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
-PHASES = ("teacher", "forward", "backward", "step")
+SST2 = "../shared/data/sst2/train.tsv"
 
 
-def _spec(rows: int, student: dict):
-    from distill.cluster.sweep_spec import ParamSpec, apply_params, load_sweep
-    from distill.core.spec import JobSpec
-    from distill.jobs.preflight import preflight
-    from distill.jobs.sweep_check import check_sweep
+def _write(mode: str, result: dict) -> None:
+    out = Path(f"bench/results/teacher_cache_{mode}.json")
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
-    sweep = load_sweep("examples/sweep_depth_width.yaml")
-    sweep = sweep.model_copy(update={"space": {"student.layers": ParamSpec(grid=[3])}})
-    raw = apply_params(
-        check_sweep(sweep).base,
+
+def inference(args) -> None:
+    """Build the same cache three ways on a fresh folder each; rows/s of the Ray Data job."""
+    import ray
+
+    from distill.cluster.launch import worker_env
+    from distill.cluster.storage import LocalStorage
+    from distill.cluster.teacher_cache import build_cache, resolve_cache
+    from distill.core.spec import JobSpec, load_spec
+
+    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="ERROR")
+    layouts = {"1 actor x 1 CPU": (1, 1), "1 actor x 2 CPUs": (1, 2), "2 actors x 1 CPU": (2, 1)}
+    rows = {}
+    for name, (actors, cpus) in layouts.items():
+        spec = load_spec(
+            None,
+            [
+                f"data.train.path={SST2}",
+                f"data.max_train_samples={args.rows}",
+                "data.max_length=64",
+                "teacher.cache.mode=auto",
+                f"teacher.inference.actors={actors}",
+                f"teacher.inference.cpus_per_actor={cpus}",
+                "teacher.inference.rows_per_shard=256",
+                "teacher.inference.batch_size=64",
+            ],
+        )
+        with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+            request, reason = resolve_cache(spec, LocalStorage(tmp))
+            assert reason is None, reason
+            started = time.perf_counter()
+            info = build_cache(request)
+            seconds = time.perf_counter() - started
+        total = sum(info["rows"].values())
+        rows[name] = {"rows": total, "seconds": seconds, "rows_per_s": total / seconds}
+    ray.shutdown()
+    base = rows["1 actor x 1 CPU"]["rows_per_s"]
+    for r in rows.values():
+        r["vs_1x1"] = r["rows_per_s"] / base
+    _write(
+        "inference",
+        {"benchmark": "teacher_inference", "teacher": "all-MiniLM-L6-v2", "layouts": rows},
+    )
+
+
+def train(args) -> None:
+    """The same 2-worker Ray Train + DeepSpeed job with the live teacher and streaming the
+    cache (built beforehand by the first cached run, not timed in training samples/s)."""
+    import ray
+
+    from distill.cluster.launch import worker_env
+    from distill.core.spec import JobSpec, load_spec
+    from distill.jobs.run import run_job
+
+    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="ERROR")
+    common = [
+        f"data.train.path={SST2}",
+        f"data.max_train_samples={args.rows}",
+        "data.max_length=64",
+        "student.layers=2",
+        "student.hidden=128",
+        "student.heads=4",
+        "student.ffn=512",
+        f"training.steps={args.steps}",
+        "training.batch_size=32",
+        f"training.log_every={args.steps // 2}",
+        f"training.eval_every={args.steps}",
+        f"training.checkpoint_every={args.steps}",
+        "evaluation.throughput_rounds=1",
+    ]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for mode, extra in (
+            ("build", ["teacher.cache.mode=auto"]),
+            ("live", ["teacher.cache.mode=off"]),
+            ("cache", ["teacher.cache.mode=required", f"teacher.cache.location={tmp}/build"]),
+        ):
+            report = run_job(load_spec(None, common + extra), f"{tmp}/{mode}")
+            history = [
+                json.loads(x) for x in Path(f"{tmp}/{mode}/metrics.jsonl").read_text().splitlines()
+            ]
+            out[mode] = {
+                "samples_per_s": report["training"]["samples_per_s"],
+                "rss_peak_mb": max(h["rss_peak_mb"] for h in history),
+                "ms_teacher": history[-1]["ms_teacher"],
+                "final_loss": report["training"]["final_loss"],
+                "teacher_cache": report["teacher_cache"],
+                "teacher_partition": report["teacher"]["placement"]["partition"],
+                "student_parameters": report["size"]["student_parameters"],
+                "teacher_parameters": report["size"]["teacher_parameters"],
+            }
+    ray.shutdown()
+    result = {
+        "benchmark": "teacher_cache_train",
+        "rows": args.rows,
+        "steps": args.steps,
+        "runs": out,
+        "teacher_to_student_params": out["live"]["teacher_parameters"]
+        / out["live"]["student_parameters"],
+        "samples_per_s_cache_over_live": out["cache"]["samples_per_s"]
+        / out["live"]["samples_per_s"],
+        "rss_peak_cache_over_live": out["cache"]["rss_peak_mb"] / out["live"]["rss_peak_mb"],
+    }
+    _write("train", result)
+
+
+def lm(args) -> None:
+    """Bytes per target token of top-k shards against the full fp16 distribution (a
+    50,257-token GPT-2 vocabulary), and student perplexity after top-k KD against full KD
+    from the same trained teacher (the packaged tiny GPT-2 architecture, 2,048 tokens)."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    from distill.cluster.job_data import train_eval_texts
+    from distill.core.families import FAMILIES
+    from distill.core.generative import (
+        BatchIds,
+        GenerativeDistillationModel,
+        TokenObjective,
+        TokenSettings,
+        generative_collate,
+        lm_head,
+        target_hidden,
+        tokenize_generative,
+    )
+    from distill.core.generative_eval import perplexity
+    from distill.core.spec import load_spec
+    from distill.core.student import StudentSize, build_student
+    from distill.core.teacher import resolve_teacher
+    from distill.core.teacher_cache import (
+        CachePlan,
+        ShardedCache,
+        assemble_shard,
+        build_manifest,
+        lm_rows,
+        shard_name,
+        write_shard,
+    )
+
+    torch.set_num_threads(2)
+    family = FAMILIES["causal"]
+    # 1. Bytes per target token on a GPT-2-vocabulary decoder (weights random: only sizes count).
+    sizes = {}
+    gpt2 = AutoModelForCausalLM.from_config(
+        GPT2Config(vocab_size=50257, n_embd=64, n_layer=1, n_head=2)
+    ).eval()
+    ids = torch.randint(0, 50257, (8, 64), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+        hidden, targets = target_hidden(gpt2, batch)
+        for k in (16, 64, 256):
+            tensors = assemble_shard([lm_rows(hidden, targets, lm_head(gpt2), CachePlan(topk=k))])
+            facts = write_shard(f"{tmp}/s.safetensors", tensors)
+            tokens = int(tensors["offsets"][-1])
+            sizes[k] = {
+                "bytes_per_token": facts["bytes"] / tokens,
+                "of_full_fp16": facts["bytes"] / tokens / (2 * 50257),
+            }
+    # 2. Quality: a teacher trained on docstrings, students by full KD vs top-k KD.
+    spec = load_spec(None, ["data.max_length=64", "data.max_train_samples=6000"])
+    train_texts, eval_texts = train_eval_texts(spec)
+    folder = resolve_teacher("builtin:tiny-gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = tokenize_generative(train_texts, tokenizer, 64)
+    pad = generative_collate(tokenizer)
+    held_out = {"text": list(eval_texts["text"])[:256]}
+
+    def loader(seed):
+        return DataLoader(
+            rows.add_column("i", list(range(len(rows)))),
+            batch_size=32, shuffle=True, drop_last=True,
+            collate_fn=pad, generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    opt = torch.optim.AdamW(teacher.parameters(), lr=1e-3)
+    teacher.train()
+    step = 0
+    while step < args.teacher_steps:
+        for b in loader(step):
+            b.pop("i")
+            loss = teacher(
+                **b, labels=b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+            ).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == args.teacher_steps:
+                break
+    teacher.eval().requires_grad_(False)
+    teacher_ppl = perplexity(teacher, tokenizer, held_out, max_length=64)
+
+    def build_cache(k, tmp):
+        plan = CachePlan(topk=k, temperature=1.0)
+        ordered = DataLoader(rows, batch_size=64, collate_fn=pad)
+        parts = [family.cache_rows(teacher, None, tokenizer, b, plan) for b in ordered]
+        Path(tmp, "shards").mkdir()
+        facts = write_shard(Path(tmp, shard_name("train", 0)), assemble_shard(parts))
+        entry = {
+            "split": "train",
+            "start": 0,
+            "rows": len(rows),
+            "file": shard_name("train", 0),
+            **facts,
+        }
+        manifest = build_manifest("bench", plan, {"train": len(rows)}, [entry])
+        return ShardedCache(manifest, lambda f: str(Path(tmp, f)))
+
+    def student_run(cache):
+        torch.manual_seed(1)
+        student = build_student(
+            teacher, StudentSize(2, 128, 4, 512), init="every_other_layer",
+            auto_class=AutoModelForCausalLM,
+        ).train()  # fmt: skip
+        model = GenerativeDistillationModel(
+            student,
+            TokenObjective({"lm": 0.5, "lm_kl": 0.5}, TokenSettings(num_chunks=2)),
+            BatchIds.from_model(teacher.config, tokenizer),
+        )
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        step, started = 0, time.perf_counter()
+        while step < args.student_steps:
+            for b in loader(1000 + step):
+                index = b.pop("i")
+                if cache is None:
+                    t_out = family.teacher_outputs(model, teacher, None, b)
+                else:
+                    t_out = family.cached_outputs(cache, "train", index, b, torch.float32)
+                loss, _ = model(b, t_out)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                if step == args.student_steps:
+                    break
+        seconds = time.perf_counter() - started
+        student.eval()
+        return {
+            "perplexity": perplexity(student, tokenizer, held_out, max_length=64),
+            "train_s": seconds,
+        }
+
+    quality = {"full (live teacher)": student_run(None)}
+    for k in args.k:
+        with tempfile.TemporaryDirectory() as tmp:
+            quality[f"top-{k} (cache)"] = student_run(build_cache(k, tmp))
+    full = quality["full (live teacher)"]["perplexity"]
+    for q in quality.values():
+        q["vs_full"] = q["perplexity"] / full - 1
+    _write(
+        "lm",
         {
-            "student": student,
-            "data": {"max_train_samples": rows},
+            "benchmark": "teacher_cache_lm",
+            "bytes": {"vocab": 50257, "full_fp16_bytes_per_token": 2 * 50257, "topk": sizes},
+            "quality": {
+                "teacher": "tiny-gpt2 architecture (4 x 128, 2,048 tokens) trained on docstrings",
+                "teacher_steps": args.teacher_steps,
+                "teacher_perplexity": teacher_ppl,
+                "student": "2 x 128, every_other_layer, {lm: 0.5, lm_kl: 0.5}, T = 1",
+                "student_steps": args.student_steps,
+                "held_out_rows": len(held_out["text"]),
+                "runs": quality,
+            },
         },
     )
-    return preflight(JobSpec.model_validate(raw))
+    assert math.isfinite(full)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--student", default="3,384,12,1536", help="layers,hidden,heads,ffn (width_slice)"
-    )
-    parser.add_argument("--out", default="bench/results/teacher_cache.json")
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("inference")
+    p.add_argument("--rows", type=int, default=2000)
+    p = sub.add_parser("train")
+    p.add_argument("--rows", type=int, default=2000)
+    p.add_argument("--steps", type=int, default=60)
+    p = sub.add_parser("lm")
+    p.add_argument("--teacher-steps", type=int, default=400)
+    p.add_argument("--student-steps", type=int, default=200)
+    p.add_argument("--k", type=int, nargs="+", default=[16, 64])
     args = parser.parse_args()
-
-    from distill.cluster.job_data import train_eval_texts
-    from distill.cluster.storage import LocalStorage
-    from distill.cluster.teacher_cache import open_cache, prepare_cache
-    from distill.core.data import collate, tokenize
-    from distill.core.families import FAMILIES
-    from distill.core.teacher import load_teacher
-    from distill.core.teacher_cache import INDEX_COLUMN, plan_for
-
-    torch.set_num_threads(args.threads)
-    layers, hidden, heads, ffn = (int(v) for v in args.student.split(","))
-    student = {"layers": layers, "hidden": hidden, "heads": heads, "ffn": ffn}
-    spec = _spec(args.rows, student)
-    teacher, tokenizer = load_teacher(spec.teacher.name)
-    torch.manual_seed(spec.training.seed)
-    model = FAMILIES["encoder"].trainable(spec, teacher, None)
-    plan = plan_for(model.objective.weights, model.objective.pairs)
-    with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
-        info = prepare_cache(spec, LocalStorage(tmp), plan)
-        cache = open_cache(info, spec)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=spec.training.learning_rate
-    )
-    train, _ = train_eval_texts(spec)
-    rows = tokenize(train, tokenizer, spec.data.max_length)
-    rows = rows.add_column(INDEX_COLUMN, list(range(len(rows))))
-    loader = DataLoader(
-        rows,
-        batch_size=args.batch,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=collate(tokenizer),
-        generator=torch.Generator().manual_seed(0),
-    )
-    spent = {mode: dict.fromkeys(PHASES, 0.0) for mode in ("recompute", "cache")}
-    steps = {"recompute": 0, "cache": 0}
-    model.train()
-    for epoch in range(args.epochs):
-        for i, batch in enumerate(loader):
-            index = batch.pop(INDEX_COLUMN)
-            # Each batch runs once in each mode, the order alternating, so both modes see
-            # the same rows and the same machine load.
-            for mode in ("recompute", "cache") if i % 2 == 0 else ("cache", "recompute"):
-                marks = [time.perf_counter()]
-                if mode == "cache":
-                    t_out = cache.lookup(index, batch["attention_mask"])
-                else:
-                    t_out = FAMILIES["encoder"].teacher_outputs(model, teacher, None, batch)
-                marks.append(time.perf_counter())
-                loss, _ = model(batch, t_out)
-                marks.append(time.perf_counter())
-                optimizer.zero_grad()
-                loss.backward()
-                marks.append(time.perf_counter())
-                optimizer.step()
-                marks.append(time.perf_counter())
-                if epoch > 0 or i >= 2:  # warm-up steps of both modes are not timed
-                    for phase, begin, end in zip(PHASES, marks, marks[1:]):
-                        spent[mode][phase] += end - begin
-                    steps[mode] += 1
-        print(f"[bench] epoch {epoch}: {json.dumps(spent)}", flush=True)
-    per_epoch = {m: sum(spent[m].values()) / steps[m] * (len(rows) // args.batch) for m in spent}
-    result = {
-        "benchmark": "teacher_cache",
-        "rows": len(rows),
-        "batch": args.batch,
-        "threads": args.threads,
-        "student": {**student, "init": "width_slice"},
-        "objective": {"weights": spec.objective.weights, "teacher_layers": list(plan.layers)},
-        "cache": {k: info[k] for k in ("key", "rows", "build_s", "size_mib")},
-        "timed_steps": steps,
-        "ms_per_step": {m: {p: 1000 * spent[m][p] / steps[m] for p in PHASES} for m in spent},
-        "epoch_s": per_epoch,
-        "speedup": per_epoch["recompute"] / per_epoch["cache"],
-        "break_even_epochs": info["build_s"] / (per_epoch["recompute"] - per_epoch["cache"]),
-    }
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(
-        json.dumps(
-            {k: result[k] for k in ("ms_per_step", "epoch_s", "speedup", "break_even_epochs")},
-            indent=2,
-        )
-    )
+    {"inference": inference, "train": train, "lm": lm}[args.mode](args)
 
 
 if __name__ == "__main__":

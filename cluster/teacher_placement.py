@@ -29,7 +29,9 @@ class PlacedTeacher:
     """The teacher module the family calls, and how it is placed on this rank."""
 
     module: torch.nn.Module
-    partition: str  # replicate | zero3
+    # replicate | zero3 | cache (not loaded: a teacher-output cache serves its outputs and
+    # `module` is a weightless skeleton, `distill.core.lazy_teacher`)
+    partition: str
     engine: object | None = None  # the stage-3 inference engine (zero3); keeps the hooks alive
 
     @property
@@ -38,6 +40,8 @@ class PlacedTeacher:
 
     def local_parameters(self) -> int:
         """Teacher parameters resident on this rank (its partition under ZeRO-3)."""
+        if self.partition == "cache":
+            return 0
         if self.partitioned:
             return sum(p.ds_tensor.numel() for p in self.module.parameters())
         return sum(p.numel() for p in self.module.parameters())
@@ -50,6 +54,8 @@ class PlacedTeacher:
     def fingerprint(self) -> str:
         """sha256 over every parameter's bytes (every rank's partitions under ZeRO-3, in rank
         order): proves the teacher was never modified. A collective under ZeRO-3."""
+        if self.partition == "cache":
+            return "not loaded (teacher-output cache)"
         digest = hashlib.sha256()
         for name, param in sorted(self.module.named_parameters()):
             data = param.ds_tensor if self.partitioned else param

@@ -56,6 +56,7 @@ from distill.core.data import tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
 from distill.core.family import PRETRAINED, ModelFamily
+from distill.core.lazy_teacher import skeleton_teacher
 from distill.core.outputs import TaskHead
 from distill.core.placement import TORCH_DTYPES
 from distill.core.spec import JobSpec
@@ -224,13 +225,16 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
     storage = open_storage(inputs.run_uri, inputs.s3)
     if rank == 0 and inputs.multi_stage:
         print(f"[distill] stage {plan.name} ({plan.kind})", flush=True)
-    models = _load_models(spec, plan, storage, scratch)
-    cache = open_cache(inputs.teacher_cache, spec)
+    cache = open_cache(
+        inputs.teacher_cache, spec, scratch.enter_context(tempfile.TemporaryDirectory())
+    )
+    models = _load_models(spec, plan, storage, scratch, cached=cache is not None)
+    train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
     if cache is not None:
-        needed = models.family.cache_plan(models.model)
+        config = models.teacher.config
+        needed, _ = models.family.cache_plan(spec, config, train_ds.column_names)
         if needed is None or not cache.plan.covers(needed):
             raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
-    train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
     engine = _engine(spec, models)
     group = ray.util.get_current_placement_group()
     return LiveStage(
@@ -288,14 +292,20 @@ def _gatherer(placed: PlacedTeacher):
     return lambda params: deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
 
-def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _Models:
+def _load_models(
+    spec: JobSpec, plan: StagePlan, storage: Storage, scratch, *, cached: bool = False
+) -> _Models:
     """The frozen teacher (the spec's, or an earlier stage's export), its family and the
-    stage's trainable model (fresh, a teacher copy, or an earlier stage's student)."""
+    stage's trainable model (fresh, a teacher copy, or an earlier stage's student).
+
+    cached: a teacher-output cache serves every teacher output, so the teacher is never
+    loaded: its module is a weightless skeleton whose weights are read from its files only
+    while the student copies them (`distill.core.lazy_teacher`). A `width_slice` student
+    ranks the teacher's channels by their weights, so it still loads the teacher whole."""
     teacher_dir = _stage_export(storage, plan.teacher_stage, scratch) or resolve_teacher(
         spec.teacher.name
     )
     family = family_of(AutoConfig.from_pretrained(teacher_dir))
-    placed = place_teacher(spec, family, teacher_dir, ray.train.torch.get_device())
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     previous = _stage_export(storage, plan.continues, scratch)
     # The student's tokenizer: a continued stage's export's, a pretrained student's own, else
@@ -304,16 +314,25 @@ def _load_models(spec: JobSpec, plan: StagePlan, storage: Storage, scratch) -> _
     tokenizer = AutoTokenizer.from_pretrained(own) if own else teacher_tokenizer
     if not tokenizers_differ(tokenizer, teacher_tokenizer):
         teacher_tokenizer = None
-    teacher_head = TaskHead.load(teacher_dir)
-    if teacher_head is not None:
-        freeze(teacher_head)
+    lazy = None
+    if cached and spec.student.init != "width_slice":
+        lazy = skeleton_teacher(teacher_dir, family.auto_class)
+    if lazy is not None:
+        placed, teacher_head = PlacedTeacher(lazy[0], "cache"), None
+        gather = lazy[1]
+    else:
+        placed = place_teacher(spec, family, teacher_dir, ray.train.torch.get_device())
+        gather = _gatherer(placed)
+        teacher_head = TaskHead.load(teacher_dir)
+        if teacher_head is not None:
+            freeze(teacher_head)
     model = family.trainable(
         spec,
         placed.module,
         tokenizer,
         kind=plan.kind,
         previous_student=previous,
-        gather=_gatherer(placed),
+        gather=gather,
     )
     return _Models(teacher_dir, placed, teacher_head, tokenizer, teacher_tokenizer, family, model)
 
@@ -327,9 +346,7 @@ def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache,
     tokenize, collate = models.family.batch_functions(tokenizer, models.teacher_tokenizer)
     train_ds = tokenize(train_texts, tokenizer, max_length)
     if cache is not None:  # rows keep their index into the cache (built on the whole set)
-        if len(train_ds) != cache.rows:
-            raise ValueError(f"teacher cache: {cache.rows} rows, training data {len(train_ds)}")
-        train_ds = train_ds.add_column(INDEX_COLUMN, list(range(len(train_ds))))
+        train_ds = _indexed(train_ds, cache, "train")
     train_ds = train_ds.shard(world, rank, contiguous=True)
     if len(train_ds) < spec.training.batch_size:
         raise ValueError(
@@ -339,8 +356,18 @@ def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache,
     # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
     # same number of eval batches or the longer one waits forever.
     eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
-    eval_ds = tokenize(eval_texts.shard(world, rank, contiguous=True), tokenizer, max_length)
-    return train_ds, eval_ds, collate
+    eval_ds = tokenize(eval_texts, tokenizer, max_length)
+    if cache is not None:
+        eval_ds = _indexed(eval_ds, cache, "eval")
+    return train_ds, eval_ds.shard(world, rank, contiguous=True), collate
+
+
+def _indexed(rows, cache, split: str):
+    """`rows` with each row's index into the cache's `split` (built on the whole set)."""
+    # Workers train on every cached train row and evaluate on a prefix of the eval rows.
+    if len(rows) > cache.rows(split) or (split == "train" and len(rows) != cache.rows(split)):
+        raise ValueError(f"teacher cache: {cache.rows(split)} {split} rows, data {len(rows)}")
+    return rows.add_column(INDEX_COLUMN, list(range(len(rows))))
 
 
 def _engine(spec: JobSpec, models: _Models):
@@ -391,9 +418,8 @@ def train_step(stage: LiveStage, progress: Progress, step: int):
     batch = family.prepare_batch(model, _on(engine, batch), stage.mask_generator)
     marks = [time.perf_counter()]
     if stage.cache is not None:
-        teacher_out = stage.cache.lookup(
-            index, batch["attention_mask"], TORCH_DTYPES[stage.spec.deepspeed.precision]
-        )
+        dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
+        teacher_out = family.cached_outputs(stage.cache, "train", index, batch, dtype)
     else:
         teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
     mixed = family.mixed_batch(
@@ -488,8 +514,13 @@ def evaluate(stage: LiveStage) -> dict[str, float]:
     engine.eval()
     total, n, correct, seen = 0.0, 0, 0, 0
     for batch in stage.eval_loader:
+        index = batch.pop(INDEX_COLUMN, None)
         batch = family.prepare_batch(model, _on(engine, batch), torch.Generator().manual_seed(seed))
-        teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
+        if stage.cache is not None:
+            dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
+            teacher_out = family.cached_outputs(stage.cache, "eval", index, batch, dtype)
+        else:
+            teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
         loss, _ = engine(batch, teacher_out)
         total, n = total + float(loss), n + 1
         counts = family.eval_counts(model, batch)

@@ -76,7 +76,7 @@ from distill.core.student import (
     freeze_word_embeddings,
     no_gather,
 )
-from distill.core.teacher_cache import plan_for
+from distill.core.teacher_cache import bypass_reason, encoder_rows, plan_for
 
 _STUDENT = "student."
 # Losses that compare whole sentences, so student and teacher may tokenize differently.
@@ -377,8 +377,24 @@ class EncoderFamily(ModelFamily):
 
         return spearman_of_embeddings(embed, pairs)
 
-    def cache_plan(self, model):
-        return plan_for(model.objective.weights, model.objective.pairs)
+    def cache_plan(self, spec, teacher_config, columns):
+        spec = self.with_default_objective(spec, "distill")
+        o, s = spec.objective, spec.student
+        if s.init == PRETRAINED:  # its tokenizer may differ: the cache's rows are the teacher's
+            return None, "a pretrained student (student.init: pretrained) runs its teacher live"
+        reason = bypass_reason(o.weights, mixup=o.mixup is not None)
+        if reason:
+            return None, reason
+        student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
+        pairs = layer_pairs(o.layer_map, student_depth, depth(teacher_config))
+        plan = plan_for(o.weights, pairs)
+        return (None, "the objective reads no teacher output") if plan.empty else (plan, None)
+
+    def cache_rows(self, teacher, teacher_head, tokenizer, batch, plan):
+        return encoder_rows(teacher, teacher_head, batch, plan)
+
+    def cached_outputs(self, cache, split, index, batch, dtype):
+        return cache.encoder_outputs(split, index, batch["attention_mask"], dtype)
 
     # -- export -----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ A family answers, for one stage:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -153,10 +153,20 @@ class ModelFamily(ABC):
     def in_training_quality(self, model: nn.Module, tokenizer, pairs, max_length: int) -> float:
         raise SpecError(f"evaluation.sts_path: not supported for a {self.name} teacher")
 
-    def cache_plan(self, model: nn.Module):
-        """The teacher tensors a teacher-output cache must hold for `model`'s objective,
-        or None when this family's objectives are not cached."""
-        return None
+    def cache_plan(self, spec: JobSpec, teacher_config: PretrainedConfig, columns: Sequence[str]):
+        """(the teacher tensors a teacher-output cache must hold for `spec`'s objective on
+        tokenized rows with `columns`, None) or (None, why the teacher runs live)."""
+        return None, f"the {self.name} family's objectives are not cached"
+
+    def cache_rows(self, teacher: nn.Module, teacher_head, tokenizer, batch: Batch, plan):
+        """One collated batch's cached tensors (`distill.core.teacher_cache.assemble_shard`
+        input): `counts` per row, then per-token and per-row tensors."""
+        raise NotImplementedError(f"the {self.name} family has no teacher-output cache")
+
+    def cached_outputs(self, cache, split: str, index: torch.Tensor, batch: Batch, dtype):
+        """What `teacher_outputs` would give for `batch`, read from a `ShardedCache` by the
+        batch rows' `index` into `split`."""
+        raise NotImplementedError(f"the {self.name} family has no teacher-output cache")
 
     # -- export -----------------------------------------------------------------------------
 

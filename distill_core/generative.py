@@ -106,6 +106,8 @@ class TokenView:
     teacher_hidden: torch.Tensor | None
     teacher_head: Callable | None
     settings: TokenSettings
+    # A cached teacher: (top-k ids, logits, logsumexp) per target token instead of hidden+head.
+    teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 def _lm(view: TokenView) -> torch.Tensor:
@@ -122,16 +124,23 @@ def _lm(view: TokenView) -> torch.Tensor:
 def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
     def loss(view: TokenView) -> torch.Tensor:
         s = view.settings
+        options = {
+            "num_chunks": s.num_chunks,
+            "divergence": divergence,
+            "temperature": s.temperature,
+            "beta": s.jsd_beta,
+            "checkpoint": s.checkpoint,
+        }
+        if view.teacher_topk is not None:  # a cached teacher: its top-k logits per token
+            return token_losses.chunked_sparse_token_kd(
+                view.student_hidden, view.student_head, *view.teacher_topk, **options
+            )
         return token_losses.chunked_token_kd(
             view.student_hidden,
             view.teacher_hidden,
             view.student_head,
             view.teacher_head,
-            num_chunks=s.num_chunks,
-            divergence=divergence,
-            temperature=s.temperature,
-            beta=s.jsd_beta,
-            checkpoint=s.checkpoint,
+            **options,
         )
 
     return loss
@@ -184,15 +193,20 @@ class GenerativeDistillationModel(nn.Module):
     def forward(self, batch: dict, teacher: ModelOutputs | None, mixed=None):
         hidden, targets = target_hidden(self.student, batch)
         keep = (targets != token_losses.IGNORE_INDEX).reshape(-1)
+        t_hidden = t_head = t_topk = None
+        if teacher is not None and teacher.topk is not None:  # from a teacher-output cache
+            t_topk = teacher.topk
+        elif teacher is not None:
+            t_hidden = teacher.hidden[-1].reshape(-1, teacher.hidden[-1].shape[-1])[keep]
+            t_head = teacher.head
         view = TokenView(
             student_hidden=hidden.reshape(-1, hidden.shape[-1])[keep],
             student_head=lm_head(self.student),
             targets=targets.reshape(-1)[keep],
-            teacher_hidden=None
-            if teacher is None
-            else teacher.hidden[-1].reshape(-1, teacher.hidden[-1].shape[-1])[keep],
-            teacher_head=None if teacher is None else teacher.head,
+            teacher_hidden=t_hidden,
+            teacher_head=t_head,
             settings=self.objective.settings,
+            teacher_topk=t_topk,
         )
         return self.objective(view)
 

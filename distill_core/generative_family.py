@@ -35,6 +35,7 @@ from distill.core.generative import (
     GenerativeDistillationModel,
     TokenObjective,
     TokenSettings,
+    causal_targets,
     generative_collate,
     lm_head,
     num_chunks,
@@ -59,6 +60,7 @@ from distill.core.student import (
     freeze_word_embeddings,
     no_gather,
 )
+from distill.core.teacher_cache import bypass_reason, lm_plan_for, lm_rows
 
 _STUDENT = "student."
 
@@ -233,6 +235,30 @@ class GenerativeFamily(ModelFamily):
         out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0))
         out.head = lm_head(teacher)
         return out
+
+    def cache_plan(self, spec, teacher_config, columns):
+        o = self.with_default_objective(spec, "distill").objective
+        reason = bypass_reason(
+            o.weights,
+            mixup=False,
+            infilling=self.name == "seq2seq" and "labels" not in columns,
+            sequence_kd=o.sequence_kd is not None,
+        )
+        if reason:
+            return None, reason
+        plan = lm_plan_for(o.weights, spec.teacher.cache.topk, o.temperature)
+        return (None, "the objective reads no teacher output") if plan.empty else (plan, None)
+
+    def cache_rows(self, teacher, teacher_head, tokenizer, batch, plan):
+        if self.name == "seq2seq":  # pairs: decoder inputs only (no noise, so deterministic)
+            ids = BatchIds.from_model(teacher.config, tokenizer)
+            batch = prepare_seq2seq_batch(batch, ids, torch.Generator())
+        hidden, targets = target_hidden(teacher, batch)
+        return lm_rows(hidden, targets, lm_head(teacher), plan)
+
+    def cached_outputs(self, cache, split, index, batch, dtype):
+        targets = batch["labels"] if self.name == "seq2seq" else causal_targets(batch)
+        return cache.lm_outputs(split, index, targets)
 
     # -- export -----------------------------------------------------------------------------
 

@@ -36,6 +36,9 @@ class ModelOutputs:
     logits: torch.Tensor | None = None
     qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     mlm_logits: torch.Tensor | None = None  # [masked tokens, vocab], rows where labels != -100
+    # An LM teacher read from a cache: (top-k ids [tokens, k], their logits [tokens, k],
+    # logsumexp of the full logits / T [tokens]) of every target token, in row order.
+    topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class TaskHead(nn.Module):

@@ -55,6 +55,31 @@ class Zero3TeacherSpec(Strict):
     param_persistence_threshold: Annotated[int, Field(ge=0)] = 100_000  # smaller stay whole
 
 
+class TeacherInferenceSpec(Strict):
+    """The Ray Data job that builds a teacher-output cache: an actor pool of teacher
+    replicas, each loaded once at `teacher.dtype`, each call writing one cache shard."""
+
+    actors: PositiveInt = 1
+    cpus_per_actor: PositiveInt = 1
+    gpus_per_actor: Annotated[float, Field(ge=0)] = 0.0
+    batch_size: PositiveInt = 64  # rows per teacher forward
+    rows_per_shard: PositiveInt = 1024  # rows per cache shard (one actor call)
+
+
+class TeacherCacheSpec(Strict):
+    """The teacher-output cache (`distill.core.teacher_cache`). off: the teacher runs live
+    in every step; auto: use a complete cache of the same key, else build one with Ray Data
+    before training; required: use a complete cache or stop before training."""
+
+    mode: Literal["off", "auto", "required"] = "off"
+    # A folder or s3:// prefix holding caches by key (shared between runs and sweeps);
+    # None: the run's or sweep's own storage.
+    location: str | None = None
+    # LM teachers: logits kept per target token (8k + 4 bytes per token; 64 is 0.8% of a
+    # 32k-vocabulary fp16 distribution).
+    topk: Annotated[int, Field(ge=1, le=4096)] = 64
+
+
 class TeacherSpec(Strict):
     name: str = PACKAGED_TEACHER
     # Teacher weights' precision; None: the run's (deepspeed.precision: fp32 on the CPU).
@@ -65,6 +90,8 @@ class TeacherSpec(Strict):
     # `distill.core.placement`). Resolved before Ray starts; report.json records it.
     partition: Literal["auto", "replicate", "zero3"] = "auto"
     zero3: Zero3TeacherSpec = Zero3TeacherSpec()
+    inference: TeacherInferenceSpec = TeacherInferenceSpec()
+    cache: TeacherCacheSpec = TeacherCacheSpec()
 
 
 class LstmSpec(Strict):
@@ -633,6 +660,7 @@ def dump_spec(spec: JobSpec) -> str:
 # below the job, or below a stage (whose sections are raw dicts); `*` is each list item.
 PATH_FIELDS = (
     "teacher.name",
+    "teacher.cache.location",
     "student.name",
     "data.train.*.path",
     "data.eval.path",

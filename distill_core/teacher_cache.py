@@ -1,51 +1,92 @@
-"""Teacher-output cache: the frozen teacher's outputs on a fixed, tokenized training set,
-computed once and then looked up by example index instead of running the teacher again.
+"""Teacher-output cache: the frozen teacher's outputs on a fixed, tokenized set of rows,
+computed once (by a Ray Data job, `distill.cluster.teacher_inference`) and then streamed by
+row index instead of running the teacher again.
 
-A sweep's trials (and every epoch of one run) distill from the same teacher on the same
-rows, so the teacher forward is the same work each time. The cache holds only what the
-objective reads (`CachePlan`): hidden states of the mapped layers (float16, only the real
-tokens of each row), the pooled sentence vector and the task logits (float32; they are
-small). Objectives that read the teacher's attention internals, or feed it inputs that change
-every step (MixKD's mixed embeddings, MLM masks), bypass the cache (`bypass_reason`).
+A sweep's trials, every epoch of one run and every re-run on the same data distil from the
+same teacher on the same rows, so the teacher forward is the same work each time. The cache
+holds only what the objective reads (`CachePlan`):
+- encoders: hidden states of the mapped layers (float16, only the real tokens of each row),
+  the pooled sentence vector and the task logits (float32; they are small);
+- causal and seq2seq LMs: for every target token, the teacher's top-k token ids (int32) and
+  raw logits (float32), and the logsumexp of its full logits at the job's temperature
+  (float32), from which the probability outside the top-k follows exactly
+  (`distill.core.token_losses.sparse_token_divergence`): 8k + 4 bytes per target token.
+Objectives that read the teacher's attention internals, or feed it inputs that change every
+step (MixKD's mixed embeddings, MLM masks, seq2seq text infilling), bypass the cache
+(`bypass_reason`).
+
+Layout (format 2): `shards/<split>-<first row:09d>.safetensors` for the splits `train` and
+`eval`, each shard a contiguous range of rows holding `offsets` [rows + 1] into its
+per-token tensors and its per-row tensors; then `manifest.json`, written last, lists every
+shard (first row, rows, bytes, sha256). A folder without the manifest is incomplete and
+never read. Readers open shards lazily (`ShardedCache`): a training worker reads only the
+shards holding its rows, one slice per row, never a whole shard into memory.
 
 The cache's key is a content hash of everything that decides its values (`cache_key`), so a
-change in teacher weights, data, tokenizer settings or requested tensors misses.
+change in teacher weights, data, tokenizer settings, requested tensors, k or temperature
+misses.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from distill.core import token_losses
 from distill.core.objective import ATTENTION_LOSSES, LAYER_PROJECTION_LOSSES, POOLED_LOSSES
 from distill.core.outputs import ModelOutputs, forward_outputs
 
-OUTPUTS_FILE = "outputs.safetensors"
-META_FILE = "meta.json"
-INDEX_COLUMN = "cache_index"  # each training row's position in the cached set
+FORMAT = 2
+MANIFEST_FILE = "manifest.json"
+SHARD_DIR = "shards"
+SPLITS = ("train", "eval")
+INDEX_COLUMN = "cache_index"  # each row's position in its cached split
+ROW_KEYS = ("pooled", "logits")  # one entry per row; every other tensor is per token
+TOPK_KEYS = ("topk_ids", "topk_logits", "topk_lse")
 _LOGIT_LOSSES = {"logit_kl", "logit_mse"}
+_LM_KD_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
 _HIDDEN_DTYPE = torch.float16  # hidden states of BERT-family teachers stay far below 65504
+_LM_CHUNK_TOKENS = 1024  # teacher LM logits are built this many target tokens at a time
 
 
 @dataclass(frozen=True)
 class CachePlan:
-    """Which teacher tensors to keep: `hidden_states` indices, pooled vector, task logits."""
+    """Which teacher tensors to keep: `hidden_states` indices, pooled vector, task logits
+    (encoders); or `topk` logits per target token with the logsumexp at `temperature` (LMs)."""
 
     layers: tuple[int, ...] = ()
     pooled: bool = False
     logits: bool = False
+    topk: int = 0
+    temperature: float = 1.0
 
     def union(self, other: CachePlan) -> CachePlan:
+        if (
+            self.topk
+            and other.topk
+            and (self.topk, self.temperature)
+            != (
+                other.topk,
+                other.temperature,
+            )
+        ):
+            raise ValueError("teacher cache: one cache holds one top-k and one temperature")
+        lm = self if self.topk else other
         return CachePlan(
             tuple(sorted(set(self.layers) | set(other.layers))),
             self.pooled or other.pooled,
             self.logits or other.logits,
+            lm.topk,
+            lm.temperature,
         )
 
     def covers(self, other: CachePlan) -> bool:
@@ -53,16 +94,27 @@ class CachePlan:
             set(other.layers) <= set(self.layers)
             and (self.pooled or not other.pooled)
             and (self.logits or not other.logits)
+            and (not other.topk or (self.topk, self.temperature) == (other.topk, other.temperature))
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.layers or self.pooled or self.logits)
+        return not (self.layers or self.pooled or self.logits or self.topk)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CachePlan:
+        return cls(
+            tuple(raw.get("layers", ())),
+            bool(raw.get("pooled")),
+            bool(raw.get("logits")),
+            int(raw.get("topk", 0)),
+            float(raw.get("temperature", 1.0)),
+        )
 
 
 def plan_for(weights: dict[str, float], pairs: Iterable[tuple[int, int]]) -> CachePlan:
-    """The teacher tensors the losses named in `weights` read; `pairs` are the objective's
-    (student, teacher) `hidden_states` index pairs."""
+    """The teacher tensors the encoder losses named in `weights` read; `pairs` are the
+    objective's (student, teacher) `hidden_states` index pairs."""
     used = {name for name, w in weights.items() if w > 0}
     layers: set[int] = set()
     if used & LAYER_PROJECTION_LOSSES:
@@ -72,7 +124,15 @@ def plan_for(weights: dict[str, float], pairs: Iterable[tuple[int, int]]) -> Cac
     return CachePlan(tuple(sorted(layers)), bool(used & POOLED_LOSSES), bool(used & _LOGIT_LOSSES))
 
 
-def bypass_reason(weights: dict[str, float], *, mixup: bool) -> str | None:
+def lm_plan_for(weights: dict[str, float], topk: int, temperature: float) -> CachePlan:
+    """The cache an LM objective reads: top-k targets when it has a teacher KD loss."""
+    used = {name for name, w in weights.items() if w > 0}
+    return CachePlan(topk=topk, temperature=temperature) if used & _LM_KD_LOSSES else CachePlan()
+
+
+def bypass_reason(
+    weights: dict[str, float], *, mixup: bool, infilling: bool = False, sequence_kd: bool = False
+) -> str | None:
     """Why this objective must run the teacher on the fly, or None when the cache serves it."""
     used = {name for name, w in weights.items() if w > 0}
     if used & ATTENTION_LOSSES:
@@ -81,6 +141,10 @@ def bypass_reason(weights: dict[str, float], *, mixup: bool) -> str | None:
         return "MixKD runs the teacher on freshly mixed embeddings every step"
     if "mlm" in used:
         return "the mlm loss masks the teacher's inputs anew every step"
+    if infilling:
+        return "seq2seq text infilling noises the teacher's inputs anew every step"
+    if sequence_kd:
+        return "sequence-level KD trains on the teacher's generations, not fixed rows"
     return None
 
 
@@ -127,89 +191,195 @@ def cache_key(*, teacher: str, rows: str, plan: CachePlan, settings: dict) -> st
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+# -- computing a shard ---------------------------------------------------------------------
+
+
 @torch.no_grad()
-def compute_teacher_outputs(
-    teacher: torch.nn.Module,
-    head: torch.nn.Module | None,
-    batches: Iterable[dict[str, torch.Tensor]],
+def encoder_rows(
+    teacher: torch.nn.Module, head: torch.nn.Module | None, batch: dict, plan: CachePlan
+) -> dict[str, torch.Tensor]:
+    """One batch of an encoder teacher's cached tensors: `counts` [batch] (real tokens per
+    row), `hidden_{layer}` [tokens, width] float16, `pooled` [batch, width], `logits`."""
+    out = forward_outputs(teacher, batch, head=head if plan.logits else None)
+    real = batch["attention_mask"].bool()
+    rows = {"counts": real.sum(1).cpu()}
+    for layer in plan.layers:
+        rows[f"hidden_{layer}"] = out.hidden[layer][real].to(_HIDDEN_DTYPE).cpu()
+    if plan.pooled:
+        rows["pooled"] = out.pooled.float().cpu()
+    if plan.logits:
+        rows["logits"] = out.logits.float().cpu()
+    return rows
+
+
+@torch.no_grad()
+def lm_rows(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
     plan: CachePlan,
 ) -> dict[str, torch.Tensor]:
-    """Run the teacher over `batches` (in row order) and keep what `plan` asks for.
+    """One batch of an LM teacher's cached tensors from its final hidden states [batch, seq,
+    width] at the target positions `targets` [batch, seq] (IGNORE_INDEX skipped): `counts`
+    [batch] and, per target token in row order, `topk_ids` [tokens, k] int32, `topk_logits`
+    [tokens, k] float32 and `topk_lse` [tokens] float32 (logsumexp of logits / T). The
+    [tokens, vocab] logits exist one chunk at a time."""
+    keep = targets != token_losses.IGNORE_INDEX
+    flat = hidden[keep]
+    parts = [
+        token_losses.teacher_topk(head(chunk), plan.topk, plan.temperature)
+        for chunk in flat.split(_LM_CHUNK_TOKENS)
+    ] or [token_losses.teacher_topk(head(flat), plan.topk, plan.temperature)]
+    ids, values, lse = (torch.cat([p[i] for p in parts]).cpu() for i in range(3))
+    return {"counts": keep.sum(1).cpu(), "topk_ids": ids, "topk_logits": values, "topk_lse": lse}
 
-    Returns `offsets` [rows + 1] (row r's tokens are `offsets[r]:offsets[r+1]` of each
-    `hidden_{layer}` [tokens, width]), `pooled` [rows, width], `logits` [rows, labels].
-    """
-    lengths, pooled, logits = [], [], []
-    hidden: dict[int, list[torch.Tensor]] = {layer: [] for layer in plan.layers}
-    for batch in batches:
-        out = forward_outputs(teacher, batch, head=head if plan.logits else None)
-        real = batch["attention_mask"].bool()
-        lengths.append(real.sum(1))
-        for layer in plan.layers:
-            hidden[layer].append(out.hidden[layer][real].to(_HIDDEN_DTYPE))
-        if plan.pooled:
-            pooled.append(out.pooled.float())
-        if plan.logits:
-            logits.append(out.logits.float())
-    counts = torch.cat(lengths).to(torch.int64)
+
+def assemble_shard(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Concatenate per-batch rows (in row order) into one shard's tensors, `counts` turned
+    into `offsets` [rows + 1]: row r's tokens are `offsets[r]:offsets[r+1]`."""
+    counts = torch.cat([b["counts"] for b in batches]).to(torch.int64)
     tensors = {"offsets": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])}
-    tensors.update({f"hidden_{layer}": torch.cat(parts) for layer, parts in hidden.items()})
-    if plan.pooled:
-        tensors["pooled"] = torch.cat(pooled)
-    if plan.logits:
-        tensors["logits"] = torch.cat(logits)
+    for key in batches[0]:
+        if key != "counts":
+            tensors[key] = torch.cat([b[key] for b in batches]).contiguous()
     return tensors
 
 
-def save_cache(folder: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write the tensors, then `meta.json` last: a folder without it is incomplete."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / OUTPUTS_FILE))
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+def shard_name(split: str, start: int) -> str:
+    return f"{SHARD_DIR}/{split}-{start:09d}.safetensors"
 
 
-class TeacherCache:
-    """Cached teacher outputs, looked up by row index into padded batch tensors."""
+def write_shard(path: str | Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """Write one shard file; returns its size and sha256 for the manifest."""
+    save_file(tensors, str(path))
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
-    def __init__(self, tensors: dict[str, torch.Tensor], plan: CachePlan) -> None:
-        self.tensors = tensors
-        self.plan = plan
-        self.offsets = tensors["offsets"]
-        self.rows = len(self.offsets) - 1
-        self.layers = max(plan.layers, default=0)
 
-    @classmethod
-    def load(cls, folder: str | Path) -> TeacherCache:
-        folder = Path(folder)
-        meta = json.loads((folder / META_FILE).read_text())
-        plan = CachePlan(
-            tuple(meta["plan"]["layers"]), meta["plan"]["pooled"], meta["plan"]["logits"]
-        )
-        return cls(load_file(str(folder / OUTPUTS_FILE)), plan)
+def build_manifest(key: str, plan: CachePlan, rows: dict[str, int], shards: list[dict]) -> dict:
+    """The manifest of a complete cache: every split's shards cover its rows exactly once,
+    in order (else ValueError: a shard is missing or doubled, and no manifest is written)."""
+    splits = {}
+    for split, total in rows.items():
+        own = sorted((s for s in shards if s["split"] == split), key=lambda s: s["start"])
+        position = 0
+        for shard in own:
+            if shard["start"] != position:
+                raise ValueError(
+                    f"teacher cache {key}: {split} rows {position}..{shard['start']} have no shard"
+                )
+            position += shard["rows"]
+        if position != total:
+            raise ValueError(f"teacher cache {key}: {split} shards hold {position} of {total} rows")
+        splits[split] = {
+            "rows": total,
+            "shards": [
+                {k: s[k] for k in ("file", "start", "rows", "bytes", "sha256")} for s in own
+            ],
+        }
+    return {
+        "format": FORMAT,
+        "key": key,
+        "plan": asdict(plan),
+        "splits": splits,
+        "bytes": sum(s["bytes"] for s in shards),
+        "tokens": {
+            split: sum(s.get("tokens", 0) for s in shards if s["split"] == split) for split in rows
+        },
+    }
 
-    def lookup(
-        self, index: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype = torch.float32
+
+# -- reading: a lazily opened, sharded cache ------------------------------------------------
+
+
+class ShardedCache:
+    """A complete cache read by row index, shard by shard as rows are asked for.
+
+    `fetch(relpath)` returns a local path of a cache file (the file itself for a folder on
+    disk; a downloaded copy for S3). Shards are opened with safetensors' `safe_open`, which
+    reads only the requested slices, so memory holds a batch's rows, not the cache."""
+
+    def __init__(self, manifest: dict, fetch: Callable[[str], str], *, max_open: int = 8) -> None:
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"teacher cache: format {manifest.get('format')}, expected {FORMAT}")
+        self.manifest = manifest
+        self.plan = CachePlan.from_dict(manifest["plan"])
+        self._fetch = fetch
+        self._open: OrderedDict[str, object] = OrderedDict()
+        self._max_open = max_open
+        self._starts = {
+            split: [s["start"] for s in info["shards"]]
+            for split, info in manifest["splits"].items()
+        }
+        self.opened: set[str] = set()  # files this reader has touched (tests, logs)
+
+    def rows(self, split: str) -> int:
+        return self.manifest["splits"][split]["rows"]
+
+    def _handle(self, file: str):
+        if file in self._open:
+            self._open.move_to_end(file)
+            return self._open[file]
+        handle = safe_open(self._fetch(file), framework="pt")
+        self.opened.add(file)
+        self._open[file] = handle
+        if len(self._open) > self._max_open:
+            self._open.popitem(last=False)
+        return handle
+
+    def take(self, split: str, index: Sequence[int]) -> dict[str, list[torch.Tensor]]:
+        """Per requested row (in `index` order): its per-token tensors and per-row tensors,
+        plus `counts` (tokens per row)."""
+        info = self.manifest["splits"][split]
+        starts = self._starts[split]
+        out: dict[str, list[torch.Tensor]] = {"counts": []}
+        for row in index:
+            if not 0 <= row < info["rows"]:
+                raise IndexError(f"teacher cache: {split} row {row} of {info['rows']}")
+            shard = info["shards"][bisect.bisect_right(starts, row) - 1]
+            handle = self._handle(shard["file"])
+            local = row - shard["start"]
+            begin, end = handle.get_slice("offsets")[local : local + 2].tolist()
+            out["counts"].append(end - begin)
+            for key in handle.keys():
+                if key == "offsets":
+                    continue
+                span = (local, local + 1) if key in ROW_KEYS else (begin, end)
+                out.setdefault(key, []).append(handle.get_slice(key)[span[0] : span[1]])
+        return out
+
+    def encoder_outputs(
+        self, split: str, index: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
     ) -> ModelOutputs:
-        """Teacher outputs for rows `index` [batch] padded like `mask` [batch, seq]. Hidden
-        states of layers outside the plan are None; padding positions are zero."""
-        index = index.cpu()
+        """Encoder teacher outputs for rows `index` [batch] padded like `mask` [batch, seq].
+        Hidden states of layers outside the plan are None; padding positions are zero."""
+        taken = self.take(split, index.tolist())
         real = mask.bool()
-        starts, ends = self.offsets[index], self.offsets[index + 1]
-        if not torch.equal((ends - starts).to(real.device), real.sum(1)):
+        if taken["counts"] != real.sum(1).tolist():
             raise ValueError(
                 "teacher cache: cached token counts differ from the batch (stale cache?)"
             )
-        tokens = torch.cat([torch.arange(s, e) for s, e in zip(starts.tolist(), ends.tolist())])
-        hidden: list[torch.Tensor | None] = [None] * (self.layers + 1)
+        hidden: list[torch.Tensor | None] = [None] * (max(self.plan.layers, default=0) + 1)
         for layer in self.plan.layers:
-            flat = self.tensors[f"hidden_{layer}"]
+            flat = torch.cat(taken[f"hidden_{layer}"])
             full = torch.zeros(*mask.shape, flat.shape[-1], dtype=dtype, device=mask.device)
-            full[real] = flat[tokens].to(device=mask.device, dtype=dtype)
+            full[real] = flat.to(device=mask.device, dtype=dtype)
             hidden[layer] = full
         pooled = logits = None
         if self.plan.pooled:
-            pooled = self.tensors["pooled"][index].to(mask.device)
+            pooled = torch.cat(taken["pooled"]).to(mask.device)
         if self.plan.logits:
-            logits = self.tensors["logits"][index].to(device=mask.device, dtype=dtype)
+            logits = torch.cat(taken["logits"]).to(device=mask.device, dtype=dtype)
         return ModelOutputs(hidden=hidden, pooled=pooled, logits=logits)
+
+    def lm_outputs(self, split: str, index: torch.Tensor, targets: torch.Tensor) -> ModelOutputs:
+        """LM teacher targets for rows `index` [batch] whose target ids are `targets`
+        [batch, seq]: `topk` = (ids, logits, lse) of every target token in row order."""
+        taken = self.take(split, index.tolist())
+        if taken["counts"] != (targets != token_losses.IGNORE_INDEX).sum(1).tolist():
+            raise ValueError(
+                "teacher cache: cached target-token counts differ from the batch (stale cache?)"
+            )
+        device = targets.device
+        topk = tuple(torch.cat(taken[key]).to(device) for key in TOPK_KEYS)
+        return ModelOutputs(hidden=(), pooled=None, topk=topk)

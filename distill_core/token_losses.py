@@ -47,16 +47,25 @@ def token_divergence(
         raise ValueError(f"divergence: unknown {divergence!r}; choose from {DIVERGENCES}")
     s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return _combine(t, s, divergence, beta, _kl) * temperature**2
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dim from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _combine(t, s, divergence: str, beta: float, kl) -> torch.Tensor:
+    """The named divergence of teacher and student log-probabilities `t`, `s` built from
+    `kl(log_p, log_q)`."""
     if divergence == "forward_kl":
-        per_token = (t.exp() * (t - s)).sum(-1)
-    elif divergence == "reverse_kl":
-        per_token = (s.exp() * (s - t)).sum(-1)
-    else:
-        if not 0.0 < beta < 1.0:
-            raise ValueError(f"jsd_beta: must lie strictly between 0 and 1, got {beta}")
-        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
-        per_token = beta * (t.exp() * (t - m)).sum(-1) + (1.0 - beta) * (s.exp() * (s - m)).sum(-1)
-    return per_token * temperature**2
+        return kl(t, s)
+    if divergence == "reverse_kl":
+        return kl(s, t)
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"jsd_beta: must lie strictly between 0 and 1, got {beta}")
+    m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1.0 - beta)]), dim=0)
+    return beta * kl(t, m) + (1.0 - beta) * kl(s, m)
 
 
 def token_kd(
@@ -171,3 +180,112 @@ def chunked_lm_cross_entropy(
         else:
             total = total + chunk_sum(h, y)
     return total / n
+
+
+# --- top-k (sparse) targets: a teacher-output cache keeps k logits per target token ---------
+
+
+def sparse_token_divergence(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logits: torch.Tensor,
+    teacher_lse: torch.Tensor,
+    *,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """Per-token divergence against a teacher known only by its top-k logits.
+
+    student_logits: [n, vocab]; topk_ids: [n, k] (int) and topk_logits: [n, k], the
+    teacher's k largest raw logits; teacher_lse: [n], logsumexp of the teacher's full
+    logits divided by `temperature` (stored by the cache for the job's temperature), so
+    p_T(i) = exp(z_i / T - lse) exactly for the kept tokens. Every other token is lumped
+    into one residual bucket, p_T(rest) = 1 - sum_k p_T(i), and the student's distribution
+    is collapsed the same way (its full softmax summed outside the kept ids): the
+    divergence is then the exact divergence between the two (k + 1)-bucket distributions,
+    a lower bound of the full one (coarse-graining never increases an f-divergence) that
+    equals it when k is the vocabulary size. Returns [n] float32, scaled by T^2 like
+    `token_divergence`. (Top-k caches: DistillKit's offline logits, Megatron-LM's KD.)
+    """
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"divergence: unknown {divergence!r}; choose from {DIVERGENCES}")
+    s_all = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    s_top = s_all.gather(-1, topk_ids.long())
+    t_top = topk_logits.float() / temperature - teacher_lse.float().unsqueeze(-1)
+    s = torch.cat([s_top, _log_rest(s_top)], dim=-1)
+    t = torch.cat([t_top, _log_rest(t_top)], dim=-1)
+    return _combine(t, s, divergence, beta, _xlogy_diff) * temperature**2
+
+
+def _log_rest(log_top: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(log_top))) [n, 1]: the log-probability outside the kept ids. A
+    residual below `_REST_FLOOR` is float32 rounding of a sum that is 1 (k = vocabulary, or
+    all mass kept) and counts as empty (-inf)."""
+    rest = -torch.expm1(torch.logsumexp(log_top, dim=-1, keepdim=True).clamp(max=0.0))
+    empty = torch.full_like(rest, -math.inf)
+    return torch.where(rest > _REST_FLOOR, torch.log(rest.clamp(min=_REST_FLOOR)), empty)
+
+
+def _xlogy_diff(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum p (log p - log q) over the last dim, with 0 log 0 = 0 (an empty residual) and
+    log q floored at log(1e-30) (a bucket the other model leaves empty), written so that no
+    masked inf or nan reaches the gradient."""
+    p = log_p.exp()
+    safe_p = torch.where(p > 0, log_p, torch.zeros_like(log_p))
+    return (p * (safe_p - log_q.clamp(min=_LOG_FLOOR))).sum(-1)
+
+
+_REST_FLOOR = 1e-6
+_LOG_FLOOR = math.log(1e-30)
+
+
+def chunked_sparse_token_kd(
+    student_hidden: torch.Tensor,
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    topk_ids: torch.Tensor,
+    topk_logits: torch.Tensor,
+    teacher_lse: torch.Tensor,
+    *,
+    num_chunks: int = 1,
+    divergence: str = "forward_kl",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    checkpoint: bool = True,
+) -> torch.Tensor:
+    """Mean `sparse_token_divergence` over target tokens given as the student's final hidden
+    states [tokens, width] and the cached teacher top-k ([tokens, k], [tokens, k],
+    [tokens]); the student's logits are built one chunk at a time (see `chunked_token_kd`)."""
+    n = student_hidden.shape[0]
+    if n == 0:
+        return student_hidden.sum() * 0.0
+
+    def chunk_sum(h, ids, logits, lse) -> torch.Tensor:
+        return sparse_token_divergence(
+            student_head(h), ids, logits, lse,
+            divergence=divergence, temperature=temperature, beta=beta,
+        ).sum()  # fmt: skip
+
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    pieces = zip(
+        _chunks(student_hidden, num_chunks),
+        _chunks(topk_ids, num_chunks),
+        _chunks(topk_logits, num_chunks),
+        _chunks(teacher_lse, num_chunks),
+    )
+    for h, ids, logits, lse in pieces:
+        if checkpoint and torch.is_grad_enabled() and h.requires_grad:
+            total = total + _checkpoint(chunk_sum, h, ids, logits, lse, use_reentrant=False)
+        else:
+            total = total + chunk_sum(h, ids, logits, lse)
+    return total / n
+
+
+def teacher_topk(
+    logits: torch.Tensor, k: int, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a cache keeps of teacher logits [n, vocab]: (top-k ids [n, k] int32, their raw
+    logits [n, k] float32, logsumexp(logits / T) [n] float32)."""
+    logits = logits.float()
+    values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return ids.to(torch.int32), values, torch.logsumexp(logits / temperature, dim=-1)

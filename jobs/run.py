@@ -29,7 +29,7 @@ from distill.cluster.pipeline import (
 )
 from distill.cluster.run_files import DIVERGED_FILE, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.storage import Storage, is_s3_uri
-from distill.cluster.teacher_cache import cache_summary
+from distill.cluster.teacher_cache import CacheRequest, build_cache, cache_summary, resolve_cache
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
 from distill.core.stages import Stage
@@ -213,6 +213,9 @@ def run_job(
         spec = stages[0].spec.model_copy(update={"output": spec.output})
         stages = [Stage(stages[0].name, stages[0].kind, spec, stages[0].placement)]
     _check_resumable(storage, spec)
+    request = None
+    if teacher_cache is None and cache_bypass is None:  # a sweep trial brings its own
+        request, cache_bypass = _cache_request(spec, stages, storage)
     if on_checked is not None:
         on_checked()
     with contextlib.ExitStack() as held:  # the lease before the first write
@@ -227,7 +230,25 @@ def run_job(
             teacher_cache=teacher_cache,
             cache_bypass=cache_bypass,
             callbacks=callbacks,
+            cache_request=request,
         )
+
+
+def _cache_request(
+    spec: JobSpec, stages: list[Stage], storage: Storage
+) -> tuple[CacheRequest | None, str | None]:
+    """The teacher-output cache this run reads (`teacher.cache`), found or to be built; or
+    why the teacher runs live. Before Ray: a `required` cache that is missing, or a location
+    that cannot be reached, is a SpecError."""
+    mode = spec.teacher.cache.mode
+    if mode == "off":
+        return None, None
+    if len(stages) > 1 or stages[0].kind != "distill":
+        reason = "pipelines and finetune/pretrain stages run the teacher live"
+        if mode == "required":
+            raise SpecError(f"teacher.cache: mode required, but {reason}")
+        return None, reason
+    return resolve_cache(stages[0].spec, storage)
 
 
 def _run_checked(
@@ -240,6 +261,7 @@ def _run_checked(
     teacher_cache: dict | None,
     cache_bypass: str | None,
     callbacks: list | None,
+    cache_request: CacheRequest | None = None,
 ) -> dict:
     """`run_job` once its checks passed, holding the run folder's lease."""
     try:
@@ -251,6 +273,11 @@ def _run_checked(
 
     if teacher_cache is not None and len(stages) > 1:
         raise SpecError("stages: the teacher-output cache serves single-stage jobs only")
+    if cache_request is not None:
+        from distill.cluster.launch import ensure_ray  # Ray only after every check passed
+
+        ensure_ray(spec)
+        teacher_cache = build_cache(cache_request)
     plans = plan_stages(stages)
     checkpoint = _run_stages(plans, storage, teacher_cache, callbacks)
     final = plans[-1]

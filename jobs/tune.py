@@ -81,32 +81,6 @@ def smoke_sweep(sweep: SweepSpec, explicit: set[str] | None = None) -> SweepSpec
     return smoke_sweep_planned(sweep, explicit)[0]
 
 
-def _cache_plan(checked: CheckedSweep):
-    """The union of the teacher tensors every combination's objective reads, or the reason
-    the sweep runs its teacher on the fly."""
-    from transformers import AutoConfig
-
-    from distill.core.encoder_family import depth
-    from distill.core.objective import layer_pairs
-    from distill.core.teacher import resolve_teacher
-    from distill.core.teacher_cache import CachePlan, bypass_reason, plan_for
-
-    first = checked.combinations[0][1].spec
-    teacher_depth = depth(AutoConfig.from_pretrained(resolve_teacher(first.teacher.name)))
-    plan = CachePlan()
-    for _, stage in checked.combinations:
-        s = stage.spec
-        reason = bypass_reason(s.objective.weights, mixup=s.objective.mixup is not None)
-        if reason:
-            return None, reason
-        student_depth = s.student.lstm.layers if s.student.kind == "lstm" else s.student.layers
-        pairs = layer_pairs(s.objective.layer_map, student_depth, teacher_depth)
-        plan = plan.union(plan_for(s.objective.weights, pairs))
-    if plan.empty:
-        return None, "the objective reads no teacher output"
-    return plan, None
-
-
 def _data_in_space(sweep: SweepSpec) -> str | None:
     for key in sweep.space:
         if key.startswith("data.") or key == "data" or key == "training.seed":
@@ -182,7 +156,7 @@ def _run_checked_sweep(
 
     # Ray and the heavy imports only after every check has passed.
     from distill.cluster.launch import ensure_ray
-    from distill.cluster.teacher_cache import cache_summary, prepare_cache
+    from distill.cluster.teacher_cache import build_cache, cache_summary, resolve_cache
     from distill.cluster.tune_sweep import (
         TRIALS_DIR,
         max_concurrent_trials,
@@ -191,14 +165,24 @@ def _run_checked_sweep(
     )
     from distill.jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
 
-    plan, bypass = _cache_plan(checked)
-    bypass = _data_in_space(sweep) or bypass
+    request, bypass = None, _data_in_space(sweep)
     if not sweep.teacher_cache:
         bypass = "teacher_cache: false in the sweep file"
-    cache = prepare_cache(first, storage, plan) if bypass is None else None
+    if bypass is None:  # one cache for every trial: the union of what their objectives read
+        mode = first.teacher.cache.mode if first.teacher.cache.mode != "off" else "auto"
+        cache_spec = first.model_copy(
+            update={
+                "teacher": first.teacher.model_copy(
+                    update={"cache": first.teacher.cache.model_copy(update={"mode": mode})}
+                )
+            }
+        )
+        trials = tuple(stage.spec for _, stage in checked.combinations)
+        request, bypass = resolve_cache(cache_spec, storage, trials)
     if bypass:
         print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
     ensure_ray(first)
+    cache = build_cache(request) if request is not None else None
     concurrency = max_concurrent_trials(first, sweep.max_concurrent_trials)
     print(
         f"[distill] sweep: {len(checked.combinations)} valid combinations checked; "

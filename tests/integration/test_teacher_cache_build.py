@@ -1,0 +1,131 @@
+"""Integration: the teacher-output cache built by a real Ray Data job (2 teacher actors),
+streamed by 2 Ray Train + DeepSpeed workers, hit by a second run without loading the
+teacher, on a local folder and on S3 (moto); a teacher actor that dies mid-build is
+restarted and the manifest still covers every row."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import ray.cloudpickle
+from helpers.s3_fixtures import list_keys, s3_client
+
+from distill.cluster.storage import LocalStorage, open_storage
+from distill.cluster.teacher_cache import CACHE_DIR, build_cache, resolve_cache
+from distill.cluster.teacher_inference import TeacherInference
+from distill.core.spec import SpecError, load_spec
+from distill.core.teacher_cache import MANIFEST_FILE
+from distill.jobs.run import run_job
+
+pytestmark = pytest.mark.ray
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the dying actor below
+
+SMALL = [
+    "student.layers=2",
+    "training.steps=6",
+    "training.batch_size=8",
+    "training.log_every=2",
+    "training.eval_every=6",
+    "training.checkpoint_every=6",
+    "training.warmup_steps=1",
+    "training.learning_rate=5e-4",
+    "data.max_length=32",
+    "data.max_train_samples=96",
+    "data.max_eval_samples=16",
+    "evaluation.throughput_texts=16",
+    "evaluation.throughput_rounds=1",
+    "teacher.cache.mode=auto",
+    "teacher.inference.actors=2",
+    "teacher.inference.rows_per_shard=32",
+    "teacher.inference.batch_size=16",
+]
+
+
+def test_two_actors_build_two_workers_stream_and_a_second_run_hits(ray_session, tmp_path):
+    first_dir = tmp_path / "first"
+    first = run_job(load_spec(None, SMALL), str(first_dir))
+    cache = first["teacher_cache"]
+    assert cache["used"] and not cache["hit"] and cache["actors"] == 2
+    folder = first_dir / CACHE_DIR / cache["key"]
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    train_shards = manifest["splits"]["train"]["shards"]
+    assert manifest["splits"]["train"]["rows"] == 96 and len(train_shards) >= 3  # 32-row calls
+    assert all((folder / s["file"]).is_file() for s in train_shards)
+    history = [json.loads(x) for x in (first_dir / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < history[0]["loss"]
+    # The training workers never loaded the teacher: a weightless skeleton stood in for it.
+    assert first["teacher"]["placement"]["partition"] == "cache"
+    assert first["teacher"]["placement"]["parameters_per_rank"] == [0, 0]
+
+    # A second run elsewhere reads the first run's cache: a hit, no Ray Data build.
+    second = run_job(
+        load_spec(
+            None, SMALL + [f"teacher.cache.location={first_dir}", "teacher.cache.mode=required"]
+        ),
+        str(tmp_path / "second"),
+    )
+    assert second["teacher_cache"]["hit"] and second["teacher_cache"]["key"] == cache["key"]
+    assert not (tmp_path / "second" / CACHE_DIR).exists()
+    # Same rows, same teacher targets, same seed: the same training.
+    assert second["training"]["final_loss"] == pytest.approx(
+        first["training"]["final_loss"], rel=1e-4
+    )
+
+
+def test_required_cache_that_is_missing_stops_before_training(tmp_path):
+    spec = load_spec(
+        None, SMALL + ["teacher.cache.mode=required", f"teacher.cache.location={tmp_path}"]
+    )
+    with pytest.raises(
+        SpecError, match="teacher.cache: mode required, but .* holds no complete cache"
+    ):
+        run_job(spec, str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "train").exists()
+
+
+class _DiesOnce(TeacherInference):
+    """A teacher actor whose process dies on its first batch (once per test folder)."""
+
+    def __call__(self, batch):
+        marker = os.path.join(os.path.dirname(self.storage.uri.rstrip("/")), "died")
+        if not os.path.exists(marker):
+            os.makedirs(os.path.dirname(marker), exist_ok=True)
+            open(marker, "w").close()
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_teacher_actor_that_dies_is_restarted_and_the_cache_completes(ray_session, tmp_path):
+    spec = load_spec(None, SMALL)
+    storage = LocalStorage(tmp_path / "run")
+    request, reason = resolve_cache(spec, storage)
+    assert reason is None and not request.hit
+    info = build_cache(request, actor_class=_DiesOnce)
+    assert (tmp_path / "run" / CACHE_DIR / "died").exists()  # an actor did die
+    manifest = json.loads(storage.read_text(f"{CACHE_DIR}/{info['key']}/{MANIFEST_FILE}"))
+    assert manifest["splits"]["train"]["rows"] == 96 and manifest["splits"]["eval"]["rows"] == 16
+    again, _ = resolve_cache(spec, storage)
+    assert again.hit
+
+
+def test_cache_on_s3_is_built_and_streamed(ray_session, moto_endpoint, bucket):
+    s3 = [f"output.s3.endpoint_url={moto_endpoint}", "output.s3.addressing_style=path"]
+    uri = f"s3://{bucket}/runs/cached"
+    report = run_job(load_spec(None, SMALL + s3), uri)
+    assert (
+        report["teacher_cache"]["used"] and report["teacher"]["placement"]["partition"] == "cache"
+    )
+    keys = list_keys(moto_endpoint, bucket, "runs/cached/teacher_cache/")
+    assert any(k.endswith(MANIFEST_FILE) for k in keys)
+    (key,) = [k for k in keys if k.endswith(MANIFEST_FILE)]
+    manifest = json.loads(
+        s3_client(moto_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+    )
+    shards = [s for split in manifest["splits"].values() for s in split["shards"]]
+    assert sum(k.endswith(".safetensors") for k in keys) == len(shards) >= 4
+    storage = open_storage(uri, load_spec(None, s3).output.s3)
+    assert storage.exists("student/model.safetensors")
+    assert s3_client(moto_endpoint).head_object(Bucket=bucket, Key="runs/cached/report.json")
