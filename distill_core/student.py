@@ -60,14 +60,6 @@ def architecture_size(config: PretrainedConfig) -> StudentSize:
     )
 
 
-def head_size(config: PretrainedConfig) -> int:
-    """Width of one attention head: the config's head-size field when it has one (Gemma,
-    Qwen3, T5 `d_kv`), else hidden / heads."""
-    entry = model_type_of(config)
-    explicit = entry.read(config, "head_dim") if entry.head_dim else None
-    return explicit or entry.read(config, "hidden") // entry.read(config, "heads")
-
-
 def every_other_layer(n_teacher: int, n_student: int) -> list[int]:
     """Teacher layers 0, 2, 4, ... (0-based), as in DistilBERT; needs 2*S-1 <= T."""
     if 2 * n_student - 1 > n_teacher:
