@@ -66,6 +66,8 @@ class ModelType:
     ffn_ratio: when `ffn` is unset (GPT-2's `n_inner: null`), the FFN is ffn_ratio x hidden.
     head_dim: a head-size field that may differ from hidden / heads (Gemma, Qwen3, T5 d_kv).
     per_layer: fields holding one entry per layer (a student keeps its chosen layers' entries).
+    per_layer_runs: a run-length form of the per-layer list the config rebuilds it from on
+    load (GPT-Neo's `attention_types`: [[pattern, repeats]]), rewritten to match.
     decoder_*: the decoder stack of an encoder-decoder.
     qkv: None when the table does not know where Q/K/V are (attention relations refused).
     width_slice: BertModel's parameter names, so `student.init: width_slice` applies.
@@ -90,6 +92,7 @@ class ModelType:
     width_slice: bool = False
     logit_softcap: str | None = None
     scaled_decoder_output: str | None = None
+    per_layer_runs: str | None = None
 
     def read(self, config: PretrainedConfig, dim: Dim) -> int | None:
         """The config's value of `dim` under this type's name (FFN: derived when unset)."""
@@ -143,7 +146,7 @@ MODEL_TYPES: dict[str, ModelType] = {
     "gpt_neox": ModelType("causal", qkv=NEOX_QKV),
     "gpt_neo": ModelType(
         "causal", layers="num_layers", heads="num_heads", ffn_ratio=4,
-        per_layer=("attention_layers",), qkv=PROJ_QKV,
+        per_layer=("attention_layers",), per_layer_runs="attention_types", qkv=PROJ_QKV,
     ),
     "gptj": ModelType(
         "causal", layers="n_layer", hidden="n_embd", heads="n_head", ffn="n_inner", ffn_ratio=4,

@@ -135,6 +135,8 @@ def student_config(
         values = getattr(config, name, None)
         if isinstance(values, list) and len(values) == teacher.layers:
             setattr(config, name, [values[i] for i in chosen])
+            if entry.per_layer_runs:
+                setattr(config, entry.per_layer_runs, [[getattr(config, name), 1]])
     return config
 
 

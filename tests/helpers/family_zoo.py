@@ -61,6 +61,15 @@ DECODERS: dict[str, dict] = {
     "mistral": dict(**COMMON, intermediate_size=FFN, num_key_value_heads=2, sliding_window=16),
     "gpt_neox": dict(**COMMON, intermediate_size=FFN, rotary_pct=0.5),
     "opt": dict(**COMMON, ffn_dim=FFN, word_embed_proj_dim=HIDDEN),
+    "gpt_neo": dict(
+        hidden_size=HIDDEN,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        intermediate_size=FFN,
+        attention_types=[[["global", "local"], 2]],
+        window_size=16,
+    ),
+    "gptj": dict(n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_inner=FFN, rotary_dim=4),
     "phi": dict(**COMMON, intermediate_size=FFN, num_key_value_heads=2),
     "qwen2": dict(
         **COMMON,
