@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from distill.core.packaged_teacher import packaged_teacher_path
 
 ERROR_PREFIX = "distill: error: "
-SMALL = ["student.layers=2", "training.steps=2", "data.max_train_samples=64", "data.max_length=32"]
+SMALL = ["training.steps=2", "data.max_train_samples=64", "data.max_length=32"]
 
 # name -> (teacher model type, overrides, the field the line starts with, a phrase in it)
 CASES: dict[str, tuple[str, list[str], str, str]] = {
@@ -93,11 +93,10 @@ def _prepare(root: Path) -> None:
 
 def _run(root: Path, name: str) -> subprocess.CompletedProcess:
     model_type, overrides, _, _ = CASES[name]
-    args = [
-        f"teacher.name={root / model_type}",
-        *SMALL,
-        *(o.replace("{dir}", str(root)) for o in overrides),
-    ]
+    pretrained = "student.init=pretrained" in overrides  # keeps its own depth
+    args = [f"teacher.name={root / model_type}", *SMALL]
+    args += [] if pretrained else ["student.layers=2"]
+    args += [o.replace("{dir}", str(root)) for o in overrides]
     folder = root / f"case-{name}"
     folder.mkdir()
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_TMPDIR": str(folder / "ray")}
