@@ -60,10 +60,10 @@ class PlacedTeacher:
         for name, param in sorted(self.module.named_parameters()):
             data = param.ds_tensor if self.partitioned else param
             digest.update(name.encode())
-            digest.update(data.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(_tensor_bytes(data))
         for name, buffer in sorted(self.module.named_buffers()):
             digest.update(name.encode())
-            digest.update(buffer.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(_tensor_bytes(buffer))
         if not self.partitioned:
             return digest.hexdigest()
         parts = [None] * dist.get_world_size()
@@ -124,3 +124,8 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc: nothing to do
         pass
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    """A tensor's raw bytes; 0-dim tensors too (Gemma's `embed_scale` buffer)."""
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()

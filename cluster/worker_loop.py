@@ -53,9 +53,10 @@ from distill.cluster.teacher_cache import open_cache
 from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
 from distill.cluster.teacher_placement import PlacedTeacher, place_teacher
 from distill.cluster.worker_env import in_job_working_dir
+from distill.core.data import tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
-from distill.core.family import ModelFamily
+from distill.core.family import PRETRAINED, ModelFamily
 from distill.core.lazy_teacher import skeleton_teacher
 from distill.core.outputs import TaskHead
 from distill.core.placement import TORCH_DTYPES
@@ -278,7 +279,8 @@ class _Models:
     teacher_dir: str
     placed: PlacedTeacher
     teacher_head: TaskHead | None
-    tokenizer: object
+    tokenizer: object  # the student's
+    teacher_tokenizer: object | None  # the teacher's, when it differs from the student's
     family: ModelFamily
     model: torch.nn.Module
 
@@ -308,7 +310,14 @@ def _load_models(
         spec.teacher.name
     )
     family = family_of(AutoConfig.from_pretrained(teacher_dir))
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    previous = _stage_export(storage, plan.continues, scratch)
+    # The student's tokenizer: a continued stage's export's, a pretrained student's own, else
+    # the teacher's. When it differs, batches carry both tokenizations.
+    own = previous or (spec.student.name if spec.student.init == PRETRAINED else None)
+    tokenizer = AutoTokenizer.from_pretrained(own) if own else teacher_tokenizer
+    if not tokenizers_differ(tokenizer, teacher_tokenizer):
+        teacher_tokenizer = None
     lazy = None
     if cached and spec.student.init != "width_slice":
         lazy = skeleton_teacher(teacher_dir, family.auto_class)
@@ -326,10 +335,10 @@ def _load_models(
         placed.module,
         tokenizer,
         kind=plan.kind,
-        previous_student=_stage_export(storage, plan.continues, scratch),
+        previous_student=previous,
         gather=gather,
     )
-    return _Models(teacher_dir, placed, teacher_head, tokenizer, family, model)
+    return _Models(teacher_dir, placed, teacher_head, tokenizer, teacher_tokenizer, family, model)
 
 
 def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache, rank, world):
@@ -338,7 +347,7 @@ def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache,
     train_texts, eval_texts = train_eval_texts(spec)
     if spec.objective.sequence_kd is not None:  # train on the teacher's generations
         train_texts = _with_generations(spec, storage, plan, models.teacher_dir, train_texts, rank)
-    tokenize, collate = models.family.batch_functions(tokenizer)
+    tokenize, collate = models.family.batch_functions(tokenizer, models.teacher_tokenizer)
     train_ds = tokenize(train_texts, tokenizer, max_length)
     if cache is not None:  # rows keep their index into the cache (built on the whole set)
         train_ds = _indexed(train_ds, cache, "train")

@@ -343,6 +343,11 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def tokenizers_differ(a, b) -> bool:
+    """True when two tokenizers may give different ids for the same text."""
+    return tokenizer_digest(a) != tokenizer_digest(b)
+
+
 def tokenize(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.Dataset:
     """Token ids without padding; `collate` pads each batch to its own longest row.
     Sentence pairs (`text_pair`) are encoded together; a `label` column becomes `labels`."""
@@ -377,3 +382,54 @@ def collate(tokenizer):
         return dict(tokenizer.pad(rows, padding=True, return_tensors="pt"))
 
     return _collate
+
+
+TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokenization
+
+
+def tokenize_for_both(
+    ds: datasets.Dataset, tokenizer, max_length: int, *, teacher_tokenizer
+) -> datasets.Dataset:
+    """`tokenize` by the student's tokenizer plus the teacher's own token ids of the same
+    text under `teacher_*` columns (student and teacher with different tokenizers)."""
+    student = tokenize(ds, tokenizer, max_length)
+    teacher = tokenize(ds, teacher_tokenizer, max_length)
+    for column in teacher.column_names:
+        if column != "labels":
+            student = student.add_column(TEACHER_PREFIX + column, teacher[column])
+    return student
+
+
+def collate_for_both(tokenizer, teacher_tokenizer):
+    """`collate` padding the student's and the teacher's token ids each with its own
+    tokenizer; the teacher's come back under `teacher_*` keys."""
+
+    def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        own = [{k: v for k, v in r.items() if not k.startswith(TEACHER_PREFIX)} for r in rows]
+        theirs = [
+            {
+                k.removeprefix(TEACHER_PREFIX): v
+                for k, v in r.items()
+                if k.startswith(TEACHER_PREFIX)
+            }
+            for r in rows
+        ]
+        batch = dict(tokenizer.pad(own, padding=True, return_tensors="pt"))
+        padded = teacher_tokenizer.pad(theirs, padding=True, return_tensors="pt")
+        batch.update({TEACHER_PREFIX + k: v for k, v in padded.items()})
+        return batch
+
+    return _collate
+
+
+def teacher_view(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as the teacher reads it: its own `teacher_*` token ids when the student
+    tokenizes differently, else the shared ones."""
+    if TEACHER_PREFIX + "input_ids" not in batch:
+        return batch
+    view = {
+        k.removeprefix(TEACHER_PREFIX): v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)
+    }
+    if "labels" in batch:
+        view["labels"] = batch["labels"]
+    return view

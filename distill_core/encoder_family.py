@@ -10,12 +10,19 @@ sentences/s.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
-from distill.core.data import collate, tokenize
+from distill.core.data import (
+    collate,
+    collate_for_both,
+    teacher_view,
+    tokenize,
+    tokenize_for_both,
+)
 from distill.core.evaluation import (
     cosine_agreement,
     load_sts_pairs,
@@ -26,20 +33,27 @@ from distill.core.evaluation import (
 )
 from distill.core.export import PROBE_TEXTS, SentenceEncoder, export_student, load_encoder
 from distill.core.family import (
+    PRETRAINED,
     Batch,
     ModelFamily,
     as_teacher_copy,
     check_layer_choice,
+    load_pretrained_student,
     load_state,
+    resolve_pretrained_student,
     resolve_width,
+    student_model_config,
     student_size,
     used_losses,
 )
+from distill.core.internals import qkv_problem
 from distill.core.lstm_student import build_lstm_student
 from distill.core.mixup import mix_labels, mixup, sample_lambda
+from distill.core.model_types import model_type_name, model_type_of
 from distill.core.objective import (
     ATTENTION_LOSSES,
     LOSSES,
+    POOLED_LOSSES,
     TASK_LOSSES,
     TEACHERLESS_LOSSES,
     DistillationModel,
@@ -57,16 +71,16 @@ from distill.core.outputs import (
 )
 from distill.core.spec import JobSpec, SpecError
 from distill.core.student import (
-    StudentSize,
     build_student,
     count_parameters,
     freeze_word_embeddings,
     no_gather,
-    student_config,
 )
 from distill.core.teacher_cache import bypass_reason, encoder_rows, plan_for
 
 _STUDENT = "student."
+# Losses that compare whole sentences, so student and teacher may tokenize differently.
+SENTENCE_LEVEL_LOSSES = POOLED_LOSSES | TASK_LOSSES
 _POOLED = "objective.projections.pooled."
 
 
@@ -83,8 +97,28 @@ class EncoderFamily(ModelFamily):
 
     # -- preflight --------------------------------------------------------------------------
 
-    def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
+    def default_weights(self, kind, spec, cross_tokenizer=False):
+        """Sentence-level distillation (TinyBERT-style hidden states + the pooled vector; the
+        pooled vector alone when the student tokenizes differently); a finetune stage trains
+        its task head on labels."""
+        if kind == "finetune":
+            return {"hard_label": 1.0}
+        if cross_tokenizer:
+            return {"pooled_mse": 1.0, "pooled_cosine": 1.0}
+        return {"hidden_mse": 1.0, "pooled_cosine": 1.0}
+
+    def resolve_stage(
+        self,
+        spec,
+        kind,
+        teacher_config,
+        *,
+        teacher_has_weights,
+        teacher_has_head,
+        cross_tokenizer=False,
+    ):
         tc = teacher_config
+        spec = self.with_default_objective(spec, kind, cross_tokenizer)
         if kind == "pretrain":
             raise SpecError(
                 "kind: pretrain needs a generative (causal or seq2seq) teacher architecture"
@@ -98,9 +132,13 @@ class EncoderFamily(ModelFamily):
                     f"({sorted(TEACHERLESS_LOSSES)})"
                 )
             spec = as_teacher_copy(spec, self.size(tc), "first_k")
+        elif spec.student.init == PRETRAINED or spec.student.name is not None:
+            spec = resolve_pretrained_student(spec, self.name)
         else:
             spec = self._resolve_student(spec, tc)
         self._check_objective(spec, tc, teacher_has_head)
+        if cross_tokenizer:
+            _check_cross_tokenizer(spec)
         return spec
 
     def _resolve_student(self, spec: JobSpec, tc) -> JobSpec:
@@ -120,8 +158,15 @@ class EncoderFamily(ModelFamily):
             return spec.model_copy(update={"student": student})
         if s.decoder_layers is not None:
             raise SpecError("student.decoder_layers: only for seq2seq (encoder-decoder) teachers")
-        s = resolve_width(s, self.size(tc), narrow_only=False)
+        entry = model_type_of(tc)
+        s = resolve_width(s, self.size(tc), narrow_only=False, grouped=entry.kv_heads is not None)
         if s.init == "width_slice":
+            if not entry.width_slice:
+                raise SpecError(
+                    f"student.init: width_slice supports BERT-family encoders (BERT, RoBERTa, "
+                    f"ELECTRA, XLM-R); {model_type_name(tc)} takes uniform_map, "
+                    "every_other_layer, first_k or random"
+                )
             _check_width_slice(s.hidden, s.heads, s.ffn, tc)
         check_layer_choice(s, tc.num_hidden_layers, s.layers)
         return spec.model_copy(update={"student": s})
@@ -163,6 +208,13 @@ class EncoderFamily(ModelFamily):
         attention = used & ATTENTION_LOSSES
         if attention and s.kind == "lstm":
             raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")
+        problem = qkv_problem(tc) if attention else None
+        if attention and not problem and s.init == PRETRAINED:
+            problem = qkv_problem(student_model_config(spec, tc))
+        if problem:
+            raise SpecError(
+                f"objective.weights: {sorted(attention)} read self-attention Q/K/V, but {problem}"
+            )
         if o.attention_layer is not None and o.attention_layer > tc.num_hidden_layers:
             raise SpecError(
                 f"objective.attention_layer: {o.attention_layer} not in 1..{tc.num_hidden_layers}"
@@ -185,13 +237,14 @@ class EncoderFamily(ModelFamily):
             return teacher_config
         if spec.student.kind == "lstm":
             return None  # a BiLSTM cannot teach
-        return student_config(teacher_config, student_size(spec))
+        return student_model_config(spec, teacher_config)
 
     # -- training ---------------------------------------------------------------------------
 
     def trainable(
         self, spec, teacher, tokenizer, *, kind="distill", previous_student=None, gather=no_gather
     ):
+        spec = self.with_default_objective(spec, kind)
         projection, head = None, None
         if kind == "finetune":
             student = copy.deepcopy(teacher).requires_grad_(True).train()
@@ -199,6 +252,8 @@ class EncoderFamily(ModelFamily):
             encoder = load_encoder(previous_student)
             student, projection = encoder.model.train(), encoder.projection
             head = TaskHead.load(previous_student)
+        elif spec.student.init == PRETRAINED:
+            student = load_pretrained_student(spec, AutoModel)
         else:
             student = _fresh_student(spec, teacher, gather)
         if spec.student.freeze_word_embeddings and kind != "finetune":
@@ -232,8 +287,11 @@ class EncoderFamily(ModelFamily):
             return DistillationModel(student, objective, head, mlm_head, masking)
         return DistillationModel(student, objective, head)
 
-    def batch_functions(self, tokenizer):
-        return tokenize, collate(tokenizer)
+    def batch_functions(self, tokenizer, teacher_tokenizer=None):
+        if teacher_tokenizer is None:
+            return tokenize, collate(tokenizer)
+        both = functools.partial(tokenize_for_both, teacher_tokenizer=teacher_tokenizer)
+        return both, collate_for_both(tokenizer, teacher_tokenizer)
 
     def prepare_batch(self, model: DistillationModel, batch: Batch, generator) -> Batch:
         """Masked-LM inputs (both models see the masked text) and `mlm_labels`, when the
@@ -260,7 +318,7 @@ class EncoderFamily(ModelFamily):
             return None
         return forward_outputs(
             teacher,
-            batch,
+            teacher_view(batch),
             head=teacher_head,
             qkv_layers=model.objective.teacher_qkv_layers,
             inputs_embeds=inputs_embeds,
@@ -320,7 +378,10 @@ class EncoderFamily(ModelFamily):
         return spearman_of_embeddings(embed, pairs)
 
     def cache_plan(self, spec, teacher_config, columns):
+        spec = self.with_default_objective(spec, "distill")
         o, s = spec.objective, spec.student
+        if s.init == PRETRAINED:  # its tokenizer may differ: the cache's rows are the teacher's
+            return None, "a pretrained student (student.init: pretrained) runs its teacher live"
         reason = bypass_reason(o.weights, mixup=o.mixup is not None)
         if reason:
             return None, reason
@@ -353,8 +414,7 @@ class EncoderFamily(ModelFamily):
         )
 
     def student_from_state(self, spec, teacher_config, state):
-        config = student_config(teacher_config, student_size(spec))
-        student = AutoModel.from_config(config)
+        student = AutoModel.from_config(student_model_config(spec, teacher_config))
         projection = None
         if f"{_POOLED}weight" in state:
             w = state[f"{_POOLED}weight"]
@@ -424,6 +484,23 @@ class EncoderFamily(ModelFamily):
         }
 
 
+def _check_cross_tokenizer(spec: JobSpec) -> None:
+    """Student and teacher tokenize the text themselves: only sentence-level losses (the
+    pooled vectors, through a projection, and task logits) compare them."""
+    aligned = sorted(used_losses(spec) - SENTENCE_LEVEL_LOSSES)
+    if aligned:
+        raise SpecError(
+            f"objective.weights: {aligned} compare the models token by token, but the student's "
+            f"tokenizer ({spec.student.name}) differs from the teacher's; use "
+            f"{sorted(SENTENCE_LEVEL_LOSSES)}"
+        )
+    if spec.objective.mixup is not None:
+        raise SpecError(
+            "objective.mixup: MixKD mixes both models' token embeddings position by position; "
+            "the student's tokenizer differs from the teacher's"
+        )
+
+
 def objective_settings(spec: JobSpec, student: nn.Module, teacher: nn.Module) -> ObjectiveSettings:
     o, tc = spec.objective, teacher.config
     return ObjectiveSettings(
@@ -452,7 +529,7 @@ def _fresh_student(spec: JobSpec, teacher: nn.Module, gather=no_gather) -> nn.Mo
             )
     return build_student(
         teacher,
-        StudentSize(s.layers, s.hidden, s.heads, s.ffn),
+        student_size(spec),
         init=s.init,
         teacher_layers=s.teacher_layers,
         seed=spec.training.seed,

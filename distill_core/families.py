@@ -12,9 +12,7 @@ from transformers import PretrainedConfig
 from distill.core.encoder_family import EncoderFamily
 from distill.core.family import ModelFamily
 from distill.core.generative_family import GenerativeFamily
-
-# Decoder-only model types whose configs do not set `is_decoder`.
-CAUSAL_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "opt", "phi"}
+from distill.core.model_types import model_type_of
 
 FAMILIES: dict[str, ModelFamily] = {
     "encoder": EncoderFamily(),
@@ -24,12 +22,9 @@ FAMILIES: dict[str, ModelFamily] = {
 
 
 def model_family(config: PretrainedConfig) -> str:
-    """`seq2seq` (encoder-decoder), `causal` (decoder-only LM) or `encoder`."""
-    if getattr(config, "is_encoder_decoder", False):
-        return "seq2seq"
-    if getattr(config, "is_decoder", False) or config.model_type in CAUSAL_TYPES:
-        return "causal"
-    return "encoder"
+    """`seq2seq` (encoder-decoder), `causal` (decoder-only LM) or `encoder`, from the
+    model-type table (`distill.core.model_types`)."""
+    return model_type_of(config).family
 
 
 def family_of(config: PretrainedConfig) -> ModelFamily:

@@ -27,8 +27,9 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
+from distill.core.model_types import model_type_name, model_type_of
 from distill.core.spec import JobSpec, SpecError, StudentSpec
 from distill.core.student import (
     Gather,
@@ -36,6 +37,8 @@ from distill.core.student import (
     architecture_size,
     init_teacher_layers,
     no_gather,
+    student_config,
+    student_layer_choice,
 )
 
 Batch = dict[str, torch.Tensor]
@@ -59,9 +62,30 @@ class ModelFamily(ABC):
         return self.auto_class.from_pretrained(folder, dtype=dtype)
 
     def size(self, config: PretrainedConfig) -> StudentSize:
-        return architecture_size(config)
+        """The teacher's depth and width (one-line SpecError when the model-type table
+        cannot read them from the config)."""
+        try:
+            return architecture_size(config)
+        except ValueError as exc:
+            raise SpecError(f"teacher.name: {exc}") from None
 
     # -- preflight --------------------------------------------------------------------------
+
+    def default_weights(
+        self, kind: str, spec: JobSpec, cross_tokenizer: bool = False
+    ) -> dict[str, float]:
+        """The objective a stage of `kind` gets when `objective.weights` is not set."""
+        raise NotImplementedError
+
+    def with_default_objective(
+        self, spec: JobSpec, kind: str, cross_tokenizer: bool = False
+    ) -> JobSpec:
+        """`spec` with `objective.weights` filled in by the family's default when unset."""
+        if spec.objective.weights is not None:
+            return spec
+        weights = self.default_weights(kind, spec, cross_tokenizer)
+        objective = spec.objective.model_copy(update={"weights": weights})
+        return spec.model_copy(update={"objective": objective})
 
     @abstractmethod
     def resolve_stage(
@@ -72,8 +96,11 @@ class ModelFamily(ABC):
         *,
         teacher_has_weights: bool,
         teacher_has_head: bool,
+        cross_tokenizer: bool = False,
     ) -> JobSpec:
-        """Validate a stage for this teacher; return it with the student's dims filled in."""
+        """Validate a stage for this teacher; return it with the student's dims filled in.
+        cross_tokenizer: the (pretrained) student's tokenizer differs from the teacher's, so
+        only objectives that compare whole sentences apply."""
 
     @abstractmethod
     def output_config(
@@ -100,8 +127,10 @@ class ModelFamily(ABC):
         makes a partitioned teacher's parameters whole while the student copies them."""
 
     @abstractmethod
-    def batch_functions(self, tokenizer) -> tuple[Callable, Callable]:
-        """(tokenize(dataset, tokenizer, max_length), collate(rows) -> Batch)."""
+    def batch_functions(self, tokenizer, teacher_tokenizer=None) -> tuple[Callable, Callable]:
+        """(tokenize(dataset, tokenizer, max_length), collate(rows) -> Batch). `tokenizer` is
+        the student's; `teacher_tokenizer` the teacher's when it differs (the batch then
+        carries both tokenizations)."""
 
     def prepare_batch(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
         """The step's inputs from a collated batch (masks drawn from `generator`)."""
@@ -175,19 +204,24 @@ class ModelFamily(ABC):
         export_check (docs/report.md)."""
 
 
-def resolve_width(s: StudentSpec, teacher: StudentSize, *, narrow_only: bool) -> StudentSpec:
-    """Student hidden/heads/ffn from the spec, defaulting to the teacher's shape: a narrower
-    hidden keeps the teacher's head size and FFN ratio. Shared by every transformer family.
-    narrow_only: a teacher-initialised student may not be wider than its teacher."""
+def resolve_width(
+    s: StudentSpec, teacher: StudentSize, *, narrow_only: bool, grouped: bool = False
+) -> StudentSpec:
+    """Student hidden/heads/kv_heads/ffn from the spec, defaulting to the teacher's shape: a
+    narrower hidden keeps the teacher's head size, FFN ratio and grouped-query group size.
+    Shared by every transformer family. narrow_only: a teacher-initialised student may not
+    be wider than its teacher; grouped: the teacher's model type has key/value heads."""
     hidden = s.hidden or teacher.hidden
     head_dim = teacher.hidden // teacher.heads
     heads = s.heads or (teacher.heads if hidden == teacher.hidden else max(1, hidden // head_dim))
     if hidden % heads:
         raise SpecError(f"student.heads: {heads} does not divide student.hidden {hidden}")
+    kv_heads = _resolve_kv_heads(s, teacher, heads, grouped)
     if narrow_only and s.init != "random":
         for field, value, most in (
             ("hidden", hidden, teacher.hidden),
             ("heads", heads, teacher.heads),
+            ("kv_heads", kv_heads or heads, teacher.kv_heads or teacher.heads),
         ):
             if value > most:
                 raise SpecError(
@@ -203,8 +237,40 @@ def resolve_width(s: StudentSpec, teacher: StudentSize, *, narrow_only: bool) ->
             "student.freeze_word_embeddings: true needs a teacher-initialised student, not init=random"
         )
     return s.model_copy(
-        update={"hidden": hidden, "heads": heads, "ffn": ffn, "freeze_word_embeddings": freeze}
+        update={
+            "hidden": hidden,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "ffn": ffn,
+            "freeze_word_embeddings": freeze,
+        }
     )
+
+
+def _resolve_kv_heads(s: StudentSpec, teacher: StudentSize, heads: int, grouped: bool):
+    """Key/value heads of a grouped-query student (None: one per head, no GQA field)."""
+    if not grouped:
+        if s.kv_heads is not None:
+            raise SpecError(
+                "student.kv_heads: the teacher has no grouped-query attention (no key/value "
+                "head count in its config)"
+            )
+        return None
+    if s.kv_heads is not None:
+        kv = s.kv_heads
+    elif heads == teacher.heads:
+        kv = teacher.kv_heads or heads
+    else:
+        group = teacher.heads // (teacher.kv_heads or teacher.heads)
+        if heads % group:
+            raise SpecError(
+                f"student.heads: {heads} is not a multiple of the teacher's {group} query heads "
+                "per key/value head; set student.kv_heads to a divisor of student.heads"
+            )
+        kv = heads // group
+    if heads % kv:
+        raise SpecError(f"student.kv_heads: {kv} does not divide student.heads {heads}")
+    return kv
 
 
 def check_layer_choice(s: StudentSpec, teacher_depth: int, student_depth: int) -> None:
@@ -225,8 +291,10 @@ def as_teacher_copy(spec: JobSpec, teacher: StudentSize, init: str) -> JobSpec:
             "decoder_layers": teacher.decoder_layers,
             "hidden": teacher.hidden,
             "heads": teacher.heads,
+            "kv_heads": teacher.kv_heads,
             "ffn": teacher.ffn,
             "init": init,
+            "name": None,
             "teacher_layers": None,
             "freeze_word_embeddings": False,
         }
@@ -244,7 +312,18 @@ def used_losses(spec: JobSpec) -> set[str]:
 
 def student_size(spec: JobSpec) -> StudentSize:
     s = spec.student
-    return StudentSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers)
+    return StudentSize(s.layers, s.hidden, s.heads, s.ffn, s.decoder_layers, s.kv_heads)
+
+
+def student_model_config(spec: JobSpec, teacher_config: PretrainedConfig) -> PretrainedConfig:
+    """The config of a resolved stage's transformer student: a pretrained student's own, or
+    the teacher's resized (per-layer lists follow the teacher layers its init chooses)."""
+    s = spec.student
+    if s.init == PRETRAINED:
+        return AutoConfig.from_pretrained(s.name)
+    size = student_size(spec)
+    chosen = student_layer_choice(teacher_config, size, s.init, s.teacher_layers)
+    return student_config(teacher_config, size, chosen[0])
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -259,3 +338,63 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             f"unexpected {unexpected[:3]}"
         )
     model.eval()
+
+
+PRETRAINED = "pretrained"
+_OWN_SHAPE = ("layers", "hidden", "heads", "kv_heads", "ffn", "decoder_layers", "teacher_layers")
+
+
+def resolve_pretrained_student(spec: JobSpec, family: str) -> JobSpec:
+    """A `student.init: pretrained` student: its shape read from its own config (`student.name`),
+    which must be of the teacher's family. Shape fields set in the spec are refused (the
+    model keeps its own); its word embeddings train unless frozen explicitly."""
+    s = spec.student
+    if s.init != PRETRAINED:
+        if s.name is not None:
+            raise SpecError("student.name: only with student.init: pretrained")
+        return spec
+    if s.name is None:
+        raise SpecError(
+            "student.name: student.init: pretrained needs the student's model folder (with its "
+            "tokenizer)"
+        )
+    if s.kind != "transformer":
+        raise SpecError("student.init: pretrained takes a transformer student (student.kind)")
+    given = sorted(f for f in _OWN_SHAPE if f in s.model_fields_set and getattr(s, f) is not None)
+    if given:
+        raise SpecError(
+            f"student.{given[0]}: a pretrained student keeps its own shape; drop student.{given[0]}"
+        )
+    try:
+        config = AutoConfig.from_pretrained(s.name)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SpecError(f"student.name: cannot load {s.name!r} ({reason})") from None
+    entry = model_type_of(config)
+    if entry.family != family:
+        raise SpecError(
+            f"student.name: {s.name} is a {entry.family} model ({model_type_name(config)}); a "
+            f"{family} teacher needs a {family} student"
+        )
+    try:
+        size = architecture_size(config)
+    except ValueError as exc:
+        raise SpecError(f"student.name: {exc}") from None
+    student = s.model_copy(
+        update={
+            "layers": size.layers,
+            "hidden": size.hidden,
+            "heads": size.heads,
+            "kv_heads": size.kv_heads,
+            "ffn": size.ffn,
+            "decoder_layers": size.decoder_layers,
+            "teacher_layers": None,
+            "freeze_word_embeddings": bool(s.freeze_word_embeddings),
+        }
+    )
+    return spec.model_copy(update={"student": student})
+
+
+def load_pretrained_student(spec: JobSpec, auto_class) -> nn.Module:
+    """The pretrained student of `student.name`, in training mode."""
+    return auto_class.from_pretrained(spec.student.name).train()

@@ -20,20 +20,35 @@ import torch
 from torch import nn
 
 from distill.core import token_losses
+from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
-from distill.core.student import is_encoder_decoder
+from distill.core.student import architecture_size, is_encoder_decoder
 
 # --- forward: hidden states of target tokens and the LM head ---------------------------------
 
 
 def lm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """hidden [n, width] -> logits [n, vocab], exactly as the model's own forward computes
-    them (BART adds `final_logits_bias`)."""
+    them: BART adds `final_logits_bias`, T5 scales tied decoder outputs by width^-0.5,
+    Gemma 2/3 soft-cap the logits (the model-type table names the config fields)."""
     out = model.get_output_embeddings()
     bias = getattr(model, "final_logits_bias", None)
-    if bias is None:
-        return lambda h: out(h.to(out.weight.dtype))
-    return lambda h: out(h.to(out.weight.dtype)) + bias.to(h.device)[0]
+    entry = model_type_of(model.config)
+    scale = None
+    if entry.scaled_decoder_output and getattr(model.config, entry.scaled_decoder_output, False):
+        scale = architecture_size(model.config).hidden ** -0.5
+    cap = getattr(model.config, entry.logit_softcap, None) if entry.logit_softcap else None
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        h = h.to(out.weight.dtype)
+        logits = out(h * scale if scale is not None else h)
+        if bias is not None:
+            logits = logits + bias.to(h.device)[0]
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return head
 
 
 def target_hidden(
@@ -42,17 +57,21 @@ def target_hidden(
     """(hidden [batch, seq, width], targets [batch, seq]) of the model's LM positions.
 
     causal: position t predicts token t+1 (`labels` if given, else `input_ids`), padding
-    and `IGNORE_INDEX` skipped; seq2seq: decoder position t predicts `labels[:, t]`.
+    and `IGNORE_INDEX` skipped; seq2seq: decoder position t predicts `labels[:, t]`. The
+    encoder and decoder stacks run directly (BART's `model.encoder`, T5's `encoder`), so
+    no [tokens, vocab] logits are made here.
     """
-    base = getattr(model, model.base_model_prefix)
     if is_encoder_decoder(model.config):
-        out = base(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=batch["decoder_input_ids"],
-            decoder_attention_mask=batch.get("decoder_attention_mask"),
+        mask = batch["attention_mask"]
+        encoded = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask)
+        out = model.get_decoder()(
+            input_ids=batch["decoder_input_ids"],
+            attention_mask=batch.get("decoder_attention_mask"),
+            encoder_hidden_states=encoded.last_hidden_state,
+            encoder_attention_mask=mask,
         )
         return out.last_hidden_state, batch["labels"]
+    base = getattr(model, model.base_model_prefix)
     out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return out.last_hidden_state, causal_targets(batch)
 

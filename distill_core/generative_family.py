@@ -17,11 +17,15 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from distill.core.export import PROBE_TEXTS
 from distill.core.family import (
+    PRETRAINED,
     ModelFamily,
     as_teacher_copy,
     check_layer_choice,
+    load_pretrained_student,
     load_state,
+    resolve_pretrained_student,
     resolve_width,
+    student_model_config,
     student_size,
     used_losses,
 )
@@ -47,6 +51,7 @@ from distill.core.generative_eval import (
     perplexity,
 )
 from distill.core.model_files import has_weights
+from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
 from distill.core.spec import SpecError
 from distill.core.student import (
@@ -54,7 +59,6 @@ from distill.core.student import (
     count_parameters,
     freeze_word_embeddings,
     no_gather,
-    student_config,
 )
 from distill.core.teacher_cache import bypass_reason, lm_plan_for, lm_rows
 
@@ -89,8 +93,25 @@ class GenerativeFamily(ModelFamily):
 
     # -- preflight --------------------------------------------------------------------------
 
-    def resolve_stage(self, spec, kind, teacher_config, *, teacher_has_weights, teacher_has_head):
+    def default_weights(self, kind, spec, cross_tokenizer=False):
+        """Token-level KD plus the LM loss on the data (MiniLLM / DistilGPT2-style); a
+        pretrain or finetune stage trains on the LM loss alone."""
+        if kind in ("pretrain", "finetune"):
+            return {"lm": 1.0}
+        return {"lm_kl": 1.0, "lm": 1.0}
+
+    def resolve_stage(
+        self,
+        spec,
+        kind,
+        teacher_config,
+        *,
+        teacher_has_weights,
+        teacher_has_head,
+        cross_tokenizer=False,
+    ):
         tc, family = teacher_config, self.name
+        spec = self.with_default_objective(spec, kind)
         o, s = spec.objective, spec.student
         used = used_losses(spec)
         unknown = sorted(used - set(TOKEN_LOSSES))
@@ -126,12 +147,21 @@ class GenerativeFamily(ModelFamily):
         size = self.size(tc)
         if kind in ("pretrain", "finetune"):  # the trained model is the teacher's architecture
             return as_teacher_copy(spec, size, "random" if kind == "pretrain" else "first_k")
+        if s.init == PRETRAINED or s.name is not None:
+            spec = resolve_pretrained_student(spec, family)
+            if cross_tokenizer:
+                raise SpecError(
+                    f"student.name: the student's tokenizer ({s.name}) differs from the "
+                    f"teacher's; {sorted(used)} compare next-token distributions over one "
+                    "vocabulary, so a generative student needs the teacher's tokenizer"
+                )
+            return spec
         if s.init == "width_slice":
             raise SpecError(
                 "student.init: width_slice supports BERT-family encoders; use uniform_map, "
                 "every_other_layer, first_k or random for a generative teacher"
             )
-        s = resolve_width(s, size, narrow_only=True)
+        s = resolve_width(s, size, narrow_only=True, grouped=model_type_of(tc).kv_heads is not None)
         decoder_layers = (s.decoder_layers or s.layers) if family == "seq2seq" else None
         check_layer_choice(s, size.layers, s.layers)
         if decoder_layers is not None:
@@ -149,19 +179,22 @@ class GenerativeFamily(ModelFamily):
     def output_config(self, spec, kind, teacher_config):
         if kind in ("finetune", "pretrain"):
             return teacher_config
-        return student_config(teacher_config, student_size(spec))
+        return student_model_config(spec, teacher_config)
 
     # -- training ---------------------------------------------------------------------------
 
     def trainable(
         self, spec, teacher, tokenizer, *, kind="distill", previous_student=None, gather=no_gather
     ):
+        spec = self.with_default_objective(spec, kind)
         if kind == "finetune":
             student = copy.deepcopy(teacher).requires_grad_(True).train()
         elif kind == "pretrain":
             student = self.auto_class.from_config(teacher.config).train()
         elif previous_student is not None:
             student = self.auto_class.from_pretrained(previous_student).train()
+        elif spec.student.init == PRETRAINED:
+            student = load_pretrained_student(spec, self.auto_class)
         else:
             student = build_student(
                 teacher,
@@ -183,7 +216,7 @@ class GenerativeFamily(ModelFamily):
         ids = BatchIds.from_model(teacher.config, tokenizer, noise_ratio=o.noise_ratio)
         return GenerativeDistillationModel(student, TokenObjective(o.weights, settings), ids)
 
-    def batch_functions(self, tokenizer):
+    def batch_functions(self, tokenizer, teacher_tokenizer=None):
         return tokenize_generative, generative_collate(tokenizer)
 
     def prepare_batch(self, model, batch, generator):
@@ -204,7 +237,7 @@ class GenerativeFamily(ModelFamily):
         return out
 
     def cache_plan(self, spec, teacher_config, columns):
-        o = spec.objective
+        o = self.with_default_objective(spec, "distill").objective
         reason = bypass_reason(
             o.weights,
             mixup=False,
@@ -240,7 +273,7 @@ class GenerativeFamily(ModelFamily):
         return probe_logits(student, tokenizer, PROBE_TEXTS, max_length)
 
     def student_from_state(self, spec, teacher_config, state):
-        student = self.auto_class.from_config(student_config(teacher_config, student_size(spec)))
+        student = self.auto_class.from_config(student_model_config(spec, teacher_config))
         load_state(
             student, {k[len(_STUDENT) :]: v for k, v in state.items() if k.startswith(_STUDENT)}
         )

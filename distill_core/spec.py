@@ -116,10 +116,16 @@ class StudentSpec(Strict):
     layers: PositiveInt = 3
     hidden: PositiveInt | None = None  # None: the teacher's width
     heads: PositiveInt | None = None
+    # Grouped-query attention (Llama-style teachers): key/value heads; None keeps the
+    # teacher's group size (heads per key/value head).
+    kv_heads: PositiveInt | None = None
     ffn: PositiveInt | None = None
-    init: Literal["random", "every_other_layer", "uniform_map", "first_k", "width_slice"] = (
-        "every_other_layer"
-    )
+    # `pretrained`: start from the model in `student.name` (a folder with its own config,
+    # weights and tokenizer); its shape is its own, so layers/hidden/heads/ffn do not apply.
+    init: Literal[
+        "random", "every_other_layer", "uniform_map", "first_k", "width_slice", "pretrained"
+    ] = "every_other_layer"
+    name: str | None = None  # the pretrained student's folder (or hub id), with init: pretrained
     teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
     # Seq2seq (BART-style) students: decoder depth; None = `layers` (encoder depth).
     decoder_layers: PositiveInt | None = None
@@ -210,7 +216,10 @@ class SequenceKdSpec(Strict):
 
 
 class ObjectiveSpec(Strict):
-    weights: dict[str, Annotated[float, Field(ge=0.0)]] = {"hidden_mse": 1.0, "pooled_cosine": 1.0}
+    # Loss name -> weight. None: the teacher family's default (encoders: hidden_mse +
+    # pooled_cosine; causal and seq2seq: lm_kl + lm; finetune stages: their label loss),
+    # filled in by preflight, so the resolved config names the losses that ran.
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = None
     layer_map: Literal["uniform", "last"] | list[int] = "uniform"
     temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl
     # MiniLM / MiniLMv2: the teacher layer (1-based) whose self-attention is distilled into
@@ -676,6 +685,7 @@ def dump_spec(spec: JobSpec) -> str:
 PATH_FIELDS = (
     "teacher.name",
     "teacher.cache.location",
+    "student.name",
     "data.train.*.path",
     "data.eval.path",
     "evaluation.sts_path",

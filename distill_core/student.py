@@ -19,16 +19,20 @@ import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from distill.core.model_types import QkvLayout, model_type_name, model_type_of
+
 
 @dataclass(frozen=True)
 class StudentSize:
-    """Depth and width of a transformer; `decoder_layers` only for encoder-decoders."""
+    """Depth and width of a transformer; `decoder_layers` only for encoder-decoders,
+    `kv_heads` only for grouped-query attention (None: as many as `heads`)."""
 
     layers: int
     hidden: int
     heads: int
     ffn: int
     decoder_layers: int | None = None
+    kv_heads: int | None = None
 
 
 def is_encoder_decoder(config: PretrainedConfig) -> bool:
@@ -36,21 +40,23 @@ def is_encoder_decoder(config: PretrainedConfig) -> bool:
 
 
 def architecture_size(config: PretrainedConfig) -> StudentSize:
-    """The dims of a BERT-, GPT-2-, Llama- or BART-style config, under their standard names."""
-    if is_encoder_decoder(config):
-        return StudentSize(
-            config.encoder_layers,
-            config.d_model,
-            config.encoder_attention_heads,
-            config.encoder_ffn_dim,
-            config.decoder_layers,
+    """The dims of any config in the model-type table (`model_types.MODEL_TYPES`)."""
+    entry = model_type_of(config)
+    missing = entry.missing(config)
+    if missing:
+        raise ValueError(
+            f"{model_type_name(config)}: the config has no {', '.join(missing)}; this model "
+            "type is not in distill's model-type table"
         )
-    if config.model_type == "gpt2":
-        ffn = getattr(config, "n_inner", None) or 4 * config.n_embd
-    else:
-        ffn = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+    kv = entry.read(config, "kv_heads")
+    heads = entry.read(config, "heads")
     return StudentSize(
-        config.num_hidden_layers, config.hidden_size, config.num_attention_heads, ffn
+        entry.read(config, "layers"),
+        entry.read(config, "hidden"),
+        heads,
+        entry.read(config, "ffn"),
+        entry.read(config, "decoder_layers") if entry.family == "seq2seq" else None,
+        kv if kv is not None and kv != heads else None,
     )
 
 
@@ -86,30 +92,51 @@ def first_k(n_teacher: int, n_student: int) -> list[int]:
     return list(range(n_student))
 
 
-def student_config(teacher_config: PretrainedConfig, size: StudentSize) -> PretrainedConfig:
-    """The teacher's config with depth and width replaced (every family's field names)."""
+def student_config(
+    teacher_config: PretrainedConfig,
+    size: StudentSize,
+    teacher_layers: Sequence[int] | None = None,
+) -> PretrainedConfig:
+    """The teacher's config with depth and width replaced under the names the model-type
+    table gives. Per-layer lists (`layer_types`) keep the entries of `teacher_layers` (the
+    teacher layer each student layer copies; None: the first `size.layers`). A head-size
+    field that equals hidden / heads in the teacher is recomputed; one that differs (Gemma's
+    256) is kept, since the student's heads are the teacher's heads."""
     if size.hidden % size.heads:
         raise ValueError(
             f"student.heads: {size.heads} does not divide student.hidden {size.hidden}"
         )
+    if size.kv_heads is not None and size.heads % size.kv_heads:
+        raise ValueError(
+            f"student.kv_heads: {size.kv_heads} does not divide student.heads {size.heads}"
+        )
+    entry = model_type_of(teacher_config)
+    teacher = architecture_size(teacher_config)
     config = copy.deepcopy(teacher_config)
-    if is_encoder_decoder(config):
-        config.encoder_layers = size.layers
-        config.decoder_layers = size.decoder_layers or size.layers
-        config.num_hidden_layers = size.layers
-        config.d_model = size.hidden
-        config.encoder_attention_heads = config.decoder_attention_heads = size.heads
-        config.encoder_ffn_dim = config.decoder_ffn_dim = size.ffn
-        return config
-    config.num_hidden_layers = size.layers
-    config.hidden_size = size.hidden
-    config.num_attention_heads = size.heads
-    if config.model_type == "gpt2":
-        config.n_inner = size.ffn
-    elif hasattr(config, "intermediate_size"):
-        config.intermediate_size = size.ffn
-    else:
-        config.ffn_dim = size.ffn
+    derived_head = teacher.hidden // teacher.heads
+    set_fields = {
+        entry.layers: size.layers,
+        entry.hidden: size.hidden,
+        entry.heads: size.heads,
+        entry.ffn: size.ffn,
+        entry.kv_heads: size.kv_heads or size.heads,
+    }
+    if entry.head_dim and getattr(config, entry.head_dim, None) in (None, derived_head):
+        set_fields[entry.head_dim] = size.hidden // size.heads
+    if entry.family == "seq2seq":
+        set_fields[entry.decoder_layers] = size.decoder_layers or size.layers
+        set_fields[entry.decoder_heads] = size.heads
+        set_fields[entry.decoder_ffn] = size.ffn
+    for name, value in set_fields.items():
+        if name is not None:
+            setattr(config, name, value)
+    chosen = list(teacher_layers) if teacher_layers is not None else list(range(size.layers))
+    for name in entry.per_layer:
+        values = getattr(config, name, None)
+        if isinstance(values, list) and len(values) == teacher.layers:
+            setattr(config, name, [values[i] for i in chosen])
+            if entry.per_layer_runs:
+                setattr(config, entry.per_layer_runs, [[getattr(config, name), 1]])
     return config
 
 
@@ -131,16 +158,23 @@ def init_teacher_layers(
     return None if chooser is None else chooser(n_teacher, n_student)
 
 
+def _stack_in(module: nn.Module, depth: int) -> nn.ModuleList:
+    for child in module.modules():
+        if isinstance(child, nn.ModuleList) and len(child) == depth:
+            return child
+    raise ValueError(f"cannot find a list of {depth} layers in {type(module).__name__}")
+
+
 def layer_stacks(model: nn.Module) -> list[nn.ModuleList]:
     """The model's stacks of blocks: [blocks], or [encoder blocks, decoder blocks] for an
-    encoder-decoder."""
+    encoder-decoder (BART `layers`, T5 `block`)."""
     if is_encoder_decoder(model.config):
-        return [model.get_encoder().layers, model.get_decoder().layers]
-    n = model.config.num_hidden_layers
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return [module]
-    raise ValueError(f"cannot find a list of {n} layers in {type(model).__name__}")
+        size = architecture_size(model.config)
+        return [
+            _stack_in(model.get_encoder(), size.layers),
+            _stack_in(model.get_decoder(), size.decoder_layers),
+        ]
+    return [_stack_in(model, model.config.num_hidden_layers)]
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:
@@ -148,18 +182,30 @@ def layer_list(model: nn.Module) -> nn.ModuleList:
     return layer_stacks(model)[0]
 
 
-def copy_leading(dst: torch.Tensor, src: torch.Tensor, fused_thirds: bool = False) -> None:
-    """Copy the leading block of `src` that fits `dst` (identity when shapes match); GPT-2's
-    fused c_attn ([in, 3h]) is sliced per third so q, k and v each keep their leading heads."""
-    if fused_thirds and dst.shape != src.shape:
-        for d, s in zip(dst.chunk(3, dim=-1), src.chunk(3, dim=-1)):
-            d.copy_(s[tuple(slice(0, n) for n in d.shape)])
-        return
+def copy_leading(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Copy the leading block of `src` that fits `dst` (identity when shapes match)."""
     dst.copy_(src[tuple(slice(0, n) for n in dst.shape)])
 
 
-def _fused_qkv(name: str) -> bool:
-    return name.endswith(("c_attn.weight", "c_attn.bias"))
+def copy_fused_qkv(
+    dst: torch.Tensor, src: torch.Tensor, layout: QkvLayout, *, out_dim: int, heads: tuple[int, int]
+) -> None:
+    """Copy a fused Q/K/V weight or bias so q, k and v each keep their leading heads.
+
+    out_dim: the axis of the fused output (GPT-2's Conv1D: last, a Linear: 0);
+    heads: (student, teacher) heads, for the `per_head` layout (GPT-NeoX)."""
+    if dst.shape == src.shape:
+        dst.copy_(src)
+        return
+    out_dim %= dst.dim()
+    if layout.fused == "thirds":
+        for d, s in zip(dst.chunk(3, dim=out_dim), src.chunk(3, dim=out_dim)):
+            copy_leading(d, s)
+        return
+    s_heads, t_heads = heads  # per_head: [heads, 3 * head_dim] along out_dim
+    d = dst.unflatten(out_dim, (s_heads, 3, -1))
+    s = src.unflatten(out_dim, (t_heads, 3, -1))
+    copy_leading(d, s)
 
 
 Gather = Callable[[Sequence[nn.Parameter]], AbstractContextManager]
@@ -183,14 +229,32 @@ def copy_teacher_weights(
     `gather(params)` makes a partitioned teacher's parameters whole while they are read,
     one block (or one tensor) at a time."""
     s_stacks, t_stacks = layer_stacks(student), layer_stacks(teacher)
+    layout = model_type_of(teacher.config).qkv
+    fused = layout.names[0] if layout is not None and layout.fused else None
+    heads = (architecture_size(student.config).heads, architecture_size(teacher.config).heads)
     in_layers = set()
     for s_stack, t_stack, chosen in zip(s_stacks, t_stacks, teacher_layers):
         in_layers |= {id(p) for p in s_stack.parameters()}
+        first = dict(t_stack[0].named_parameters())
         for s_block, t_index in zip(s_stack, chosen):
             t_params = dict(t_stack[t_index].named_parameters())
-            with gather(list(t_params.values())):
+            # A parameter only the first block has (T5's relative_attention_bias) comes from it.
+            own = [n for n, _ in s_block.named_parameters()]
+            sources = {n: t_params.get(n, first.get(n)) for n in own}
+            with gather([p for p in sources.values() if p is not None]):
                 for name, param in s_block.named_parameters():
-                    copy_leading(param, t_params[name], fused_thirds=_fused_qkv(name))
+                    src = sources[name]
+                    if src is None:
+                        continue
+                    module, _, kind = name.rpartition(".")
+                    if fused is not None and module.rsplit(".", 1)[-1] == fused:
+                        out_dim = 0 if isinstance(s_block.get_submodule(module), nn.Linear) else -1
+                        copy_fused_qkv(
+                            param, src, layout, out_dim=out_dim if kind == "weight" else 0,
+                            heads=heads,
+                        )  # fmt: skip
+                    else:
+                        copy_leading(param, src)
     t_all = dict(teacher.named_parameters())
     for name, param in student.named_parameters():
         if id(param) not in in_layers and name in t_all:
@@ -435,18 +499,33 @@ def build_student(
     """Build a student of `size` from the teacher's config (as `auto_class`: AutoModel for
     encoders, the Auto LM class for generative teachers) and initialise it by `init` on each
     layer stack. Explicit `teacher_layers` apply to single-stack models."""
-    config = student_config(teacher.config, size)
+    chosen = student_layer_choice(teacher.config, size, init, teacher_layers)
+    config = student_config(teacher.config, size, chosen[0])
     torch.manual_seed(seed)
     student = auto_class.from_config(
         config, attn_implementation=teacher.config._attn_implementation
     )
-    t_depths = [len(stack) for stack in layer_stacks(teacher)]
-    s_depths = [len(stack) for stack in layer_stacks(student)]
-    explicit = teacher_layers if len(t_depths) == 1 else None
-    chosen = [init_teacher_layers(init, t, n, explicit) for t, n in zip(t_depths, s_depths)]
     if chosen[0] is not None:
         STUDENT_INITS[init].copy(student, teacher, chosen, gather)
     return student
+
+
+def student_layer_choice(
+    teacher_config: PretrainedConfig,
+    size: StudentSize,
+    init: str,
+    teacher_layers: Sequence[int] | None = None,
+) -> list[list[int] | None]:
+    """The teacher layer each student layer copies, per layer stack ([encoder] or [encoder,
+    decoder]); None entries for `random`. Explicit `teacher_layers` apply to single-stack
+    models."""
+    t = architecture_size(teacher_config)
+    t_depths, s_depths = [t.layers], [size.layers]
+    if t.decoder_layers is not None:
+        t_depths.append(t.decoder_layers)
+        s_depths.append(size.decoder_layers or size.layers)
+    explicit = teacher_layers if len(t_depths) == 1 else None
+    return [init_teacher_layers(init, tn, sn, explicit) for tn, sn in zip(t_depths, s_depths)]
 
 
 def freeze_word_embeddings(model: nn.Module) -> None:

@@ -11,9 +11,10 @@ import os
 from distill.cluster.deepspeed_config import deepspeed_config, load_user_config
 from distill.cluster.job_data import train_eval_texts
 from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
-from distill.core.data import DataError
+from distill.core.data import DataError, tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
 from distill.core.families import family_of
+from distill.core.family import PRETRAINED
 from distill.core.hub import HubUnreachable
 from distill.core.model_files import has_weights as teacher_has_weights
 from distill.core.model_files import teacher_folder_problem
@@ -52,11 +53,47 @@ def _teacher_config(spec: JobSpec, kind: str):
         ) from None
 
 
-def _check_lengths(spec: JobSpec, tc) -> None:
-    limit = getattr(tc, "max_position_embeddings", None)
+def _student_tokenizer(spec: JobSpec, kind: str, teacher_source: str) -> str:
+    """Where the stage's student tokenizer comes from: a pretrained student's folder (checked
+    like a teacher's: config, weights, tokenizer), else `teacher_source`."""
+    s = spec.student
+    if kind != "distill" or s.init != PRETRAINED or s.name is None:
+        return teacher_source
+    name = s.name
+    if looks_like_local_path(name) or os.path.isabs(name) or os.path.exists(name):
+        if not os.path.isdir(name):
+            what = (
+                "is a file, expected a model folder" if os.path.exists(name) else "does not exist"
+            )
+            raise SpecError(f"student.name: folder {name} {what}")
+        problem = teacher_folder_problem(name, needs_weights=True)
+        if problem:
+            raise SpecError(f"student.name: {name}: {problem}")
+    return name
+
+
+def _tokenizers_differ(student_source: str, teacher_source: str) -> bool:
+    if student_source == teacher_source:
+        return False
+    from transformers import AutoTokenizer
+
+    loaded = []
+    for field, source in (("student.name", student_source), ("teacher.name", teacher_source)):
+        try:
+            loaded.append(AutoTokenizer.from_pretrained(source))
+        except (OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise SpecError(
+                f"{field}: cannot load the tokenizer of {source!r} ({reason})"
+            ) from None
+    return tokenizers_differ(*loaded)
+
+
+def _check_lengths(spec: JobSpec, config, who: str = "teacher") -> None:
+    limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and spec.data.max_length > limit:
         raise SpecError(
-            f"data.max_length: {spec.data.max_length} exceeds the teacher's {limit} positions"
+            f"data.max_length: {spec.data.max_length} exceeds the {who}'s {limit} positions"
         )
 
 
@@ -210,6 +247,7 @@ def preflight_stages(
     stages = expand_stages(spec)
     resolved: list[Stage] = []
     made: dict[str, tuple] = {}  # stage name -> (output config, has task head)
+    tokenizer_of: dict[str, str] = {}  # stage name -> folder of the tokenizer its export has
     for i, stage in enumerate(stages):
         prefix = f"stages.{i} ({stage.name}): " if len(stages) > 1 else ""
         try:
@@ -222,15 +260,25 @@ def preflight_stages(
                 tc, has_head = made[ref]
                 if tc is None:
                     raise SpecError(f"teacher.name: stage {ref} makes an LSTM, which cannot teach")
+                teacher_tokenizer = tokenizer_of[ref]
             else:
                 tc = _teacher_config(s, stage.kind)
-                has_head = has_task_head(resolve_teacher(s.teacher.name))
-                has_weights = teacher_has_weights(resolve_teacher(s.teacher.name))
+                teacher_tokenizer = resolve_teacher(s.teacher.name)
+                has_head = has_task_head(teacher_tokenizer)
+                has_weights = teacher_has_weights(teacher_tokenizer)
+            student_tokenizer = _student_tokenizer(s, stage.kind, teacher_tokenizer)
             family = family_of(tc)
             s = family.resolve_stage(
-                s, stage.kind, tc, teacher_has_weights=has_weights, teacher_has_head=has_head
+                s,
+                stage.kind,
+                tc,
+                teacher_has_weights=has_weights,
+                teacher_has_head=has_head,
+                cross_tokenizer=_tokenizers_differ(student_tokenizer, teacher_tokenizer),
             )
             _check_lengths(s, tc)
+            if s.student.init == PRETRAINED and stage.kind == "distill":
+                _check_lengths(s, family.output_config(s, stage.kind, tc), "student")
             placement = resolve_placement(
                 s,
                 footprint(tc, family.auto_class),
@@ -256,6 +304,7 @@ def preflight_stages(
         except SpecError as exc:
             raise SpecError(f"{prefix}{exc}") from None
         done = Stage(stage.name, stage.kind, s, placement)
+        tokenizer_of[stage.name] = student_tokenizer
         made[stage.name] = (family.output_config(s, stage.kind, tc), s.task is not None)
         resolved.append(done)
     return resolved

@@ -25,7 +25,7 @@ def test_defaults():
     assert spec == JobSpec()
     assert spec.teacher.name == PACKAGED_TEACHER
     assert spec.student.layers == 3 and spec.student.hidden is None
-    assert spec.objective.weights == {"hidden_mse": 1.0, "pooled_cosine": 1.0}
+    assert spec.objective.weights is None  # the teacher family's default, set by preflight
     assert spec.deepspeed.zero_stage == 2
     assert spec.data.train[0].path == "builtin:docstrings"
 
