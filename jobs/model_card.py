@@ -143,7 +143,8 @@ def model_card(
         f"ffn {s.get('ffn')} (init `{s.get('init')}`)"
     )
     stages = report.get("stages") or []
-    method = ", ".join(f"`{k}` x {v:g}" for k, v in spec.objective.weights.items())
+    weights = spec.objective.weights or {}  # None: the teacher family's default objective
+    method = ", ".join(f"`{k}` x {v:g}" for k, v in weights.items()) or "the family's default"
     sources = ", ".join(f"`{src.path}`" for src in spec.data.train_sources)
     lines = [
         *header,

@@ -51,7 +51,13 @@ REPORT["latency"] = {
 
 
 def test_the_card_carries_the_report_numbers_and_how_to_load():
-    spec = load_spec(None, ["training.gradient_accumulation_steps=2"])
+    spec = load_spec(
+        None,
+        [
+            "training.gradient_accumulation_steps=2",
+            "objective.weights={hidden_mse: 1, pooled_cosine: 1}",  # as preflight resolves them
+        ],
+    )
     card = model_card(REPORT, spec, has_st=True)
     assert card.startswith(
         "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\n"
