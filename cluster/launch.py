@@ -41,7 +41,7 @@ def ensure_ray(spec: JobSpec) -> None:
         return
     job_env = _submitted_job_env()
     ray.init(
-        address=os.environ.get("RAY_ADDRESS"),
+        address=os.environ.get("RAY_ADDRESS") or None,  # an empty variable means unset
         runtime_env={"env_vars": {k: v for k, v in worker_env(spec).items() if k not in job_env}},
         log_to_driver=True,
         configure_logging=True,
