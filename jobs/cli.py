@@ -201,13 +201,24 @@ def _run(args: argparse.Namespace) -> int:
     except TrainingFailedError as exc:
         # Not bad input: the job ran and failed. Say why in one line; Ray printed the rest.
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        _quiet_ray()
         print(f"distill: error: training failed: {reason}", file=sys.stderr)
         return EXIT_FAILED
     except TrainingDiverged as exc:
+        _quiet_ray()
         print(f"distill: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(format_table(report))
     return 0
+
+
+def _quiet_ray() -> None:
+    """Shut Ray down before the final error line: at shutdown it flushes its deduplicated
+    worker logs to stderr, which would otherwise follow (and bury) that line."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _tune(args: argparse.Namespace) -> int:
