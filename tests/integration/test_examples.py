@@ -43,6 +43,7 @@ FAST_EVAL = [
     "evaluation.throughput_texts=16",
     "evaluation.throughput_rounds=1",
     "evaluation.max_sts_pairs=64",
+    "evaluation.latency=none",  # the ONNX serving export is checked by test_e2e_quickstart
     "scaling.num_workers=2",
     "training.steps=6",  # 6 steps show the loss terms as well
 ]

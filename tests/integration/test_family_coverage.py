@@ -75,6 +75,7 @@ def test_model_type_distils_through_the_job(ray_session, model_type, bert_tokeni
     assert AutoTokenizer.from_pretrained(run_dir / "student")(text)["input_ids"] == t_ids
 
 
+@pytest.mark.slow  # unit-tested tokenizer pairing; 20 s job
 def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
     ray_session, bert_tokenizer, tmp_path
 ):

@@ -93,6 +93,7 @@ def killed_run(ray_session, tmp_path_factory) -> dict:
     return result
 
 
+@pytest.mark.slow  # default suite: test_zero3_teacher kills a worker mid-run
 def test_killed_worker_resumes_from_latest_checkpoint(killed_run):
     assert "error" not in killed_run, killed_run.get("error")
     run_dir, killed, report = killed_run["run_dir"], killed_run["killed"], killed_run["report"]

@@ -42,6 +42,7 @@ SETTINGS = [
 ]
 
 
+@pytest.mark.slow  # default suite: every run writes metrics.jsonl (test_family_coverage reads it)
 def test_metrics_and_events_grow_while_training_and_deepspeed_gets_the_config(
     ray_session, tmp_path
 ):

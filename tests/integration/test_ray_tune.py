@@ -80,6 +80,7 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the first trial")
 
 
+@pytest.mark.slow  # 117 s; sweep specs and trial plumbing are unit-tested
 def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     base = {
         **BASE,

@@ -112,6 +112,7 @@ def test_a_teacher_actor_that_dies_is_restarted_and_the_cache_completes(ray_sess
     assert again.hit
 
 
+@pytest.mark.slow  # default suite: local cache build + streaming, and test_s3_ray for S3
 def test_cache_on_s3_is_built_and_streamed(ray_session, moto_endpoint, bucket):
     s3 = [f"output.s3.endpoint_url={moto_endpoint}", "output.s3.addressing_style=path"]
     uri = f"s3://{bucket}/runs/cached"
