@@ -107,9 +107,10 @@ SEQ2SEQ: dict[str, dict] = {
 MODEL_TYPES = {**ENCODERS, **DECODERS, **SEQ2SEQ}
 AUTO = {"encoder": AutoModel, "causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}
 
-# A representative subset for the default suite: one job per family (encoder, causal LM,
-# seq2seq); every model type runs with `-m slow` and in the unit tier's family tests.
-REPRESENTATIVE = ["distilbert", "qwen2", "t5"]
+# A representative subset for the default suite: an encoder and a GQA decoder (the seq2seq
+# family runs there as examples/lightpaff_seq2seq.yaml); every model type runs with
+# `-m slow` and in the unit tier's family tests.
+REPRESENTATIVE = ["distilbert", "qwen2"]
 
 
 def family_name(model_type: str) -> str:

@@ -45,6 +45,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.slow  # 63 s; default suite: the causal LM job builds and streams a cache
 def test_two_actors_build_two_workers_stream_and_a_second_run_hits(ray_session, tmp_path):
     first_dir = tmp_path / "first"
     first = run_job(load_spec(None, SMALL), str(first_dir))
@@ -99,6 +100,7 @@ class _DiesOnce(TeacherInference):
         return super().__call__(batch)
 
 
+@pytest.mark.slow  # default suite: the causal LM job builds a cache with Ray Data
 def test_a_teacher_actor_that_dies_is_restarted_and_the_cache_completes(ray_session, tmp_path):
     spec = load_spec(None, SMALL)
     storage = LocalStorage(tmp_path / "run")
