@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterator
 
 from distill.cluster.storage import Lease, LeaseHeld, Storage
+from distill.cluster.storage_protocol import HELD_HERE, left_by_this_process
 
 LEASE_TTL_S = 120.0
 
@@ -47,8 +48,14 @@ def hold_lease(
     when it takes over another writer's lease (expired, its process gone, or `force`)."""
     lease = new_lease(ttl_s)
     replaced = storage.acquire_lease(lease, force=force)
+    HELD_HERE.add(lease.token)
     if replaced is not None:
-        why = "expired" if replaced.expired() else "--force" if force else "its process is gone"
+        if replaced.expired():
+            why = "expired"
+        elif left_by_this_process(replaced):
+            why = "left by an earlier run of this process that could not release it"
+        else:
+            why = "--force" if force else "its process is gone"
         print(
             f"distill: took over the lease of {storage.uri} from {replaced.describe()} ({why})",
             file=sys.stderr,
@@ -66,11 +73,13 @@ def hold_lease(
         renewer.join()
         try:
             storage.release_lease(lease)
-        except Exception as exc:  # the lease then expires by itself
+        except Exception as exc:  # it expires by itself; this process may take it over
             print(
                 f"distill: warning: could not release the lease of {storage.uri}: {exc}",
                 file=sys.stderr,
             )
+        finally:
+            HELD_HERE.discard(lease.token)
 
 
 def _renew(storage: Storage, lease: Lease, ttl_s: float, stop: threading.Event) -> None:

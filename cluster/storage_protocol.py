@@ -15,6 +15,8 @@ writer is refused with `LeaseHeld`, which names the holder.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,10 +88,34 @@ class LeaseHeld(StorageError):
         )
 
 
+# Tokens of the leases this process holds now (`distill.cluster.lease.hold_lease` adds each
+# when it takes a lease and removes it when its block ends).
+HELD_HERE: set[str] = set()
+
+
+def left_by_this_process(held: Lease | None) -> bool:
+    """The lease names this very process but none of the leases it holds now: an earlier
+    holder in this process ended without releasing it (its storage was unreachable at the
+    end, e.g. an S3 outage that also failed the run), so nothing writes under it any more."""
+    return (
+        held is not None
+        and held.host == socket.gethostname()
+        and held.pid == os.getpid()
+        and held.token not in HELD_HERE
+    )
+
+
 def may_take_over(held: Lease | None, new: Lease, *, force: bool) -> bool:
     """Whether `new` may replace the lease `held` in the folder: it is `new`'s own (a
-    renewal), unreadable (a writer died while creating it), expired, or `force` says so."""
-    return held is None or held.token == new.token or held.expired() or force
+    renewal), unreadable (a writer died while creating it), expired, left behind by an
+    ended holder in this process, or `force` says so."""
+    return (
+        held is None
+        or held.token == new.token
+        or held.expired()
+        or left_by_this_process(held)
+        or force
+    )
 
 
 def is_s3_uri(uri: str | Path) -> bool:

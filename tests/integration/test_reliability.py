@@ -98,7 +98,6 @@ def contested_run(ray_session, tmp_path_factory):
     return outcome
 
 
-@pytest.mark.slow  # 28 s; the lease itself is unit-tested (tests/unit/cluster/test_lease.py)
 def test_a_second_writer_is_refused_while_the_first_runs(contested_run):
     second = contested_run["second"]
     assert contested_run["first_was_running"]

@@ -48,10 +48,16 @@ def test_the_lease_file_names_its_holder(tmp_path):
 
 def test_a_live_holder_on_this_host_keeps_its_lease(tmp_path):
     store = LocalStorage(tmp_path / "run")
-    alive = lease("alive", host=socket.gethostname(), pid=os.getpid())
-    store.acquire_lease(alive)
-    with pytest.raises(LeaseHeld, match=f"host {socket.gethostname()}, pid {os.getpid()}, since "):
-        store.acquire_lease(new_lease())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.acquire_lease(lease("alive", host=socket.gethostname(), pid=other.pid))
+        with pytest.raises(
+            LeaseHeld, match=f"host {socket.gethostname()}, pid {other.pid}, since "
+        ):
+            store.acquire_lease(new_lease())
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_a_dead_holder_on_this_host_loses_its_lease_before_it_expires(tmp_path):
@@ -137,3 +143,28 @@ def test_run_and_tune_take_force():
     assert parser.parse_args(["run", "--force"]).force is True
     assert parser.parse_args(["run"]).force is False
     assert parser.parse_args(["tune", "sweep.yaml", "--force"]).force is True
+
+
+def test_a_lease_this_process_could_not_release_is_taken_over_by_its_next_run(tmp_path, capsys):
+    """An S3 outage can fail a run and its lease release alike; the same process's next
+    run (the re-run after the outage) must not wait out the TTL behind its own leftover,
+    while a lease this process still holds keeps refusing a second writer."""
+    store = LocalStorage(tmp_path / "run")
+    real_release = store.release_lease
+
+    def unreachable(lease):
+        raise OSError("endpoint unreachable")
+
+    store.release_lease = unreachable
+    with hold_lease(store) as first:
+        with pytest.raises(LeaseHeld):  # held here and now: still one writer
+            with hold_lease(store):
+                pass
+    assert _held(store).token == first.token  # left behind, unexpired, naming this pid
+    assert "could not release the lease" in capsys.readouterr().err
+
+    store.release_lease = real_release
+    with hold_lease(store) as second:
+        assert _held(store).token == second.token
+    assert "left by an earlier run of this process" in capsys.readouterr().err
+    assert _held(store) is None  # the second run released it
