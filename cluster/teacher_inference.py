@@ -26,7 +26,13 @@ from distill.core.outputs import TaskHead
 from distill.core.placement import TORCH_DTYPES
 from distill.core.spec import JobSpec
 from distill.core.teacher import freeze
-from distill.core.teacher_cache import CachePlan, assemble_shard, shard_name, write_shard
+from distill.core.teacher_cache import (
+    CachePlan,
+    assemble_shard,
+    length_buckets,
+    shard_name,
+    write_shard,
+)
 
 ROW_COLUMNS = ("input_ids", "attention_mask", "labels")  # what a tokenized row may hold
 
@@ -59,15 +65,18 @@ class TeacherInference:
     def _shard(self, rows: dict) -> dict:
         started = time.perf_counter()
         split, start, n = rows["split"], rows["start"], len(rows["records"])
-        size = self.spec.teacher.inference.batch_size
+        records = rows["records"]
+        buckets = length_buckets(
+            [len(r["input_ids"]) for r in records], self.spec.teacher.inference.batch_size
+        )
         parts = []
-        for first in range(0, n, size):
-            batch = self.collate(rows["records"][first : first + size])
+        for bucket in buckets:  # similar lengths per forward: little padding
+            batch = self.collate([records[i] for i in bucket])
             batch = {k: v.to(self.device) for k, v in batch.items()}
             parts.append(
                 self.family.cache_rows(self.teacher, self.head, self.tokenizer, batch, self.plan)
             )
-        tensors = assemble_shard(parts)
+        tensors = assemble_shard(parts, order=[i for bucket in buckets for i in bucket])
         file = shard_name(split, start)
         with tempfile.TemporaryDirectory(prefix="distill-shard-") as tmp:
             local = os.path.join(tmp, "shard.safetensors")

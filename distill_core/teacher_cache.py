@@ -234,14 +234,41 @@ def lm_rows(
     return {"counts": keep.sum(1).cpu(), "topk_ids": ids, "topk_logits": values, "topk_lse": lse}
 
 
-def assemble_shard(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Concatenate per-batch rows (in row order) into one shard's tensors, `counts` turned
-    into `offsets` [rows + 1]: row r's tokens are `offsets[r]:offsets[r+1]`."""
+# Cached tensors with one entry per token (row r's are `offsets[r]:offsets[r+1]`); every
+# other tensor has one entry per row.
+PER_TOKEN_PREFIXES = ("hidden_", "topk_")
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices grouped into forward batches of similar length (longest first), so a
+    batch pads to little more than its own rows; `assemble_shard(..., order=...)` puts the
+    rows back in their original order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def assemble_shard(
+    batches: Sequence[dict[str, torch.Tensor]], order: Sequence[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """Concatenate per-batch rows into one shard's tensors, `counts` turned into `offsets`
+    [rows + 1]: row r's tokens are `offsets[r]:offsets[r+1]`. `order` names the original
+    row of each processed row (the batches' rows in sequence) when they were computed out of
+    order (`length_buckets`); the shard is then written in original row order."""
     counts = torch.cat([b["counts"] for b in batches]).to(torch.int64)
+    joined = {k: torch.cat([b[k] for b in batches]) for k in batches[0] if k != "counts"}
+    if order is not None:
+        where = torch.empty(len(order), dtype=torch.int64)  # original row -> processed row
+        where[torch.as_tensor(list(order), dtype=torch.int64)] = torch.arange(len(order))
+        starts = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)[:-1]])
+        tokens = torch.cat(
+            [torch.arange(starts[p], starts[p] + counts[p]) for p in where.tolist()]
+            or [torch.zeros(0, dtype=torch.int64)]
+        )
+        per_token = {k for k in joined if k.startswith(PER_TOKEN_PREFIXES)}
+        joined = {k: v[tokens if k in per_token else where] for k, v in joined.items()}
+        counts = counts[where]
     tensors = {"offsets": torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)])}
-    for key in batches[0]:
-        if key != "counts":
-            tensors[key] = torch.cat([b[key] for b in batches]).contiguous()
+    tensors.update({k: v.contiguous() for k, v in joined.items()})
     return tensors
 
 

@@ -32,6 +32,7 @@ from distill.core.teacher_cache import (
     bypass_reason,
     cache_key,
     encoder_rows,
+    length_buckets,
     lm_plan_for,
     plan_for,
     rows_digest,
@@ -49,17 +50,17 @@ def _rows(tokenizer, texts=TEXTS):
 
 
 def _write_cache(folder, split_rows: dict, rows_fn, pad, *, per_shard: int, plan) -> ShardedCache:
-    """Shards of `per_shard` rows per split (each computed in batches of 2), then the
-    manifest, as the Ray Data build writes them; a reader over the folder."""
+    """Shards of `per_shard` rows per split (each computed in length-bucketed batches of 2
+    and written back in row order), then the manifest, as the Ray Data build writes them; a
+    reader over the folder."""
     (folder / "shards").mkdir(parents=True)
     entries = []
     for split, rows in split_rows.items():
         for start in range(0, len(rows), per_shard):
             chunk = rows[start : start + per_shard]
-            parts = [
-                rows_fn(pad([dict(r) for r in chunk[i : i + 2]])) for i in range(0, len(chunk), 2)
-            ]
-            tensors = assemble_shard(parts)
+            buckets = length_buckets([len(r["input_ids"]) for r in chunk], 2)
+            parts = [rows_fn(pad([dict(chunk[i]) for i in bucket])) for bucket in buckets]
+            tensors = assemble_shard(parts, order=[i for bucket in buckets for i in bucket])
             file = shard_name(split, start)
             facts = write_shard(folder / file, tensors)
             entries.append(
@@ -69,6 +70,26 @@ def _write_cache(folder, split_rows: dict, rows_fn, pad, *, per_shard: int, plan
     manifest = build_manifest("k", plan, counts, entries)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
     return ShardedCache(manifest, lambda file: str(folder / file))
+
+
+def test_length_buckets_restore_row_order_for_every_tensor(tiny_bert, tiny_tokenizer):
+    """Rows computed longest-first (little padding per forward) are written in row order:
+    the same shard as a forward over the rows in order, per-row and per-token tensors alike."""
+    plan = CachePlan((0, 2), pooled=True)
+    pad = collate(tiny_tokenizer)
+    rows = _rows(tiny_tokenizer, TEXTS + ["a cat", "the dog sat on a very good mat"])
+    buckets = length_buckets([len(r["input_ids"]) for r in rows], 2)
+    lengths = [[len(rows[i]["input_ids"]) for i in b] for b in buckets]
+    assert lengths == sorted(lengths, reverse=True) and sorted(sum(buckets, [])) == list(range(6))
+    bucketed = assemble_shard(
+        [encoder_rows(tiny_bert, None, pad([dict(rows[i]) for i in b]), plan) for b in buckets],
+        order=[i for b in buckets for i in b],
+    )
+    in_order = assemble_shard([encoder_rows(tiny_bert, None, pad([dict(r) for r in rows]), plan)])
+    assert bucketed.keys() == in_order.keys()
+    assert torch.equal(bucketed["offsets"], in_order["offsets"])
+    for key in in_order:
+        torch.testing.assert_close(bucketed[key], in_order[key], atol=2e-3, rtol=2e-3)
 
 
 def test_plan_reads_only_what_the_losses_need():
