@@ -1,7 +1,8 @@
 """Metrics a user can watch while a run trains: rank 0 appends every logged step to the
 run's `metrics.jsonl` (flushed at once) and to TensorBoard event files under
 `tensorboard/`, so `tail -f RUN/metrics.jsonl` and `tensorboard --logdir RUN/tensorboard`
-follow the run (or a sweep: `--logdir SWEEP`, one subfolder per trial).
+follow the run (or a sweep: `--logdir SWEEP`, one subfolder per trial). With `tracking`
+in the spec, the same scalars go to MLflow / W&B (`distill.cluster.tracking`).
 
 Event files are written by tensorboardX into a local scratch folder and copied into the
 run's storage after every logged step (local disk or S3 alike). A resumed run rewrites
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from distill.cluster.storage import Storage
+from distill.cluster.tracking import Trackers
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -49,13 +51,18 @@ class LiveMetrics:
     """Rank 0's writer of `metrics_file` and the TensorBoard events of one stage."""
 
     def __init__(
-        self, storage: Storage, metrics_file: str, tensorboard_dir: str, history: list[dict]
+        self,
+        storage: Storage,
+        metrics_file: str,
+        tensorboard_dir: str,
+        history: list[dict],
+        trackers: Trackers | None = None,
     ) -> None:
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 
         self.storage, self.metrics_file = storage, metrics_file
-        self.tensorboard_dir = tensorboard_dir
+        self.tensorboard_dir, self.trackers = tensorboard_dir, trackers
         # The checkpoint's history is what survives a resume: later lines are dropped.
         storage.write_text(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
         self._scratch = tempfile.TemporaryDirectory(prefix="distill-tb-")
@@ -77,17 +84,23 @@ class LiveMetrics:
         from tensorboardX.summary import scalar
 
         self.storage.append_text(self.metrics_file, json.dumps(metrics) + "\n")
-        for tag, value in scalar_tags(metrics).items():
+        tags = scalar_tags(metrics)
+        for tag, value in tags.items():
             self.events.write_event(
                 Event(step=metrics["step"], wall_time=time.time(), summary=scalar(tag, value))
             )
         self._publish()
+        if self.trackers is not None:
+            self.trackers.log(tags, metrics["step"])
 
     def _publish(self) -> None:
         self.events.flush()
         for file in Path(self._scratch.name).iterdir():
             self.storage.put(f"{self.tensorboard_dir}/{file.name}", file.read_bytes())
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Close the event file and end the tracker runs (FAILED when the stage raised)."""
         self.events.close()
         self._scratch.cleanup()
+        if self.trackers is not None:
+            self.trackers.close(ok)

@@ -154,11 +154,12 @@ def run_tuner(
     trial: Callable[[dict, dict], None],
     context: dict,
     concurrency: int,
+    callbacks: list | None = None,
 ) -> tune.ResultGrid:
     """Run `trial(params, context)` (a Tune function trainable; `distill.jobs.tune.run_trial`
     runs one job) for every point of the sweep's space. Start the sweep, or continue it when `storage/tune` holds an interrupted one
     (`Tuner.restore`: finished trials are kept, unfinished ones resume from their last
-    Ray Train checkpoint)."""
+    Ray Train checkpoint). `callbacks`: more Tune callbacks (the trackers' loggers)."""
     # Ray Train's in-training reports lack the final metrics a searcher optimises; Tune's
     # strict check would reject them (schedulers skip results without their metric).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -193,7 +194,7 @@ def run_tuner(
                 name=TUNE_DIR,
                 storage_path=storage_path,
                 storage_filesystem=filesystem,
-                callbacks=[ReleaseTrainResources()],
+                callbacks=[ReleaseTrainResources(), *(callbacks or [])],
                 verbose=1,
             ),
         )

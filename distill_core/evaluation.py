@@ -2,7 +2,9 @@
 
 Quality is STS Spearman (cosine of mean-pooled embeddings vs gold scores) when STS pairs
 are given, else the mean cosine agreement between student and teacher embeddings on the
-held-out texts. Throughput is measured for both models in the same process, interleaved,
+held-out texts. `builtin:sts-sample` names the STS pairs shipped with the package (375
+CC BY-SA pairs of the STS Benchmark dev split, notice in `samples/LICENSE.txt`): the
+offline quickstart's quality. Throughput is measured for both models in the same process, interleaved,
 so machine noise hits both alike.
 """
 
@@ -14,12 +16,26 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from distill.core.export import SentenceEncoder
+
+BUILTIN_STS = "builtin:sts-sample"
+_SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def sts_file(path: str) -> str:
+    """The file behind an `evaluation.sts_path`: the packaged sample for `builtin:sts-sample`,
+    else `path` itself. Any other `builtin:` name is a ValueError naming the one there is."""
+    if path == BUILTIN_STS:
+        return str(_SAMPLES / "sts-sample.tsv")
+    if path.startswith("builtin:"):
+        raise ValueError(f"{path} is no packaged STS set; the packaged one is {BUILTIN_STS}")
+    return path
 
 
 @dataclass(frozen=True)
@@ -30,10 +46,10 @@ class StsPairs:
 
 
 def load_sts_pairs(path: str, limit: int | None = None) -> StsPairs:
-    """STS Benchmark file: tab-separated, no header; fields 5-7 are score, s1, s2.
-    Extra trailing fields on a few lines are ignored."""
+    """STS Benchmark file (or `builtin:sts-sample`): tab-separated, no header; fields 5-7
+    are score, s1, s2. Extra trailing fields on a few lines are ignored."""
     first, second, scores = [], [], []
-    with open(path, encoding="utf-8") as f:
+    with open(sts_file(path), encoding="utf-8") as f:
         for line, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if len(row) < 7:
                 continue

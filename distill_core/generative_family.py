@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from distill.core.evaluation import BUILTIN_STS
 from distill.core.export import PROBE_TEXTS
 from distill.core.family import (
     PRETRAINED,
@@ -112,6 +113,15 @@ class GenerativeFamily(ModelFamily):
     ):
         tc, family = teacher_config, self.name
         spec = self.with_default_objective(spec, kind)
+        sts = spec.evaluation.sts_path
+        if sts == BUILTIN_STS:  # the quickstart's sample: LMs are scored by perplexity
+            evaluation = spec.evaluation.model_copy(update={"sts_path": None})
+            spec = spec.model_copy(update={"evaluation": evaluation})
+        elif sts:
+            raise SpecError(
+                f"evaluation.sts_path: STS Spearman scores sentence encoders; a {family} "
+                f"teacher ({tc.model_type}) is scored by held-out perplexity (remove it)"
+            )
         o, s = spec.objective, spec.student
         used = used_losses(spec)
         unknown = sorted(used - set(TOKEN_LOSSES))

@@ -6,6 +6,7 @@ Secrets never live here: credentials come from the environment (see `redacted`).
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -343,6 +344,42 @@ class S3Spec(Strict):
         return url
 
 
+class MlflowSpec(Strict):
+    """MLflow tracking through Ray's `setup_mlflow` (runs) / `MLflowLoggerCallback` (sweeps).
+    Credentials come from MLflow's environment (MLFLOW_TRACKING_TOKEN, _USERNAME, _PASSWORD),
+    never from here."""
+
+    # None: MLFLOW_TRACKING_URI of the driver, else SQLite `mlflow.db` in a local run/sweep folder.
+    tracking_uri: str | None = None
+    experiment: str | None = None  # None: the run's or sweep's output.name
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        if uri and urlsplit(uri).password is not None:
+            raise ValueError(
+                "holds a password; give it in MLFLOW_TRACKING_PASSWORD (never in a config)"
+            )
+        return uri
+
+
+class WandbSpec(Strict):
+    """Weights & Biases through Ray's `setup_wandb` (runs) / `WandbLoggerCallback` (sweeps).
+    The API key comes from WANDB_API_KEY or `wandb login`, never from here."""
+
+    project: str = Field(min_length=1)
+    entity: str | None = None
+    group: str | None = None
+    mode: Literal["online", "offline"] = "online"  # offline: files under the run's wandb/
+
+
+class TrackingSpec(Strict):
+    """Experiment trackers beside metrics.jsonl and TensorBoard (which are always written)."""
+
+    mlflow: MlflowSpec | None = None
+    wandb: WandbSpec | None = None
+
+
 class OutputSpec(Strict):
     dir: str = "runs"  # a local folder or s3://bucket/prefix
     s3: S3Spec = S3Spec()
@@ -381,6 +418,7 @@ class JobSpec(Strict):
     deepspeed: DeepSpeedSpec = DeepSpeedSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     output: OutputSpec = OutputSpec()
+    tracking: TrackingSpec = TrackingSpec()
     stages: list[StageSpec] = []
 
     @field_validator("stages")
@@ -504,9 +542,16 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     return parse_yaml_mapping(text, where)
 
 
+# The offline quickstart (no config): the defaults, scored on the packaged STS sample so its
+# quality line is an STS Spearman. A generative teacher set by --set drops the sample (it
+# is scored by perplexity; see GenerativeFamily.resolve_stage).
+QUICKSTART = {"evaluation": {"sts_path": "builtin:sts-sample"}}
+
+
 def load_spec(path: str | Path | None = None, overrides: list[str] | None = None) -> JobSpec:
-    """Read YAML (or the defaults when `path` is None), apply overrides, validate."""
-    raw = read_yaml_mapping(path, "config") if path is not None else {}
+    """Read YAML (or the quickstart's defaults when `path` is None), apply overrides,
+    validate."""
+    raw = read_yaml_mapping(path, "config") if path is not None else copy.deepcopy(QUICKSTART)
     return load_spec_dict(raw, overrides)
 
 

@@ -12,7 +12,7 @@ from distill.cluster.deepspeed_config import deepspeed_config, load_user_config
 from distill.cluster.job_data import train_eval_texts
 from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
 from distill.core.data import DataError, tokenizers_differ
-from distill.core.evaluation import load_sts_pairs
+from distill.core.evaluation import load_sts_pairs, sts_file
 from distill.core.families import family_of
 from distill.core.family import PRETRAINED
 from distill.core.hub import HubUnreachable
@@ -163,6 +163,10 @@ def _check_data(spec: JobSpec) -> JobSpec:
         )
     sts = spec.evaluation.sts_path
     if sts:
+        try:
+            sts = sts_file(sts)
+        except ValueError as exc:
+            raise SpecError(f"evaluation.sts_path: {exc}") from None
         if os.path.isdir(sts):
             raise SpecError(f"evaluation.sts_path: {sts} is a folder, expected an STS file")
         if not os.path.isfile(sts):

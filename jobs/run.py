@@ -32,6 +32,7 @@ from distill.cluster.pipeline import (
 from distill.cluster.run_files import DIVERGED_FILE, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.storage import Storage, is_s3_uri
 from distill.cluster.teacher_cache import CacheRequest, build_cache, cache_summary, resolve_cache
+from distill.cluster.tracking import with_tracking
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
 from distill.core.stages import Stage
@@ -212,6 +213,11 @@ def run_job(
     field = "--output" if output else "output.dir"
     storage = check_storage(run_dir, spec, field)
     spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
+    spec = with_tracking(spec, storage)
+    stages = [
+        Stage(s.name, s.kind, s.spec.model_copy(update={"tracking": spec.tracking}), s.placement)
+        for s in stages
+    ]
     for stage in stages:
         where = f"stage {stage.name}: " if len(stages) > 1 else ""
         print(f"[distill] {where}{stage.placement.describe(spec.scaling.num_workers)}", flush=True)

@@ -18,10 +18,12 @@ import yaml
 
 from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params
+from distill.cluster.tracking import with_tracking
 from distill.core.spec import (
     JobSpec,
     SmokePlan,
     SpecError,
+    TrackingSpec,
     apply_smoke,
     plan_changes,
     redacted,
@@ -125,12 +127,22 @@ def run_sweep(
     field = "--output" if output else "base.output.dir"
     storage = check_storage(run_dir_for(base_spec, output), base_spec, field)
     _check_same_sweep(storage, sweep)
+    try:
+        tracking = with_tracking(base_spec, storage).tracking
+    except SpecError as exc:
+        raise SpecError(f"base.{exc}") from None
     if on_checked is not None:
         on_checked()
     with contextlib.ExitStack() as held:  # the lease before the first write
         take_lease(held, storage, force=force, field=field)
         return _run_checked_sweep(
-            sweep, checked, storage, started, max_params=max_params, min_speedup=min_speedup
+            sweep,
+            checked,
+            storage,
+            started,
+            tracking=tracking,
+            max_params=max_params,
+            min_speedup=min_speedup,
         )
 
 
@@ -140,6 +152,7 @@ def _run_checked_sweep(
     storage: Storage,
     started: float,
     *,
+    tracking: TrackingSpec,
     max_params: int | None,
     min_speedup: float | None,
 ) -> dict:
@@ -157,6 +170,7 @@ def _run_checked_sweep(
     # Ray and the heavy imports only after every check has passed.
     from distill.cluster.launch import ensure_ray
     from distill.cluster.teacher_cache import build_cache, cache_summary, resolve_cache
+    from distill.cluster.tracking import local_root, tune_callbacks
     from distill.cluster.tune_sweep import (
         TRIALS_DIR,
         max_concurrent_trials,
@@ -197,7 +211,14 @@ def _run_checked_sweep(
         "bypass": bypass,
     }
     results = run_tuner(
-        sweep, checked.base, first.training.steps, storage, run_trial, context, concurrency
+        sweep,
+        checked.base,
+        first.training.steps,
+        storage,
+        run_trial,
+        context,
+        concurrency,
+        callbacks=tune_callbacks(tracking, local_root(storage)),
     )
     report = build_sweep_report(
         trial_rows(results, saved_statuses(results)),
@@ -246,6 +267,8 @@ def run_trial(params: dict, context: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     spec = JobSpec.model_validate(apply_params(context["base"], params))
+    # The sweep's Tune logger callbacks track every trial; its workers log no second copy.
+    spec = spec.model_copy(update={"tracking": TrackingSpec()})
     trial_id = tune.get_context().get_trial_id()
     report = run_job(
         spec,

@@ -44,11 +44,20 @@ SETTINGS = [
 
 @pytest.mark.slow  # default suite: every run writes metrics.jsonl (test_family_coverage reads it)
 def test_metrics_and_events_grow_while_training_and_deepspeed_gets_the_config(
-    ray_session, tmp_path
+    ray_session, tmp_path, monkeypatch
 ):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     user = {"zero_optimization": {"stage3_max_live_parameters": 20_000_000}}
     (tmp_path / "ds.json").write_text(json.dumps(user))
-    spec = load_spec(None, [*SETTINGS, f"deepspeed.config={tmp_path / 'ds.json'}"])
+    spec = load_spec(
+        None,
+        [
+            *SETTINGS,
+            f"deepspeed.config={tmp_path / 'ds.json'}",
+            "tracking.mlflow={}",  # default store: mlflow.db in the run folder
+            "tracking.wandb={project: distill-test, mode: offline}",
+        ],
+    )
     run_dir = tmp_path / "live"
     done: dict = {}
     worker = threading.Thread(target=lambda: done.update(report=run_job(spec, str(run_dir))))
@@ -94,3 +103,14 @@ def test_metrics_and_events_grow_while_training_and_deepspeed_gets_the_config(
     assert state["global_steps"] == STEPS
     assert state["global_samples"] == STEPS * BATCH * WORKERS * ACCUMULATION
     assert done["report"]["export_check"]["max_abs_diff"] < 1e-5
+
+    # The same steps reached MLflow and W&B from rank 0 (Ray's setup_mlflow / setup_wandb).
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{run_dir}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["student.layers"] == "2"
+    loss = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in loss] == [2, 4, 6, 8, 10]
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline.glob("run-*.wandb"))

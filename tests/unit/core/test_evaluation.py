@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from distill.core.evaluation import (
+    BUILTIN_STS,
     StsPairs,
     cosine_agreement,
     load_sts_pairs,
     measure_throughput,
+    sts_file,
     sts_spearman,
 )
 from distill.core.export import SentenceEncoder
@@ -31,6 +34,19 @@ def test_load_sts_pairs_tolerates_extra_fields_and_quotes(tmp_path):
     assert pairs.first == ["A plane takes off.", 'He said "no".', "A man plays."]
     assert pairs.second == ["An air plane takes off.", "She said 'yes'.", "A dog runs."]
     assert load_sts_pairs(str(path), limit=2).scores == [5.0, 1.5]
+
+
+def test_packaged_sts_sample_is_the_cc_by_sa_captions_of_the_dev_split_with_its_notice():
+    pairs = load_sts_pairs(BUILTIN_STS)
+    assert len(pairs.scores) == 375 and min(pairs.scores) >= 0 and max(pairs.scores) <= 5
+    assert len(set(pairs.scores)) > 20  # graded scores, not a constant
+    sample = Path(sts_file(BUILTIN_STS))
+    sources = {line.split("\t")[1] for line in sample.read_text().splitlines()}
+    assert sources == {"images", "track5.en-en"}  # the two CC BY-SA sources only
+    notice = (sample.parent / "LICENSE.txt").read_text()
+    assert "CC BY-SA 4.0" in notice and "SemEval-2017" in notice
+    with pytest.raises(ValueError, match="builtin:nope is no packaged STS set"):
+        load_sts_pairs("builtin:nope")
 
 
 def test_load_sts_pairs_without_rows_names_the_file(tmp_path):

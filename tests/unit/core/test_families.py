@@ -100,6 +100,24 @@ def test_generative_family_refuses_encoder_only_fields(tmp_path, tiny_bert, tiny
         )
 
 
+def test_generative_family_drops_the_quickstart_sts_sample_and_refuses_an_sts_file(
+    tmp_path, tiny_bert, tiny_tokenizer
+):
+    folder, teacher, _ = _teacher("causal", tiny_bert, tiny_tokenizer, tmp_path)
+    resolve = lambda spec: FAMILIES["causal"].resolve_stage(  # noqa: E731
+        spec, "distill", teacher.config, teacher_has_weights=True, teacher_has_head=False
+    )
+    quickstart = load_spec(None, [f"teacher.name={folder}", "student.layers=2"])
+    assert quickstart.evaluation.sts_path == "builtin:sts-sample"
+    assert resolve(quickstart).evaluation.sts_path is None  # scored by perplexity instead
+    with pytest.raises(SpecError, match="evaluation.sts_path: STS Spearman scores sentence enc"):
+        resolve(
+            load_spec(
+                None, [f"teacher.name={folder}", "evaluation.sts_path=dev.csv", "student.layers=2"]
+            )
+        )
+
+
 def test_encoder_family_refuses_token_losses(tiny_bert):
     spec = load_spec(None, [WEIGHTS["causal"], "student.layers=2"])
     with pytest.raises(SpecError, match="objective.weights: unknown loss"):

@@ -21,8 +21,9 @@ from distill.core.teacher import PACKAGED_TEACHER
 
 
 def test_defaults():
-    spec = load_spec()
-    assert spec == JobSpec()
+    spec = load_spec()  # the quickstart: the defaults, scored on the packaged STS sample
+    assert spec == JobSpec(evaluation={"sts_path": "builtin:sts-sample"})
+    assert JobSpec().evaluation.sts_path is None  # a config without it: cosine agreement
     assert spec.teacher.name == PACKAGED_TEACHER
     assert spec.student.layers == 3 and spec.student.hidden is None
     assert spec.objective.weights is None  # the teacher family's default, set by preflight
@@ -167,14 +168,15 @@ def test_smoke_treats_steps_and_epochs_as_one_setting():
 
 def test_explicit_fields_come_from_the_yaml_and_overrides_only():
     spec = load_spec(None, ["training.steps=5", "objective.weights={kd: 1.0}"])
-    assert explicit_fields(spec) == {
+    quickstart = {"evaluation", "evaluation.sts_path"}  # what load_spec(None) sets
+    assert explicit_fields(spec) == quickstart | {
         "training",
         "training.steps",
         "objective",
         "objective.weights",
         "objective.weights.kd",
     }
-    assert explicit_fields(load_spec()) == set()
+    assert explicit_fields(load_spec()) == quickstart
 
 
 # --- redaction and the written config ------------------------------------------
