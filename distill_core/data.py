@@ -2,7 +2,8 @@
 split off a held-out set and tokenize.
 
 A source is a local csv/tsv/json/jsonl/parquet/txt file, a hub dataset name, or
-`builtin:docstrings` (the offline corpus in `corpus.py`).
+`builtin:docstrings` (the offline corpus in `corpus.py`), or `builtin:wiki-sentences` (6,472
+English Wikipedia sentences shipped in `samples/`, CC BY-SA).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import gzip
 import hashlib
 import json
 import os
@@ -21,6 +23,10 @@ import torch
 from datasets.exceptions import DatasetGenerationError
 
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
+# 6,472 English Wikipedia sentences shipped with distill (CC BY-SA; samples/LICENSE.txt):
+# general-domain text for task-agnostic distillation without a download.
+BUILTIN_WIKI = "builtin:wiki-sentences"
+_SAMPLES = Path(__file__).resolve().parent / "samples"
 # Offline seq2seq pairs: docstring sentence -> its content words (corpus.keyword_target).
 BUILTIN_KEYWORDS = "builtin:docstring-keywords"
 _FORMATS = {
@@ -64,8 +70,11 @@ def load_source(
         from distill.core.corpus import docstring_sentences
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
+    if kind == "builtin" and path == BUILTIN_WIKI:
+        with gzip.open(_SAMPLES / "wiki-sentences.txt.gz", "rt", encoding="utf-8") as f:
+            return datasets.Dataset.from_dict({"text": f.read().splitlines()})
     if kind == "builtin":
-        known = [BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS]
+        known = [BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS, BUILTIN_WIKI]
         raise DataError(f"data file {path}: no such built-in corpus; choose from {known}")
     if kind == "sts":
         return _load_sts(path)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import BertTokenizerFast
 
+import distill.core.data
 from distill.core.data import DataError, collate, load_examples, load_texts, split_eval, tokenize
 
 SST2_TRAIN = Path(__file__).resolve().parents[4] / "shared/data/sst2/train.tsv"
@@ -137,6 +138,14 @@ def test_datasets_logs_nothing_for_an_unreadable_file(tmp_path, capfd):
 def test_an_unknown_builtin_corpus_lists_the_known_ones():
     with pytest.raises(DataError, match=r"builtin:nope: no such built-in corpus; choose from"):
         load_texts("builtin:nope")
+
+
+def test_the_packaged_wiki_sentences_are_general_domain_english_with_their_notice():
+    texts = load_texts("builtin:wiki-sentences")["text"]
+    assert len(texts) == 6472 and len(set(texts)) == 6472  # deduplicated
+    assert all(4 <= len(t.split()) <= 64 for t in texts)
+    notice = (Path(distill.core.data.__file__).parent / "samples" / "LICENSE.txt").read_text()
+    assert "wiki-sentences.txt.gz" in notice and "CC BY-SA 3.0" in notice
 
 
 def test_a_folder_is_not_a_data_file(tmp_path):
