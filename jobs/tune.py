@@ -128,7 +128,8 @@ def run_sweep(
     storage = check_storage(run_dir_for(base_spec, output), base_spec, field)
     _check_same_sweep(storage, sweep)
     try:
-        tracking = with_tracking(base_spec, storage).tracking
+        named = base_spec.output.model_copy(update={"name": storage.name})  # as --output says
+        tracking = with_tracking(base_spec.model_copy(update={"output": named}), storage).tracking
     except SpecError as exc:
         raise SpecError(f"base.{exc}") from None
     if on_checked is not None:
