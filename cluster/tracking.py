@@ -47,8 +47,8 @@ def _wandb_logged_in() -> bool:
 def resolve_tracking(tracking: TrackingSpec, name: str, local_dir: Path | None) -> TrackingSpec:
     """`tracking` with its defaults filled in on the driver (the workers and config.yaml get
     the result): MLflow's store (MLFLOW_TRACKING_URI, else an SQLite `mlflow.db` in the
-    local run or sweep folder) and experiment (the output name); W&B's offline folder. SpecError (one
-    line) for what cannot work."""
+    local run or sweep folder) and experiment (the output name). SpecError (one line) for
+    what cannot work."""
     updates = {}
     if tracking.mlflow is not None:
         _need("mlflow", "tracking.mlflow")
@@ -91,6 +91,12 @@ def with_tracking(spec: JobSpec, storage) -> JobSpec:
     return spec.model_copy(update={"tracking": resolved})
 
 
+def _wandb_mode_env(mode: str) -> None:
+    """Ray's W&B integrations ask for an API key unless WANDB_MODE says offline."""
+    if mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"
+
+
 def wandb_dir(local_dir: Path) -> str:
     """Where W&B is pointed: it writes its runs under `<this>/wandb/`."""
     local_dir.mkdir(parents=True, exist_ok=True)
@@ -117,11 +123,10 @@ class Trackers:
 
     def __init__(self, spec: JobSpec, run_name: str, local_dir: Path | None) -> None:
         self._mlflow = self._wandb = None
-        t, params = spec.tracking, None
+        t, params = spec.tracking, flat_params(spec)
         if t.mlflow is not None:
             from ray.air.integrations.mlflow import setup_mlflow
 
-            params = flat_params(spec)
             self._mlflow = setup_mlflow(
                 config=params,
                 tracking_uri=t.mlflow.tracking_uri,
@@ -133,10 +138,9 @@ class Trackers:
         if t.wandb is not None:
             from ray.air.integrations.wandb import setup_wandb
 
-            if t.wandb.mode == "offline":  # Ray asks for an API key unless WANDB_MODE says so
-                os.environ["WANDB_MODE"] = "offline"
+            _wandb_mode_env(t.wandb.mode)
             self._wandb = setup_wandb(
-                config=params if params is not None else flat_params(spec),
+                config=params,
                 rank_zero_only=False,
                 project=t.wandb.project,
                 entity=t.wandb.entity,
@@ -178,8 +182,7 @@ def tune_callbacks(tracking: TrackingSpec, local_dir: Path | None) -> list:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         w = tracking.wandb
-        if w.mode == "offline":  # Ray asks for an API key unless WANDB_MODE says so
-            os.environ["WANDB_MODE"] = "offline"
+        _wandb_mode_env(w.mode)
         callbacks.append(
             WandbLoggerCallback(
                 project=w.project,

@@ -39,7 +39,6 @@ from transformers import AutoConfig, AutoTokenizer
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
-from distill.cluster.local_storage import LocalStorage
 from distill.cluster.pipeline import (
     METRICS_FILE,
     StagePlan,
@@ -53,7 +52,7 @@ from distill.cluster.storage import Storage, open_storage
 from distill.cluster.teacher_cache import open_cache
 from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
 from distill.cluster.teacher_placement import PlacedTeacher, place_teacher
-from distill.cluster.tracking import Trackers
+from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.data import tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
@@ -669,8 +668,7 @@ def _live_metrics(stage: LiveStage, history: list[dict], scratch) -> LiveMetrics
     if stage.spec.tracking.mlflow is not None or stage.spec.tracking.wandb is not None:
         name = stage.spec.output.name
         run_name = f"{name}/{stage.plan.name}" if stage.multi_stage else name
-        local = stage.storage.root if isinstance(stage.storage, LocalStorage) else None
-        trackers = Trackers(stage.spec, run_name, local)
+        trackers = Trackers(stage.spec, run_name, local_root(stage.storage))
     live = LiveMetrics(stage.storage, metrics_file, events, history, trackers)
     scratch.push(lambda exc_type, exc, tb: live.close(ok=exc_type is None))
     return live
