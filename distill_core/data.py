@@ -22,11 +22,12 @@ import datasets
 import torch
 from datasets.exceptions import DatasetGenerationError
 
+from distill.core.evaluation import SAMPLES_DIR
+
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
 # 6,472 English Wikipedia sentences shipped with distill (CC BY-SA; samples/LICENSE.txt):
 # general-domain text for task-agnostic distillation without a download.
 BUILTIN_WIKI = "builtin:wiki-sentences"
-_SAMPLES = Path(__file__).resolve().parent / "samples"
 # Offline seq2seq pairs: docstring sentence -> its content words (corpus.keyword_target).
 BUILTIN_KEYWORDS = "builtin:docstring-keywords"
 _FORMATS = {
@@ -71,7 +72,7 @@ def load_source(
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
     if kind == "builtin" and path == BUILTIN_WIKI:
-        with gzip.open(_SAMPLES / "wiki-sentences.txt.gz", "rt", encoding="utf-8") as f:
+        with gzip.open(SAMPLES_DIR / "wiki-sentences.txt.gz", "rt", encoding="utf-8") as f:
             return datasets.Dataset.from_dict({"text": f.read().splitlines()})
     if kind == "builtin":
         known = [BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS, BUILTIN_WIKI]

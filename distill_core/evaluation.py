@@ -4,8 +4,8 @@ Quality is STS Spearman (cosine of mean-pooled embeddings vs gold scores) when S
 are given, else the mean cosine agreement between student and teacher embeddings on the
 held-out texts. `builtin:sts-sample` names the STS pairs shipped with the package (375
 CC BY-SA pairs of the STS Benchmark dev split, notice in `samples/LICENSE.txt`): the
-offline quickstart's quality. Throughput is measured for both models in the same process, interleaved,
-so machine noise hits both alike.
+offline quickstart's quality. Throughput is measured for both models in the same process,
+interleaved, so machine noise hits both alike.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from scipy.stats import spearmanr
 from distill.core.export import SentenceEncoder
 
 BUILTIN_STS = "builtin:sts-sample"
-_SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
 
 
 def sts_file(path: str) -> str:
     """The file behind an `evaluation.sts_path`: the packaged sample for `builtin:sts-sample`,
     else `path` itself. Any other `builtin:` name is a ValueError naming the one there is."""
     if path == BUILTIN_STS:
-        return str(_SAMPLES / "sts-sample.tsv")
+        return str(SAMPLES_DIR / "sts-sample.tsv")
     if path.startswith("builtin:"):
         raise ValueError(f"{path} is no packaged STS set; the packaged one is {BUILTIN_STS}")
     return path
