@@ -380,8 +380,9 @@ class EncoderFamily(ModelFamily):
     def cache_plan(self, spec, teacher_config, columns):
         spec = self.with_default_objective(spec, "distill")
         o, s = spec.objective, spec.student
-        if s.init == PRETRAINED:  # its tokenizer may differ: the cache's rows are the teacher's
-            return None, "a pretrained student (student.init: pretrained) runs its teacher live"
+        # A pretrained student with its own tokenizer reads the same cache: rows are the
+        # teacher's tokenization (the batches' `teacher_*` columns), and the objectives
+        # allowed across tokenizers (pooled vector, task logits) are one vector per row.
         reason = bypass_reason(o.weights, mixup=o.mixup is not None)
         if reason:
             return None, reason
@@ -394,7 +395,8 @@ class EncoderFamily(ModelFamily):
         return encoder_rows(teacher, teacher_head, batch, plan)
 
     def cached_outputs(self, cache, split, index, batch, dtype):
-        return cache.encoder_outputs(split, index, batch["attention_mask"], dtype)
+        mask = teacher_view(batch)["attention_mask"]  # the cache holds the teacher's tokens
+        return cache.encoder_outputs(split, index, mask, dtype)
 
     # -- export -----------------------------------------------------------------------------
 

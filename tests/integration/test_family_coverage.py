@@ -76,11 +76,13 @@ def test_model_type_distils_through_the_job(ray_session, model_type, bert_tokeni
 
 
 @pytest.mark.slow  # unit-tested tokenizer pairing; 20 s job
+@pytest.mark.parametrize("cache", ["off", "auto"])
 def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
-    ray_session, bert_tokenizer, tmp_path
+    ray_session, bert_tokenizer, tmp_path, cache
 ):
     """A BERT-vocabulary teacher into a pretrained DistilBERT-type student with a byte-level
-    BPE tokenizer: each model tokenizes the text itself, the pooled objectives train, and
+    BPE tokenizer: each model tokenizes the text itself, the pooled objectives train (from
+    the live teacher, or from the teacher-output cache of the teacher's tokenization), and
     the export carries the student's tokenizer."""
     from helpers.family_zoo import lm_tokenizer
 
@@ -91,9 +93,11 @@ def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
     spec = load_spec(
         None,
         [f"teacher.name={teacher}", "student.init=pretrained", f"student.name={student}"]
+        + [f"teacher.cache.mode={cache}"]
         + overrides,
     )
     report = run_job(spec, str(run_dir))
+    assert report["teacher_cache"]["used"] is (cache == "auto"), report["teacher_cache"]
 
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["loss"] < history[0]["loss"], history

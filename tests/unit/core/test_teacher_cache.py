@@ -146,6 +146,37 @@ def test_encoder_shards_read_back_equal_a_live_forward(tmp_path, tiny_bert, tiny
         cache.take("eval", [2])
 
 
+def test_a_student_with_its_own_tokenizer_reads_the_teachers_rows(
+    tmp_path, tiny_bert, tiny_tokenizer
+):
+    """Across tokenizers the cache holds the teacher's tokenization; the encoder family
+    looks rows up by the batch's `teacher_*` mask, and the pooled targets equal a live
+    teacher forward on the teacher's own token ids."""
+    import datasets
+    from helpers.family_zoo import lm_tokenizer
+
+    from distill.core.data import collate_for_both, teacher_view, tokenize_for_both
+
+    plan = CachePlan((), pooled=True)
+    rows = _rows(tiny_tokenizer)
+    cache = _write_cache(
+        tmp_path, {"train": rows}, lambda b: encoder_rows(tiny_bert, None, b, plan),
+        collate(tiny_tokenizer), per_shard=3, plan=plan,
+    )  # fmt: skip
+    bpe = lm_tokenizer("gpt2")
+    both = tokenize_for_both(
+        datasets.Dataset.from_dict({"text": TEXTS}), bpe, 64, teacher_tokenizer=tiny_tokenizer
+    )
+    index = torch.tensor([2, 0, 3])
+    batch = collate_for_both(bpe, tiny_tokenizer)([both[int(i)] for i in index])
+    assert batch["input_ids"].shape != batch["teacher_input_ids"].shape  # two tokenizations
+    looked_up = FAMILIES["encoder"].cached_outputs(cache, "train", index, batch, torch.float32)
+    live = forward_outputs(tiny_bert, teacher_view(batch))
+    torch.testing.assert_close(looked_up.pooled, live.pooled, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="stale cache"):  # the student's mask does not match
+        cache.encoder_outputs("train", index, batch["attention_mask"], torch.float32)
+
+
 @pytest.fixture
 def gpt2_dir(tmp_path):
     config = GPT2Config(
