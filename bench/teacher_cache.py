@@ -5,6 +5,8 @@ a live teacher. Ratios are measured within one invocation.
     python -m bench.teacher_cache inference [--rows 2000]   # rows/s: 1 actor x 1 or 2 CPUs, 2 actors x 1 CPU
     python -m bench.teacher_cache train [--rows 2000]       # 2-worker Ray Train job: live teacher vs cache
     python -m bench.teacher_cache lm                        # top-k bytes/token; top-k vs full KD perplexity
+    python -m bench.teacher_cache lm --vocab 32768 --text ../corpora/*.txt \
+        --out bench/results/teacher_cache_lm_32k.json       # the same with a 32,768-token BPE
 
 Results go to bench/results/teacher_cache_<mode>.json; docs/benchmarks.md quotes them.
 """
@@ -21,10 +23,11 @@ from pathlib import Path
 import torch
 
 SST2 = "../shared/data/sst2/train.tsv"
+EOS = "<|endoftext|>"
 
 
-def _write(mode: str, result: dict) -> None:
-    out = Path(f"bench/results/teacher_cache_{mode}.json")
+def _write(mode: str, result: dict, out: str | None = None) -> None:
+    out = Path(out or f"bench/results/teacher_cache_{mode}.json")
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
@@ -186,11 +189,22 @@ def lm(args) -> None:
                 "bytes_per_token": facts["bytes"] / tokens,
                 "of_full_fp16": facts["bytes"] / tokens / (2 * 50257),
             }
-    # 2. Quality: a teacher trained on docstrings, students by full KD vs top-k KD.
+    # 2. Quality: a teacher trained on docstrings (plus --text files), students by full KD vs
+    # top-k KD. --vocab N: the same architecture with a byte-level BPE vocabulary of N tokens
+    # trained on that text (a large vocabulary spreads the teacher's mass over more tokens).
     spec = load_spec(None, ["data.max_length=64", "data.max_train_samples=6000"])
     train_texts, eval_texts = train_eval_texts(spec)
+    extra = [line for f in args.text for line in Path(f).read_text().splitlines() if line.strip()]
+    if extra:
+        import datasets
+
+        merged = list(train_texts["text"]) + extra
+        train_texts = datasets.Dataset.from_dict({"text": merged}).shuffle(seed=0)
     folder = resolve_teacher("builtin:tiny-gpt2")
+    if args.vocab:
+        folder = _bpe_teacher_folder(folder, list(train_texts["text"]), args.vocab, args.work)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    vocab = AutoConfig.from_pretrained(folder).vocab_size
     rows = tokenize_generative(train_texts, tokenizer, 64)
     pad = generative_collate(tokenizer)
     held_out = {"text": list(eval_texts["text"])[:128]}
@@ -288,7 +302,10 @@ def lm(args) -> None:
             "benchmark": "teacher_cache_lm",
             "bytes": {"vocab": 50257, "full_fp16_bytes_per_token": 2 * 50257, "topk": sizes},
             "quality": {
-                "teacher": "tiny-gpt2 architecture (4 x 128, 2,048 tokens) trained on docstrings",
+                "teacher": f"tiny-gpt2 architecture (4 x 128, {vocab:,} tokens) trained on "
+                + ("docstrings" + (f" + {len(extra):,} lines of {args.text}" if extra else "")),
+                "vocab": vocab,
+                "train_rows": len(rows),
                 "teacher_steps": args.teacher_steps,
                 "teacher_perplexity": teacher_ppl,
                 "student": "2 x 128, every_other_layer, {lm: 0.5, lm_kl: 0.5}, T = 1",
@@ -297,8 +314,32 @@ def lm(args) -> None:
                 "runs": quality,
             },
         },
+        args.out,
     )
     assert math.isfinite(full)
+
+
+def _bpe_teacher_folder(base: str, texts: list[str], vocab: int, work: str | None) -> str:
+    """The tiny GPT-2 architecture of `base` with a byte-level BPE tokenizer of `vocab`
+    tokens trained on `texts` (every pair seen at least once may merge, so the vocabulary
+    reaches its size on a few MB of text); config and tokenizer saved to a folder."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoConfig, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab, min_frequency=1, special_tokens=[EOS])
+    if bpe.get_vocab_size() != vocab:
+        raise SystemExit(f"--vocab {vocab}: the text yields only {bpe.get_vocab_size()} tokens")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS
+    )
+    config = AutoConfig.from_pretrained(base)
+    config.vocab_size = vocab
+    config.bos_token_id = config.eos_token_id = config.pad_token_id = tokenizer.eos_token_id
+    folder = Path(work or tempfile.mkdtemp(prefix="bench-bpe-")) / f"tiny-gpt2-bpe{vocab}"
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
 
 def main() -> None:
@@ -313,6 +354,10 @@ def main() -> None:
     p.add_argument("--teacher-steps", type=int, default=300)
     p.add_argument("--student-steps", type=int, default=150)
     p.add_argument("--k", type=int, nargs="+", default=[64])
+    p.add_argument("--vocab", type=int, default=None, help="train a BPE vocabulary of N tokens")
+    p.add_argument("--text", nargs="*", default=[], help="extra training text files")
+    p.add_argument("--work", default=None, help="folder for the --vocab teacher folder")
+    p.add_argument("--out", default=None, help="result file (default: teacher_cache_lm.json)")
     args = parser.parse_args()
     {"inference": inference, "train": train, "lm": lm}[args.mode](args)
 
