@@ -12,7 +12,7 @@ runs the same `distill run` (a 2-layer, 512-wide student, `lm` + `lm_kl`, a hand
   every logged step) and peak RSS, and the teacher forward time per step (`ms_teacher`);
 - a per-worker memory limit below the whole teacher (`scaling.memory_per_worker_gb`):
   `replicate` must be refused by preflight (exit 2) and `zero3` must complete;
-- `--two-node`: the zero3 bf16 run on a 2-node local Ray cluster (two `ray start` nodes on
+- `--two-node` (`--two-node-only`: that row alone): the zero3 bf16 run on a 2-node local Ray cluster (two `ray start` nodes on
   this machine, one CPU each, `placement_strategy: SPREAD`), the partitions on both nodes.
 
 Each run is its own process (memory does not carry over). Results: JSON (`--out`) and the
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument(
         "--limits-only", action="store_true", help="only the memory-limit and 2-node rows"
     )
+    parser.add_argument("--two-node-only", action="store_true", help="only the 2-node row")
     parser.add_argument("--out", default="bench/results/teacher_memory.json")
     args = parser.parse_args()
     teacher = build_teacher(args.layers, args.hidden, args.heads, args.vocab)
@@ -182,7 +183,8 @@ def main() -> None:
             ("replicate", "bf16"),
             ("zero3", "bf16"),
         ]
-        for partition, dtype in [] if args.limits_only else placements:
+        skip = args.limits_only or args.two_node_only
+        for partition, dtype in [] if skip else placements:
             rows.append(run(teacher, partition, dtype, tmp / f"{partition}-{dtype}", []))
             print(json.dumps(rows[-1]), flush=True)
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -192,11 +194,11 @@ def main() -> None:
         config = AutoConfig.from_pretrained(teacher)
         whole_gib = footprint(config, AutoModelForCausalLM).parameters * 4 / 2**30
         limit = [f"scaling.memory_per_worker_gb={round(whole_gib * 0.9, 2)}"]  # below the teacher
-        for partition in ("replicate", "zero3"):
+        for partition in () if args.two_node_only else ("replicate", "zero3"):
             row = run(teacher, partition, "fp32", tmp / f"limit-{partition}", limit)
             rows.append({**row, "memory_per_worker_gb": round(whole_gib * 0.9, 2)})
             print(json.dumps(rows[-1]), flush=True)
-        if args.two_node:
+        if args.two_node or args.two_node_only:
             env, stops = two_node_env(tmp)
             try:
                 row = run(
