@@ -3,6 +3,7 @@ top-k against full-vocabulary KD, and training throughput and memory with the ca
 a live teacher. Ratios are measured within one invocation.
 
     python -m bench.teacher_cache inference [--rows 2000]   # rows/s: 1 actor x 1 or 2 CPUs, 2 actors x 1 CPU
+    python -m bench.teacher_cache inference --two-node --out bench/results/teacher_cache_inference_2node.json
     python -m bench.teacher_cache train [--rows 2000]       # 2-worker Ray Train job: live teacher vs cache
     python -m bench.teacher_cache lm                        # top-k bytes/token; top-k vs full KD perplexity
     python -m bench.teacher_cache lm --vocab 32768 --text ../corpora/*.txt \
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -41,8 +43,17 @@ def inference(args) -> None:
     from distill.cluster.teacher_cache import build_cache, resolve_cache
     from distill.core.spec import JobSpec, load_spec
 
-    ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="ERROR")
+    env = {"env_vars": worker_env(JobSpec())}
     layouts = {"1 actor x 1 CPU": (1, 1), "1 actor x 2 CPUs": (1, 2), "2 actors x 1 CPU": (2, 1)}
+    stops = []
+    if args.two_node:  # two `ray start` nodes of 1 CPU each: 2 actors land one per node
+        from bench.teacher_memory import two_node_env
+
+        address, stops = two_node_env(Path(tempfile.mkdtemp(prefix="bench-2node-")))
+        ray.init(address=address["RAY_ADDRESS"], runtime_env=env, logging_level="ERROR")
+        del layouts["1 actor x 2 CPUs"]  # no node has 2 CPUs
+    else:
+        ray.init(num_cpus=2, runtime_env=env, logging_level="ERROR")
     rows = {}
     for name, (actors, cpus) in layouts.items():
         spec = load_spec(
@@ -66,13 +77,23 @@ def inference(args) -> None:
             seconds = time.perf_counter() - started
         total = sum(info["rows"].values())
         rows[name] = {"rows": total, "seconds": seconds, "rows_per_s": total / seconds}
+        print(f"[bench] {name}: {rows[name]}", flush=True)
+    nodes = len([n for n in ray.nodes() if n["Alive"]])
     ray.shutdown()
+    for stop in stops:
+        subprocess.run(stop, capture_output=True)
     base = rows["1 actor x 1 CPU"]["rows_per_s"]
     for r in rows.values():
         r["vs_1x1"] = r["rows_per_s"] / base
     _write(
         "inference",
-        {"benchmark": "teacher_inference", "teacher": "all-MiniLM-L6-v2", "layouts": rows},
+        {
+            "benchmark": "teacher_inference",
+            "teacher": "all-MiniLM-L6-v2",
+            "cluster": f"{nodes} local Ray node(s)",
+            "layouts": rows,
+        },
+        args.out,
     )
 
 
@@ -347,6 +368,10 @@ def main() -> None:
     sub = parser.add_subparsers(dest="mode", required=True)
     p = sub.add_parser("inference")
     p.add_argument("--rows", type=int, default=2000)
+    p.add_argument("--two-node", action="store_true", help="on two `ray start` nodes, 1 CPU each")
+    p.add_argument(
+        "--out", default=None, help="result file (default: teacher_cache_inference.json)"
+    )
     p = sub.add_parser("train")
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--steps", type=int, default=60)
