@@ -90,7 +90,7 @@ ROWS = {
     "layers4": {
         "student": {"layers": 4, "teacher_layers": [0, 4, 8, 11], "init": "uniform_map"},
         "objective": {"weights": {"hidden_mse": 1.0, "pooled_cosine": 1.0, "pooled_mse": 1.0}},
-        "training": {"steps": 1000, "warmup_steps": 50},
+        "training": {"steps": 500, "warmup_steps": 25},
     },
 }
 
