@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from distill.core import token_losses
+from distill.core.data import TEACHER_PREFIX, teacher_view
 from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
 from distill.core.student import architecture_size, is_encoder_decoder
@@ -108,6 +109,9 @@ class TokenView:
     settings: TokenSettings
     # A cached teacher: (top-k ids, logits, logsumexp) per target token instead of hidden+head.
     teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # (student rows [n, width], teacher rows [n, teacher width]) of the target positions
+    # `token_losses.first_aligned` pairs across the two tokenizations (`uld`).
+    aligned: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _lm(view: TokenView) -> torch.Tensor:
@@ -146,18 +150,37 @@ def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
     return loss
 
 
+def _uld(view: TokenView) -> torch.Tensor:
+    s = view.settings
+    student, teacher = view.aligned
+    return token_losses.chunked_uld(
+        student,
+        teacher,
+        view.student_head,
+        view.teacher_head,
+        num_chunks=s.num_chunks,
+        temperature=s.temperature,
+        checkpoint=s.checkpoint,
+    )
+
+
 TOKEN_LOSSES: dict[str, Callable[[TokenView], torch.Tensor]] = {
     "lm": _lm,
     "lm_kl": _kd("forward_kl"),
     "lm_reverse_kl": _kd("reverse_kl"),
     "lm_jsd": _kd("jsd"),
+    "uld": _uld,
 }
 TEACHERLESS_TOKEN_LOSSES = {"lm"}
+# Losses that compare the two models' distributions over one vocabulary, token by token:
+# they need the teacher's tokenizer. `uld` aligns positions across tokenizations instead.
+SHARED_VOCABULARY_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
+CROSS_TOKENIZER_LOSSES = {"lm", "uld"}
 
 
 class TokenObjective(nn.Module):
-    """Weighted sum of `TOKEN_LOSSES`; owns no parameters (student and teacher share the
-    vocabulary, so their logits compare directly)."""
+    """Weighted sum of `TOKEN_LOSSES`; owns no parameters (logits compare directly over one
+    vocabulary, or as sorted probabilities across two: `uld`)."""
 
     def __init__(self, weights: dict[str, float], settings: TokenSettings) -> None:
         super().__init__()
@@ -173,6 +196,11 @@ class TokenObjective(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         return any(name not in TEACHERLESS_TOKEN_LOSSES for name in self.weights)
+
+    @property
+    def needs_alignment(self) -> bool:
+        """An objective term reads target positions aligned across tokenizations (`uld`)."""
+        return "uld" in self.weights
 
     def forward(self, view: TokenView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {name: TOKEN_LOSSES[name](view) for name in self.weights}
@@ -191,22 +219,37 @@ class GenerativeDistillationModel(nn.Module):
         self.batch_ids = batch_ids
 
     def forward(self, batch: dict, teacher: ModelOutputs | None, mixed=None):
+        """A batch carrying the teacher's own token ids (`teacher_*` keys: the tokenizers
+        differ) pairs the two models' target positions by `token_losses.first_aligned`;
+        otherwise both read the same positions."""
         hidden, targets = target_hidden(self.student, batch)
-        keep = (targets != token_losses.IGNORE_INDEX).reshape(-1)
-        t_hidden = t_head = t_topk = None
+        keep = targets != token_losses.IGNORE_INDEX
+        t_hidden = t_head = t_topk = aligned = None
         if teacher is not None and teacher.topk is not None:  # from a teacher-output cache
             t_topk = teacher.topk
         elif teacher is not None:
-            t_hidden = teacher.hidden[-1].reshape(-1, teacher.hidden[-1].shape[-1])[keep]
-            t_head = teacher.head
+            t_all, t_head = teacher.hidden[-1], teacher.head
+            if TEACHER_PREFIX + "input_ids" not in batch:  # one tokenization: same positions
+                t_hidden, t_keep = t_all[keep], keep
+            elif shared := sorted(set(self.objective.weights) & SHARED_VOCABULARY_LOSSES):
+                raise ValueError(
+                    f"objective.weights: {shared} need the teacher's tokenizer; this batch "
+                    "carries two tokenizations"
+                )
+            else:  # the teacher's own tokenization (causal: the only family that has one)
+                t_keep = causal_targets(teacher_view(batch)) != token_losses.IGNORE_INDEX
+            if self.objective.needs_alignment:
+                s_aligned, t_aligned = token_losses.first_aligned(keep, t_keep)
+                aligned = (hidden[s_aligned], t_all[t_aligned])
         view = TokenView(
-            student_hidden=hidden.reshape(-1, hidden.shape[-1])[keep],
+            student_hidden=hidden[keep],
             student_head=lm_head(self.student),
-            targets=targets.reshape(-1)[keep],
+            targets=targets[keep],
             teacher_hidden=t_hidden,
             teacher_head=t_head,
             settings=self.objective.settings,
             teacher_topk=t_topk,
+            aligned=aligned,
         )
         return self.objective(view)
 

@@ -58,6 +58,40 @@ def perplexity(
     """exp(mean token cross-entropy) on held-out rows: next tokens of `text` (causal);
     `target` given `text` (seq2seq pairs), or `text` from its text-infilled copy (seq2seq
     without targets; the same noise for every model, from `seed`)."""
+    total, count = _nll(model, tokenizer, rows, max_length, batch_size, noise_ratio, seed)
+    return math.exp(total / max(count, 1))
+
+
+@torch.no_grad()
+def char_perplexity(
+    model, tokenizer, texts: list[str], *, max_length: int = 64, batch_size: int = 32
+) -> float:
+    """exp(cross-entropy per character) of a causal LM on `texts`: comparable across
+    tokenizers when every model scores the same characters (`shared_prefixes`). A model's
+    first token has no prediction, so its characters count without a loss (slightly
+    favouring the model whose first token is longer)."""
+    total, _ = _nll(model, tokenizer, {"text": texts}, max_length, batch_size, 0.3, 0)
+    return math.exp(total / max(sum(len(t) for t in texts), 1))
+
+
+def shared_prefixes(texts: list[str], tokenizers, max_length: int) -> list[str]:
+    """Each text cut to the characters that every tokenizer keeps within `max_length` tokens
+    (special tokens included), so models with different tokenizers score the same text."""
+    out = list(texts)
+    for _ in range(2):  # a prefix may tokenize into more pieces at its cut: settle twice
+        for tokenizer in tokenizers:
+            enc = tokenizer(
+                out, truncation=True, max_length=max_length, return_offsets_mapping=True
+            )
+            out = [
+                text[: max((end for _, end in offsets), default=0)]
+                for text, offsets in zip(out, enc["offset_mapping"])
+            ]
+    return out
+
+
+def _nll(model, tokenizer, rows, max_length, batch_size, noise_ratio, seed) -> tuple[float, int]:
+    """(summed target-token cross-entropy, target tokens) of `perplexity`."""
     model.eval()
     seq2seq = is_encoder_decoder(model.config)
     ids = BatchIds.from_model(model.config, tokenizer, noise_ratio=noise_ratio)
@@ -72,7 +106,7 @@ def perplexity(
         logits = head(hidden[keep]).float()
         total += float(torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"))
         count += int(keep.sum())
-    return math.exp(total / max(count, 1))
+    return total, count
 
 
 @torch.no_grad()
@@ -126,6 +160,7 @@ def _prompts(model, tokenizer, texts: list[str], prompt_tokens: int, batch_size:
                     padding=True,
                     truncation=True,
                     max_length=64 if seq2seq else prompt_tokens,
+                    return_token_type_ids=False,  # BERT-style tokenizers of LMs: not an input
                     return_tensors="pt",
                 )
             )
@@ -148,12 +183,13 @@ def generation_throughput(
 ) -> dict[str, float]:
     """New tokens per second of greedy generation for each model: exactly `new_tokens` per
     prompt (no early stop), a warm-up pass, then `rounds` interleaved timed passes; the
-    median round counts."""
+    median round counts. `tokenizer`: one for every model, or {model name: its own}."""
+    own = tokenizer if isinstance(tokenizer, dict) else dict.fromkeys(models, tokenizer)
     batches = {
-        name: _prompts(m, tokenizer, texts, prompt_tokens, batch_size) for name, m in models.items()
+        name: _prompts(m, own[name], texts, prompt_tokens, batch_size) for name, m in models.items()
     }
 
-    def run(model, prompt_batches) -> int:
+    def run(model, prompt_batches, tokenizer) -> int:
         produced = 0
         for enc in prompt_batches:
             out = model.generate(
@@ -170,12 +206,12 @@ def generation_throughput(
 
     for name, model in models.items():
         model.eval()
-        run(model, batches[name][:1])
+        run(model, batches[name][:1], own[name])
     timings: dict[str, list[float]] = {name: [] for name in models}
     produced = {}
     for _ in range(rounds):
         for name, model in models.items():
             start = time.perf_counter()
-            produced[name] = run(model, batches[name])
+            produced[name] = run(model, batches[name], own[name])
             timings[name].append(time.perf_counter() - start)
     return {name: produced[name] / statistics.median(t) for name, t in timings.items()}

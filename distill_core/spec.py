@@ -218,18 +218,19 @@ class SequenceKdSpec(Strict):
 
 class ObjectiveSpec(Strict):
     # Loss name -> weight. None: the teacher family's default (encoders: hidden_mse +
-    # pooled_cosine; causal and seq2seq: lm_kl + lm; finetune stages: their label loss),
-    # filled in by preflight, so the resolved config names the losses that ran.
+    # pooled_cosine; causal and seq2seq: lm_kl + lm; a causal teacher's student with another
+    # tokenizer: lm + uld; finetune stages: their label loss), filled in by preflight, so the
+    # resolved config names the losses that ran.
     weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = None
     layer_map: Literal["uniform", "last"] | list[int] = "uniform"
-    temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl
+    temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl, lm_kl & co, uld
     # MiniLM / MiniLMv2: the teacher layer (1-based) whose self-attention is distilled into
     # the student's last layer; None = the teacher's last layer.
     attention_layer: PositiveInt | None = None
     relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
     mixup: MixupSpec | None = None
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
-    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / lm):
+    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / uld / lm):
     jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # lm_jsd's mixture weight
     logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
     noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)

@@ -145,6 +145,8 @@ def bypass_reason(
         return "seq2seq text infilling noises the teacher's inputs anew every step"
     if sequence_kd:
         return "sequence-level KD trains on the teacher's generations, not fixed rows"
+    if "uld" in used:
+        return "uld sorts the teacher's whole next-token distribution (a top-k cache lacks it)"
     return None
 
 

@@ -60,11 +60,21 @@ CASES: dict[str, tuple[str, list[str], str, str]] = {
         "objective.weights",
         "differs from the teacher's",
     ),
-    "cross-tokenizer-decoder": (
+    "cross-tokenizer-decoder-kl": (
         "llama",
-        ["student.init=pretrained", "student.name={dir}/wordpiece_lm"],
+        [
+            "student.init=pretrained",
+            "student.name={dir}/wordpiece_lm",
+            "objective.weights={lm: 1, lm_kl: 1}",
+        ],
+        "objective.weights",
+        "['lm_kl'] compare next-token distributions over one vocabulary",
+    ),
+    "cross-tokenizer-seq2seq": (
+        "bart",
+        ["student.init=pretrained", "student.name={dir}/bart_gpt2_bpe"],
         "student.name",
-        "needs the teacher's tokenizer",
+        "a seq2seq student needs the teacher's tokenizer",
     ),
 }
 
@@ -89,6 +99,9 @@ def _prepare(root: Path) -> None:
     lm = build_teacher("qwen2", wordpiece)  # a causal LM on another tokenizer than llama's
     lm.save_pretrained(root / "wordpiece_lm")
     wordpiece.save_pretrained(root / "wordpiece_lm")
+    bpe = lm_tokenizer("gpt2")  # an encoder-decoder on the decoders' BPE, not BART's own
+    build_teacher("bart", bpe).save_pretrained(root / "bart_gpt2_bpe")
+    bpe.save_pretrained(root / "bart_gpt2_bpe")
 
 
 def _run(root: Path, name: str) -> subprocess.CompletedProcess:
