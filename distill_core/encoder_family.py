@@ -34,6 +34,7 @@ from distill.core.evaluation import (
 from distill.core.export import PROBE_TEXTS, SentenceEncoder, export_student, load_encoder
 from distill.core.family import (
     PRETRAINED,
+    SEQUENCE_KD_NEEDS,
     Batch,
     ModelFamily,
     as_teacher_copy,
@@ -182,9 +183,7 @@ class EncoderFamily(ModelFamily):
         if spec.task is not None and spec.task.type == "seq2seq":
             raise SpecError("task.type: seq2seq needs an encoder-decoder (seq2seq) teacher")
         if o.sequence_kd is not None:
-            raise SpecError(
-                "objective.sequence_kd: needs a seq2seq teacher, a seq2seq task and a distill stage"
-            )
+            raise SpecError(f"objective.sequence_kd: {SEQUENCE_KD_NEEDS}")
         student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
         try:
             layer_pairs(o.layer_map, student_depth, tc.num_hidden_layers)

@@ -137,6 +137,83 @@ def generate_texts(
     return out
 
 
+@torch.no_grad()
+def continue_texts(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    prefix_fraction: float = 0.5,
+    num_beams: int = 1,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    max_length: int = 64,
+) -> list[str]:
+    """Sequence-level KD for a decoder teacher on plain text (Kim & Rush 2016): each text
+    cut to its first `prefix_fraction` of tokens (of its first `max_length`, at least one;
+    special tokens such as BOS are kept but not counted) and continued by the model's beam
+    search (greedy at `num_beams=1`) for up to `max_new_tokens`. Returns text, in order:
+    the row's own characters up to the prefix's last token followed by the decoded
+    continuation, so a student with another tokenizer can read it. A text without tokens
+    comes back as it is."""
+    model.eval()
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    prefixes: list[list[int] | None] = []
+    ends: list[int] = []
+    for ids, offsets, special in zip(
+        enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    ):
+        real = [i for i, flag in enumerate(special) if not flag]
+        if not real:
+            prefixes.append(None)
+            ends.append(0)
+            continue
+        last = real[max(1, int(len(real) * prefix_fraction)) - 1]
+        prefixes.append(ids[: last + 1])
+        ends.append(offsets[last][1])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    todo = [i for i, p in enumerate(prefixes) if p is not None]
+    out = list(texts)
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start : start + batch_size]
+        chunk = [prefixes[i] for i in rows]
+        width = max(len(p) for p in chunk)
+        # Left padding: every prompt ends where generation starts.
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device
+        )
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            early_stopping=num_beams > 1,
+            pad_token_id=pad,
+        )[:, width:]
+        for i, new in zip(rows, generated.tolist()):
+            out[i] = texts[i][: ends[i]] + _decoded_continuation(tokenizer, prefixes[i], new)
+    return out
+
+
+def _decoded_continuation(tokenizer, prefix: list[int], new: list[int]) -> str:
+    """The text `new` adds after `prefix`: decoded together and minus the prefix's own
+    decoding, so a continuation that starts a word keeps its space (SentencePiece drops a
+    leading one when `new` is decoded alone)."""
+    whole = tokenizer.decode(prefix + new, skip_special_tokens=True)
+    head = tokenizer.decode(prefix, skip_special_tokens=True)
+    if whole.startswith(head):
+        return whole[len(head) :]
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
 def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu, default tokenisation): standard, offline."""
     import sacrebleu

@@ -28,6 +28,7 @@ from distill.core.evaluation import BUILTIN_STS
 from distill.core.export import PROBE_TEXTS
 from distill.core.family import (
     PRETRAINED,
+    SEQUENCE_KD_NEEDS,
     ModelFamily,
     as_teacher_copy,
     check_layer_choice,
@@ -151,10 +152,17 @@ class GenerativeFamily(ModelFamily):
             allowed = "no task (it trains on plain text)" if family == "causal" else "type: seq2seq"
             raise SpecError(f"task.type: a {family} teacher ({tc.model_type}) takes {allowed}")
         if o.sequence_kd is not None and (
-            family != "seq2seq" or spec.task is None or kind != "distill"
+            kind != "distill" or (family == "seq2seq" and spec.task is None)
+        ):
+            raise SpecError(f"objective.sequence_kd: {SEQUENCE_KD_NEEDS}")
+        if (
+            o.sequence_kd is not None
+            and family == "seq2seq"
+            and "prefix_fraction" in o.sequence_kd.model_fields_set
         ):
             raise SpecError(
-                "objective.sequence_kd: needs a seq2seq teacher, a seq2seq task and a distill stage"
+                "objective.sequence_kd.prefix_fraction: only for causal teachers (a seq2seq "
+                "teacher generates the whole target from the source)"
             )
         if kind in ("pretrain", "finetune") and used != {"lm"}:
             raise SpecError(

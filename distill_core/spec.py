@@ -208,12 +208,16 @@ class MixupSpec(Strict):
 
 
 class SequenceKdSpec(Strict):
-    """Sequence-level KD (Kim & Rush, 2016): the targets are the teacher's generations for
-    the training sources (cached in the run's storage), not the references."""
+    """Sequence-level KD (Kim & Rush, 2016), generated once and cached in the run's
+    storage: a seq2seq student trains on the teacher's outputs for the training sources
+    instead of the references; a causal student on each training row's first
+    `prefix_fraction` of tokens (the teacher's) followed by the teacher's continuation,
+    as text (so a student with another tokenizer reads it with its own)."""
 
-    num_beams: PositiveInt = 4
+    num_beams: PositiveInt = 4  # 1: greedy
     max_new_tokens: PositiveInt = 64
     batch_size: PositiveInt = 32
+    prefix_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # causal teachers only
 
 
 class ObjectiveSpec(Strict):
@@ -234,7 +238,7 @@ class ObjectiveSpec(Strict):
     jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # lm_jsd's mixture weight
     logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
     noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
-    sequence_kd: SequenceKdSpec | None = None  # seq2seq: train on the teacher's outputs
+    sequence_kd: SequenceKdSpec | None = None  # train on the teacher's generations
 
 
 class TrainingSpec(Strict):

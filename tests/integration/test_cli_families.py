@@ -70,6 +70,12 @@ CASES: dict[str, tuple[str, list[str], str, str]] = {
         "objective.weights",
         "['lm_kl'] compare next-token distributions over one vocabulary",
     ),
+    "sequence-kd-prefix-seq2seq": (
+        "bart",
+        ["task={type: seq2seq}", "objective.sequence_kd={prefix_fraction: 0.3}"],
+        "objective.sequence_kd.prefix_fraction",
+        "only for causal teachers",
+    ),
     "cross-tokenizer-seq2seq": (
         "bart",
         ["student.init=pretrained", "student.name={dir}/bart_gpt2_bpe"],

@@ -264,6 +264,14 @@ def test_causal_student_with_another_tokenizer_trains_on_lm_and_uld(causal_pair,
     assert torch.allclose(probe_logits(exported, reloaded, PROBE_TEXTS, 32), probe, atol=1e-5)
 
 
+def test_sequence_kd_applies_across_tokenizers(causal_pair):
+    """The teacher's continuations are text: each model tokenizes them itself."""
+    teacher, _, student_dir, _ = causal_pair
+    spec = _resolve_causal(teacher, student_dir, ["objective.sequence_kd={num_beams: 1}"])
+    assert spec.objective.weights == {"lm": 1.0, "uld": 1.0}
+    assert spec.objective.sequence_kd.prefix_fraction == 0.5
+
+
 @pytest.mark.parametrize("loss", ["lm_kl", "lm_reverse_kl", "lm_jsd"])
 def test_one_vocabulary_losses_are_refused_across_tokenizers(causal_pair, loss):
     teacher, _, student_dir, _ = causal_pair
