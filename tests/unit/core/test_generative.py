@@ -154,6 +154,30 @@ def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
     assert parts["lm_jsd"].item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_every_token_loss_runs_and_says_whether_it_crosses_tokenizers(gpt2, gpt2_tokenizer):
+    """The registry: each loss builds and runs, and either works across tokenizers (`lm`,
+    `uld`) or compares one vocabulary; a teacher copy scores 0 on every KD term."""
+    from distill.core.generative import (
+        CROSS_TOKENIZER_LOSSES,
+        SHARED_VOCABULARY_LOSSES,
+        TOKEN_LOSSES,
+    )
+
+    assert CROSS_TOKENIZER_LOSSES | SHARED_VOCABULARY_LOSSES == set(TOKEN_LOSSES)
+    assert not CROSS_TOKENIZER_LOSSES & SHARED_VOCABULARY_LOSSES
+    batch = generative_collate(gpt2_tokenizer)([dict(gpt2_tokenizer(t)) for t in TEXTS])
+    student = build_generative_student(gpt2, StudentSize(4, 32, 4, 128), init="first_k").eval()
+    model = GenerativeDistillationModel(
+        student,
+        TokenObjective(dict.fromkeys(TOKEN_LOSSES, 1.0), TokenSettings(num_chunks=2)),
+        BatchIds.from_model(gpt2.config, gpt2_tokenizer),
+    )
+    _, parts = model(batch, FAMILIES["causal"].teacher_outputs(model, gpt2, None, batch))
+    assert set(parts) == set(TOKEN_LOSSES)
+    for name in set(TOKEN_LOSSES) - {"lm"}:
+        assert parts[name].item() == pytest.approx(0.0, abs=1e-5), name
+
+
 def test_bart_lm_loss_matches_hf_on_pairs(bart, bart_tokenizer):
     rows = [
         dict(bart_tokenizer(t)) | {"labels": bart_tokenizer(t.lower())["input_ids"]} for t in TEXTS
