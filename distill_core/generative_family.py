@@ -1,9 +1,11 @@
 """The generative families: causal LMs (GPT-2 / Llama-style decoders) and seq2seq LMs
 (BART-style encoder-decoders). Token-level distillation: the objective is a weighted sum of
-`generative.TOKEN_LOSSES` on target tokens; seq2seq batches of plain text become BART text
-infilling, task pairs get decoder inputs. A pretrained causal student with its own tokenizer
-reads its own token ids while the teacher reads its own (batches carry both), trained on the
-LM loss and ULD (`token_losses.uld_distance`). A `pretrain` stage trains the teacher's
+`generative.TOKEN_LOSSES` on target tokens, optionally with MiniLM / MiniLMv2 attention
+relations (`attention_terms`) of one decoder block (causal) or encoder block (seq2seq);
+seq2seq batches of plain text become BART text infilling, task pairs get decoder inputs. A
+pretrained causal student with its own tokenizer reads its own token ids while the teacher
+reads its own (batches carry both), trained on the LM loss and ULD
+(`token_losses.uld_distance`). A `pretrain` stage trains the teacher's
 architecture from scratch; `finetune` trains a copy of the teacher on the LM loss.
 Exported as a plain HF folder loadable by the family's Auto LM class; reported as held-out
 perplexity (and BLEU / chrF for seq2seq tasks) and generated tokens/s.
@@ -18,6 +20,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from distill.core.attention_terms import (
+    ATTENTION_LOSSES,
+    attention_settings,
+    check_attention_objective,
+)
 from distill.core.data import (
     collate_for_both,
     teacher_view,
@@ -64,6 +71,7 @@ from distill.core.generative_eval import (
     perplexity,
     shared_prefixes,
 )
+from distill.core.internals import capture_qkv
 from distill.core.model_files import has_weights
 from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
@@ -184,6 +192,7 @@ class GenerativeFamily(ModelFamily):
             spec = resolve_pretrained_student(spec, family)
             if cross_tokenizer:
                 self._check_cross_tokenizer(spec, used)
+            check_attention_objective(spec, used, tc, student_model_config(spec, tc))
             return spec
         if s.init == "width_slice":
             raise SpecError(
@@ -201,9 +210,11 @@ class GenerativeFamily(ModelFamily):
             raise SpecError(
                 "student.teacher_layers: not supported for seq2seq; choose student.init"
             )
-        return spec.model_copy(
+        spec = spec.model_copy(
             update={"student": s.model_copy(update={"decoder_layers": decoder_layers})}
         )
+        check_attention_objective(spec, used, tc, student_model_config(spec, tc))
+        return spec
 
     def _check_cross_tokenizer(self, spec, used: set[str]) -> None:
         """The student tokenizes the text itself: a causal student trains on the LM loss and
@@ -215,6 +226,12 @@ class GenerativeFamily(ModelFamily):
                 f"student.name: the student's tokenizer ({name}) differs from the teacher's; a "
                 "seq2seq student needs the teacher's tokenizer (cross-tokenizer ULD is for "
                 "causal teachers)"
+            )
+        if attention := sorted(used & ATTENTION_LOSSES):
+            raise SpecError(
+                f"objective.weights: {attention} compare self-attention position by position, "
+                f"but the student's tokenizer ({name}) differs from the teacher's; use "
+                f"{sorted(CROSS_TOKENIZER_LOSSES)}"
             )
         shared = sorted(used - CROSS_TOKENIZER_LOSSES)
         if shared:
@@ -260,6 +277,9 @@ class GenerativeFamily(ModelFamily):
             temperature=o.temperature,
             jsd_beta=o.jsd_beta,
             num_chunks=num_chunks(spec.training.batch_size, spec.data.max_length, o.logit_chunk),
+            attention=attention_settings(
+                spec, student.config, teacher.config, causal=self.name == "causal"
+            ),
         )
         ids = BatchIds.from_model(teacher.config, tokenizer, noise_ratio=o.noise_ratio)
         return GenerativeDistillationModel(student, TokenObjective(o.weights, settings), ids)
@@ -284,11 +304,14 @@ class GenerativeFamily(ModelFamily):
     def teacher_outputs(self, model, teacher, teacher_head, batch):
         """The teacher's final hidden states on its own token ids (`teacher_view`) and its
         LM head (logits are built per chunk in the loss, so no [tokens, vocab] tensor of
-        the teacher is kept whole)."""
+        the teacher is kept whole), plus the Q/K/V of the layer attention terms read."""
         if not model.objective.needs_teacher:
             return None
-        hidden, _ = target_hidden(teacher, teacher_view(batch))
-        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0))
+        layers = model.objective.teacher_qkv_layers
+        with capture_qkv(teacher, [layer - 1 for layer in layers]) as captured:
+            hidden, _ = target_hidden(teacher, teacher_view(batch))
+        qkv = {layer + 1: value for layer, value in captured.items()}
+        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0), qkv=qkv)
         out.head = lm_head(teacher)
         return out
 

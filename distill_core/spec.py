@@ -228,8 +228,9 @@ class ObjectiveSpec(Strict):
     weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = None
     layer_map: Literal["uniform", "last"] | list[int] = "uniform"
     temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl, lm_kl & co, uld
-    # MiniLM / MiniLMv2: the teacher layer (1-based) whose self-attention is distilled into
-    # the student's last layer; None = the teacher's last layer.
+    # MiniLM / MiniLMv2 (every family with Q/K/V projections): the teacher layer (1-based;
+    # seq2seq: of the encoder) whose self-attention is distilled into the student's last
+    # layer; None = the teacher's last layer.
     attention_layer: PositiveInt | None = None
     relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
     mixup: MixupSpec | None = None

@@ -42,7 +42,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from distill.core import token_losses
-from distill.core.objective import ATTENTION_LOSSES, LAYER_PROJECTION_LOSSES, POOLED_LOSSES
+from distill.core.attention_terms import ATTENTION_LOSSES
+from distill.core.objective import LAYER_PROJECTION_LOSSES, POOLED_LOSSES
 from distill.core.outputs import ModelOutputs, forward_outputs
 
 FORMAT = 2

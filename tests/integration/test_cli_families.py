@@ -23,11 +23,13 @@ SMALL = ["training.steps=2", "data.max_train_samples=64", "data.max_length=32"]
 
 # name -> (teacher model type, overrides, the field the line starts with, a phrase in it)
 CASES: dict[str, tuple[str, list[str], str, str]] = {
-    "decoder-attention-relations": (
+    # Decoders take MiniLMv2 relations; Qwen2's grouped-query K/V (2 heads of 8) cannot be
+    # re-split into 32 relation heads.
+    "decoder-relation-heads-gqa": (
         "qwen2",
-        ["objective.weights={minilmv2_relations: 1}"],
-        "objective.weights",
-        "do not apply to a causal teacher (qwen2)",
+        ["objective.weights={lm: 1, minilmv2_relations: 1}", "objective.relation_heads=32"],
+        "objective.relation_heads",
+        "does not divide the teacher's K/V width 16 (grouped-query attention",
     ),
     "gqa-kv-heads": ("llama", ["student.kv_heads=3"], "student.kv_heads", "does not divide"),
     "gqa-group": (

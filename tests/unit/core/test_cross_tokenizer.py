@@ -282,6 +282,18 @@ def test_one_vocabulary_losses_are_refused_across_tokenizers(causal_pair, loss):
     assert "use ['lm', 'uld']" in message and "\n" not in message
 
 
+def test_attention_relations_are_refused_across_tokenizers(causal_pair):
+    """Relations compare seq x seq maps position by position: one tokenization only."""
+    teacher, _, student_dir, _ = causal_pair
+    with pytest.raises(SpecError) as err:
+        _resolve_causal(teacher, student_dir, ["objective.weights={lm: 1, minilmv2_relations: 1}"])
+    message = str(err.value)
+    assert message.startswith(
+        "objective.weights: ['minilmv2_relations'] compare self-attention position by position"
+    )
+    assert "use ['lm', 'uld']" in message and "\n" not in message
+
+
 def test_a_batch_with_two_tokenizations_refuses_one_vocabulary_losses(causal_pair):
     teacher, bpe, student_dir, wordpiece = causal_pair
     spec = _resolve_causal(teacher, student_dir)

@@ -156,20 +156,25 @@ def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
 
 def test_every_token_loss_runs_and_says_whether_it_crosses_tokenizers(gpt2, gpt2_tokenizer):
     """The registry: each loss builds and runs, and either works across tokenizers (`lm`,
-    `uld`) or compares one vocabulary; a teacher copy scores 0 on every KD term."""
+    `uld`), compares one vocabulary or compares self-attention position by position; a
+    teacher copy scores 0 on every KD term."""
+    from distill.core.attention_terms import ATTENTION_LOSSES, AttentionSettings
     from distill.core.generative import (
         CROSS_TOKENIZER_LOSSES,
         SHARED_VOCABULARY_LOSSES,
         TOKEN_LOSSES,
     )
 
-    assert CROSS_TOKENIZER_LOSSES | SHARED_VOCABULARY_LOSSES == set(TOKEN_LOSSES)
-    assert not CROSS_TOKENIZER_LOSSES & SHARED_VOCABULARY_LOSSES
+    kinds = (CROSS_TOKENIZER_LOSSES, SHARED_VOCABULARY_LOSSES, ATTENTION_LOSSES)
+    assert set().union(*kinds) == set(TOKEN_LOSSES)
+    assert sum(len(k) for k in kinds) == len(TOKEN_LOSSES)  # disjoint
     batch = generative_collate(gpt2_tokenizer)([dict(gpt2_tokenizer(t)) for t in TEXTS])
     student = build_generative_student(gpt2, StudentSize(4, 32, 4, 128), init="first_k").eval()
+    attention = AttentionSettings(4, 4, attention_heads=4, relation_heads=4, causal=True)
+    settings = TokenSettings(num_chunks=2, attention=attention)
     model = GenerativeDistillationModel(
         student,
-        TokenObjective(dict.fromkeys(TOKEN_LOSSES, 1.0), TokenSettings(num_chunks=2)),
+        TokenObjective(dict.fromkeys(TOKEN_LOSSES, 1.0), settings),
         BatchIds.from_model(gpt2.config, gpt2_tokenizer),
     )
     _, parts = model(batch, FAMILIES["causal"].teacher_outputs(model, gpt2, None, batch))
@@ -305,6 +310,10 @@ def test_preflight_resolves_a_gpt2_student(teacher_dir, text_file):
         (
             ["objective.weights={hidden_mse: 1.0}"],
             "objective.weights: ['hidden_mse'] do not apply to a causal teacher",
+        ),
+        (
+            ["objective.weights={lm: 1.0, minilmv2_relations: 1.0}", "objective.relation_heads=3"],
+            "objective.relation_heads: 3 does not divide the teacher's Q/K/V width 32",
         ),
         (["task={type: classification}"], "task.type: a causal teacher (gpt2) takes no task"),
         (["student.decoder_layers=1"], "student.decoder_layers: only for seq2seq"),
