@@ -398,21 +398,24 @@ TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokenization
 
 
 def tokenize_for_both(
-    ds: datasets.Dataset, tokenizer, max_length: int, *, teacher_tokenizer
+    ds: datasets.Dataset, tokenizer, max_length: int, *, teacher_tokenizer, by=tokenize
 ) -> datasets.Dataset:
-    """`tokenize` by the student's tokenizer plus the teacher's own token ids of the same
-    text under `teacher_*` columns (student and teacher with different tokenizers)."""
-    student = tokenize(ds, tokenizer, max_length)
-    teacher = tokenize(ds, teacher_tokenizer, max_length)
+    """`by` (the family's tokenize, `tokenize` for encoders) with the student's tokenizer,
+    plus the teacher's own token ids of the same text under `teacher_*` columns (student
+    and teacher with different tokenizers). Labels are the student's only."""
+    student = by(ds, tokenizer, max_length)
+    teacher = by(ds, teacher_tokenizer, max_length)
     for column in teacher.column_names:
         if column != "labels":
             student = student.add_column(TEACHER_PREFIX + column, teacher[column])
     return student
 
 
-def collate_for_both(tokenizer, teacher_tokenizer):
-    """`collate` padding the student's and the teacher's token ids each with its own
-    tokenizer; the teacher's come back under `teacher_*` keys."""
+def collate_for_both(tokenizer, teacher_tokenizer, by=collate):
+    """`by(tokenizer)` (the family's collate, `collate` for encoders) padding the student's
+    and the teacher's token ids each with its own tokenizer; the teacher's come back under
+    `teacher_*` keys."""
+    own_collate, their_collate = by(tokenizer), by(teacher_tokenizer)
 
     def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         own = [{k: v for k, v in r.items() if not k.startswith(TEACHER_PREFIX)} for r in rows]
@@ -424,9 +427,8 @@ def collate_for_both(tokenizer, teacher_tokenizer):
             }
             for r in rows
         ]
-        batch = dict(tokenizer.pad(own, padding=True, return_tensors="pt"))
-        padded = teacher_tokenizer.pad(theirs, padding=True, return_tensors="pt")
-        batch.update({TEACHER_PREFIX + k: v for k, v in padded.items()})
+        batch = own_collate(own)
+        batch.update({TEACHER_PREFIX + k: v for k, v in their_collate(theirs).items()})
         return batch
 
     return _collate

@@ -16,6 +16,11 @@ import torch
 from torch import nn
 from transformers import AutoModel, PretrainedConfig
 
+from distill.core.attention_terms import (
+    ATTENTION_LOSSES,
+    attention_settings,
+    check_attention_objective,
+)
 from distill.core.data import (
     collate,
     collate_for_both,
@@ -34,6 +39,7 @@ from distill.core.evaluation import (
 from distill.core.export import PROBE_TEXTS, SentenceEncoder, export_student, load_encoder
 from distill.core.family import (
     PRETRAINED,
+    SEQUENCE_KD_NEEDS,
     Batch,
     ModelFamily,
     as_teacher_copy,
@@ -46,12 +52,10 @@ from distill.core.family import (
     student_size,
     used_losses,
 )
-from distill.core.internals import qkv_problem
 from distill.core.lstm_student import build_lstm_student
 from distill.core.mixup import mix_labels, mixup, sample_lambda
 from distill.core.model_types import model_type_name, model_type_of
 from distill.core.objective import (
-    ATTENTION_LOSSES,
     LOSSES,
     POOLED_LOSSES,
     TASK_LOSSES,
@@ -182,9 +186,7 @@ class EncoderFamily(ModelFamily):
         if spec.task is not None and spec.task.type == "seq2seq":
             raise SpecError("task.type: seq2seq needs an encoder-decoder (seq2seq) teacher")
         if o.sequence_kd is not None:
-            raise SpecError(
-                "objective.sequence_kd: needs a seq2seq teacher, a seq2seq task and a distill stage"
-            )
+            raise SpecError(f"objective.sequence_kd: {SEQUENCE_KD_NEEDS}")
         student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
         try:
             layer_pairs(o.layer_map, student_depth, tc.num_hidden_layers)
@@ -208,29 +210,8 @@ class EncoderFamily(ModelFamily):
         attention = used & ATTENTION_LOSSES
         if attention and s.kind == "lstm":
             raise SpecError(f"objective.weights: {sorted(attention)} need a transformer student")
-        problem = qkv_problem(tc) if attention else None
-        if attention and not problem and s.init == PRETRAINED:
-            problem = qkv_problem(student_model_config(spec, tc))
-        if problem:
-            raise SpecError(
-                f"objective.weights: {sorted(attention)} read self-attention Q/K/V, but {problem}"
-            )
-        if o.attention_layer is not None and o.attention_layer > tc.num_hidden_layers:
-            raise SpecError(
-                f"objective.attention_layer: {o.attention_layer} not in 1..{tc.num_hidden_layers}"
-            )
-        if {"attention_kl", "value_relation_kl"} & used and s.heads != tc.num_attention_heads:
-            raise SpecError(
-                f"student.heads: attention_kl/value_relation_kl need the teacher's "
-                f"{tc.num_attention_heads} heads, got {s.heads}; use minilmv2_relations"
-            )
-        if "minilmv2_relations" in used:
-            heads = o.relation_heads or tc.num_attention_heads
-            for who, width in (("student.hidden", s.hidden), ("teacher hidden", tc.hidden_size)):
-                if width % heads:
-                    raise SpecError(
-                        f"objective.relation_heads: {heads} does not divide {who} {width}"
-                    )
+        if attention:
+            check_attention_objective(spec, used, tc, student_model_config(spec, tc))
 
     def output_config(self, spec, kind, teacher_config):
         if kind == "finetune":
@@ -504,15 +485,10 @@ def _check_cross_tokenizer(spec: JobSpec) -> None:
 
 
 def objective_settings(spec: JobSpec, student: nn.Module, teacher: nn.Module) -> ObjectiveSettings:
-    o, tc = spec.objective, teacher.config
     return ObjectiveSettings(
-        temperature=o.temperature,
-        attention_layer=o.attention_layer or depth(tc),
-        student_attention_layer=depth(student.config),
-        attention_heads=tc.num_attention_heads,
-        relation_heads=o.relation_heads or tc.num_attention_heads,
+        temperature=spec.objective.temperature,
         task_type=spec.task.type if spec.task else None,
-        causal=False,
+        attention=attention_settings(spec, student.config, teacher.config, causal=False),
     )
 
 

@@ -341,6 +341,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 PRETRAINED = "pretrained"
+# Where `objective.sequence_kd` applies (every family's preflight refuses it elsewhere).
+SEQUENCE_KD_NEEDS = (
+    "needs a distill stage with a causal teacher, or with a seq2seq teacher and a seq2seq task"
+)
 _OWN_SHAPE = ("layers", "hidden", "heads", "kv_heads", "ffn", "decoder_layers", "teacher_layers")
 
 

@@ -4,7 +4,9 @@ decoders (`causal`) and BART-style encoder-decoders (`seq2seq`). Students are bu
 
 - `GenerativeDistillationModel` is the trainable half of a stage, with the same interface as
   `objective.DistillationModel`; its objective is a weighted sum of `TOKEN_LOSSES`, each a
-  pure function of `token_losses.py`, computed on target tokens only, in chunks.
+  pure function of `token_losses.py`, computed on target tokens only, in chunks, or one of
+  the MiniLM / MiniLMv2 `attention_terms.ATTENTION_TERMS` on the Q/K/V of one decoder block
+  (causal: each query sees the keys at or before it) or encoder block (seq2seq).
 - Batches: causal batches are plain text (targets are the next tokens); seq2seq batches have
   a source and `labels` (task pairs), or are made by BART's text infilling from plain text
   (`text_infilling`, the pre-training objective).
@@ -20,6 +22,9 @@ import torch
 from torch import nn
 
 from distill.core import token_losses
+from distill.core.attention_terms import ATTENTION_TERMS, AttentionSettings, Qkv, qkv_layers
+from distill.core.data import TEACHER_PREFIX, teacher_view
+from distill.core.internals import capture_qkv
 from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
 from distill.core.student import architecture_size, is_encoder_decoder
@@ -94,11 +99,14 @@ class TokenSettings:
     jsd_beta: float = 0.5
     num_chunks: int = 1  # the same on every rank (see `token_losses._chunks`)
     checkpoint: bool = True
+    attention: AttentionSettings | None = None  # when the objective has attention terms
 
 
 @dataclass
 class TokenView:
-    """Target-token rows of both models: hidden [tokens, width] and target ids [tokens]."""
+    """Target-token rows of both models: hidden [tokens, width] and target ids [tokens];
+    for attention terms, both models' captured (q, k, v) [batch, seq, width] and the
+    attention mask [batch, seq] of the tokens they read (a seq2seq model's source)."""
 
     student_hidden: torch.Tensor
     student_head: Callable
@@ -108,6 +116,12 @@ class TokenView:
     settings: TokenSettings
     # A cached teacher: (top-k ids, logits, logsumexp) per target token instead of hidden+head.
     teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # (student rows [n, width], teacher rows [n, teacher width]) of the target positions
+    # `token_losses.first_aligned` pairs across the two tokenizations (`uld`).
+    aligned: tuple[torch.Tensor, torch.Tensor] | None = None
+    student_qkv: Qkv | None = None
+    teacher_qkv: Qkv | None = None
+    attention_mask: torch.Tensor | None = None
 
 
 def _lm(view: TokenView) -> torch.Tensor:
@@ -146,18 +160,54 @@ def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
     return loss
 
 
+def _uld(view: TokenView) -> torch.Tensor:
+    s = view.settings
+    student, teacher = view.aligned
+    return token_losses.chunked_uld(
+        student,
+        teacher,
+        view.student_head,
+        view.teacher_head,
+        num_chunks=s.num_chunks,
+        temperature=s.temperature,
+        checkpoint=s.checkpoint,
+    )
+
+
+def _attention(name: str) -> Callable[[TokenView], torch.Tensor]:
+    term = ATTENTION_TERMS[name]
+
+    def loss(view: TokenView) -> torch.Tensor:
+        return term(
+            view.student_qkv, view.teacher_qkv, view.attention_mask, view.settings.attention
+        )
+
+    return loss
+
+
 TOKEN_LOSSES: dict[str, Callable[[TokenView], torch.Tensor]] = {
     "lm": _lm,
     "lm_kl": _kd("forward_kl"),
     "lm_reverse_kl": _kd("reverse_kl"),
     "lm_jsd": _kd("jsd"),
+    "uld": _uld,
+    "attention_kl": _attention("attention_kl"),
+    "value_relation_kl": _attention("value_relation_kl"),
+    "minilmv2_relations": _attention("minilmv2_relations"),
 }
 TEACHERLESS_TOKEN_LOSSES = {"lm"}
+# Losses that compare the two models' distributions over one vocabulary, token by token:
+# they need the teacher's tokenizer. `uld` aligns positions across tokenizations instead.
+# (The attention terms, `attention_terms.ATTENTION_LOSSES`, compare positions of one
+# tokenization: they need the teacher's tokenizer too.)
+SHARED_VOCABULARY_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
+CROSS_TOKENIZER_LOSSES = {"lm", "uld"}
 
 
 class TokenObjective(nn.Module):
-    """Weighted sum of `TOKEN_LOSSES`; owns no parameters (student and teacher share the
-    vocabulary, so their logits compare directly)."""
+    """Weighted sum of `TOKEN_LOSSES`; owns no parameters (logits compare directly over one
+    vocabulary, or as sorted probabilities across two: `uld`; attention relations are
+    seq x seq, whatever the widths)."""
 
     def __init__(self, weights: dict[str, float], settings: TokenSettings) -> None:
         super().__init__()
@@ -173,6 +223,20 @@ class TokenObjective(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         return any(name not in TEACHERLESS_TOKEN_LOSSES for name in self.weights)
+
+    @property
+    def student_qkv_layers(self) -> list[int]:
+        """1-based student blocks whose Q/K/V the attention terms read (none without)."""
+        return qkv_layers(self.weights, self.settings.attention)[0]
+
+    @property
+    def teacher_qkv_layers(self) -> list[int]:
+        return qkv_layers(self.weights, self.settings.attention)[1]
+
+    @property
+    def needs_alignment(self) -> bool:
+        """An objective term reads target positions aligned across tokenizations (`uld`)."""
+        return "uld" in self.weights
 
     def forward(self, view: TokenView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {name: TOKEN_LOSSES[name](view) for name in self.weights}
@@ -191,22 +255,45 @@ class GenerativeDistillationModel(nn.Module):
         self.batch_ids = batch_ids
 
     def forward(self, batch: dict, teacher: ModelOutputs | None, mixed=None):
-        hidden, targets = target_hidden(self.student, batch)
-        keep = (targets != token_losses.IGNORE_INDEX).reshape(-1)
-        t_hidden = t_head = t_topk = None
+        """A batch carrying the teacher's own token ids (`teacher_*` keys: the tokenizers
+        differ) pairs the two models' target positions by `token_losses.first_aligned`;
+        otherwise both read the same positions. Attention terms read the Q/K/V captured
+        in this forward and the teacher's (`teacher.qkv`), over `attention_mask`."""
+        layers = self.objective.student_qkv_layers
+        with capture_qkv(self.student, [layer - 1 for layer in layers]) as captured:
+            hidden, targets = target_hidden(self.student, batch)
+        keep = targets != token_losses.IGNORE_INDEX
+        t_hidden = t_head = t_topk = aligned = t_qkv = None
         if teacher is not None and teacher.topk is not None:  # from a teacher-output cache
             t_topk = teacher.topk
         elif teacher is not None:
-            t_hidden = teacher.hidden[-1].reshape(-1, teacher.hidden[-1].shape[-1])[keep]
-            t_head = teacher.head
+            t_all, t_head = teacher.hidden[-1], teacher.head
+            if layers:
+                t_qkv = teacher.qkv[self.objective.teacher_qkv_layers[0]]
+            if TEACHER_PREFIX + "input_ids" not in batch:  # one tokenization: same positions
+                t_hidden, t_keep = t_all[keep], keep
+            elif shared := sorted(set(self.objective.weights) - CROSS_TOKENIZER_LOSSES):
+                raise ValueError(
+                    f"objective.weights: {shared} need the teacher's tokenizer; this batch "
+                    "carries two tokenizations"
+                )
+            else:  # the teacher's own tokenization (causal: the only family that has one)
+                t_keep = causal_targets(teacher_view(batch)) != token_losses.IGNORE_INDEX
+            if self.objective.needs_alignment:
+                s_aligned, t_aligned = token_losses.first_aligned(keep, t_keep)
+                aligned = (hidden[s_aligned], t_all[t_aligned])
         view = TokenView(
-            student_hidden=hidden.reshape(-1, hidden.shape[-1])[keep],
+            student_hidden=hidden[keep],
             student_head=lm_head(self.student),
-            targets=targets.reshape(-1)[keep],
+            targets=targets[keep],
             teacher_hidden=t_hidden,
             teacher_head=t_head,
             settings=self.objective.settings,
             teacher_topk=t_topk,
+            aligned=aligned,
+            student_qkv=captured[layers[0] - 1] if layers else None,
+            teacher_qkv=t_qkv,
+            attention_mask=batch["attention_mask"],
         )
         return self.objective(view)
 

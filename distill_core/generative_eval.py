@@ -58,6 +58,40 @@ def perplexity(
     """exp(mean token cross-entropy) on held-out rows: next tokens of `text` (causal);
     `target` given `text` (seq2seq pairs), or `text` from its text-infilled copy (seq2seq
     without targets; the same noise for every model, from `seed`)."""
+    total, count = _nll(model, tokenizer, rows, max_length, batch_size, noise_ratio, seed)
+    return math.exp(total / max(count, 1))
+
+
+@torch.no_grad()
+def char_perplexity(
+    model, tokenizer, texts: list[str], *, max_length: int = 64, batch_size: int = 32
+) -> float:
+    """exp(cross-entropy per character) of a causal LM on `texts`: comparable across
+    tokenizers when every model scores the same characters (`shared_prefixes`). A model's
+    first token has no prediction, so its characters count without a loss (slightly
+    favouring the model whose first token is longer)."""
+    total, _ = _nll(model, tokenizer, {"text": texts}, max_length, batch_size, 0.3, 0)
+    return math.exp(total / max(sum(len(t) for t in texts), 1))
+
+
+def shared_prefixes(texts: list[str], tokenizers, max_length: int) -> list[str]:
+    """Each text cut to the characters that every tokenizer keeps within `max_length` tokens
+    (special tokens included), so models with different tokenizers score the same text."""
+    out = list(texts)
+    for _ in range(2):  # a prefix may tokenize into more pieces at its cut: settle twice
+        for tokenizer in tokenizers:
+            enc = tokenizer(
+                out, truncation=True, max_length=max_length, return_offsets_mapping=True
+            )
+            out = [
+                text[: max((end for _, end in offsets), default=0)]
+                for text, offsets in zip(out, enc["offset_mapping"])
+            ]
+    return out
+
+
+def _nll(model, tokenizer, rows, max_length, batch_size, noise_ratio, seed) -> tuple[float, int]:
+    """(summed target-token cross-entropy, target tokens) of `perplexity`."""
     model.eval()
     seq2seq = is_encoder_decoder(model.config)
     ids = BatchIds.from_model(model.config, tokenizer, noise_ratio=noise_ratio)
@@ -72,7 +106,7 @@ def perplexity(
         logits = head(hidden[keep]).float()
         total += float(torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum"))
         count += int(keep.sum())
-    return math.exp(total / max(count, 1))
+    return total, count
 
 
 @torch.no_grad()
@@ -103,6 +137,83 @@ def generate_texts(
     return out
 
 
+@torch.no_grad()
+def continue_texts(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    prefix_fraction: float = 0.5,
+    num_beams: int = 1,
+    max_new_tokens: int = 64,
+    batch_size: int = 32,
+    max_length: int = 64,
+) -> list[str]:
+    """Sequence-level KD for a decoder teacher on plain text (Kim & Rush 2016): each text
+    cut to its first `prefix_fraction` of tokens (of its first `max_length`, at least one;
+    special tokens such as BOS are kept but not counted) and continued by the model's beam
+    search (greedy at `num_beams=1`) for up to `max_new_tokens`. Returns text, in order:
+    the row's own characters up to the prefix's last token followed by the decoded
+    continuation, so a student with another tokenizer can read it. A text without tokens
+    comes back as it is."""
+    model.eval()
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    prefixes: list[list[int] | None] = []
+    ends: list[int] = []
+    for ids, offsets, special in zip(
+        enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    ):
+        real = [i for i, flag in enumerate(special) if not flag]
+        if not real:
+            prefixes.append(None)
+            ends.append(0)
+            continue
+        last = real[max(1, int(len(real) * prefix_fraction)) - 1]
+        prefixes.append(ids[: last + 1])
+        ends.append(offsets[last][1])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    todo = [i for i, p in enumerate(prefixes) if p is not None]
+    out = list(texts)
+    for start in range(0, len(todo), batch_size):
+        rows = todo[start : start + batch_size]
+        chunk = [prefixes[i] for i in rows]
+        width = max(len(p) for p in chunk)
+        # Left padding: every prompt ends where generation starts.
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=model.device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device
+        )
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            early_stopping=num_beams > 1,
+            pad_token_id=pad,
+        )[:, width:]
+        for i, new in zip(rows, generated.tolist()):
+            out[i] = texts[i][: ends[i]] + _decoded_continuation(tokenizer, prefixes[i], new)
+    return out
+
+
+def _decoded_continuation(tokenizer, prefix: list[int], new: list[int]) -> str:
+    """The text `new` adds after `prefix`: decoded together and minus the prefix's own
+    decoding, so a continuation that starts a word keeps its space (SentencePiece drops a
+    leading one when `new` is decoded alone)."""
+    whole = tokenizer.decode(prefix + new, skip_special_tokens=True)
+    head = tokenizer.decode(prefix, skip_special_tokens=True)
+    if whole.startswith(head):
+        return whole[len(head) :]
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
 def bleu_chrf(hypotheses: list[str], references: list[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu, default tokenisation): standard, offline."""
     import sacrebleu
@@ -126,6 +237,7 @@ def _prompts(model, tokenizer, texts: list[str], prompt_tokens: int, batch_size:
                     padding=True,
                     truncation=True,
                     max_length=64 if seq2seq else prompt_tokens,
+                    return_token_type_ids=False,  # BERT-style tokenizers of LMs: not an input
                     return_tensors="pt",
                 )
             )
@@ -148,12 +260,13 @@ def generation_throughput(
 ) -> dict[str, float]:
     """New tokens per second of greedy generation for each model: exactly `new_tokens` per
     prompt (no early stop), a warm-up pass, then `rounds` interleaved timed passes; the
-    median round counts."""
+    median round counts. `tokenizer`: one for every model, or {model name: its own}."""
+    own = tokenizer if isinstance(tokenizer, dict) else dict.fromkeys(models, tokenizer)
     batches = {
-        name: _prompts(m, tokenizer, texts, prompt_tokens, batch_size) for name, m in models.items()
+        name: _prompts(m, own[name], texts, prompt_tokens, batch_size) for name, m in models.items()
     }
 
-    def run(model, prompt_batches) -> int:
+    def run(model, prompt_batches, tokenizer) -> int:
         produced = 0
         for enc in prompt_batches:
             out = model.generate(
@@ -170,12 +283,12 @@ def generation_throughput(
 
     for name, model in models.items():
         model.eval()
-        run(model, batches[name][:1])
+        run(model, batches[name][:1], own[name])
     timings: dict[str, list[float]] = {name: [] for name in models}
     produced = {}
     for _ in range(rounds):
         for name, model in models.items():
             start = time.perf_counter()
-            produced[name] = run(model, batches[name])
+            produced[name] = run(model, batches[name], own[name])
             timings[name].append(time.perf_counter() - start)
     return {name: produced[name] / statistics.median(t) for name, t in timings.items()}

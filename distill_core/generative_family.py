@@ -1,7 +1,11 @@
 """The generative families: causal LMs (GPT-2 / Llama-style decoders) and seq2seq LMs
 (BART-style encoder-decoders). Token-level distillation: the objective is a weighted sum of
-`generative.TOKEN_LOSSES` on target tokens; seq2seq batches of plain text become BART text
-infilling, task pairs get decoder inputs. A `pretrain` stage trains the teacher's
+`generative.TOKEN_LOSSES` on target tokens, optionally with MiniLM / MiniLMv2 attention
+relations (`attention_terms`) of one decoder block (causal) or encoder block (seq2seq);
+seq2seq batches of plain text become BART text infilling, task pairs get decoder inputs. A
+pretrained causal student with its own tokenizer reads its own token ids while the teacher
+reads its own (batches carry both), trained on the LM loss and ULD
+(`token_losses.uld_distance`). A `pretrain` stage trains the teacher's
 architecture from scratch; `finetune` trains a copy of the teacher on the LM loss.
 Exported as a plain HF folder loadable by the family's Auto LM class; reported as held-out
 perplexity (and BLEU / chrF for seq2seq tasks) and generated tokens/s.
@@ -10,15 +14,28 @@ perplexity (and BLEU / chrF for seq2seq tasks) and generated tokens/s.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from distill.core.attention_terms import (
+    ATTENTION_LOSSES,
+    attention_settings,
+    check_attention_objective,
+)
+from distill.core.data import (
+    collate_for_both,
+    teacher_view,
+    tokenize_for_both,
+    tokenizers_differ,
+)
 from distill.core.evaluation import BUILTIN_STS
 from distill.core.export import PROBE_TEXTS
 from distill.core.family import (
     PRETRAINED,
+    SEQUENCE_KD_NEEDS,
     ModelFamily,
     as_teacher_copy,
     check_layer_choice,
@@ -31,6 +48,7 @@ from distill.core.family import (
     used_losses,
 )
 from distill.core.generative import (
+    CROSS_TOKENIZER_LOSSES,
     TOKEN_LOSSES,
     BatchIds,
     GenerativeDistillationModel,
@@ -47,10 +65,13 @@ from distill.core.generative import (
 )
 from distill.core.generative_eval import (
     bleu_chrf,
+    char_perplexity,
     generate_texts,
     generation_throughput,
     perplexity,
+    shared_prefixes,
 )
+from distill.core.internals import capture_qkv
 from distill.core.model_files import has_weights
 from distill.core.model_types import model_type_of
 from distill.core.outputs import ModelOutputs
@@ -95,10 +116,13 @@ class GenerativeFamily(ModelFamily):
     # -- preflight --------------------------------------------------------------------------
 
     def default_weights(self, kind, spec, cross_tokenizer=False):
-        """Token-level KD plus the LM loss on the data (MiniLLM / DistilGPT2-style); a
-        pretrain or finetune stage trains on the LM loss alone."""
+        """Token-level KD plus the LM loss on the data (MiniLLM / DistilGPT2-style); across
+        tokenizers (causal), ULD in place of the KL; a pretrain or finetune stage trains on
+        the LM loss alone."""
         if kind in ("pretrain", "finetune"):
             return {"lm": 1.0}
+        if cross_tokenizer and self.name == "causal":
+            return {"lm": 1.0, "uld": 1.0}
         return {"lm_kl": 1.0, "lm": 1.0}
 
     def resolve_stage(
@@ -112,7 +136,7 @@ class GenerativeFamily(ModelFamily):
         cross_tokenizer=False,
     ):
         tc, family = teacher_config, self.name
-        spec = self.with_default_objective(spec, kind)
+        spec = self.with_default_objective(spec, kind, cross_tokenizer)
         sts = spec.evaluation.sts_path
         if sts == BUILTIN_STS:  # the quickstart's sample: LMs are scored by perplexity
             evaluation = spec.evaluation.model_copy(update={"sts_path": None})
@@ -136,10 +160,17 @@ class GenerativeFamily(ModelFamily):
             allowed = "no task (it trains on plain text)" if family == "causal" else "type: seq2seq"
             raise SpecError(f"task.type: a {family} teacher ({tc.model_type}) takes {allowed}")
         if o.sequence_kd is not None and (
-            family != "seq2seq" or spec.task is None or kind != "distill"
+            kind != "distill" or (family == "seq2seq" and spec.task is None)
+        ):
+            raise SpecError(f"objective.sequence_kd: {SEQUENCE_KD_NEEDS}")
+        if (
+            o.sequence_kd is not None
+            and family == "seq2seq"
+            and "prefix_fraction" in o.sequence_kd.model_fields_set
         ):
             raise SpecError(
-                "objective.sequence_kd: needs a seq2seq teacher, a seq2seq task and a distill stage"
+                "objective.sequence_kd.prefix_fraction: only for causal teachers (a seq2seq "
+                "teacher generates the whole target from the source)"
             )
         if kind in ("pretrain", "finetune") and used != {"lm"}:
             raise SpecError(
@@ -160,11 +191,8 @@ class GenerativeFamily(ModelFamily):
         if s.init == PRETRAINED or s.name is not None:
             spec = resolve_pretrained_student(spec, family)
             if cross_tokenizer:
-                raise SpecError(
-                    f"student.name: the student's tokenizer ({s.name}) differs from the "
-                    f"teacher's; {sorted(used)} compare next-token distributions over one "
-                    "vocabulary, so a generative student needs the teacher's tokenizer"
-                )
+                self._check_cross_tokenizer(spec, used)
+            check_attention_objective(spec, used, tc, student_model_config(spec, tc))
             return spec
         if s.init == "width_slice":
             raise SpecError(
@@ -182,9 +210,36 @@ class GenerativeFamily(ModelFamily):
             raise SpecError(
                 "student.teacher_layers: not supported for seq2seq; choose student.init"
             )
-        return spec.model_copy(
+        spec = spec.model_copy(
             update={"student": s.model_copy(update={"decoder_layers": decoder_layers})}
         )
+        check_attention_objective(spec, used, tc, student_model_config(spec, tc))
+        return spec
+
+    def _check_cross_tokenizer(self, spec, used: set[str]) -> None:
+        """The student tokenizes the text itself: a causal student trains on the LM loss and
+        ULD (target positions aligned by their order in each tokenization); losses that
+        compare one vocabulary token by token are refused, as is any seq2seq student."""
+        name = spec.student.name
+        if self.name != "causal":
+            raise SpecError(
+                f"student.name: the student's tokenizer ({name}) differs from the teacher's; a "
+                "seq2seq student needs the teacher's tokenizer (cross-tokenizer ULD is for "
+                "causal teachers)"
+            )
+        if attention := sorted(used & ATTENTION_LOSSES):
+            raise SpecError(
+                f"objective.weights: {attention} compare self-attention position by position, "
+                f"but the student's tokenizer ({name}) differs from the teacher's; use "
+                f"{sorted(CROSS_TOKENIZER_LOSSES)}"
+            )
+        shared = sorted(used - CROSS_TOKENIZER_LOSSES)
+        if shared:
+            raise SpecError(
+                f"objective.weights: {shared} compare next-token distributions over one "
+                f"vocabulary, but the student's tokenizer ({name}) differs from the teacher's; "
+                f"use {sorted(CROSS_TOKENIZER_LOSSES)}"
+            )
 
     def output_config(self, spec, kind, teacher_config):
         if kind in ("finetune", "pretrain"):
@@ -222,12 +277,22 @@ class GenerativeFamily(ModelFamily):
             temperature=o.temperature,
             jsd_beta=o.jsd_beta,
             num_chunks=num_chunks(spec.training.batch_size, spec.data.max_length, o.logit_chunk),
+            attention=attention_settings(
+                spec, student.config, teacher.config, causal=self.name == "causal"
+            ),
         )
         ids = BatchIds.from_model(teacher.config, tokenizer, noise_ratio=o.noise_ratio)
         return GenerativeDistillationModel(student, TokenObjective(o.weights, settings), ids)
 
     def batch_functions(self, tokenizer, teacher_tokenizer=None):
-        return tokenize_generative, generative_collate(tokenizer)
+        """Token ids of the text (and targets); with a `teacher_tokenizer` (a causal student
+        with its own tokenizer) the teacher's own ids of the same text too (`teacher_*`)."""
+        if teacher_tokenizer is None:
+            return tokenize_generative, generative_collate(tokenizer)
+        tokenize = functools.partial(
+            tokenize_for_both, teacher_tokenizer=teacher_tokenizer, by=tokenize_generative
+        )
+        return tokenize, collate_for_both(tokenizer, teacher_tokenizer, by=generative_collate)
 
     def prepare_batch(self, model, batch, generator):
         """Seq2seq inputs: text infilling for plain text, decoder inputs for pairs."""
@@ -237,12 +302,16 @@ class GenerativeFamily(ModelFamily):
 
     @torch.no_grad()
     def teacher_outputs(self, model, teacher, teacher_head, batch):
-        """The teacher's final hidden states and LM head (logits are built per chunk in the
-        loss, so no [tokens, vocab] tensor of the teacher is kept whole)."""
+        """The teacher's final hidden states on its own token ids (`teacher_view`) and its
+        LM head (logits are built per chunk in the loss, so no [tokens, vocab] tensor of
+        the teacher is kept whole), plus the Q/K/V of the layer attention terms read."""
         if not model.objective.needs_teacher:
             return None
-        hidden, _ = target_hidden(teacher, batch)
-        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0))
+        layers = model.objective.teacher_qkv_layers
+        with capture_qkv(teacher, [layer - 1 for layer in layers]) as captured:
+            hidden, _ = target_hidden(teacher, teacher_view(batch))
+        qkv = {layer + 1: value for layer, value in captured.items()}
+        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0), qkv=qkv)
         out.head = lm_head(teacher)
         return out
 
@@ -297,6 +366,9 @@ class GenerativeFamily(ModelFamily):
         teacher = self.load_model(teacher_dir).eval()
         student = self.auto_class.from_pretrained(student_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(student_dir)
+        # Each model reads text through its own tokenizer (they differ for a student with
+        # its own, `student.init: pretrained`).
+        own = {"teacher": AutoTokenizer.from_pretrained(teacher_dir), "student": tokenizer}
         e, max_len = spec.evaluation, spec.data.max_length
         rows = {"text": list(eval_rows["text"])}
         if "target" in eval_rows.column_names:
@@ -304,24 +376,13 @@ class GenerativeFamily(ModelFamily):
         export_diff = float(
             (probe_logits(student, tokenizer, PROBE_TEXTS, max_len) - probe).abs().max()
         )
-        ppl = {
-            who: perplexity(
-                m,
-                tokenizer,
-                rows,
-                max_length=max_len,
-                batch_size=e.batch_size,
-                noise_ratio=spec.objective.noise_ratio,
-                seed=spec.training.seed,
-            )
-            for who, m in (("teacher", teacher), ("student", student))
-        }
+        models = {"teacher": teacher, "student": student}
         texts = (rows["text"] * (e.throughput_texts // max(len(rows["text"]), 1) + 1))[
             : e.throughput_texts
         ]
         speed = generation_throughput(
-            {"teacher": teacher, "student": student},
-            tokenizer,
+            models,
+            own,
             texts,
             new_tokens=e.generation_length,
             rounds=e.throughput_rounds,
@@ -353,14 +414,7 @@ class GenerativeFamily(ModelFamily):
                 "student_parameters": s_params,
                 "compression": t_params / s_params,
             },
-            "quality": {
-                "metric": "perplexity",
-                "split": "held-out",
-                "n": len(rows["text"]),
-                "teacher": ppl["teacher"],
-                "student": ppl["student"],
-                "retention": ppl["teacher"] / ppl["student"],
-            },
+            "quality": self._quality(spec, models, own, rows),
             "task": self._task(spec, teacher, student, tokenizer, rows),
             "speed": {
                 "unit": "tokens/s",
@@ -377,6 +431,42 @@ class GenerativeFamily(ModelFamily):
                 "probe_texts": len(PROBE_TEXTS),
                 "compared": "LM logits",
             },
+        }
+
+    def _quality(self, spec, models: dict, own: dict, rows: dict) -> dict:
+        """Held-out perplexity per token; across tokenizers (whose tokens differ) per
+        character of the same text, each model scoring its own tokens of it."""
+        e, max_len = spec.evaluation, spec.data.max_length
+        if tokenizers_differ(own["teacher"], own["student"]):
+            metric = "char_perplexity"
+            texts = shared_prefixes(rows["text"], list(own.values()), max_len)
+            score = {
+                who: char_perplexity(
+                    m, own[who], texts, max_length=max_len, batch_size=e.batch_size
+                )
+                for who, m in models.items()
+            }
+        else:
+            metric = "perplexity"
+            score = {
+                who: perplexity(
+                    m,
+                    own[who],
+                    rows,
+                    max_length=max_len,
+                    batch_size=e.batch_size,
+                    noise_ratio=spec.objective.noise_ratio,
+                    seed=spec.training.seed,
+                )
+                for who, m in models.items()
+            }
+        return {
+            "metric": metric,
+            "split": "held-out",
+            "n": len(rows["text"]),
+            "teacher": score["teacher"],
+            "student": score["student"],
+            "retention": score["teacher"] / score["student"],
         }
 
     def _task(self, spec, teacher, student, tokenizer, rows) -> dict | None:

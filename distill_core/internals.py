@@ -31,8 +31,9 @@ from distill.core.model_types import (
     SHORT_QKV,
     QkvLayout,
     model_type_name,
+    model_type_of,
 )
-from distill.core.student import layer_list
+from distill.core.student import architecture_size, layer_list
 
 # Tried in this order for a model type the table does not know.
 KNOWN_LAYOUTS: tuple[QkvLayout, ...] = (
@@ -116,6 +117,18 @@ def qkv_problem(config: PretrainedConfig) -> str | None:
             f"{name} is not in distill's model-type table and its Q/K/V were not found ({reason})"
         )
     return None
+
+
+def qkv_widths(config: PretrainedConfig) -> tuple[int, int, int]:
+    """(Q, K, V) widths of a block's captured projections: heads x head size, and key/value
+    heads x head size for K and V (narrower under grouped-query attention). The head size is
+    the config's own (Gemma, Qwen3, T5 `d_kv`) or hidden / heads."""
+    entry = model_type_of(config)
+    size = architecture_size(config)
+    head_dim = entry.read(config, "head_dim") if entry.head_dim else None
+    head_dim = head_dim or size.hidden // size.heads
+    kv = size.kv_heads or size.heads
+    return size.heads * head_dim, kv * head_dim, kv * head_dim
 
 
 @contextmanager

@@ -188,6 +188,51 @@ def _log_relation(
     return F.log_softmax(scores, dim=-1)
 
 
+def repeat_kv_heads(kv: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """Grouped-query attention's keys or values as its query heads read them.
+
+    kv: [batch, seq, num_kv_heads * d] -> [batch, seq, num_heads * d], key/value head j
+    repeated for query heads j*g .. (j+1)*g - 1, g = num_heads / num_kv_heads (Ainslie et
+    al. 2023, GQA; Llama's `repeat_kv`). The identity when the counts match.
+    """
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}")
+    if num_heads == num_kv_heads:
+        return kv
+    heads = kv.unflatten(-1, (num_kv_heads, -1))
+    return heads.repeat_interleave(num_heads // num_kv_heads, dim=-2).flatten(-2)
+
+
+def relation_kl_per_query(
+    student_a: torch.Tensor,
+    student_b: torch.Tensor,
+    teacher_a: torch.Tensor,
+    teacher_b: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_heads: int,
+    causal: bool = False,
+) -> torch.Tensor:
+    """`relation_kl` before its mean over queries: [batch, seq] float32, the KL of each
+    query's relation row summed over keys and averaged over heads (0 at padded queries)."""
+    if student_a.shape[:2] != teacher_a.shape[:2] or mask.shape != student_a.shape[:2]:
+        raise ValueError(
+            f"student {tuple(student_a.shape)}, teacher {tuple(teacher_a.shape)} and mask "
+            f"{tuple(mask.shape)} must share [batch, seq]"
+        )
+    real = mask > 0
+    allowed = real[:, None, None, :]  # [batch, 1, 1 (query), seq (key)]
+    if causal:
+        seq = mask.shape[1]
+        future = torch.ones(seq, seq, dtype=torch.bool, device=mask.device).triu(1)
+        allowed = allowed & ~future
+    log_ps = _log_relation(student_a, student_b, allowed, num_heads, "student")
+    log_pt = _log_relation(teacher_a, teacher_b, allowed, num_heads, "teacher")
+    terms = torch.where(allowed, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_ps))
+    per_query = terms.sum(-1).mean(1)  # summed over keys, averaged over heads
+    return torch.where(real, per_query, torch.zeros_like(per_query))
+
+
 def relation_kl(
     student_a: torch.Tensor,
     student_b: torch.Tensor,
@@ -204,24 +249,12 @@ def relation_kl(
     [batch, seq, width]; student and teacher widths may differ but each must be divisible by
     `num_heads`. Per head h, relation = softmax(a_h b_hᵀ / sqrt(d_head)) over keys, with
     padded keys (mask [batch, seq], 1 for real tokens) and, when `causal`, future keys
-    excluded. The KL is summed over keys and averaged over heads and real query tokens;
-    0 when no token is real.
+    excluded (a decoder's query t sees keys 0..t only). The KL is summed over keys and
+    averaged over heads and real query tokens; 0 when no token is real.
     """
-    if student_a.shape[:2] != teacher_a.shape[:2] or mask.shape != student_a.shape[:2]:
-        raise ValueError(
-            f"student {tuple(student_a.shape)}, teacher {tuple(teacher_a.shape)} and mask "
-            f"{tuple(mask.shape)} must share [batch, seq]"
-        )
-    real = mask > 0
-    allowed = real[:, None, None, :]  # [batch, 1, 1 (query), seq (key)]
-    if causal:
-        seq = mask.shape[1]
-        future = torch.ones(seq, seq, dtype=torch.bool, device=mask.device).triu(1)
-        allowed = allowed & ~future
-    log_ps = _log_relation(student_a, student_b, allowed, num_heads, "student")
-    log_pt = _log_relation(teacher_a, teacher_b, allowed, num_heads, "teacher")
-    terms = torch.where(allowed, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_ps))
-    per_query = terms.sum(-1).mean(1)  # [batch, seq]: summed over keys, averaged over heads
+    per_query = relation_kl_per_query(
+        student_a, student_b, teacher_a, teacher_b, mask, num_heads=num_heads, causal=causal
+    )
     return _masked_mean(per_query, mask)
 
 

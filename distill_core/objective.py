@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill.core import losses
+from distill.core.attention_terms import ATTENTION_TERMS, AttentionSettings, qkv_layers
 from distill.core.mixup import mixup
 from distill.core.outputs import ModelOutputs, forward_outputs
 
@@ -52,21 +53,12 @@ def layer_pairs(
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    """Knobs of the attention, relation and logit losses (see `distill.core.spec.ObjectiveSpec`).
-
-    attention_layer / student_attention_layer: 1-based layers whose self-attention MiniLM and
-    MiniLMv2 distil (MiniLMv2 found an upper-middle teacher layer better for large teachers);
-    attention_heads: heads of both models for `attention_kl` / `value_relation_kl`;
-    relation_heads: MiniLMv2 relation heads (Q, K, V concatenated over heads, re-split).
-    """
+    """Knobs of the logit losses and, when the objective has MiniLM / MiniLMv2 terms, of
+    the attention it distils (see `distill.core.spec.ObjectiveSpec`)."""
 
     temperature: float = 1.0
-    attention_layer: int | None = None
-    student_attention_layer: int | None = None
-    attention_heads: int = 1
-    relation_heads: int = 1
     task_type: str | None = None  # "classification" | "regression" when a task head exists
-    causal: bool = False
+    attention: AttentionSettings | None = None
 
 
 @dataclass
@@ -101,8 +93,8 @@ class DistillView:
 
     def attention(self) -> tuple[tuple, tuple]:
         """(student q,k,v; teacher q,k,v) of the distilled self-attention layers."""
-        s = self.settings
-        return self.student.qkv[s.student_attention_layer], self.teacher.qkv[s.attention_layer]
+        s = self.settings.attention
+        return self.student.qkv[s.student_layer], self.teacher.qkv[s.teacher_layer]
 
 
 def _hidden_mse(view: DistillView) -> torch.Tensor:
@@ -164,30 +156,14 @@ def _mlm(view: DistillView) -> torch.Tensor:
     return losses.hard_label_ce(view.student.mlm_logits, view.mlm_labels)
 
 
-def _attention_kl(view: DistillView) -> torch.Tensor:
-    (sq, sk, _), (tq, tk, _) = view.attention()
-    s = view.settings
-    return losses.attention_kl(
-        sq, sk, tq, tk, view.mask, num_heads=s.attention_heads, causal=s.causal
-    )
+def _attention(name: str) -> Callable[[DistillView], torch.Tensor]:
+    term = ATTENTION_TERMS[name]
 
+    def loss(view: DistillView) -> torch.Tensor:
+        student, teacher = view.attention()
+        return term(student, teacher, view.mask, view.settings.attention)
 
-def _value_relation_kl(view: DistillView) -> torch.Tensor:
-    (_, _, sv), (_, _, tv) = view.attention()
-    s = view.settings
-    return losses.value_relation_kl(sv, tv, view.mask, num_heads=s.attention_heads, causal=s.causal)
-
-
-def _minilmv2_relations(view: DistillView) -> torch.Tensor:
-    student, teacher = view.attention()
-    s = view.settings
-    terms = [
-        losses.self_attention_relation_kl(
-            sx, tx, view.mask, num_relation_heads=s.relation_heads, causal=s.causal
-        )
-        for sx, tx in zip(student, teacher)
-    ]
-    return torch.stack(terms).mean()
+    return loss
 
 
 LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
@@ -200,15 +176,15 @@ LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
     "logit_mse": _logit_mse,
     "hard_label": _hard_label,
     "mlm": _mlm,
-    "attention_kl": _attention_kl,
-    "value_relation_kl": _value_relation_kl,
-    "minilmv2_relations": _minilmv2_relations,
+    "attention_kl": _attention("attention_kl"),
+    "value_relation_kl": _attention("value_relation_kl"),
+    "minilmv2_relations": _attention("minilmv2_relations"),
 }
 
 # What each loss reads, so the job runs only the forwards and hooks it needs.
 LAYER_PROJECTION_LOSSES = {"hidden_mse", "hidden_cosine"}
 POOLED_LOSSES = {"pooled_mse", "pooled_cosine"}
-ATTENTION_LOSSES = {"attention_kl", "value_relation_kl", "minilmv2_relations"}
+# (`attention_terms.ATTENTION_LOSSES` read the Q/K/V of `settings.attention`'s layers.)
 TASK_LOSSES = {"logit_kl", "logit_mse", "hard_label"}  # need a task head
 TEACHERLESS_LOSSES = {"hard_label", "mlm"}  # no teacher forward needed
 
@@ -251,15 +227,11 @@ class Objective(nn.Module):
 
     @property
     def student_qkv_layers(self) -> list[int]:
-        if not ATTENTION_LOSSES & set(self.weights):
-            return []
-        return [self.settings.student_attention_layer]
+        return qkv_layers(self.weights, self.settings.attention)[0]
 
     @property
     def teacher_qkv_layers(self) -> list[int]:
-        if not ATTENTION_LOSSES & set(self.weights):
-            return []
-        return [self.settings.attention_layer]
+        return qkv_layers(self.weights, self.settings.attention)[1]
 
     @property
     def needs_teacher(self) -> bool:

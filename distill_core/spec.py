@@ -208,32 +208,38 @@ class MixupSpec(Strict):
 
 
 class SequenceKdSpec(Strict):
-    """Sequence-level KD (Kim & Rush, 2016): the targets are the teacher's generations for
-    the training sources (cached in the run's storage), not the references."""
+    """Sequence-level KD (Kim & Rush, 2016), generated once and cached in the run's
+    storage: a seq2seq student trains on the teacher's outputs for the training sources
+    instead of the references; a causal student on each training row's first
+    `prefix_fraction` of tokens (the teacher's) followed by the teacher's continuation,
+    as text (so a student with another tokenizer reads it with its own)."""
 
-    num_beams: PositiveInt = 4
+    num_beams: PositiveInt = 4  # 1: greedy
     max_new_tokens: PositiveInt = 64
     batch_size: PositiveInt = 32
+    prefix_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # causal teachers only
 
 
 class ObjectiveSpec(Strict):
     # Loss name -> weight. None: the teacher family's default (encoders: hidden_mse +
-    # pooled_cosine; causal and seq2seq: lm_kl + lm; finetune stages: their label loss),
-    # filled in by preflight, so the resolved config names the losses that ran.
+    # pooled_cosine; causal and seq2seq: lm_kl + lm; a causal teacher's student with another
+    # tokenizer: lm + uld; finetune stages: their label loss), filled in by preflight, so the
+    # resolved config names the losses that ran.
     weights: dict[str, Annotated[float, Field(ge=0.0)]] | None = None
     layer_map: Literal["uniform", "last"] | list[int] = "uniform"
-    temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl
-    # MiniLM / MiniLMv2: the teacher layer (1-based) whose self-attention is distilled into
-    # the student's last layer; None = the teacher's last layer.
+    temperature: Annotated[float, Field(gt=0)] = 1.0  # logit_kl, lm_kl & co, uld
+    # MiniLM / MiniLMv2 (every family with Q/K/V projections): the teacher layer (1-based;
+    # seq2seq: of the encoder) whose self-attention is distilled into the student's last
+    # layer; None = the teacher's last layer.
     attention_layer: PositiveInt | None = None
     relation_heads: PositiveInt | None = None  # MiniLMv2; None = the teacher's heads
     mixup: MixupSpec | None = None
     mlm_probability: Annotated[float, Field(gt=0, lt=1)] = 0.15  # the `mlm` loss's masking
-    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / lm):
+    # Generative teachers (lm_kl / lm_reverse_kl / lm_jsd / uld / lm):
     jsd_beta: Annotated[float, Field(gt=0, lt=1)] = 0.5  # lm_jsd's mixture weight
     logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
     noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
-    sequence_kd: SequenceKdSpec | None = None  # seq2seq: train on the teacher's outputs
+    sequence_kd: SequenceKdSpec | None = None  # train on the teacher's generations
 
 
 class TrainingSpec(Strict):

@@ -42,7 +42,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from distill.core import token_losses
-from distill.core.objective import ATTENTION_LOSSES, LAYER_PROJECTION_LOSSES, POOLED_LOSSES
+from distill.core.attention_terms import ATTENTION_LOSSES
+from distill.core.objective import LAYER_PROJECTION_LOSSES, POOLED_LOSSES
 from distill.core.outputs import ModelOutputs, forward_outputs
 
 FORMAT = 2
@@ -145,6 +146,8 @@ def bypass_reason(
         return "seq2seq text infilling noises the teacher's inputs anew every step"
     if sequence_kd:
         return "sequence-level KD trains on the teacher's generations, not fixed rows"
+    if "uld" in used:
+        return "uld sorts the teacher's whole next-token distribution (a top-k cache lacks it)"
     return None
 
 

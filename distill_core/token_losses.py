@@ -9,8 +9,14 @@ tokens at a time; with `checkpoint=True` a chunk's student logits are recomputed
 backward pass instead of being kept, so at most one chunk of `[tokens, vocab]` logits is
 alive at once.
 
+Across tokenizers (a student whose vocabulary differs from the teacher's), `uld_distance`
+compares the two models' sorted next-token probabilities at target positions aligned by
+their order in each tokenization.
+
 References: Hinton et al. 2015 (temperature, T^2 scaling); Kim & Rush 2016 (word-level KD);
-Gu et al. 2024, MiniLLM (reverse KL); Agarwal et al. 2024, GKD (generalized JSD(beta)).
+Gu et al. 2024, MiniLLM (reverse KL); Agarwal et al. 2024, GKD (generalized JSD(beta));
+Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit
+Distillation Loss" (ULD).
 """
 
 from __future__ import annotations
@@ -289,3 +295,102 @@ def teacher_topk(
     logits = logits.float()
     values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
     return ids.to(torch.int32), values, torch.logsumexp(logits / temperature, dim=-1)
+
+
+# --- across tokenizers: Universal Logit Distillation (Boizard et al. 2024) ------------------
+
+
+def first_aligned(
+    student_mask: torch.Tensor, teacher_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ULD's alignment of two tokenizations of the same rows: the i-th target position of
+    the student's row pairs with the i-th of the teacher's, up to the shorter count.
+
+    student_mask: [batch, Ts], teacher_mask: [batch, Tt] (1/True = a target position).
+    Returns both masks (bool, same shapes) cut to the first k_b true positions of each row
+    b, k_b = min(student count, teacher count), so `x[student_keep]` and `y[teacher_keep]`
+    list the aligned pairs in the same (row-major) order.
+    """
+    s, t = student_mask.bool(), teacher_mask.bool()
+    k = torch.minimum(s.sum(1), t.sum(1)).unsqueeze(1)
+    return s & (s.cumsum(1) <= k), t & (t.cumsum(1) <= k)
+
+
+def uld_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """Per-position ULD: the L1 distance between the two models' next-token probabilities,
+    each sorted in descending order, the smaller vocabulary padded with zeros.
+
+    student_logits: [..., Vs], teacher_logits: [..., Vt] (the vocabularies may differ);
+    returns [...] float32 in [0, 2]. Sorting makes it independent of which token id holds
+    which probability (the closed form of the Wasserstein distance between the sorted
+    distributions that Boizard et al. use), so it needs no shared vocabulary. No T^2
+    factor: it is a distance between probability vectors, not a KL.
+    """
+    s = F.softmax(student_logits.float() / temperature, dim=-1).sort(dim=-1, descending=True)[0]
+    t = F.softmax(teacher_logits.float() / temperature, dim=-1).sort(dim=-1, descending=True)[0]
+    m = min(s.shape[-1], t.shape[-1])
+    # The zero padding, summed without building it: a padded entry's distance is the other
+    # side's probability there.
+    return (s[..., :m] - t[..., :m]).abs().sum(-1) + s[..., m:].sum(-1) + t[..., m:].sum(-1)
+
+
+def uld_distance(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_mask: torch.Tensor,
+    teacher_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Universal Logit Distillation loss of two tokenizations of the same rows (Boizard et
+    al. 2024): mean `uld_divergence` over the target positions `first_aligned` pairs.
+
+    student_logits: [batch, Ts, Vs], teacher_logits: [batch, Tt, Vt], student_mask:
+    [batch, Ts], teacher_mask: [batch, Tt] (1 = a target position). Returns a scalar,
+    the mean over every aligned position of the batch (0 when none). The reference
+    implementation averages per row and then over rows; the two agree when rows align as
+    many positions.
+    """
+    s_keep, t_keep = first_aligned(student_mask, teacher_mask)
+    if not s_keep.any():
+        return student_logits.sum() * 0.0
+    return uld_divergence(
+        student_logits[s_keep], teacher_logits[t_keep], temperature=temperature
+    ).mean()
+
+
+def chunked_uld(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    num_chunks: int = 1,
+    temperature: float = 1.0,
+    checkpoint: bool = True,
+) -> torch.Tensor:
+    """`uld_distance` over aligned target positions given as final hidden states, logits
+    built per chunk (see `chunked_token_kd`).
+
+    student_hidden: [n, student width], teacher_hidden: [n, teacher width], row i of each
+    one aligned pair (`first_aligned`); heads map [m, width] -> [m, own vocabulary].
+    """
+    n = student_hidden.shape[0]
+    if n == 0:
+        return student_hidden.sum() * 0.0
+
+    def chunk_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher_head(t_hidden)
+        return uld_divergence(student_head(s_hidden), t_logits, temperature=temperature).sum()
+
+    total = student_hidden.new_zeros((), dtype=torch.float32)
+    pieces = zip(_chunks(student_hidden, num_chunks), _chunks(teacher_hidden, num_chunks))
+    for s_chunk, t_chunk in pieces:
+        if checkpoint and torch.is_grad_enabled() and s_chunk.requires_grad:
+            total = total + _checkpoint(chunk_sum, s_chunk, t_chunk, use_reentrant=False)
+        else:
+            total = total + chunk_sum(s_chunk, t_chunk)
+    return total / n

@@ -23,11 +23,13 @@ SMALL = ["training.steps=2", "data.max_train_samples=64", "data.max_length=32"]
 
 # name -> (teacher model type, overrides, the field the line starts with, a phrase in it)
 CASES: dict[str, tuple[str, list[str], str, str]] = {
-    "decoder-attention-relations": (
+    # Decoders take MiniLMv2 relations; Qwen2's grouped-query K/V (2 heads of 8) cannot be
+    # re-split into 32 relation heads.
+    "decoder-relation-heads-gqa": (
         "qwen2",
-        ["objective.weights={minilmv2_relations: 1}"],
-        "objective.weights",
-        "do not apply to a causal teacher (qwen2)",
+        ["objective.weights={lm: 1, minilmv2_relations: 1}", "objective.relation_heads=32"],
+        "objective.relation_heads",
+        "does not divide the teacher's K/V width 16 (grouped-query attention",
     ),
     "gqa-kv-heads": ("llama", ["student.kv_heads=3"], "student.kv_heads", "does not divide"),
     "gqa-group": (
@@ -60,11 +62,27 @@ CASES: dict[str, tuple[str, list[str], str, str]] = {
         "objective.weights",
         "differs from the teacher's",
     ),
-    "cross-tokenizer-decoder": (
+    "cross-tokenizer-decoder-kl": (
         "llama",
-        ["student.init=pretrained", "student.name={dir}/wordpiece_lm"],
+        [
+            "student.init=pretrained",
+            "student.name={dir}/wordpiece_lm",
+            "objective.weights={lm: 1, lm_kl: 1}",
+        ],
+        "objective.weights",
+        "['lm_kl'] compare next-token distributions over one vocabulary",
+    ),
+    "sequence-kd-prefix-seq2seq": (
+        "bart",
+        ["task={type: seq2seq}", "objective.sequence_kd={prefix_fraction: 0.3}"],
+        "objective.sequence_kd.prefix_fraction",
+        "only for causal teachers",
+    ),
+    "cross-tokenizer-seq2seq": (
+        "bart",
+        ["student.init=pretrained", "student.name={dir}/bart_gpt2_bpe"],
         "student.name",
-        "needs the teacher's tokenizer",
+        "a seq2seq student needs the teacher's tokenizer",
     ),
 }
 
@@ -89,6 +107,9 @@ def _prepare(root: Path) -> None:
     lm = build_teacher("qwen2", wordpiece)  # a causal LM on another tokenizer than llama's
     lm.save_pretrained(root / "wordpiece_lm")
     wordpiece.save_pretrained(root / "wordpiece_lm")
+    bpe = lm_tokenizer("gpt2")  # an encoder-decoder on the decoders' BPE, not BART's own
+    build_teacher("bart", bpe).save_pretrained(root / "bart_gpt2_bpe")
+    bpe.save_pretrained(root / "bart_gpt2_bpe")
 
 
 def _run(root: Path, name: str) -> subprocess.CompletedProcess:

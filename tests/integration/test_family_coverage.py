@@ -107,3 +107,40 @@ def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
     exported = AutoTokenizer.from_pretrained(run_dir / "student")(text)["input_ids"]
     assert exported == AutoTokenizer.from_pretrained(student)(text)["input_ids"]
     assert exported != bert_tokenizer(text)["input_ids"]
+
+
+@pytest.mark.slow  # unit-tested batches, alignment and loss; a ~30 s job
+def test_causal_student_with_its_own_tokenizer_distils_through_the_job(
+    ray_session, bert_tokenizer, tmp_path
+):
+    """A GPT-2 teacher on the packaged byte-level BPE (2,048 tokens) into a pretrained
+    Llama-type student on BERT's lower-cased WordPiece (30,522 tokens): each model reads its
+    own token ids, the default objective across tokenizers (LM loss + ULD) trains, the
+    report scores both per character, and the export carries the student's tokenizer."""
+    from helpers.family_zoo import build_teacher
+
+    teacher = save_teacher("gpt2", tmp_path / "teacher", bert_tokenizer)
+    student = tmp_path / "student"
+    build_teacher("llama", bert_tokenizer, seed=1).save_pretrained(student)
+    bert_tokenizer.save_pretrained(student)
+    run_dir = tmp_path / "run"
+    overrides = [s for s in SHORT if not s.startswith("student.")]
+    spec = load_spec(
+        None,
+        [f"teacher.name={teacher}", "student.init=pretrained", f"student.name={student}"]
+        + overrides,
+    )
+    report = run_job(spec, str(run_dir))
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < history[0]["loss"], history
+    assert history[-1]["loss_uld"] < history[0]["loss_uld"], history
+    assert {"loss_lm", "loss_uld"} <= set(history[-1])
+    assert report["quality"]["metric"] == "char_perplexity"
+    assert report["export_check"]["max_abs_diff"] < 1e-4
+    exported = AUTO["causal"].from_pretrained(run_dir / "student")
+    assert exported.config.model_type == "llama"
+    text = ["each model tokenizes the text itself"]
+    ids = AutoTokenizer.from_pretrained(run_dir / "student")(text)["input_ids"]
+    assert ids == bert_tokenizer(text)["input_ids"]
+    assert ids != AutoTokenizer.from_pretrained(teacher)(text)["input_ids"]

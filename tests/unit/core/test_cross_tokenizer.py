@@ -1,8 +1,10 @@
 """Teacher and student with different tokenizers (`student.init: pretrained` with
 `student.name`): each model tokenizes the text itself; sentence-level encoder objectives
-(pooled vectors through a projection) train across tokenizers; token-aligned objectives,
-MixKD and generative KD are refused in one line; a pretrained student of the same
-tokenizer takes every objective. Preflight checks the student folder like a teacher's."""
+(pooled vectors through a projection) train across tokenizers, and a causal student
+trains on the LM loss and ULD (target positions aligned by their order); token-aligned
+objectives, MixKD, one-vocabulary token KD and seq2seq students are refused in one line; a
+pretrained student of the same tokenizer takes every objective. Preflight checks the
+student folder like a teacher's."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import datasets
 import pytest
 import torch
 from helpers.family_zoo import build_teacher, lm_tokenizer, save_teacher
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.core.data import (
     collate_for_both,
@@ -20,7 +22,11 @@ from distill.core.data import (
 )
 from distill.core.export import PROBE_TEXTS, load_encoder
 from distill.core.families import FAMILIES
+from distill.core.generative import causal_targets, probe_logits
+from distill.core.generative_eval import shared_prefixes
 from distill.core.spec import SpecError, load_spec
+from distill.core.teacher import freeze
+from distill.core.token_losses import IGNORE_INDEX, uld_distance
 
 TEXTS = ["the cat sat on the mat", "a good movie and a great story", "it was a dark night"]
 
@@ -168,21 +174,203 @@ def test_pretrained_needs_a_name_and_a_name_needs_pretrained(
         _resolve(teacher_dir, tiny_bert, overrides, cross=False)
 
 
-def test_generative_student_with_another_tokenizer_is_refused(tiny_tokenizer, tmp_path):
-    teacher = save_teacher("llama", tmp_path / "llama", tiny_tokenizer)
-    other = tmp_path / "other"
-    model = build_teacher("qwen2", tiny_tokenizer)  # a causal LM on the 99-word WordPiece
-    model.save_pretrained(other)
-    tiny_tokenizer.save_pretrained(other)
-    config = build_teacher("llama", lm_tokenizer("llama")).config
+@pytest.fixture
+def causal_pair(tiny_tokenizer, tmp_path):
+    """A Llama teacher on the packaged 2,048-token byte-level BPE and a pretrained Qwen2
+    student on the 99-word WordPiece (lower-cased words, [CLS]/[SEP]): two tokenizations
+    that differ in vocabulary, segmentation and special tokens."""
+    bpe = lm_tokenizer("llama")
+    teacher = freeze(build_teacher("llama", bpe, seed=1))
+    folder = tmp_path / "qwen2"
+    build_teacher("qwen2", tiny_tokenizer, seed=2).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return teacher, bpe, str(folder), AutoTokenizer.from_pretrained(folder)
+
+
+def _resolve_causal(teacher, student_dir, overrides=(), cross=True, family="causal"):
     spec = load_spec(
-        None, [f"teacher.name={teacher}", "student.init=pretrained", f"student.name={other}"]
+        None,
+        ["teacher.name=unused", "student.init=pretrained", f"student.name={student_dir}"]
+        + list(overrides),
     )
-    with pytest.raises(SpecError, match=r"^student.name: the student's tokenizer .* differs"):
-        FAMILIES["causal"].resolve_stage(
-            spec, "distill", config, teacher_has_weights=True, teacher_has_head=False,
-            cross_tokenizer=True,
-        )  # fmt: skip
+    return FAMILIES[family].resolve_stage(
+        spec, "distill", teacher.config, teacher_has_weights=True, teacher_has_head=False,
+        cross_tokenizer=cross,
+    )  # fmt: skip
+
+
+def test_causal_batches_carry_both_tokenizations(causal_pair):
+    _, bpe, _, wordpiece = causal_pair
+    tokenize, collate = FAMILIES["causal"].batch_functions(wordpiece, bpe)
+    rows = tokenize(datasets.Dataset.from_dict({"text": TEXTS}), wordpiece, 32)
+    batch = collate(list(rows))
+    own = wordpiece(TEXTS, padding=True, return_tensors="pt")
+    theirs = bpe(TEXTS, padding=True, return_tensors="pt")
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(batch[key], own[key])  # the student reads its own ids
+        assert torch.equal(batch[f"teacher_{key}"], theirs[key])  # the teacher its own
+    assert torch.equal(teacher_view(batch)["input_ids"], theirs["input_ids"])
+    assert batch["input_ids"].shape != batch["teacher_input_ids"].shape  # 8 vs 9 tokens
+    plain_tokenize, plain_collate = FAMILIES["causal"].batch_functions(wordpiece)
+    plain = plain_collate(
+        list(plain_tokenize(datasets.Dataset.from_dict({"text": TEXTS}), wordpiece, 32))
+    )
+    assert set(plain) == {"input_ids", "attention_mask"}
+
+
+def test_causal_student_with_another_tokenizer_trains_on_lm_and_uld(causal_pair, tmp_path):
+    teacher, bpe, student_dir, wordpiece = causal_pair
+    spec = _resolve_causal(teacher, student_dir)
+    assert spec.objective.weights == {"lm": 1.0, "uld": 1.0}  # the default across tokenizers
+    family = FAMILIES["causal"]
+    model = family.trainable(spec, teacher, wordpiece)
+    assert type(model.student).__name__ == "Qwen2ForCausalLM"
+    tokenize, collate = family.batch_functions(wordpiece, bpe)
+    batch = collate(list(tokenize(datasets.Dataset.from_dict({"text": TEXTS}), wordpiece, 32)))
+
+    # The `uld` part is ULD of the two models' own logits on their own tokenizations.
+    model.eval()
+    with torch.no_grad():
+        _, parts = model(batch, family.teacher_outputs(model, teacher, None, batch))
+        s_logits = model.student(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        t_logits = teacher(
+            batch["teacher_input_ids"], attention_mask=batch["teacher_attention_mask"]
+        ).logits
+    s_mask = causal_targets(batch) != IGNORE_INDEX
+    t_mask = causal_targets(teacher_view(batch)) != IGNORE_INDEX
+    expected = uld_distance(s_logits, t_logits, s_mask, t_mask)
+    assert parts["uld"].item() == pytest.approx(expected.item(), abs=1e-5)
+
+    model.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(6):
+        loss, parts = model(batch, family.teacher_outputs(model, teacher, None, batch))
+        assert set(parts) == {"lm", "uld"}
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+
+    out = tmp_path / "export"
+    probe = family.export(model, wordpiece, out, max_length=32, st_teacher=None)
+    reloaded = AutoTokenizer.from_pretrained(out)
+    assert reloaded(TEXTS)["input_ids"] == wordpiece(TEXTS)["input_ids"] != bpe(TEXTS)["input_ids"]
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.allclose(probe_logits(exported, reloaded, PROBE_TEXTS, 32), probe, atol=1e-5)
+
+
+def test_sequence_kd_applies_across_tokenizers(causal_pair):
+    """The teacher's continuations are text: each model tokenizes them itself."""
+    teacher, _, student_dir, _ = causal_pair
+    spec = _resolve_causal(teacher, student_dir, ["objective.sequence_kd={num_beams: 1}"])
+    assert spec.objective.weights == {"lm": 1.0, "uld": 1.0}
+    assert spec.objective.sequence_kd.prefix_fraction == 0.5
+
+
+@pytest.mark.parametrize("loss", ["lm_kl", "lm_reverse_kl", "lm_jsd"])
+def test_one_vocabulary_losses_are_refused_across_tokenizers(causal_pair, loss):
+    teacher, _, student_dir, _ = causal_pair
+    with pytest.raises(SpecError) as err:
+        _resolve_causal(teacher, student_dir, [f"objective.weights={{lm: 1, {loss}: 1}}"])
+    message = str(err.value)
+    assert message.startswith(f"objective.weights: ['{loss}'] compare next-token distributions")
+    assert "use ['lm', 'uld']" in message and "\n" not in message
+
+
+def test_attention_relations_are_refused_across_tokenizers(causal_pair):
+    """Relations compare seq x seq maps position by position: one tokenization only."""
+    teacher, _, student_dir, _ = causal_pair
+    with pytest.raises(SpecError) as err:
+        _resolve_causal(teacher, student_dir, ["objective.weights={lm: 1, minilmv2_relations: 1}"])
+    message = str(err.value)
+    assert message.startswith(
+        "objective.weights: ['minilmv2_relations'] compare self-attention position by position"
+    )
+    assert "use ['lm', 'uld']" in message and "\n" not in message
+
+
+def test_a_batch_with_two_tokenizations_refuses_one_vocabulary_losses(causal_pair):
+    teacher, bpe, student_dir, wordpiece = causal_pair
+    spec = _resolve_causal(teacher, student_dir)
+    spec = spec.model_copy(
+        update={"objective": spec.objective.model_copy(update={"weights": {"lm_kl": 1.0}})}
+    )
+    family = FAMILIES["causal"]
+    model = family.trainable(spec, teacher, wordpiece)
+    tokenize, collate = family.batch_functions(wordpiece, bpe)
+    batch = collate(list(tokenize(datasets.Dataset.from_dict({"text": TEXTS}), wordpiece, 32)))
+    with pytest.raises(ValueError, match=r"objective.weights: \['lm_kl'\] need the teacher's"):
+        model(batch, family.teacher_outputs(model, teacher, None, batch))
+
+
+def test_uld_with_one_tokenizer_compares_the_same_positions(causal_pair):
+    """Allowed (a weaker loss than lm_kl: sorting forgets which token is which): one
+    tokenization aligns every target position with itself."""
+    teacher, bpe, _, _ = causal_pair
+    family = FAMILIES["causal"]
+    spec = load_spec(
+        None, ["teacher.name=unused", "student.layers=2", "objective.weights={uld: 1}"]
+    )
+    spec = family.resolve_stage(
+        spec, "distill", teacher.config, teacher_has_weights=True, teacher_has_head=False
+    )
+    model = family.trainable(spec, teacher, bpe).eval()
+    batch = family.batch_functions(bpe)[1](
+        list(family.batch_functions(bpe)[0](datasets.Dataset.from_dict({"text": TEXTS}), bpe, 32))
+    )
+    with torch.no_grad():
+        _, parts = model(batch, family.teacher_outputs(model, teacher, None, batch))
+        s_logits = model.student(**batch).logits
+        t_logits = teacher(**batch).logits
+    mask = causal_targets(batch) != IGNORE_INDEX
+    assert parts["uld"].item() == pytest.approx(
+        uld_distance(s_logits, t_logits, mask, mask).item(), abs=1e-5
+    )
+
+
+def test_report_scores_each_model_with_its_own_tokenizer_per_character(causal_pair, tmp_path):
+    teacher, bpe, student_dir, wordpiece = causal_pair
+    teacher_dir = tmp_path / "teacher"
+    teacher.save_pretrained(teacher_dir)
+    bpe.save_pretrained(teacher_dir)
+    texts = shared_prefixes(TEXTS * 4, [bpe, wordpiece], 6)
+    for tokenizer in (bpe, wordpiece):  # every model scores all of the same characters
+        assert all(len(ids) <= 6 for ids in tokenizer(texts)["input_ids"])
+    assert all(t.startswith(c) and c for t, c in zip(TEXTS * 4, texts))
+    assert texts[0] != TEXTS[0]  # cut: 6 tokens do not hold the whole sentence
+
+    spec = _resolve_causal(
+        teacher,
+        student_dir,
+        ["evaluation.throughput_texts=4", "evaluation.throughput_rounds=1",
+         "evaluation.generation_length=2", "data.max_length=16"],
+    )  # fmt: skip
+    family = FAMILIES["causal"]
+    student = AutoModelForCausalLM.from_pretrained(student_dir)
+    probe = probe_logits(student, wordpiece, PROBE_TEXTS, 16)
+    rows = datasets.Dataset.from_dict({"text": TEXTS * 2})
+    report = family.evaluate(spec, str(teacher_dir), student_dir, rows, probe)
+    q = report["quality"]
+    assert q["metric"] == "char_perplexity" and q["teacher"] > 1 and q["student"] > 1
+    assert q["retention"] == pytest.approx(q["teacher"] / q["student"])
+    assert report["export_check"]["max_abs_diff"] < 1e-5
+    assert report["speed"]["teacher"] > 0 and report["speed"]["student"] > 0
+
+
+def test_seq2seq_student_with_another_tokenizer_is_refused(tmp_path):
+    teacher = build_teacher("bart", lm_tokenizer("bart"))
+    folder = tmp_path / "bart-gpt2-bpe"
+    build_teacher("bart", lm_tokenizer("gpt2"), seed=3).save_pretrained(folder)
+    lm_tokenizer("gpt2").save_pretrained(folder)
+    with pytest.raises(
+        SpecError, match=r"^student.name: the student's tokenizer .* a seq2seq student"
+    ):
+        _resolve_causal(teacher, folder, family="seq2seq")
 
 
 def test_generative_student_of_another_model_type_sharing_the_vocabulary(tmp_path):

@@ -154,6 +154,35 @@ def test_gpt2_lm_loss_matches_hf_and_kd_to_itself_is_zero(gpt2, gpt2_tokenizer):
     assert parts["lm_jsd"].item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_every_token_loss_runs_and_says_whether_it_crosses_tokenizers(gpt2, gpt2_tokenizer):
+    """The registry: each loss builds and runs, and either works across tokenizers (`lm`,
+    `uld`), compares one vocabulary or compares self-attention position by position; a
+    teacher copy scores 0 on every KD term."""
+    from distill.core.attention_terms import ATTENTION_LOSSES, AttentionSettings
+    from distill.core.generative import (
+        CROSS_TOKENIZER_LOSSES,
+        SHARED_VOCABULARY_LOSSES,
+        TOKEN_LOSSES,
+    )
+
+    kinds = (CROSS_TOKENIZER_LOSSES, SHARED_VOCABULARY_LOSSES, ATTENTION_LOSSES)
+    assert set().union(*kinds) == set(TOKEN_LOSSES)
+    assert sum(len(k) for k in kinds) == len(TOKEN_LOSSES)  # disjoint
+    batch = generative_collate(gpt2_tokenizer)([dict(gpt2_tokenizer(t)) for t in TEXTS])
+    student = build_generative_student(gpt2, StudentSize(4, 32, 4, 128), init="first_k").eval()
+    attention = AttentionSettings(4, 4, attention_heads=4, relation_heads=4, causal=True)
+    settings = TokenSettings(num_chunks=2, attention=attention)
+    model = GenerativeDistillationModel(
+        student,
+        TokenObjective(dict.fromkeys(TOKEN_LOSSES, 1.0), settings),
+        BatchIds.from_model(gpt2.config, gpt2_tokenizer),
+    )
+    _, parts = model(batch, FAMILIES["causal"].teacher_outputs(model, gpt2, None, batch))
+    assert set(parts) == set(TOKEN_LOSSES)
+    for name in set(TOKEN_LOSSES) - {"lm"}:
+        assert parts[name].item() == pytest.approx(0.0, abs=1e-5), name
+
+
 def test_bart_lm_loss_matches_hf_on_pairs(bart, bart_tokenizer):
     rows = [
         dict(bart_tokenizer(t)) | {"labels": bart_tokenizer(t.lower())["input_ids"]} for t in TEXTS
@@ -282,11 +311,11 @@ def test_preflight_resolves_a_gpt2_student(teacher_dir, text_file):
             ["objective.weights={hidden_mse: 1.0}"],
             "objective.weights: ['hidden_mse'] do not apply to a causal teacher",
         ),
-        (["task={type: classification}"], "task.type: a causal teacher (gpt2) takes no task"),
         (
-            ["objective.sequence_kd={num_beams: 2}"],
-            "objective.sequence_kd: needs a seq2seq teacher",
+            ["objective.weights={lm: 1.0, minilmv2_relations: 1.0}", "objective.relation_heads=3"],
+            "objective.relation_heads: 3 does not divide the teacher's Q/K/V width 32",
         ),
+        (["task={type: classification}"], "task.type: a causal teacher (gpt2) takes no task"),
         (["student.decoder_layers=1"], "student.decoder_layers: only for seq2seq"),
         (["student.init=width_slice"], "student.init: width_slice supports BERT-family"),
         (["student.layers=3"], "student.init=every_other_layer: 3 student layers"),
@@ -370,6 +399,110 @@ def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
     assert (
         tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v2")["path"] != ref["path"]
     )
+
+
+def test_sequence_kd_takes_a_causal_teacher_and_prefix_fraction_only_there(
+    teacher_dir, text_file, gpt2, bart
+):
+    from distill.core.spec import SpecError, load_spec
+
+    kd = "objective.sequence_kd={num_beams: 1, prefix_fraction: 0.25}"
+    (stage,) = _preflight(teacher_dir, text_file, [kd])
+    assert stage.spec.objective.sequence_kd.prefix_fraction == 0.25
+    causal = load_spec(None, ["teacher.name=unused", kd])
+    with pytest.raises(SpecError, match=r"^objective.sequence_kd: needs a distill stage"):
+        FAMILIES["causal"].resolve_stage(
+            causal, "finetune", gpt2.config, teacher_has_weights=True, teacher_has_head=False
+        )
+    pairs = load_spec(None, ["teacher.name=unused", "task={type: seq2seq}", kd])
+    with pytest.raises(SpecError, match=r"^objective.sequence_kd.prefix_fraction: only for causal"):
+        FAMILIES["seq2seq"].resolve_stage(
+            pairs, "distill", bart.config, teacher_has_weights=True, teacher_has_head=False
+        )
+
+
+class _ScriptedLM:
+    """A stand-in decoder whose `generate` appends fixed token ids to every prompt."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, new_ids: list[int]) -> None:
+        self.new_ids, self.calls = new_ids, []
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, attention_mask, **options):
+        self.calls.append((input_ids, attention_mask, options))
+        new = torch.tensor(self.new_ids).expand(input_ids.shape[0], -1)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_continue_texts_keeps_the_rows_prefix_and_appends_the_decoded_continuation(
+    tiny_tokenizer,
+):
+    from distill.core.generative_eval import continue_texts
+
+    model = _ScriptedLM(tiny_tokenizer("by the dog", add_special_tokens=False)["input_ids"])
+    texts = ["The cat sat on the mat", "a good movie", ""]
+    out = continue_texts(model, tiny_tokenizer, texts, prefix_fraction=0.5, num_beams=2)
+    # 6 words -> the first 3 ([CLS] kept, not counted); 1 word -> itself; no tokens -> as is.
+    assert out == ["The cat sat by the dog", "a by the dog", ""]
+    ((ids, mask, options),) = model.calls  # one batch of the two texts with tokens
+    assert mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]  # left-padded: prompts end together
+    assert ids[1, :2].tolist() == [tiny_tokenizer.pad_token_id] * 2
+    assert options["num_beams"] == 2 and options["do_sample"] is False
+
+
+def test_continue_texts_matches_one_prompt_at_a_time_generation(gpt2, gpt2_tokenizer):
+    from distill.core.generative_eval import continue_texts
+
+    batched = continue_texts(gpt2, gpt2_tokenizer, TEXTS, max_new_tokens=4, batch_size=3)
+    single = continue_texts(gpt2, gpt2_tokenizer, TEXTS, max_new_tokens=4, batch_size=1)
+    assert batched == single
+    ids = gpt2_tokenizer(TEXTS[0])["input_ids"]
+    prefix = ids[: len(ids) // 2]
+    new = gpt2.generate(torch.tensor([prefix]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    head = gpt2_tokenizer.decode(prefix)
+    assert batched[0] == head + gpt2_tokenizer.decode(
+        new[0, len(prefix) :], skip_special_tokens=True
+    )
+    assert batched[0] != TEXTS[0] and batched[0].startswith(head)
+
+
+def test_causal_sequence_kd_continuations_are_cached_and_replace_the_texts(
+    tmp_path, teacher_dir, text_file, monkeypatch
+):
+    import distill.cluster.teacher_generations as tg
+    from distill.cluster.storage import LocalStorage
+    from distill.core.spec import load_spec
+
+    spec = load_spec(
+        None,
+        [
+            f"teacher.name={teacher_dir}",
+            f"data.train.path={text_file}",
+            "objective.sequence_kd={num_beams: 1, max_new_tokens: 3}",
+        ],
+    )
+    storage = LocalStorage(tmp_path / "run")
+    ref = tg.cache_teacher_targets(spec, storage, str(teacher_dir), "teacher-v1")
+    rows = [json.loads(line) for line in storage.read_text(ref["path"]).splitlines()]
+    train, _ = tg.train_eval_texts(spec)
+    assert sorted(r["source"] for r in rows) == sorted(set(train["text"]))
+    for row in rows:  # the first half of the row's 10 BPE tokens, then the teacher's words
+        assert row["target"].startswith("Return the number of") and row["target"] != row["source"]
+    monkeypatch.setattr(tg, "continue_texts", lambda *a, **k: pytest.fail("generated again"))
+    assert tg.cache_teacher_targets(spec, storage, str(teacher_dir), "teacher-v1") == ref
+    swapped = tg.with_teacher_targets(train, ref, spec)
+    by_source = {r["source"]: r["target"] for r in rows}
+    assert swapped["text"] == [by_source[t] for t in train["text"]]
+    monkeypatch.undo()
+    g = spec.objective.sequence_kd.model_copy(update={"prefix_fraction": 0.25})
+    other = spec.model_copy(
+        update={"objective": spec.objective.model_copy(update={"sequence_kd": g})}
+    )
+    assert tg.cache_teacher_targets(other, storage, str(teacher_dir), "teacher-v1") != ref
 
 
 def test_config_yaml_keeps_every_generative_loss_and_field():

@@ -19,6 +19,8 @@ from distill.core.losses import (
     pooled_cosine,
     pooled_mse,
     relation_kl,
+    relation_kl_per_query,
+    repeat_kv_heads,
     self_attention_relation_kl,
     soft_label_ce,
     value_relation_kl,
@@ -394,6 +396,43 @@ def test_relation_kl_averages_heads_and_scales_by_head_width():
     p = torch.softmax(_t([0.0, math.sqrt(2) * math.log(3)]), -1)
     want = (p * (p / 0.5).log()).sum().item()
     assert relation_kl(s, s, t_a, t_b, mask, num_heads=1).item() == pytest.approx(want)
+
+
+def test_relation_kl_is_the_mean_of_its_per_query_rows(qkv):
+    (sq, sk, _), (tq, tk, _), mask = qkv
+    for causal in (False, True):
+        rows = relation_kl_per_query(sq, sk, tq, tk, mask, num_heads=2, causal=causal)
+        assert rows.shape == mask.shape and torch.all(rows[mask == 0] == 0)
+        want = rows.sum() / mask.sum()
+        got = relation_kl(sq, sk, tq, tk, mask, num_heads=2, causal=causal)
+        torch.testing.assert_close(got, want)
+
+
+def test_causal_relation_rows_ignore_later_tokens(qkv):
+    """Causal: a query's row reads keys at or before it only, so changing the last token's
+    vectors changes the last row alone; bidirectional rows all see it."""
+    (sq, sk, _), (tq, tk, _), _ = qkv
+    mask = torch.ones(4, 5)
+    late = [x.clone() for x in (sq, sk, tq, tk)]
+    for x in late:
+        x[:, -1] = torch.randn(x[:, -1].shape, generator=torch.Generator().manual_seed(5))
+    for causal in (True, False):
+        before = relation_kl_per_query(sq, sk, tq, tk, mask, num_heads=2, causal=causal)
+        after = relation_kl_per_query(*late, mask, num_heads=2, causal=causal)
+        assert torch.equal(before[:, :-1], after[:, :-1]) is causal
+        assert not torch.equal(before[:, -1], after[:, -1])
+
+
+def test_repeat_kv_heads_matches_llamas_repeat_kv():
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    kv = torch.randn(2, 5, 3 * 4)  # 3 key/value heads of 4
+    ours = repeat_kv_heads(kv, 6, 3)
+    theirs = repeat_kv(kv.view(2, 5, 3, 4).transpose(1, 2), 2)  # [batch, heads, seq, d]
+    torch.testing.assert_close(ours, theirs.transpose(1, 2).reshape(2, 5, 24))
+    assert repeat_kv_heads(kv, 3, 3) is kv
+    with pytest.raises(ValueError, match="num_kv_heads=4 does not divide num_heads=6"):
+        repeat_kv_heads(kv, 6, 4)
 
 
 def test_relation_kl_padding_by_hand():

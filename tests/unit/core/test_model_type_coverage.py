@@ -2,8 +2,9 @@
 each (`helpers.family_zoo`), saved with a real tokenizer, goes through the family's preflight
 (with its default objective), builds a 2-layer student, trains five steps on one batch
 (the loss falls), exports, and reloads with the family's Auto class reproducing the probe
-outputs. Encoders also run the MiniLMv2 relation objective, which reads each type's Q/K/V.
-Bad shapes are refused in one line by the family's preflight."""
+outputs. Every type also runs the MiniLMv2 relation objective, which reads its Q/K/V
+(decoders: causal relations, with the LM loss; encoder-decoders: the encoder's). Bad shapes
+are refused in one line by the family's preflight."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from helpers.family_zoo import (
 from transformers import AutoConfig, AutoTokenizer
 
 from distill.core.families import family_of
-from distill.core.internals import capture_qkv, qkv_problem
+from distill.core.internals import capture_qkv, qkv_problem, qkv_widths
 from distill.core.model_types import MODEL_TYPES as TABLE
 from distill.core.spec import SpecError, load_spec
 from distill.core.student import architecture_size
@@ -102,23 +103,32 @@ def test_every_model_type_distils_with_its_default_objective(model_type, tiny_to
     assert diff < 1e-4
 
 
-@pytest.mark.parametrize("model_type", sorted(ENCODERS))
-def test_encoders_distil_attention_relations_through_their_qkv(
+@pytest.mark.parametrize("model_type", sorted(MODEL_TYPES))
+def test_every_model_type_distils_attention_relations_through_its_qkv(
     model_type, tiny_tokenizer, tmp_path
 ):
     folder = save_teacher(model_type, tmp_path / model_type, tiny_tokenizer)
     teacher = freeze(family_of(AutoConfig.from_pretrained(folder)).load_model(folder))
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lm = "" if model_type in ENCODERS else "lm: 1.0, "
     family, spec = _resolve(
         folder,
         teacher,
         [
             "student.layers=2",
             "student.hidden=16",
-            "objective.weights={minilmv2_relations: 1.0, attention_kl: 0.0}",
+            f"objective.weights={{{lm}minilmv2_relations: 1.0, attention_kl: 0.0}}",
         ],
     )
     assert spec.student.heads == 2  # the teacher's head size kept
-    losses, _ = _train_export_reload(family, spec, teacher, tiny_tokenizer, tmp_path / "export")
+    model = family.trainable(spec, teacher, tokenizer)
+    settings = model.objective.settings.attention
+    assert settings.causal is (family.name == "causal")
+    assert (settings.student_layer, settings.teacher_layer) == (
+        2,
+        architecture_size(teacher.config).layers,
+    )
+    losses, _ = _train_export_reload(family, spec, teacher, tokenizer, tmp_path / "export")
     assert losses[-1] < losses[0], losses
 
 
@@ -137,6 +147,7 @@ def test_qkv_capture_matches_each_types_head_layout(model_type, tiny_tokenizer):
     with capture_qkv(model, [1]) as captured:
         model(**kwargs)
     q, k, v = captured[1]
+    assert qkv_widths(config) == (q.shape[-1], k.shape[-1], v.shape[-1])
     size = architecture_size(config)
     entry = TABLE[model_type]
     head = (entry.read(config, "head_dim") if entry.head_dim else None) or size.hidden // 4
@@ -169,7 +180,15 @@ def test_gpt_neox_per_head_split_matches_its_attention():
         ("bert", ["student.kv_heads=2"], r"^student.kv_heads: the teacher has no grouped-query"),
         ("bert", ["student.hidden=30", "student.heads=4"], r"does not divide student.hidden 30"),
         ("distilbert", ["student.init=width_slice"], r"^student.init: width_slice supports"),
-        ("qwen2", ["objective.weights={minilmv2_relations: 1}"], r"^objective.weights: \["),
+        (
+            "qwen2",
+            [
+                "student.layers=2",
+                "objective.weights={minilmv2_relations: 1}",
+                "objective.relation_heads=32",
+            ],
+            r"^objective.relation_heads: 32 does not divide the teacher's K/V width 16",
+        ),
     ],
 )
 def test_shapes_and_objectives_a_type_cannot_take_are_one_line(

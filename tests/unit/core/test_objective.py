@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distill.core import losses
+from distill.core.attention_terms import AttentionSettings
 from distill.core.mixup import mix_labels, mixup
 from distill.core.objective import (
     LOSSES,
@@ -65,11 +66,10 @@ PAIRS = layer_pairs("uniform", S_LAYERS, T_LAYERS)
 
 SETTINGS = ObjectiveSettings(
     temperature=2.0,
-    attention_layer=T_LAYERS,
-    student_attention_layer=S_LAYERS,
-    attention_heads=4,
-    relation_heads=4,
     task_type="classification",
+    attention=AttentionSettings(
+        teacher_layer=T_LAYERS, student_layer=S_LAYERS, attention_heads=4, relation_heads=4
+    ),
 )
 LABELS = torch.tensor([0, 1, 1])
 

@@ -112,6 +112,7 @@ def test_inputs_that_change_every_step_bypass_the_cache():
     assert "mlm" in bypass_reason({"mlm": 1, "hidden_mse": 1}, mixup=False)
     assert "infilling" in bypass_reason({"lm_kl": 1}, mixup=False, infilling=True)
     assert "generations" in bypass_reason({"lm_kl": 1}, mixup=False, sequence_kd=True)
+    assert "uld" in bypass_reason({"lm": 1, "uld": 1}, mixup=False)  # whole distributions
     assert bypass_reason({"hidden_mse": 1, "pooled_mse": 1}, mixup=False) is None
 
 

@@ -1,6 +1,8 @@
 """Token-level losses of generative distillation: hand-computed values, invariants
 (KL(p, p) = 0, batch permutation), masking / ignore_index, temperature, and the chunked
-forms equal to the unchunked ones (values and gradients)."""
+forms equal to the unchunked ones (values and gradients). Universal Logit Distillation
+(across vocabularies): by hand, invariant to either vocabulary's order and to zero padding,
+aligned by the order of unmasked positions, gradients to the student only."""
 
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ from distill.core.token_losses import (
     IGNORE_INDEX,
     chunked_lm_cross_entropy,
     chunked_token_kd,
+    chunked_uld,
+    first_aligned,
     lm_cross_entropy,
     token_divergence,
     token_kd,
+    uld_distance,
+    uld_divergence,
 )
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -204,3 +210,117 @@ def test_bad_divergence_and_beta_fail_naming_them():
         token_divergence(_t([[0.0, 1.0]]), _t([[0.0, 1.0]]), divergence="tv")
     with pytest.raises(ValueError, match="jsd_beta"):
         token_divergence(_t([[0.0, 1.0]]), _t([[0.0, 1.0]]), divergence="jsd", beta=1.0)
+
+
+# --- Universal Logit Distillation (across vocabularies) -------------------------------------
+
+
+def test_uld_by_hand():
+    # Student p = (0.2, 0.5, 0.3) over 3 tokens, teacher q = (0.4, 0.6) over 2: sorted,
+    # (0.5, 0.3, 0.2) vs (0.6, 0.4, 0): |0.1| + |0.1| + |0.2| = 0.4.
+    student = torch.log(_t([[[0.2, 0.5, 0.3]]]))
+    teacher = torch.log(_t([[[0.4, 0.6]]]))
+    ones = torch.ones(1, 1)
+    assert uld_distance(student, teacher, ones, ones).item() == pytest.approx(0.4, abs=1e-6)
+    # Temperature 2 softens both sides before sorting: logits (2, 0) -> softmax((1, 0)).
+    s, t = _t([[2.0, 0.0]]), _t([[0.0, 0.0, 0.0]])
+    p = 1 / (1 + math.exp(-1.0))
+    expected = abs(p - 1 / 3) + abs(1 - p - 1 / 3) + 1 / 3
+    assert uld_divergence(s, t, temperature=2.0).item() == pytest.approx(expected, abs=1e-6)
+    # Two positions: the loss is their mean.
+    student = torch.log(_t([[[0.2, 0.5, 0.3], [1 / 3, 1 / 3, 1 / 3]]]))
+    teacher = torch.log(_t([[[0.4, 0.6], [0.5, 0.5]]]))
+    ones = torch.ones(1, 2)
+    expected = (0.4 + (1 / 6 + 1 / 6 + 1 / 3)) / 2
+    assert uld_distance(student, teacher, ones, ones).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.fixture
+def two_vocabularies():
+    """Student logits over 11 tokens, teacher logits over 7, different lengths and padding."""
+    g = torch.Generator().manual_seed(4)
+    student = torch.randn(3, 6, 11, generator=g)
+    teacher = torch.randn(3, 5, 7, generator=g)
+    s_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]])
+    t_mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])  # left-padded row
+    return student, teacher, s_mask, t_mask
+
+
+def test_uld_of_one_distribution_in_any_vocabulary_order_is_zero(two_vocabularies):
+    student, _, s_mask, _ = two_vocabularies
+    assert uld_distance(student, student.clone(), s_mask, s_mask).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    shuffled = student[..., torch.randperm(11, generator=torch.Generator().manual_seed(5))]
+    assert uld_distance(student, shuffled, s_mask, s_mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_uld_is_invariant_to_either_vocabularys_order(two_vocabularies):
+    student, teacher, s_mask, t_mask = two_vocabularies
+    g = torch.Generator().manual_seed(6)
+    base = uld_distance(student, teacher, s_mask, t_mask)
+    s_perm = student[..., torch.randperm(11, generator=g)]
+    t_perm = teacher[..., torch.randperm(7, generator=g)]
+    for s, t in ((s_perm, teacher), (student, t_perm), (s_perm, t_perm)):
+        assert uld_distance(s, t, s_mask, t_mask).item() == pytest.approx(base.item(), abs=1e-6)
+
+
+def test_uld_is_symmetric_and_zero_padding_changes_nothing(two_vocabularies):
+    student, teacher, s_mask, t_mask = two_vocabularies
+    base = uld_distance(student, teacher, s_mask, t_mask)
+    swapped = uld_distance(teacher, student, t_mask, s_mask)
+    assert swapped.item() == pytest.approx(base.item(), abs=1e-6)
+    # Padding the smaller vocabulary with zero-probability tokens (-inf logits) up to the
+    # larger one, as ULD does implicitly, leaves the distance unchanged.
+    padded = torch.cat([teacher, torch.full((3, 5, 4), -math.inf)], dim=-1)
+    assert uld_distance(student, padded, s_mask, t_mask).item() == pytest.approx(
+        base.item(), abs=1e-6
+    )
+    assert 0.0 < base.item() <= 2.0
+
+
+def test_uld_aligns_the_ith_unmasked_positions_and_ignores_masked_ones(two_vocabularies):
+    student, teacher, s_mask, t_mask = two_vocabularies
+    s_keep, t_keep = first_aligned(s_mask, t_mask)
+    # Row 0: 4 vs 5 targets -> 4 pairs; row 1: 6 vs 3 (left-padded) -> 3; row 2: 0 vs 3 -> 0.
+    assert s_keep.sum(1).tolist() == t_keep.sum(1).tolist() == [4, 3, 0]
+    assert t_keep[1].tolist() == [False, False, True, True, True]
+    pairs = [((0, i), (0, i)) for i in range(4)] + [((1, i), (1, i + 2)) for i in range(3)]
+    by_hand = torch.stack([uld_divergence(student[s], teacher[t]) for s, t in pairs]).mean()
+    base = uld_distance(student, teacher, s_mask, t_mask)
+    assert base.item() == pytest.approx(by_hand.item(), abs=1e-6)
+    noisy_s, noisy_t = student.clone(), teacher.clone()
+    noisy_s[~s_keep] = 1e4 * torch.randn_like(noisy_s[~s_keep])  # garbage where nothing pairs
+    noisy_t[~t_keep] = 1e4 * torch.randn_like(noisy_t[~t_keep])
+    assert uld_distance(noisy_s, noisy_t, s_mask, t_mask).item() == pytest.approx(
+        base.item(), abs=1e-6
+    )
+
+
+def test_uld_all_masked_is_zero_with_a_gradient(two_vocabularies):
+    student, teacher, s_mask, _ = two_vocabularies
+    student.requires_grad_(True)
+    loss = uld_distance(student, teacher, s_mask, torch.zeros(3, 5))
+    loss.backward()
+    assert loss.item() == 0.0 and student.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("num_chunks", [1, 3, 40])
+def test_chunked_uld_equals_unchunked_and_trains_the_student_only(num_chunks):
+    s_head, _ = _heads(vocab=13)
+    _, t_head = _heads(vocab=9)
+    g = torch.Generator().manual_seed(7)
+    s_hidden = torch.randn(17, 6, generator=g, requires_grad=True)
+    t_hidden = torch.randn(17, 8, generator=g, requires_grad=True)  # must get no gradient
+    ones = torch.ones(1, 17)
+    full = uld_distance(s_head(s_hidden)[None], t_head(t_hidden).detach()[None], ones, ones)
+    full_grad = torch.autograd.grad(full, [s_hidden, s_head.weight])
+    chunked = chunked_uld(
+        s_hidden, t_hidden, s_head, t_head, num_chunks=num_chunks, temperature=1.0
+    )
+    chunked.backward()
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-5)
+    for a, b in zip((s_hidden.grad, s_head.weight.grad), full_grad):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert s_hidden.grad.abs().sum() > 0
+    assert t_hidden.grad is None and t_head.weight.grad is None
