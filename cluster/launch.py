@@ -49,6 +49,25 @@ def ensure_ray(spec: JobSpec) -> None:
     )
 
 
+def cluster_node_resources() -> list[dict[str, float]] | None:
+    """Total resources of each alive node of the running cluster at `RAY_ADDRESS`, read by a
+    driver connection that reserves nothing and is closed again; None when there is no
+    address or the cluster cannot be read (the run then reports the connection itself)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if not address or address.startswith(("http://", "https://")):
+        return None
+    joined = not ray.is_initialized()
+    try:
+        if joined:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    except Exception:  # noqa: BLE001 - an unreadable cluster leaves the memory unknown
+        return None
+    finally:
+        if joined and ray.is_initialized():
+            ray.shutdown()
+
+
 def fit(
     inputs: WorkerInputs,
     storage: Storage,

@@ -10,8 +10,10 @@ worker's memory (`COMFORT`; the other half is for the student, its optimizer sta
 activations and the framework) and partitions a bigger one over more than one worker; a
 partition plus one gathered layer may take up to `ZERO3_SHARE` (80%) of a worker's memory. A
 worker's memory is `scaling.memory_per_worker_gb`, else this machine's memory shared by the
-workers of a local run; on a remote cluster without that field nothing is known and `auto`
-replicates. The same estimate refuses a placement that cannot fit, naming the field.
+workers of a local run, else (a running cluster at `RAY_ADDRESS`) the smallest share of Ray's
+`memory` resource that a worker gets on any alive node that can host one (`worker_memory_on_nodes`);
+when none of these is known `auto` replicates. The same estimate refuses a placement that
+cannot fit, naming the field.
 """
 
 from __future__ import annotations
@@ -94,6 +96,22 @@ def worker_memory_bytes(spec: JobSpec, *, local: bool) -> int | None:
     return None
 
 
+def worker_memory_on_nodes(
+    nodes: list[dict[str, float]], cpus_per_worker: float, gpus_per_worker: float
+) -> int | None:
+    """A worker's memory on a running cluster, from each alive node's total resources (Ray's
+    `CPU`, `GPU` and `memory` in bytes): a node's memory shared by the workers its CPUs (and
+    GPUs) can host, the smallest over the nodes that can host one; None when none can."""
+    shares = []
+    for node in nodes:
+        slots = math.floor(node.get("CPU", 0) / cpus_per_worker) if cpus_per_worker else 1
+        if gpus_per_worker:
+            slots = min(slots, math.floor(node.get("GPU", 0) / gpus_per_worker))
+        if slots >= 1 and node.get("memory", 0) > 0:
+            shares.append(int(node["memory"] // slots))
+    return min(shares) if shares else None
+
+
 def resolve_placement(
     spec: JobSpec, teacher: TeacherFootprint, worker_memory: int | None
 ) -> Placement:
@@ -111,7 +129,11 @@ def resolve_placement(
     if mode == "auto":
         if budget is None or whole <= budget:
             mode = "replicate"
-            reason = "fits a worker" if budget is not None else "worker memory unknown"
+            reason = (
+                f"within half of a worker's {gb(worker_memory)}"
+                if worker_memory is not None
+                else "worker memory unknown"
+            )
         elif workers == 1:
             mode, reason = "replicate", "one worker: nothing to partition over"
         else:

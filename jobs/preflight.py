@@ -19,7 +19,12 @@ from distill.core.hub import HubUnreachable
 from distill.core.model_files import has_weights as teacher_has_weights
 from distill.core.model_files import teacher_folder_problem
 from distill.core.outputs import has_task_head
-from distill.core.placement import footprint, resolve_placement, worker_memory_bytes
+from distill.core.placement import (
+    footprint,
+    resolve_placement,
+    worker_memory_bytes,
+    worker_memory_on_nodes,
+)
 from distill.core.spec import MAX_COUNT, JobSpec, SpecError
 from distill.core.stages import Stage, expand_stages
 from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
@@ -241,6 +246,24 @@ def preflight(spec: JobSpec) -> JobSpec:
     return preflight_stages(spec)[-1].spec
 
 
+def _worker_memory(spec: JobSpec, local_resources: bool, nodes: dict) -> int | None:
+    """A worker's memory for the placement estimate: the spec's, this machine's for a local
+    run, else from Ray's resources of the running cluster at `RAY_ADDRESS` (read once per
+    preflight into `nodes`)."""
+    remote = bool(os.environ.get("RAY_ADDRESS"))
+    known = worker_memory_bytes(spec, local=local_resources and not remote)
+    if known is not None or not remote:
+        return known
+    if "alive" not in nodes:
+        from distill.cluster.launch import cluster_node_resources
+
+        nodes["alive"] = cluster_node_resources()
+    if nodes["alive"] is None:
+        return None
+    sc = spec.scaling
+    return worker_memory_on_nodes(nodes["alive"], sc.cpus_per_worker, sc.gpus_per_worker)
+
+
 def preflight_stages(
     spec: JobSpec, *, check_data: bool = True, local_resources: bool = True
 ) -> list[Stage]:
@@ -252,6 +275,7 @@ def preflight_stages(
     resolved: list[Stage] = []
     made: dict[str, tuple] = {}  # stage name -> (output config, has task head)
     tokenizer_of: dict[str, str] = {}  # stage name -> folder of the tokenizer its export has
+    nodes: dict = {}  # a running cluster's node resources, read at most once
     for i, stage in enumerate(stages):
         prefix = f"stages.{i} ({stage.name}): " if len(stages) > 1 else ""
         try:
@@ -284,9 +308,7 @@ def preflight_stages(
             if s.student.init == PRETRAINED and stage.kind == "distill":
                 _check_lengths(s, family.output_config(s, stage.kind, tc), "student")
             placement = resolve_placement(
-                s,
-                footprint(tc, family.auto_class),
-                worker_memory_bytes(s, local=local_resources and not os.environ.get("RAY_ADDRESS")),
+                s, footprint(tc, family.auto_class), _worker_memory(s, local_resources, nodes)
             )
             if placement.partition == "zero3" and stage.kind != "distill":
                 raise SpecError(

@@ -322,6 +322,13 @@ def _run_checked(
                 {"name": p.name, "kind": p.kind, "steps": p.spec.training.steps} for p in plans
             ],
         )
+        if report["teacher"]["placement"] is not None:  # what preflight decided, and why
+            decided = stages[-1].placement
+            report["teacher"]["placement"]["preflight"] = {
+                "partition": decided.partition,
+                "reason": decided.reason,
+                "worker_memory_bytes": decided.worker_memory_bytes,
+            }
         # The export with its model card (made from the report) goes to the run in one
         # put_dir, so its manifest covers the card; the checkpoint's copy stays as it was.
         staging = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="distill-out-")))

@@ -531,6 +531,10 @@ def test_two_node_run_places_workers_on_two_nodes(tmp_path):
     assert len(rank_nodes) == 2 and len(set(rank_nodes)) == 2, rank_nodes
     report = json.loads((run_dir / "report.json").read_text())
     assert report["run"]["status"] == "completed" and report["training"]["steps"] == 6
+    # The job's preflight read each node's Ray memory resource (2 workers of 1 CPU per node).
+    decided = report["teacher"]["placement"]["preflight"]
+    assert decided["worker_memory_bytes"] is not None and decided["worker_memory_bytes"] > 2**28
+    assert decided["reason"].startswith("within half of a worker's"), decided
 
 
 @pytest.mark.slow

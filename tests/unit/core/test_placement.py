@@ -13,6 +13,7 @@ from distill.core.placement import (
     footprint,
     resolve_placement,
     worker_memory_bytes,
+    worker_memory_on_nodes,
 )
 from distill.core.spec import SpecError, load_spec
 
@@ -36,6 +37,7 @@ def _spec(*overrides):
 # 1,000,000 parameters, the largest gathered unit 100,000: fp32 whole = 4 MB.
 TEACHER = TeacherFootprint(parameters=1_000_000, largest_gather=100_000)
 MB = 1_000_000
+GB = 2**30
 
 
 def test_dtype_defaults_to_the_run_precision_and_fp16_needs_a_gpu():
@@ -84,3 +86,18 @@ def test_worker_memory_from_the_spec_or_the_machine():
     assert worker_memory_bytes(_spec("scaling.memory_per_worker_gb=2"), local=False) == 2 * 2**30
     assert worker_memory_bytes(_spec(), local=False) is None
     assert worker_memory_bytes(_spec("scaling.num_workers=2"), local=True) > 0
+
+
+def test_worker_memory_on_a_running_cluster_is_the_smallest_share_a_worker_gets():
+    """Ray's node resources (memory in bytes): a node's memory over the workers its CPUs (and
+    GPUs) can host; nodes that host none, or report no memory, do not count."""
+    head = {"CPU": 2.0, "memory": 8 * GB}  # two 1-CPU workers: 4 GiB each
+    big = {"CPU": 8.0, "memory": 64 * GB}  # eight: 8 GiB each
+    small = {"CPU": 0.5, "memory": 2 * GB}  # hosts no 1-CPU worker
+    assert worker_memory_on_nodes([head, big, small], 1, 0) == 4 * GB
+    assert worker_memory_on_nodes([big], 2, 0) == 16 * GB  # 4 workers of 2 CPUs
+    gpu = {"CPU": 16.0, "GPU": 2.0, "memory": 96 * GB}  # GPUs limit it to 2 workers
+    assert worker_memory_on_nodes([gpu, head], 1, 1) == 48 * GB  # the head has no GPU
+    assert worker_memory_on_nodes([small], 1, 0) is None
+    assert worker_memory_on_nodes([{"CPU": 4.0}], 1, 0) is None
+    assert worker_memory_on_nodes([], 1, 0) is None
