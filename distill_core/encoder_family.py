@@ -32,6 +32,7 @@ from distill.core.evaluation import (
     cosine_agreement,
     load_sts_pairs,
     measure_throughput,
+    similarity_agreement,
     spearman_of_embeddings,
     sts_spearman,
     task_scores,
@@ -576,7 +577,17 @@ def _quality(spec: JobSpec, teacher, student, eval_texts: list[str]) -> dict:
             "retention": s / t if t else None,
         }
     t_emb = teacher.encode(eval_texts, max_length=max_len)
-    s = cosine_agreement(student.encode(eval_texts, max_length=max_len), t_emb)
+    s_emb = student.encode(eval_texts, max_length=max_len)
+    if s_emb.shape[-1] != t_emb.shape[-1]:  # no projection (width-free objective)
+        return {
+            "metric": "similarity_agreement",
+            "split": "held-out",
+            "n": len(eval_texts),
+            "teacher": 1.0,
+            "student": (s := similarity_agreement(s_emb, t_emb)),
+            "retention": s,
+        }
+    s = cosine_agreement(s_emb, t_emb)
     return {
         "metric": "cosine_agreement",
         "split": "held-out",

@@ -85,6 +85,15 @@ def cosine_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
     return float(F.cosine_similarity(student.float(), teacher.float(), dim=-1).mean())
 
 
+def similarity_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Pearson correlation of the pairwise cosine similarities (off-diagonal) of the same
+    texts in student and teacher space: agreement when the widths differ (no projection)."""
+    off = ~torch.eye(student.shape[0], dtype=torch.bool)
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    return float(torch.corrcoef(torch.stack([(s @ s.T)[off], (t @ t.T)[off]]))[0, 1])
+
+
 def measure_throughput(
     encoders: dict[str, SentenceEncoder],
     texts: list[str],

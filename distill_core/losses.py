@@ -61,6 +61,21 @@ def pooled_cosine(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (1.0 - cos).mean()
 
 
+def similarity_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the in-batch cosine-similarity matrices of student and
+    teacher sentence embeddings, [batch, width] each (the widths may differ): the student
+    keeps the teacher's geometry, which sentences are close to which, in its own space and
+    without a projection. Similarity-preserving KD (Tung & Mori, 2019) on L2-normalised
+    sentence embeddings; off-diagonal entries only (the diagonal is 1 for both)."""
+    n = student.shape[0]
+    if n < 2:
+        return student.sum() * 0.0
+    s = F.normalize(student.to(torch.float32), dim=-1)
+    t = F.normalize(teacher.to(torch.float32), dim=-1)
+    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
+    return F.mse_loss((s @ s.T)[off], (t @ t.T)[off])
+
+
 # --- helpers ---------------------------------------------------------------------------
 
 

@@ -130,6 +130,10 @@ def _pooled_cosine(view: DistillView) -> torch.Tensor:
     return losses.pooled_cosine(view.student_embedding, view.teacher_embedding)
 
 
+def _pooled_similarity(view: DistillView) -> torch.Tensor:
+    return losses.similarity_mse(view.student_embedding, view.teacher_embedding)
+
+
 def _logit_kl(view: DistillView) -> torch.Tensor:
     return losses.logit_kl(
         view.student.logits, view.teacher.logits, temperature=view.settings.temperature
@@ -172,6 +176,7 @@ LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
     "hidden_cosine": _hidden_cosine,
     "pooled_mse": _pooled_mse,
     "pooled_cosine": _pooled_cosine,
+    "pooled_similarity": _pooled_similarity,
     "logit_kl": _logit_kl,
     "logit_mse": _logit_mse,
     "hard_label": _hard_label,
@@ -183,7 +188,11 @@ LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
 
 # What each loss reads, so the job runs only the forwards and hooks it needs.
 LAYER_PROJECTION_LOSSES = {"hidden_mse", "hidden_cosine"}
-POOLED_LOSSES = {"pooled_mse", "pooled_cosine"}
+POOLED_LOSSES = {"pooled_mse", "pooled_cosine", "pooled_similarity"}
+# Pooled losses that compare vectors coordinate by coordinate: across widths they read the
+# student's embedding through the learned pooled projection (`pooled_similarity` compares
+# in-batch similarities, so it needs none).
+PROJECTED_POOLED_LOSSES = {"pooled_mse", "pooled_cosine"}
 # (`attention_terms.ATTENTION_LOSSES` read the Q/K/V of `settings.attention`'s layers.)
 TASK_LOSSES = {"logit_kl", "logit_mse", "hard_label"}  # need a task head
 TEACHERLESS_LOSSES = {"hard_label", "mlm"}  # no teacher forward needed
@@ -221,9 +230,13 @@ class Objective(nn.Module):
                 layers = sorted({0, *layers})
             for s in layers:
                 self.projections[f"hidden_{s}"] = nn.Linear(student_hidden, teacher_hidden)
-            # The pooled projection is always built when widths differ: it maps the student's
-            # sentence embedding into the teacher's space for evaluation and export.
-            self.projections["pooled"] = nn.Linear(student_hidden, teacher_hidden)
+            # The pooled projection maps the student's sentence embedding into the teacher's
+            # space for the losses, evaluation and export. It is left out only when the
+            # sentence-level terms are all width-free (`pooled_similarity`): the student's
+            # own embedding is then trained, evaluated and exported.
+            used = set(self.weights)
+            if "pooled_similarity" not in used or used & PROJECTED_POOLED_LOSSES:
+                self.projections["pooled"] = nn.Linear(student_hidden, teacher_hidden)
 
     @property
     def student_qkv_layers(self) -> list[int]:

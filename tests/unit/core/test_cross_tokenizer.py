@@ -107,6 +107,56 @@ def test_sentence_objectives_train_across_tokenizers_and_export_the_students_tok
     assert torch.allclose(exported.encode(PROBE_TEXTS, max_length=32), probe, atol=1e-5)
 
 
+def test_a_narrower_student_trained_on_similarities_exports_its_own_space(
+    teacher_dir, tiny_bert, tiny_tokenizer, bpe_student, tmp_path
+):
+    """`pooled_similarity` alone needs no projection: a 16-wide pretrained student with its
+    own tokenizer learns the 32-wide teacher's in-batch similarities in its own space, and its
+    export is that space (no 2_Dense), reproducing the trained outputs."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    bpe = AutoTokenizer.from_pretrained(bpe_student)
+    config = DistilBertConfig(
+        vocab_size=len(bpe), dim=16, hidden_dim=32, n_layers=2, n_heads=2, pad_token_id=0
+    )
+    torch.manual_seed(3)
+    folder = tmp_path / "narrow"
+    DistilBertModel(config).save_pretrained(folder)
+    bpe.save_pretrained(folder)
+    spec = _resolve(
+        teacher_dir,
+        tiny_bert,
+        [
+            "student.init=pretrained",
+            f"student.name={folder}",
+            "objective.weights={pooled_similarity: 1}",
+        ],
+    )
+    family = FAMILIES["encoder"]
+    model = family.trainable(spec, tiny_bert, bpe).eval()
+    assert len(model.objective.projections) == 0
+    tokenize, collate = family.batch_functions(bpe, tiny_tokenizer)
+    rows = tokenize(datasets.Dataset.from_dict({"text": TEXTS * 2}), bpe, 32)
+    batch = collate(list(rows))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss, parts = model(batch, family.teacher_outputs(model, tiny_bert, None, batch))
+        assert set(parts) == {"pooled_similarity"}
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    out = tmp_path / "export"
+    probe = family.export(model, bpe, out, max_length=32, st_teacher=None)
+    assert not (out / "2_Dense").exists()
+    exported = load_encoder(out)
+    vectors = exported.encode(PROBE_TEXTS, max_length=32)
+    assert vectors.shape[-1] == 16
+    assert torch.allclose(vectors, probe, atol=1e-5)
+
+
 def test_pretrained_student_must_be_of_the_teachers_family(teacher_dir, tiny_bert, tmp_path):
     tokenizer = lm_tokenizer("gpt2")
     narrow = build_teacher("llama", tokenizer)  # a decoder cannot be an encoder's student

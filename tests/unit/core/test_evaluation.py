@@ -14,6 +14,7 @@ from distill.core.evaluation import (
     cosine_agreement,
     load_sts_pairs,
     measure_throughput,
+    similarity_agreement,
     sts_file,
     sts_spearman,
 )
@@ -100,6 +101,16 @@ def test_cosine_agreement_by_hand():
     # cosines 1, 1/sqrt(2), -1
     assert cosine_agreement(student, teacher) == pytest.approx((1 + 1 / math.sqrt(2) - 1) / 3)
     assert cosine_agreement(student.half(), student.half()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_similarity_agreement_compares_geometry_across_widths():
+    # Student pair cosines (1,2)=0, (1,3)=1, (2,3)=0; teacher 1/sqrt2, 0, 1/sqrt2: a
+    # perfect inverse relation (r = -1); the teacher against itself in 3 extra dims: 1.
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    assert similarity_agreement(student, teacher) == pytest.approx(-1.0)
+    wider = torch.cat([teacher, torch.zeros(3, 3)], dim=1)
+    assert similarity_agreement(wider, teacher) == pytest.approx(1.0)
 
 
 def test_measure_throughput_reports_every_encoder(tiny_bert, tiny_tokenizer):

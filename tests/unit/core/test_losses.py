@@ -22,6 +22,7 @@ from distill.core.losses import (
     relation_kl_per_query,
     repeat_kv_heads,
     self_attention_relation_kl,
+    similarity_mse,
     soft_label_ce,
     value_relation_kl,
 )
@@ -59,6 +60,32 @@ def test_pooled_cosine_by_hand():
     # cos = 0 (orthogonal) and cos = 1 (same direction): mean(1 - cos) = 0.5.
     assert pooled_cosine(_t([[1, 0], [1, 1]]), _t([[0, 1], [2, 2]])).item() == pytest.approx(0.5)
     assert pooled_cosine(_t([[1, 0]]), _t([[1, 1]])).item() == pytest.approx(1 - 1 / math.sqrt(2))
+
+
+def test_similarity_mse_by_hand():
+    # Student: e1, e2, e1 -> cosines (1,2)=0, (1,3)=1, (2,3)=0. Teacher: e1, e1+e2, e2 in 3-d
+    # -> cosines 1/sqrt2, 0, 1/sqrt2. Off-diagonal entries (each pair twice):
+    # squared differences 1/2, 1, 1/2 -> mean 2/3.
+    student = _t([[1, 0], [0, 1], [2, 0]])
+    teacher = _t([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
+    assert similarity_mse(student, teacher).item() == pytest.approx(2 / 3)
+    assert similarity_mse(student[:1], teacher[:1]).item() == 0.0  # one row: no pair
+
+
+def test_similarity_mse_ignores_width_scale_and_rotation():
+    """Zero for any student that is the teacher in another orthonormal basis of another
+    width, at any per-row scale; positive for an unrelated student; gradients reach it."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(6, 8, generator=g)
+    basis, _ = torch.linalg.qr(torch.randn(12, 8, generator=g))  # 12 x 8, orthonormal cols
+    scale = torch.rand(6, 1, generator=g) + 0.5
+    student = (teacher @ basis.T * scale).requires_grad_(True)
+    assert similarity_mse(student, teacher).item() == pytest.approx(0.0, abs=1e-10)
+    other = torch.randn(6, 12, generator=g, requires_grad=True)
+    loss = similarity_mse(other, teacher)
+    assert loss.item() > 0.01
+    loss.backward()
+    assert torch.isfinite(other.grad).all() and other.grad.abs().sum() > 0
 
 
 # --- invariants ---------------------------------------------------------------

@@ -137,6 +137,10 @@ def test_projections_when_widths_differ():
         assert (proj.in_features, proj.out_features) == (16, 32)
     assert set(_objective({"pooled_cosine": 1.0}, 16).projections) == {"pooled"}
     assert set(_objective({"embedding_mse": 1.0}, 16).projections) == {"hidden_0", "pooled"}
+    # Width-free sentence terms alone need no projection: the student's own space is trained.
+    assert set(_objective({"pooled_similarity": 1.0}, 16).projections) == set()
+    both = {"pooled_similarity": 1.0, "pooled_mse": 1.0}
+    assert set(_objective(both, 16).projections) == {"pooled"}
 
 
 # --- weighted sum ------------------------------------------------------------------
