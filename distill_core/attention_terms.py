@@ -107,6 +107,21 @@ def qkv_layers(weights: dict[str, float], settings: AttentionSettings | None) ->
     return [settings.student_layer], [settings.teacher_layer]
 
 
+class ReadsQkv:
+    """For an objective (`weights`, `settings.attention`): the 1-based student and teacher
+    blocks whose Q/K/V its attention terms read (none without such terms)."""
+
+    weights: dict[str, float]
+
+    @property
+    def student_qkv_layers(self) -> list[int]:
+        return qkv_layers(self.weights, self.settings.attention)[0]
+
+    @property
+    def teacher_qkv_layers(self) -> list[int]:
+        return qkv_layers(self.weights, self.settings.attention)[1]
+
+
 def attention_settings(
     spec: JobSpec,
     student_config: PretrainedConfig,

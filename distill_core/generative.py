@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from distill.core import token_losses
-from distill.core.attention_terms import ATTENTION_TERMS, AttentionSettings, Qkv, qkv_layers
+from distill.core.attention_terms import (
+    ATTENTION_TERMS,
+    AttentionSettings,
+    Qkv,
+    ReadsQkv,
+)
 from distill.core.data import TEACHER_PREFIX, teacher_view
 from distill.core.internals import capture_qkv
 from distill.core.model_types import model_type_of
@@ -204,7 +209,7 @@ SHARED_VOCABULARY_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
 CROSS_TOKENIZER_LOSSES = {"lm", "uld"}
 
 
-class TokenObjective(nn.Module):
+class TokenObjective(ReadsQkv, nn.Module):
     """Weighted sum of `TOKEN_LOSSES`; owns no parameters (logits compare directly over one
     vocabulary, or as sorted probabilities across two: `uld`; attention relations are
     seq x seq, whatever the widths)."""
@@ -223,15 +228,6 @@ class TokenObjective(nn.Module):
     @property
     def needs_teacher(self) -> bool:
         return any(name not in TEACHERLESS_TOKEN_LOSSES for name in self.weights)
-
-    @property
-    def student_qkv_layers(self) -> list[int]:
-        """1-based student blocks whose Q/K/V the attention terms read (none without)."""
-        return qkv_layers(self.weights, self.settings.attention)[0]
-
-    @property
-    def teacher_qkv_layers(self) -> list[int]:
-        return qkv_layers(self.weights, self.settings.attention)[1]
 
     @property
     def needs_alignment(self) -> bool:

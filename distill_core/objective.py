@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from distill.core import losses
-from distill.core.attention_terms import ATTENTION_TERMS, AttentionSettings, qkv_layers
+from distill.core.attention_terms import ATTENTION_TERMS, AttentionSettings, ReadsQkv
 from distill.core.mixup import mixup
 from distill.core.outputs import ModelOutputs, forward_outputs
 
@@ -202,7 +202,7 @@ def needs_teacher(weights: dict[str, float]) -> bool:
     return any(w > 0 and name not in TEACHERLESS_LOSSES for name, w in weights.items())
 
 
-class Objective(nn.Module):
+class Objective(ReadsQkv, nn.Module):
     """Weighted sum of registered losses, owning the student->teacher projections."""
 
     def __init__(
@@ -237,14 +237,6 @@ class Objective(nn.Module):
             used = set(self.weights)
             if "pooled_similarity" not in used or used & PROJECTED_POOLED_LOSSES:
                 self.projections["pooled"] = nn.Linear(student_hidden, teacher_hidden)
-
-    @property
-    def student_qkv_layers(self) -> list[int]:
-        return qkv_layers(self.weights, self.settings.attention)[0]
-
-    @property
-    def teacher_qkv_layers(self) -> list[int]:
-        return qkv_layers(self.weights, self.settings.attention)[1]
 
     @property
     def needs_teacher(self) -> bool:

@@ -116,6 +116,21 @@ def _chunks(x: torch.Tensor, num_chunks: int) -> tuple[torch.Tensor, ...]:
     return torch.tensor_split(x, num_chunks, dim=0)
 
 
+def _chunked_mean(
+    chunk_sum, tensors: tuple[torch.Tensor, ...], num_chunks: int, checkpoint: bool, n: int
+) -> torch.Tensor:
+    """`chunk_sum` over aligned row chunks of `tensors` (the first is the student's hidden
+    states), summed and divided by `n` rows; with `checkpoint` each chunk's activations are
+    recomputed in backward, so one chunk's [tokens, vocab] logits are alive at a time."""
+    total = tensors[0].new_zeros((), dtype=torch.float32)
+    for chunk in zip(*(_chunks(t, num_chunks) for t in tensors)):
+        if checkpoint and torch.is_grad_enabled() and chunk[0].requires_grad:
+            total = total + _checkpoint(chunk_sum, *chunk, use_reentrant=False)
+        else:
+            total = total + chunk_sum(*chunk)
+    return total / n
+
+
 def chunked_token_kd(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -151,14 +166,7 @@ def chunked_token_kd(
             beta=beta,
         ).sum()
 
-    total = student_hidden.new_zeros((), dtype=torch.float32)
-    pieces = zip(_chunks(student_hidden, num_chunks), _chunks(teacher_hidden, num_chunks))
-    for s_chunk, t_chunk in pieces:
-        if checkpoint and torch.is_grad_enabled() and s_chunk.requires_grad:
-            total = total + _checkpoint(chunk_sum, s_chunk, t_chunk, use_reentrant=False)
-        else:
-            total = total + chunk_sum(s_chunk, t_chunk)
-    return total / n
+    return _chunked_mean(chunk_sum, (student_hidden, teacher_hidden), num_chunks, checkpoint, n)
 
 
 def chunked_lm_cross_entropy(
@@ -179,13 +187,7 @@ def chunked_lm_cross_entropy(
     def chunk_sum(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for h, y in zip(_chunks(hidden, num_chunks), _chunks(targets, num_chunks)):
-        if checkpoint and torch.is_grad_enabled() and h.requires_grad:
-            total = total + _checkpoint(chunk_sum, h, y, use_reentrant=False)
-        else:
-            total = total + chunk_sum(h, y)
-    return total / n
+    return _chunked_mean(chunk_sum, (hidden, targets), num_chunks, checkpoint, n)
 
 
 # --- top-k (sparse) targets: a teacher-output cache keeps k logits per target token ---------
@@ -272,19 +274,8 @@ def chunked_sparse_token_kd(
             divergence=divergence, temperature=temperature, beta=beta,
         ).sum()  # fmt: skip
 
-    total = student_hidden.new_zeros((), dtype=torch.float32)
-    pieces = zip(
-        _chunks(student_hidden, num_chunks),
-        _chunks(topk_ids, num_chunks),
-        _chunks(topk_logits, num_chunks),
-        _chunks(teacher_lse, num_chunks),
-    )
-    for h, ids, logits, lse in pieces:
-        if checkpoint and torch.is_grad_enabled() and h.requires_grad:
-            total = total + _checkpoint(chunk_sum, h, ids, logits, lse, use_reentrant=False)
-        else:
-            total = total + chunk_sum(h, ids, logits, lse)
-    return total / n
+    tensors = (student_hidden, topk_ids, topk_logits, teacher_lse)
+    return _chunked_mean(chunk_sum, tensors, num_chunks, checkpoint, n)
 
 
 def teacher_topk(
@@ -386,11 +377,4 @@ def chunked_uld(
             t_logits = teacher_head(t_hidden)
         return uld_divergence(student_head(s_hidden), t_logits, temperature=temperature).sum()
 
-    total = student_hidden.new_zeros((), dtype=torch.float32)
-    pieces = zip(_chunks(student_hidden, num_chunks), _chunks(teacher_hidden, num_chunks))
-    for s_chunk, t_chunk in pieces:
-        if checkpoint and torch.is_grad_enabled() and s_chunk.requires_grad:
-            total = total + _checkpoint(chunk_sum, s_chunk, t_chunk, use_reentrant=False)
-        else:
-            total = total + chunk_sum(s_chunk, t_chunk)
-    return total / n
+    return _chunked_mean(chunk_sum, (student_hidden, teacher_hidden), num_chunks, checkpoint, n)
