@@ -15,9 +15,9 @@ Results go to bench/results/teacher_cache_<mode>.json; docs/benchmarks.md quotes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,26 +34,15 @@ def _write(mode: str, result: dict, out: str | None = None) -> None:
     print(json.dumps(result, indent=2))
 
 
-def inference(args) -> None:
-    """Build the same cache three ways on a fresh folder each; rows/s of the Ray Data job."""
+def _inference_layouts(args, layouts: dict) -> tuple[dict, int]:
+    """Build the cache once per (actors, CPUs per actor) layout on the joined Ray; rows/s
+    of each and the number of alive nodes."""
     import ray
 
-    from distill.cluster.launch import worker_env
     from distill.cluster.storage import LocalStorage
     from distill.cluster.teacher_cache import build_cache, resolve_cache
-    from distill.core.spec import JobSpec, load_spec
+    from distill.core.spec import load_spec
 
-    env = {"env_vars": worker_env(JobSpec())}
-    layouts = {"1 actor x 1 CPU": (1, 1), "1 actor x 2 CPUs": (1, 2), "2 actors x 1 CPU": (2, 1)}
-    stops = []
-    if args.two_node:  # two `ray start` nodes of 1 CPU each: 2 actors land one per node
-        from bench.teacher_memory import two_node_env
-
-        address, stops = two_node_env(Path(tempfile.mkdtemp(prefix="bench-2node-")))
-        ray.init(address=address["RAY_ADDRESS"], runtime_env=env, logging_level="ERROR")
-        del layouts["1 actor x 2 CPUs"]  # no node has 2 CPUs
-    else:
-        ray.init(num_cpus=2, runtime_env=env, logging_level="ERROR")
     rows = {}
     for name, (actors, cpus) in layouts.items():
         spec = load_spec(
@@ -80,8 +69,28 @@ def inference(args) -> None:
         print(f"[bench] {name}: {rows[name]}", flush=True)
     nodes = len([n for n in ray.nodes() if n["Alive"]])
     ray.shutdown()
-    for stop in stops:
-        subprocess.run(stop, capture_output=True)
+    return rows, nodes
+
+
+def inference(args) -> None:
+    """Build the same cache three ways on a fresh folder each; rows/s of the Ray Data job."""
+    import ray
+
+    from distill.cluster.launch import worker_env
+    from distill.core.spec import JobSpec
+
+    env = {"env_vars": worker_env(JobSpec())}
+    layouts = {"1 actor x 1 CPU": (1, 1), "1 actor x 2 CPUs": (1, 2), "2 actors x 1 CPU": (2, 1)}
+    with contextlib.ExitStack() as stack:
+        if args.two_node:  # two `ray start` nodes of 1 CPU each: 2 actors land one per node
+            from bench.teacher_memory import two_node_cluster
+
+            cluster = stack.enter_context(two_node_cluster())
+            ray.init(address=cluster.gcs_address, runtime_env=env, logging_level="ERROR")
+            del layouts["1 actor x 2 CPUs"]  # no node has 2 CPUs
+        else:
+            ray.init(num_cpus=2, runtime_env=env, logging_level="ERROR")
+        rows, nodes = _inference_layouts(args, layouts)
     base = rows["1 actor x 1 CPU"]["rows_per_s"]
     for r in rows.values():
         r["vs_1x1"] = r["rows_per_s"] / base

@@ -134,30 +134,20 @@ def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], 
     return row
 
 
-def two_node_env(tmp: Path) -> tuple[dict, list[list[str]]]:
-    """Start a head and a worker node (1 CPU each); the env that joins them and the stops."""
-    ray = str(Path(sys.executable).parent / "ray")
-    head = [
-        ray,
-        "start",
-        "--head",
-        "--num-cpus=1",
-        "--port=6390",
-        f"--temp-dir={tmp}/head",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-    ]
-    subprocess.run(head, check=True, capture_output=True)
-    worker = [
-        ray,
-        "start",
-        "--address=127.0.0.1:6390",
-        "--num-cpus=1",
-        f"--temp-dir={tmp}/head",
-        "--disable-usage-stats",
-    ]
-    subprocess.run(worker, check=True, capture_output=True)
-    return {"RAY_ADDRESS": "127.0.0.1:6390"}, [[ray, "stop", "--force"]]
+def two_node_cluster():
+    """A head and a worker node of 1 CPU each, started with `ray start` on this machine, each
+    with its own ports and temp dir (the test suite's `LocalCluster`); use as a context
+    manager, and join it through `RAY_ADDRESS` = its `gcs_address`."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.ray_cluster import LocalCluster
+
+    cluster = LocalCluster(head_cpus=1)
+    try:
+        cluster.add_node(cpus=1)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def main() -> None:
@@ -199,21 +189,17 @@ def main() -> None:
             rows.append({**row, "memory_per_worker_gb": round(whole_gib * 0.9, 2)})
             print(json.dumps(rows[-1]), flush=True)
         if args.two_node or args.two_node_only:
-            env, stops = two_node_env(tmp)
-            try:
+            with two_node_cluster() as cluster:
                 row = run(
                     teacher,
                     "zero3",
                     "bf16",
                     tmp / "two-node",
                     ["scaling.placement_strategy=SPREAD"],
-                    env,
+                    {"RAY_ADDRESS": cluster.gcs_address},
                 )
                 rows.append({**row, "cluster": "2 local nodes"})
                 print(json.dumps(rows[-1]), flush=True)
-            finally:
-                for stop in stops:
-                    subprocess.run(stop, capture_output=True)
     shape = {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "vocab": args.vocab}
     Path(args.out).write_text(json.dumps({"teacher": shape, "rows": rows}, indent=2) + "\n")
 
