@@ -15,9 +15,11 @@ Results go to bench/results/teacher_cache_<mode>.json; docs/benchmarks.md quotes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +76,16 @@ def _inference_layouts(args, layouts: dict) -> tuple[dict, int]:
 
 def inference(args) -> None:
     """Build the same cache three ways on a fresh folder each; rows/s of the Ray Data job."""
+    if args.two_node and not os.environ.get("RAY_ADDRESS"):
+        # Two `ray start` nodes of 1 CPU each (2 actors land one per node). This process
+        # holds the cluster; a child joins it, its token set before it imports Ray.
+        from bench.teacher_memory import two_node_cluster
+
+        cluster, joined = two_node_cluster()
+        with cluster:
+            child = [sys.executable, "-m", "bench.teacher_cache", *sys.argv[1:]]
+            subprocess.run(child, env={**os.environ, **joined}, check=True)
+        return
     import ray
 
     from distill.cluster.launch import worker_env
@@ -81,16 +93,12 @@ def inference(args) -> None:
 
     env = {"env_vars": worker_env(JobSpec())}
     layouts = {"1 actor x 1 CPU": (1, 1), "1 actor x 2 CPUs": (1, 2), "2 actors x 1 CPU": (2, 1)}
-    with contextlib.ExitStack() as stack:
-        if args.two_node:  # two `ray start` nodes of 1 CPU each: 2 actors land one per node
-            from bench.teacher_memory import two_node_cluster
-
-            cluster = stack.enter_context(two_node_cluster())
-            ray.init(address=cluster.gcs_address, runtime_env=env, logging_level="ERROR")
-            del layouts["1 actor x 2 CPUs"]  # no node has 2 CPUs
-        else:
-            ray.init(num_cpus=2, runtime_env=env, logging_level="ERROR")
-        rows, nodes = _inference_layouts(args, layouts)
+    if args.two_node:
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=env, logging_level="ERROR")
+        del layouts["1 actor x 2 CPUs"]  # no node has 2 CPUs
+    else:
+        ray.init(num_cpus=2, runtime_env=env, logging_level="ERROR")
+    rows, nodes = _inference_layouts(args, layouts)
     base = rows["1 actor x 1 CPU"]["rows_per_s"]
     for r in rows.values():
         r["vs_1x1"] = r["rows_per_s"] / base

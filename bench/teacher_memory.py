@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -130,24 +131,27 @@ def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], 
         else None,
         nodes=len(nodes),
         teacher_unchanged=report["teacher_check"]["unchanged"],
+        preflight=placement.get("preflight"),  # its decision, reason and worker memory
     )
     return row
 
 
 def two_node_cluster():
     """A head and a worker node of 1 CPU each, started with `ray start` on this machine, each
-    with its own ports and temp dir (the test suite's `LocalCluster`); use as a context
-    manager, and join it through `RAY_ADDRESS` = its `gcs_address`."""
+    with its own ports and temp dir (the test suite's `LocalCluster`), with token auth as a
+    real cluster has it; (cluster, the environment that joins it: `RAY_ADDRESS` and the
+    token). Stop it with `cluster.stop()` (or use it as a context manager)."""
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers.ray_cluster import LocalCluster
 
-    cluster = LocalCluster(head_cpus=1)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    cluster = LocalCluster(head_cpus=1, env=auth)
     try:
         cluster.add_node(cpus=1)
     except BaseException:
         cluster.stop()
         raise
-    return cluster
+    return cluster, {**auth, "RAY_ADDRESS": cluster.gcs_address}
 
 
 def main() -> None:
@@ -189,14 +193,15 @@ def main() -> None:
             rows.append({**row, "memory_per_worker_gb": round(whole_gib * 0.9, 2)})
             print(json.dumps(rows[-1]), flush=True)
         if args.two_node or args.two_node_only:
-            with two_node_cluster() as cluster:
+            cluster, joined = two_node_cluster()
+            with cluster:
                 row = run(
                     teacher,
                     "zero3",
                     "bf16",
                     tmp / "two-node",
                     ["scaling.placement_strategy=SPREAD"],
-                    {"RAY_ADDRESS": cluster.gcs_address},
+                    joined,
                 )
                 rows.append({**row, "cluster": "2 local nodes"})
                 print(json.dumps(rows[-1]), flush=True)
