@@ -43,6 +43,21 @@ def bpe_student(tmp_path):
     return str(folder)
 
 
+def _train(model, family, teacher, batch, *, steps: int, lr: float, parts: set) -> list[float]:
+    """`steps` AdamW steps of `model` on one batch (each returning exactly the loss terms
+    `parts`); the losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, terms = model(batch, family.teacher_outputs(model, teacher, None, batch))
+        assert set(terms) == parts
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def _resolve(teacher_dir, tiny_bert, overrides, cross=True):
     spec = load_spec(None, [f"teacher.name={teacher_dir}", *overrides])
     return FAMILIES["encoder"].resolve_stage(
@@ -88,15 +103,9 @@ def test_sentence_objectives_train_across_tokenizers_and_export_the_students_tok
     tokenize, collate = family.batch_functions(student_tok, tiny_tokenizer)
     rows = tokenize(datasets.Dataset.from_dict({"text": TEXTS}), student_tok, 32)
     batch = collate(list(rows))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(5):
-        loss, parts = model(batch, family.teacher_outputs(model, tiny_bert, None, batch))
-        assert set(parts) == {"pooled_mse", "pooled_cosine"}
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _train(
+        model, family, tiny_bert, batch, steps=5, lr=1e-3, parts={"pooled_mse", "pooled_cosine"}
+    )
     assert losses[-1] < losses[0]
 
     out = tmp_path / "export"
@@ -138,15 +147,7 @@ def test_a_narrower_student_trained_on_similarities_exports_its_own_space(
     tokenize, collate = family.batch_functions(bpe, tiny_tokenizer)
     rows = tokenize(datasets.Dataset.from_dict({"text": TEXTS * 2}), bpe, 32)
     batch = collate(list(rows))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(8):
-        loss, parts = model(batch, family.teacher_outputs(model, tiny_bert, None, batch))
-        assert set(parts) == {"pooled_similarity"}
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _train(model, family, tiny_bert, batch, steps=8, lr=1e-2, parts={"pooled_similarity"})
     assert losses[-1] < losses[0]
     out = tmp_path / "export"
     probe = family.export(model, bpe, out, max_length=32, st_teacher=None)
@@ -293,15 +294,7 @@ def test_causal_student_with_another_tokenizer_trains_on_lm_and_uld(causal_pair,
 
     model.train()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(6):
-        loss, parts = model(batch, family.teacher_outputs(model, teacher, None, batch))
-        assert set(parts) == {"lm", "uld"}
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = _train(model, family, teacher, batch, steps=6, lr=1e-2, parts={"lm", "uld"})
     assert losses[-1] < losses[0]
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
