@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from distill.core.export import SentenceEncoder
+from distill.core.losses import pairwise_cosines
 
 BUILTIN_STS = "builtin:sts-sample"
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
@@ -88,10 +89,8 @@ def cosine_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
 def similarity_agreement(student: torch.Tensor, teacher: torch.Tensor) -> float:
     """Pearson correlation of the pairwise cosine similarities (off-diagonal) of the same
     texts in student and teacher space: agreement when the widths differ (no projection)."""
-    off = ~torch.eye(student.shape[0], dtype=torch.bool)
-    s = F.normalize(student.float(), dim=-1)
-    t = F.normalize(teacher.float(), dim=-1)
-    return float(torch.corrcoef(torch.stack([(s @ s.T)[off], (t @ t.T)[off]]))[0, 1])
+    pairs = torch.stack([pairwise_cosines(student), pairwise_cosines(teacher)])
+    return float(torch.corrcoef(pairs)[0, 1])
 
 
 def measure_throughput(

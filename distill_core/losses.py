@@ -67,13 +67,17 @@ def similarity_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     keeps the teacher's geometry, which sentences are close to which, in its own space and
     without a projection. Similarity-preserving KD (Tung & Mori, 2019) on L2-normalised
     sentence embeddings; off-diagonal entries only (the diagonal is 1 for both)."""
-    n = student.shape[0]
-    if n < 2:
+    if student.shape[0] < 2:
         return student.sum() * 0.0
-    s = F.normalize(student.to(torch.float32), dim=-1)
-    t = F.normalize(teacher.to(torch.float32), dim=-1)
-    off = ~torch.eye(n, dtype=torch.bool, device=student.device)
-    return F.mse_loss((s @ s.T)[off], (t @ t.T)[off])
+    return F.mse_loss(pairwise_cosines(student), pairwise_cosines(teacher))
+
+
+def pairwise_cosines(x: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal cosine similarities of the rows of `x` [n, width], float32, in
+    row-major order ([n * (n - 1)])."""
+    x = F.normalize(x.to(torch.float32), dim=-1)
+    off = ~torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return (x @ x.T)[off]
 
 
 # --- helpers ---------------------------------------------------------------------------
