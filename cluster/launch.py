@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import ray
 import ray.train
@@ -49,13 +50,23 @@ def ensure_ray(spec: JobSpec) -> None:
     )
 
 
+class ClusterUnreachable(Exception):
+    """Nothing answers at `RAY_ADDRESS` (Ray itself would retry for minutes)."""
+
+
 def cluster_node_resources() -> list[dict[str, float]] | None:
     """Total resources of each alive node of the running cluster at `RAY_ADDRESS`, read by a
     driver connection that reserves nothing and is closed again; None when there is no
-    address or the cluster cannot be read (the run then reports the connection itself)."""
+    address or the cluster cannot be read. `ClusterUnreachable` when nothing listens there."""
     address = os.environ.get("RAY_ADDRESS")
     if not address or address.startswith(("http://", "https://")):
         return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as exc:
+            raise ClusterUnreachable(f"cannot reach a Ray cluster at {address} ({exc})") from None
     joined = not ray.is_initialized()
     try:
         if joined:

@@ -255,9 +255,12 @@ def _worker_memory(spec: JobSpec, local_resources: bool, nodes: dict) -> int | N
     if known is not None or not remote:
         return known
     if "alive" not in nodes:
-        from distill.cluster.launch import cluster_node_resources
+        from distill.cluster.launch import ClusterUnreachable, cluster_node_resources
 
-        nodes["alive"] = cluster_node_resources()
+        try:
+            nodes["alive"] = cluster_node_resources()
+        except ClusterUnreachable as exc:
+            raise SpecError(f"RAY_ADDRESS: {exc}") from None
     if nodes["alive"] is None:
         return None
     sc = spec.scaling

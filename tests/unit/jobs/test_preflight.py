@@ -137,3 +137,19 @@ def test_an_sts_file_with_a_bad_score_deep_inside_is_refused_up_front(
     overrides = [f"teacher.name={teacher_dir}", f"data.train.path={corpus}", "student.layers=2"]
     with pytest.raises(SpecError, match=r"^evaluation\.sts_path: .*line 91: score 'nan'"):
         preflight(load_spec(None, [*overrides, f"evaluation.sts_path={sts}"]))
+
+
+def test_an_unreachable_ray_address_is_one_line_before_ray(monkeypatch):
+    """With RAY_ADDRESS set, preflight reads the cluster's worker memory; nothing listening
+    there is one line naming RAY_ADDRESS (Ray itself would retry for minutes)."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(SpecError) as err:
+        preflight(load_spec(None, ["training.steps=2"]))
+    message = str(err.value)
+    assert message.startswith(f"RAY_ADDRESS: cannot reach a Ray cluster at 127.0.0.1:{port}")
+    assert "\n" not in message
