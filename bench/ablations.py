@@ -85,7 +85,7 @@ def train(spec, steps: int, teacher, teacher_head=None, previous=None):
     )
     gen = torch.Generator().manual_seed(spec.training.seed)
     model.train()
-    batches, step = iter(loader), 0
+    batches, step, started = iter(loader), 0, time.perf_counter()
     while step < steps:
         try:
             batch = next(batches)
@@ -101,6 +101,8 @@ def train(spec, steps: int, teacher, teacher_head=None, previous=None):
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        if step % 250 == 0:
+            print(f"  step {step}/{steps}: {time.perf_counter() - started:.0f} s", flush=True)
     return model.eval(), tokenizer
 
 
@@ -153,8 +155,11 @@ def main() -> None:
     parser.add_argument("--task-epochs", type=float, default=2.0, help="over the 1,000 examples")
     parser.add_argument("--work", default="/tmp/distill-ablations")
     parser.add_argument("--out", default=None)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: seeds side by side)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     corpus = unlabelled_corpus(work / "unlabelled.txt")

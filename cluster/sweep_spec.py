@@ -103,6 +103,11 @@ class SearchSpec(Strict):
     # Optuna's multi-objective search (its Pareto-aware NSGA-II sampler).
     objectives: list[Literal["quality", "retention", "speedup", "params"]] = ["quality"]
     seed: Seed = 0
+    # grid: the order trials start in. `init_quality`: best first by each student's quality
+    # before any training (`distill.jobs.sweep_order`). ASHA compares a trial only with the
+    # trials that reached its rung before it, so a grid whose strongest students come last
+    # (deeper, wider) lets every one of them through; best first, the rest stop early.
+    order: Literal["as_written", "init_quality"] = "as_written"
 
     @model_validator(mode="after")
     def _objectives(self) -> SearchSpec:
@@ -110,6 +115,8 @@ class SearchSpec(Strict):
             raise ValueError(f"objectives: expected distinct metrics, got {self.objectives}")
         if len(self.objectives) > 1 and self.algorithm != "optuna":
             raise ValueError("objectives: several objectives need algorithm optuna")
+        if self.order != "as_written" and self.algorithm != "grid":
+            raise ValueError(f"order: {self.order} orders a grid; algorithm is {self.algorithm}")
         return self
 
 
@@ -167,7 +174,24 @@ class SweepSpec(Strict):
                 )
             if self.search.algorithm == "optuna" and param.kind == "grid":
                 raise ValueError(f"space.{key}: optuna samples; use choice instead of grid")
+        if self.search.order == "init_quality" and not (self.base.get("evaluation") or {}).get(
+            "sts_path"
+        ):
+            raise ValueError(
+                "search.order: init_quality scores students on base.evaluation.sts_path, "
+                "which is not set"
+            )
         return self
+
+
+# An ordered grid (`search.order`) is one Tune grid dimension whose values are whole trial
+# points, in the order they run; a trial's config then holds its point under this key.
+POINT = "_point"
+
+
+def trial_params(config: dict) -> dict[str, Any]:
+    """A trial's sweep values from its Tune config."""
+    return dict(config[POINT]) if POINT in config else dict(config)
 
 
 def apply_params(base: dict, params: dict[str, Any]) -> dict:

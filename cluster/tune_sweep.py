@@ -20,7 +20,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from distill.cluster.sweep_spec import TRIAL_METRICS, SweepSpec
+from distill.cluster.sweep_spec import POINT, TRIAL_METRICS, SweepSpec
 from distill.core.spec import JobSpec
 
 TUNE_DIR = "tune"  # Tune's experiment state and trial results, under the sweep's storage
@@ -83,7 +83,10 @@ class _FinalResultOptuna(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
 
-def param_space(sweep: SweepSpec) -> dict:
+def param_space(sweep: SweepSpec, points: list[dict] | None = None) -> dict:
+    """Tune's space for the sweep; `points`: every grid point, in the order to run them."""
+    if points is not None:
+        return {POINT: tune.grid_search(points)}
     space = {}
     for key, p in sweep.space.items():
         if p.grid is not None:
@@ -155,11 +158,13 @@ def run_tuner(
     context: dict,
     concurrency: int,
     callbacks: list | None = None,
+    points: list[dict] | None = None,
 ) -> tune.ResultGrid:
     """Run `trial(params, context)` (a Tune function trainable; `distill.jobs.tune.run_trial`
     runs one job) for every point of the sweep's space. Start the sweep, or continue it when `storage/tune` holds an interrupted one
     (`Tuner.restore`: finished trials are kept, unfinished ones resume from their last
-    Ray Train checkpoint). `callbacks`: more Tune callbacks (the trackers' loggers)."""
+    Ray Train checkpoint). `callbacks`: more Tune callbacks (the trackers' loggers);
+    `points`: a grid's points in the order to run them (`search.order`)."""
     # Ray Train's in-training reports lack the final metrics a searcher optimises; Tune's
     # strict check would reject them (schedulers skip results without their metric).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -182,7 +187,7 @@ def run_tuner(
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(sweep),
+            param_space=param_space(sweep, points),
             tune_config=tune.TuneConfig(
                 search_alg=searcher(sweep, concurrency),
                 scheduler=scheduler(sweep, steps),

@@ -12,6 +12,7 @@ import json
 import tempfile
 
 from distill.cluster.storage import Storage
+from distill.cluster.sweep_spec import trial_params
 from distill.jobs.pareto import choose, pareto_front
 from distill.jobs.run_folder import SWEEP_REPORT_FILE
 
@@ -36,7 +37,7 @@ def trial_rows(results, saved_status: dict[str, str] | None = None) -> list[dict
             {
                 "trial_id": m.get("trial_id") or (result.path or "").rstrip("/").rsplit("/", 1)[-1],
                 "status": status,
-                "params": {k: v for k, v in (result.config or {}).items()},
+                "params": trial_params(result.config or {}),
                 "metrics": {
                     k: m[k]
                     for k in (*_FINAL, "eval_quality", "eval_loss", "step", "time_total_s")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import yaml
 
 from distill.cluster.storage import Storage
-from distill.cluster.sweep_spec import SweepSpec, apply_params
+from distill.cluster.sweep_spec import SweepSpec, apply_params, trial_params
 from distill.cluster.tracking import with_tracking
 from distill.core.spec import (
     JobSpec,
@@ -196,6 +196,14 @@ def _run_checked_sweep(
         request, bypass = resolve_cache(cache_spec, storage, trials)
     if bypass:
         print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
+    points = None
+    if sweep.search.order == "init_quality":
+        from distill.jobs.sweep_order import init_quality_order
+
+        ranked = init_quality_order([(p, stage.spec) for p, stage in checked.combinations])
+        for params, quality in ranked:
+            print(f"[distill] quality at initialisation {quality:.4f}: {params}", flush=True)
+        points = [params for params, _ in ranked]
     ensure_ray(first)
     cache = build_cache(request) if request is not None else None
     concurrency = max_concurrent_trials(first, sweep.max_concurrent_trials)
@@ -220,6 +228,7 @@ def _run_checked_sweep(
         context,
         concurrency,
         callbacks=tune_callbacks(tracking, local_root(storage)),
+        points=points,
     )
     report = build_sweep_report(
         trial_rows(results, saved_statuses(results)),
@@ -267,7 +276,7 @@ def run_trial(params: dict, context: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    spec = JobSpec.model_validate(apply_params(context["base"], params))
+    spec = JobSpec.model_validate(apply_params(context["base"], trial_params(params)))
     # The sweep's Tune logger callbacks track every trial; its workers log no second copy.
     spec = spec.model_copy(update={"tracking": TrackingSpec()})
     trial_id = tune.get_context().get_trial_id()

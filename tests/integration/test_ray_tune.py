@@ -216,3 +216,36 @@ def test_optuna_multi_objective_with_asha(tmp_path, ray_session):
             assert t["metrics"]["step"] < 12
     assert report["chosen"]["rule"] == "best quality with params <= 15,000,000"
     assert (tmp_path / "sweep" / "pareto.png").is_file()
+
+
+@pytest.mark.slow
+def test_ordered_grid_runs_best_first_under_asha(tmp_path, ray_session):
+    """`search.order: init_quality`: Tune starts the grid's points in the driver's ranking,
+    and the report lists each trial under the space's own keys."""
+    from distill.cluster.sweep_spec import SweepSpec
+    from distill.jobs.sweep_check import check_sweep
+    from distill.jobs.sweep_order import init_quality_order
+    from distill.jobs.tune import run_sweep
+
+    base = {
+        **BASE,
+        "training": {**BASE["training"], "steps": 12},
+        "evaluation": {**BASE["evaluation"], "sts_path": "builtin:sts-sample", "max_sts_pairs": 64},
+    }
+    sweep = SweepSpec(
+        base=base,
+        # A joint dimension too: a point's values may be whole sections.
+        space={
+            "student.layers": {"grid": [1, 3]},
+            "student": {"grid": [{"hidden": 192, "heads": 6}]},
+        },
+        search={"order": "init_quality"},
+        scheduler={"kind": "asha", "grace_period": 4, "reduction_factor": 2},
+    )
+    ranked = init_quality_order([(p, s.spec) for p, s in check_sweep(sweep).combinations])
+    report = run_sweep(sweep, str(tmp_path / "sweep"))
+    # Trial ids number the trials in the order Tune created them.
+    assert [t["params"] for t in report["trials"]] == [p for p, _ in ranked]
+    assert report["counts"]["error"] == 0
+    first = report["trials"][0]
+    assert first["status"] == "completed" and first["metrics"]["step"] == 12

@@ -62,6 +62,22 @@ def _write(tmp_path, sweep: dict):
         ({"base": BASE, "space": {"teacher.name": {"grid": ["x"]}}}, "may not change teacher"),
         (
             {
+                "base": {**BASE, "evaluation": {"sts_path": "builtin:sts-sample"}},
+                "space": {"student.layers": {"choice": [1, 2]}},
+                "search": {"algorithm": "random", "order": "init_quality"},
+            },
+            "order: init_quality orders a grid; algorithm is random",
+        ),
+        (
+            {
+                "base": BASE,
+                "space": {"student.layers": {"grid": [1, 2]}},
+                "search": {"order": "init_quality"},
+            },
+            "search.order: init_quality scores students on base.evaluation.sts_path",
+        ),
+        (
+            {
                 "base": BASE,
                 "space": {"student.layers": {"grid": [1]}},
                 "scheduler": {"kind": "hyperband"},

@@ -9,7 +9,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from distill.cluster import tune_sweep
-from distill.cluster.sweep_spec import SweepSpec
+from distill.cluster.sweep_spec import POINT, SweepSpec, trial_params
 from distill.core.spec import JobSpec
 
 SPACE = {
@@ -28,6 +28,15 @@ def test_param_space_maps_each_kind_to_tune():
     assert (space["student.ffn"].lower, space["student.ffn"].upper) == (256, 512)
     grid = tune_sweep.param_space(SweepSpec(space={"student.layers": {"grid": [1, 2]}}))
     assert grid["student.layers"] == {"grid_search": [1, 2]}
+
+
+def test_an_ordered_grid_is_one_dimension_of_whole_points():
+    points = [{"student.layers": 3, "student": {"hidden": 384}}, {"student.layers": 1}]
+    space = tune_sweep.param_space(SweepSpec(space={"student.layers": {"grid": [1, 3]}}), points)
+    assert space == {POINT: {"grid_search": points}}
+    # A trial's values, ordered or not, are the space's keys.
+    assert trial_params({POINT: points[0]}) == points[0]
+    assert trial_params({"student.layers": 2}) == {"student.layers": 2}
 
 
 def test_searchers_and_schedulers():
