@@ -74,13 +74,7 @@ def _summary(report: dict, workers: int) -> dict:
         "steps_trained": sum(t["metrics"].get("step", 0) for t in report["trials"]),
         "wall_s": report["sweep"]["wall_time_s"],
         "trials": [
-            {
-                "trial_id": t["trial_id"],
-                "params": t["params"],
-                "status": t["status"],
-                **t["metrics"],
-            }
-            for t in report["trials"]
+            {k: t[k] for k in ("trial_id", "params", "status", "metrics")} for t in report["trials"]
         ],
     }
 
