@@ -149,6 +149,14 @@ def scheduler(sweep: SweepSpec, steps: int):
     )
 
 
+def resumable(storage) -> bool:
+    """Whether `storage/tune` holds a sweep `run_tuner` continues (`Tuner.restore`) rather
+    than starts. Reads the experiment state only: no Ray resources."""
+    storage_path, filesystem = storage.ray_storage()
+    experiment = f"{storage_path.rstrip('/')}/{TUNE_DIR}"
+    return tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
+
+
 def run_tuner(
     sweep: SweepSpec,
     base: dict,
@@ -175,7 +183,7 @@ def run_tuner(
         tune.with_parameters(trial, context=context), {"CPU": 0, "memory": 1}
     )
     experiment = f"{storage_path.rstrip('/')}/{TUNE_DIR}"
-    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+    if resumable(storage):
         print(f"[distill] resuming the sweep in {storage.uri}", flush=True)
         tuner = tune.Tuner.restore(
             experiment,

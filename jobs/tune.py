@@ -175,6 +175,7 @@ def _run_checked_sweep(
     from distill.cluster.tune_sweep import (
         TRIALS_DIR,
         max_concurrent_trials,
+        resumable,
         run_tuner,
         saved_statuses,
     )
@@ -197,7 +198,8 @@ def _run_checked_sweep(
     if bypass:
         print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
     points = None
-    if sweep.search.order == "init_quality":
+    # A resumed sweep keeps the space Tune saved (already in this order): no second ranking.
+    if sweep.search.order == "init_quality" and not resumable(storage):
         from distill.jobs.sweep_order import init_quality_order
 
         ranked = init_quality_order([(p, stage.spec) for p, stage in checked.combinations])

@@ -219,7 +219,7 @@ def test_optuna_multi_objective_with_asha(tmp_path, ray_session):
 
 
 @pytest.mark.slow
-def test_ordered_grid_runs_best_first_under_asha(tmp_path, ray_session):
+def test_ordered_grid_runs_best_first_under_asha(tmp_path, ray_session, monkeypatch):
     """`search.order: init_quality`: Tune starts the grid's points in the driver's ranking,
     and the report lists each trial under the space's own keys."""
     from distill.cluster.sweep_spec import SweepSpec
@@ -249,3 +249,15 @@ def test_ordered_grid_runs_best_first_under_asha(tmp_path, ray_session):
     assert report["counts"]["error"] == 0
     first = report["trials"][0]
     assert first["status"] == "completed" and first["metrics"]["step"] == 12
+
+    # Run again on the same folder: Tune restores the saved, already ordered space, so the
+    # driver does not rank the grid a second time.
+    import distill.jobs.sweep_order as sweep_order
+
+    def ranked_again(_combinations):
+        raise AssertionError("a resumed sweep ranked its grid again")
+
+    monkeypatch.setattr(sweep_order, "init_quality_order", ranked_again)
+    resumed = run_sweep(sweep, str(tmp_path / "sweep"))
+    assert [t["params"] for t in resumed["trials"]] == [p for p, _ in ranked]
+    assert [t["status"] for t in resumed["trials"]] == [t["status"] for t in report["trials"]]

@@ -88,3 +88,15 @@ def test_concurrency_from_cluster_resources(monkeypatch, resources, scaling, req
     monkeypatch.setattr(tune_sweep.ray, "cluster_resources", lambda: resources)
     spec = JobSpec.model_validate({"scaling": scaling})
     assert tune_sweep.max_concurrent_trials(spec, requested) == expected
+
+
+def test_a_folder_without_a_tune_experiment_is_not_resumable(tmp_path):
+    """A new sweep folder (or one holding only other files) starts a sweep: `search.order`
+    ranks its grid then; a saved experiment is resumed instead (the slow ordered-grid test)."""
+    from distill.cluster.storage import open_storage
+
+    storage = open_storage(tmp_path / "sweep")
+    assert not tune_sweep.resumable(storage)
+    (tmp_path / "sweep" / tune_sweep.TUNE_DIR).mkdir(parents=True)
+    (tmp_path / "sweep" / "sweep.yaml").write_text("search: {}\n")
+    assert not tune_sweep.resumable(storage)
