@@ -57,6 +57,12 @@ def source_format(path: str, fmt: str = "auto") -> str:
     return "local-unknown" if os.path.exists(path) else "hub"
 
 
+def wiki_sentences() -> list[str]:
+    """The 6,472 packaged English Wikipedia sentences (`builtin:wiki-sentences`), in order."""
+    with gzip.open(SAMPLES_DIR / "wiki-sentences.txt.gz", "rt", encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
 def load_source(
     path: str, fmt: str = "auto", split: str = "train", config_name: str | None = None
 ) -> datasets.Dataset:
@@ -72,8 +78,7 @@ def load_source(
 
         return datasets.Dataset.from_dict({"text": docstring_sentences()})
     if kind == "builtin" and path == BUILTIN_WIKI:
-        with gzip.open(SAMPLES_DIR / "wiki-sentences.txt.gz", "rt", encoding="utf-8") as f:
-            return datasets.Dataset.from_dict({"text": f.read().splitlines()})
+        return datasets.Dataset.from_dict({"text": wiki_sentences()})
     if kind == "builtin":
         known = [BUILTIN_DOCSTRINGS, BUILTIN_KEYWORDS, BUILTIN_WIKI]
         raise DataError(f"data file {path}: no such built-in corpus; choose from {known}")

@@ -27,6 +27,7 @@ from distill.core.data import (
     teacher_view,
     tokenize,
     tokenize_for_both,
+    wiki_sentences,
 )
 from distill.core.evaluation import (
     cosine_agreement,
@@ -237,7 +238,7 @@ class EncoderFamily(ModelFamily):
         elif spec.student.init == PRETRAINED:
             student = load_pretrained_student(spec, AutoModel)
         else:
-            student = _fresh_student(spec, teacher, gather)
+            student = _fresh_student(spec, teacher, gather, tokenizer)
         if spec.student.freeze_word_embeddings and kind != "finetune":
             freeze_word_embeddings(student)
         if spec.task is not None:
@@ -493,7 +494,30 @@ def objective_settings(spec: JobSpec, student: nn.Module, teacher: nn.Module) ->
     )
 
 
-def _fresh_student(spec: JobSpec, teacher: nn.Module, gather=no_gather) -> nn.Module:
+CALIBRATION_SENTENCES = 512  # Minitron ranks with 1,024 samples; 512 sentences settle the top-k
+
+
+def calibration_batches(
+    tokenizer, max_length: int, *, sentences: int = CALIBRATION_SENTENCES, batch_size: int = 16
+) -> list[dict[str, torch.Tensor]]:
+    """The first `sentences` packaged Wikipedia sentences, tokenized as training batches are:
+    the text `student.importance: activations` ranks a width_slice student's widths on."""
+    texts = wiki_sentences()[:sentences]
+    return [
+        dict(
+            tokenizer(
+                texts[i : i + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+        )
+        for i in range(0, len(texts), batch_size)
+    ]
+
+
+def _fresh_student(spec: JobSpec, teacher: nn.Module, gather, tokenizer) -> nn.Module:
     s = spec.student
     if s.kind == "lstm":
         with gather(list(teacher.get_input_embeddings().parameters())):
@@ -513,6 +537,11 @@ def _fresh_student(spec: JobSpec, teacher: nn.Module, gather=no_gather) -> nn.Mo
         teacher_layers=s.teacher_layers,
         seed=spec.training.seed,
         gather=gather,
+        calibration=(
+            calibration_batches(tokenizer, spec.data.max_length)
+            if s.importance == "activations"
+            else None
+        ),
     )
 
 

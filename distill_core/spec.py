@@ -128,12 +128,24 @@ class StudentSpec(Strict):
     ] = "every_other_layer"
     name: str | None = None  # the pretrained student's folder (or hub id), with init: pretrained
     teacher_layers: list[int] | None = None  # explicit 0-based teacher layer per student layer
+    # How width_slice ranks the teacher's hidden channels, heads and FFN neurons: by its
+    # weights alone, or by its activations on calibration text (512 of the packaged English
+    # Wikipedia sentences, `builtin:wiki-sentences`).
+    importance: Literal["weights", "activations"] = "weights"
     # Seq2seq (BART-style) students: decoder depth; None = `layers` (encoder depth).
     decoder_layers: PositiveInt | None = None
     # Keep the teacher's token embeddings frozen. None: freeze when they are copied from the
     # teacher at full width (they are then already trained; updating the 30k x H table
     # dominates the optimizer step on CPU).
     freeze_word_embeddings: bool | None = None
+
+    @field_validator("importance")
+    @classmethod
+    def _importance_ranks_a_width_slice(cls, importance: str, info: ValidationInfo) -> str:
+        init = info.data.get("init")
+        if importance == "activations" and init is not None and init != "width_slice":
+            raise ValueError(f"activations ranks what init: width_slice keeps; init is {init}")
+        return importance
 
     @field_validator("heads")
     @classmethod

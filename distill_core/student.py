@@ -384,16 +384,110 @@ def head_scores(block_params: dict[str, torch.Tensor], n_heads: int) -> torch.Te
     return w_o.reshape(w_o.shape[0], n_heads, -1).norm(dim=(0, 2))
 
 
-def ffn_scores(block_params: dict[str, torch.Tensor]) -> torch.Tensor:
+def ffn_scores(
+    block_params: dict[str, torch.Tensor], mean_abs_activation: torch.Tensor | None = None
+) -> torch.Tensor:
     """Importance of each FFN neuron of one layer, [ffn]: the L2 norm of its output weights
-    (its column of `output.dense`), as in DynaBERT's weight-magnitude fallback."""
-    return block_params["output.dense.weight"].detach().float().norm(dim=0)
+    (its column of `output.dense`), as in DynaBERT's weight-magnitude fallback. Given the
+    neuron's mean |activation| over calibration tokens ([ffn]), that times the norm: the
+    size of what the neuron adds to the residual stream on real text (Minitron's activation
+    importance, weighted by the output norm as Wanda weights |W| by ||X||)."""
+    norms = block_params["output.dense.weight"].detach().float().norm(dim=0)
+    return norms if mean_abs_activation is None else norms * mean_abs_activation.to(norms)
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """What a teacher's layers emit on calibration text, averaged over real tokens.
+
+    hidden: [teacher hidden], the mean |value| of each residual-stream channel at every
+    LayerNorm that writes the stream (embeddings, and the attention-output and output
+    LayerNorms of `teacher_layers`), summed; heads[i]: [heads], the mean L2 norm of what
+    each head writes to the residual (its context through its columns of the attention
+    output projection) in teacher layer teacher_layers[i]; ffn[i]: [ffn], the mean |output|
+    of each FFN neuron (after the activation) in that layer.
+    """
+
+    teacher_layers: list[int]
+    hidden: torch.Tensor
+    heads: list[torch.Tensor]
+    ffn: list[torch.Tensor]
+
+
+@torch.no_grad()
+def activation_stats(
+    teacher: nn.Module, batches: Sequence[dict[str, torch.Tensor]], teacher_layers: Sequence[int]
+) -> ActivationStats:
+    """Run the (BERT-family) teacher on calibration `batches` (tokenizer outputs with an
+    `attention_mask`) and average what `width_slice` ranks, over real tokens only (Minitron,
+    Muralidharan et al. 2024, sec. 2.2: activation-based importance from a small calibration
+    set). Forward hooks only; the teacher is left as it was."""
+    _check_width_slice_supported(teacher)
+    layers = list(teacher_layers)
+    blocks = layer_list(teacher)
+    n_heads = teacher.config.num_attention_heads
+    device = next(teacher.parameters()).device
+    sums: dict[str, torch.Tensor] = {}
+    mask: list[torch.Tensor] = []  # the current batch's [batch, seq, 1] float mask
+
+    def accumulate(key: str, per_token: torch.Tensor) -> None:  # [batch, seq, n]
+        total = (per_token.float() * mask[0]).sum(dim=(0, 1))
+        sums[key] = sums[key] + total if key in sums else total
+
+    def abs_out(key: str):
+        return lambda module, args, out: accumulate(key, out.abs())
+
+    def head_out(key: str, w_o: torch.Tensor):
+        def hook(module, args):
+            ctx = args[0].float()  # [batch, seq, heads * head_dim], heads concatenated
+            per_head = ctx.unflatten(-1, (n_heads, -1))
+            w = w_o.float().unflatten(1, (n_heads, -1))  # [hidden, heads, head_dim]
+            written = torch.einsum("bsnd,hnd->bsnh", per_head, w)
+            accumulate(key, written.norm(dim=-1))
+
+        return hook
+
+    hooks = [teacher.embeddings.LayerNorm.register_forward_hook(abs_out("hidden.emb"))]
+    for t in layers:
+        block = blocks[t]
+        hooks += [
+            block.attention.output.LayerNorm.register_forward_hook(abs_out(f"hidden.att.{t}")),
+            block.output.LayerNorm.register_forward_hook(abs_out(f"hidden.out.{t}")),
+            block.intermediate.register_forward_hook(abs_out(f"ffn.{t}")),
+            block.attention.output.dense.register_forward_pre_hook(
+                head_out(f"heads.{t}", block.attention.output.dense.weight)
+            ),
+        ]
+    tokens = 0
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask[:] = [batch["attention_mask"].unsqueeze(-1).float()]
+            tokens += int(batch["attention_mask"].sum())
+            teacher(**batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if tokens == 0:
+        raise ValueError("width_slice: the calibration text has no tokens")
+    mean = {k: v.cpu() / tokens for k, v in sums.items()}
+    return ActivationStats(
+        teacher_layers=layers,
+        hidden=sum(v for k, v in mean.items() if k.startswith("hidden.")),
+        heads=[mean[f"heads.{t}"] for t in layers],
+        ffn=[mean[f"ffn.{t}"] for t in layers],
+    )
 
 
 def width_slice_plan(
-    teacher: nn.Module, size: StudentSize, teacher_layers: Sequence[int]
+    teacher: nn.Module,
+    size: StudentSize,
+    teacher_layers: Sequence[int],
+    stats: ActivationStats | None = None,
 ) -> WidthSlicePlan:
-    """Which teacher channels, heads and neurons a `width_slice` student of `size` keeps.
+    """Which teacher channels, heads and neurons a `width_slice` student of `size` keeps:
+    ranked by the teacher's weights alone (data-free), or by `stats`, what the teacher's
+    layers emit on calibration text (`activation_stats` of the same teacher layers).
 
     Whole heads are kept, so the student's head size hidden/heads must equal the teacher's;
     slicing inside heads would change every attention logit's scale and is not done.
@@ -418,11 +512,25 @@ def width_slice_plan(
         )
     _, blocks = _outer_and_block_params(teacher)
     layers = list(teacher_layers)
+    if stats is None:
+        return WidthSlicePlan(
+            teacher_layers=layers,
+            hidden=_top(hidden_channel_scores(teacher, layers), size.hidden),
+            heads=[
+                _top(head_scores(blocks[t], tc.num_attention_heads), size.heads) for t in layers
+            ],
+            ffn=[_top(ffn_scores(blocks[t]), size.ffn) for t in layers],
+        )
+    if stats.teacher_layers != layers:
+        raise ValueError(
+            f"width_slice: activation stats are of teacher layers {stats.teacher_layers}, "
+            f"the student copies {layers}"
+        )
     return WidthSlicePlan(
         teacher_layers=layers,
-        hidden=_top(hidden_channel_scores(teacher, layers), size.hidden),
-        heads=[_top(head_scores(blocks[t], tc.num_attention_heads), size.heads) for t in layers],
-        ffn=[_top(ffn_scores(blocks[t]), size.ffn) for t in layers],
+        hidden=_top(stats.hidden, size.hidden),
+        heads=[_top(h, size.heads) for h in stats.heads],
+        ffn=[_top(ffn_scores(blocks[t], a), size.ffn) for t, a in zip(layers, stats.ffn)],
     )
 
 
@@ -447,16 +555,19 @@ def copy_width_sliced(
     teacher: nn.Module,
     teacher_layers: Sequence[Sequence[int]],
     gather: Gather = no_gather,
+    calibration: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Initialise `student` from the teacher layers `teacher_layers[0]` (an encoder has one
-    stack), keeping the channels, heads and neurons `width_slice_plan` ranks highest."""
+    stack), keeping the channels, heads and neurons `width_slice_plan` ranks highest: by
+    the teacher's weights, or by its activations on `calibration` batches when given."""
     if gather is not no_gather:
         raise ValueError(
             "student.init: width_slice ranks the whole teacher's channels; it needs "
             "teacher.partition: replicate"
         )
     (teacher_layers,) = teacher_layers
-    plan = width_slice_plan(teacher, architecture_size(student.config), teacher_layers)
+    stats = None if calibration is None else activation_stats(teacher, calibration, teacher_layers)
+    plan = width_slice_plan(teacher, architecture_size(student.config), teacher_layers, stats)
     head_dim = teacher.config.hidden_size // teacher.config.num_attention_heads
     t_outer, t_blocks = _outer_and_block_params(teacher)
     s_outer, s_blocks = _outer_and_block_params(student)
@@ -495,17 +606,25 @@ def build_student(
     seed: int = 0,
     auto_class=AutoModel,
     gather: Gather = no_gather,
+    calibration: Sequence[dict[str, torch.Tensor]] | None = None,
 ) -> nn.Module:
     """Build a student of `size` from the teacher's config (as `auto_class`: AutoModel for
     encoders, the Auto LM class for generative teachers) and initialise it by `init` on each
-    layer stack. Explicit `teacher_layers` apply to single-stack models."""
+    layer stack. Explicit `teacher_layers` apply to single-stack models. `calibration`
+    (tokenized batches): `width_slice` ranks by the teacher's activations on them."""
+    if calibration is not None and init != "width_slice":
+        raise ValueError(
+            f"student.importance: activations ranks what width_slice keeps; init is {init}"
+        )
     chosen = student_layer_choice(teacher.config, size, init, teacher_layers)
     config = student_config(teacher.config, size, chosen[0])
     torch.manual_seed(seed)
     student = auto_class.from_config(
         config, attn_implementation=teacher.config._attn_implementation
     )
-    if chosen[0] is not None:
+    if calibration is not None:
+        copy_width_sliced(student, teacher, chosen, gather, calibration)
+    elif chosen[0] is not None:
         STUDENT_INITS[init].copy(student, teacher, chosen, gather)
     return student
 

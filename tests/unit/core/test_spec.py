@@ -89,6 +89,12 @@ def test_bad_override_syntax(pairs):
         (["data.eval_fraction=0.7"], "data.eval_fraction", "less than 0.5"),
         (["student.teacher_layers=[0, x]"], "student.teacher_layers.1", "valid integer"),
         (["output.name=bad name!"], "output.name", "pattern"),
+        (
+            ["student.init=uniform_map", "student.importance=activations"],
+            "student.importance",
+            "activations ranks what init: width_slice keeps; init is uniform_map",
+        ),
+        (["student.importance=gradients"], "student.importance", "'weights' or 'activations'"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_field(overrides, field, detail):

@@ -13,6 +13,7 @@ from distill.core.losses import masked_mean_pool
 from distill.core.student import (
     STUDENT_INITS,
     StudentSize,
+    activation_stats,
     build_student,
     every_other_layer,
     ffn_scores,
@@ -273,6 +274,91 @@ def test_width_slice_refuses_non_bert_names():
     teacher = DistilBertModel(config).eval()
     with pytest.raises(ValueError, match="width_slice supports BERT-family.*DistilBertModel"):
         build_student(teacher, NARROW, init="width_slice")
+
+
+# --- width_slice ranked by activations (student.importance: activations) ------------------
+
+
+def _ids_batch(rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Right-padded input ids (pad 0) and their attention mask."""
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+ROWS = [[2, 17, 40, 41, 3], [2, 9, 3], [2, 60, 61, 62, 63, 64, 3]]
+
+
+def test_activation_ffn_score_by_hand():
+    w = {"output.dense.weight": torch.tensor([[3.0, 0.0], [4.0, 1.0]])}
+    assert torch.equal(ffn_scores(w, torch.tensor([2.0, 3.0])), torch.tensor([10.0, 3.0]))
+
+
+@torch.no_grad()
+def test_activation_stats_are_means_over_real_tokens(tiny_bert):
+    """The FFN and embedding statistics equal the teacher's own sub-modules run by hand, and
+    padding changes nothing (each sentence alone, unpadded, gives the same means)."""
+    padded = activation_stats(tiny_bert, [_ids_batch(ROWS)], [1, 3])
+    alone = activation_stats(tiny_bert, [_ids_batch([r]) for r in ROWS], [1, 3])
+    for a, b in zip(
+        (padded.hidden, *padded.heads, *padded.ffn), (alone.hidden, *alone.heads, *alone.ffn)
+    ):
+        assert torch.allclose(a, b, atol=1e-5)
+
+    ids = torch.cat([torch.tensor(r) for r in ROWS])[None]  # one unpadded "sentence"
+    out = tiny_bert(input_ids=ids, output_hidden_states=True)
+    block = tiny_bert.encoder.layer[3]
+    attention = block.attention(out.hidden_states[3])[0]
+    expected_ffn = block.intermediate(attention).abs().mean(dim=(0, 1))
+    joined = activation_stats(
+        tiny_bert, [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}], [1, 3]
+    )
+    assert torch.allclose(joined.ffn[1], expected_ffn, atol=1e-5)
+    assert joined.teacher_layers == [1, 3]
+    assert joined.heads[0].shape == (4,) and joined.hidden.shape == (32,)
+
+
+@torch.no_grad()
+def test_activations_drop_what_weight_norms_keep(tiny_bert):
+    """A head whose values are zeroed writes nothing, and FFN neurons whose pre-activation
+    sits far below zero never fire: their output weights (scaled up 10x) still rank them
+    first by weights, but they are the first dropped by activations."""
+    teacher = copy.deepcopy(tiny_bert)
+    for block in teacher.encoder.layer:
+        block.attention.self.value.weight[0:8] = 0.0  # head 0
+        block.attention.self.value.bias[0:8] = 0.0
+        block.attention.output.dense.weight[:, 0:8] *= 10
+        block.intermediate.dense.bias[:16] = -30.0  # GELU(-30 + small) is ~0
+        block.output.dense.weight[:, :16] *= 10
+    size = StudentSize(layers=2, hidden=32, heads=4, ffn=48)
+    by_weights = width_slice_plan(teacher, size, [0, 3])
+    assert all(torch.equal(f[:16], torch.arange(16)) for f in by_weights.ffn)
+    batches = [_ids_batch(ROWS)]
+    stats = activation_stats(teacher, batches, [0, 3])
+    assert all(h[0] == 0 and (h[1:] > 0).all() for h in stats.heads)
+    by_activations = width_slice_plan(teacher, size, [0, 3], stats)
+    assert all(not (f < 16).any() for f in by_activations.ffn)
+
+    student = build_student(teacher, size, init="width_slice", calibration=batches)
+    kept = by_activations.ffn[1]
+    assert torch.equal(
+        student.encoder.layer[1].intermediate.dense.weight,
+        teacher.encoder.layer[3].intermediate.dense.weight[kept],
+    )
+    assert all(not p.requires_grad for p in teacher.parameters())  # the teacher is untouched
+    assert not teacher.training
+
+
+def test_activation_stats_must_match_the_copied_layers(tiny_bert):
+    stats = activation_stats(tiny_bert, [_ids_batch(ROWS)], [0, 3])
+    with pytest.raises(ValueError, match=r"activation stats are of teacher layers \[0, 3\]"):
+        width_slice_plan(tiny_bert, NARROW, [1, 2], stats)
+
+
+def test_calibration_needs_width_slice(tiny_bert):
+    with pytest.raises(ValueError, match="student.importance: activations ranks what width_slice"):
+        build_student(tiny_bert, NARROW, init="uniform_map", calibration=[_ids_batch(ROWS)])
 
 
 def test_every_init_builds(tiny_bert):

@@ -49,3 +49,19 @@ def test_students_are_ranked_by_their_quality_before_training():
     )
     # One 192-wide layer keeps far less of it.
     assert scores[-1] < quality - 0.1
+
+
+def test_activation_importance_starts_a_sliced_student_closer_to_the_teacher():
+    """`student.importance: activations` on the packaged teacher: a 3-layer student whose
+    FFNs keep 768 of 1,536 neurons, scored untrained as `init_quality` scores it. Ranking
+    the neurons by what they add on real text (not by output-weight norms alone) keeps
+    more of the teacher's STS quality (0.813 vs 0.798 on all of STS-B dev, measured)."""
+    combos = []
+    for importance in ("weights", "activations"):
+        spec = {**BASE, "student": {"init": "width_slice", "layers": 3, "ffn": 768}}
+        spec["student"]["importance"] = importance
+        sweep = SweepSpec(base=spec, space={"training.seed": {"grid": [0]}})
+        ((params, stage),) = check_sweep(sweep).combinations
+        combos.append(({"importance": importance}, stage.spec))
+    scores = {p["importance"]: q for p, q in init_quality_order(combos)}
+    assert scores["activations"] > scores["weights"] + 0.005, scores
