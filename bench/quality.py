@@ -238,7 +238,7 @@ def heldout_table(results: dict) -> str:
     for name, row in results["students"].items():
         r = row["retention"]
         lines.append(
-            f"| `{name}` (retention) | {row.get('speedup_joint', row['speedup']):.2f}× | "
+            f"| `{name}` (retention) | {row['speedup_joint'] if 'speedup_joint' in row else row['speedup']:.2f}× | "
             f"{100 * r['sts_dev']:.1f}% | "
             + " | ".join(f"{100 * r['per_set'][k]:.1f}%" for k in sets)
             + f" | {100 * r['domain_mean']:.1f}% |"
