@@ -57,6 +57,27 @@ def source_format(path: str, fmt: str = "auto") -> str:
     return "local-unknown" if os.path.exists(path) else "hub"
 
 
+def tokenized_batches(
+    tokenizer, texts: Sequence[str], batch_size: int, max_length: int, **options
+) -> list[dict[str, torch.Tensor]]:
+    """`texts` in order, `batch_size` at a time, each batch tokenized as PyTorch tensors,
+    padded to its longest row and truncated to `max_length` (`options`: more tokenizer
+    arguments)."""
+    return [
+        dict(
+            tokenizer(
+                list(texts[i : i + batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+                **options,
+            )
+        )
+        for i in range(0, len(texts), batch_size)
+    ]
+
+
 def wiki_sentences() -> list[str]:
     """The 6,472 packaged English Wikipedia sentences (`builtin:wiki-sentences`), in order."""
     with gzip.open(SAMPLES_DIR / "wiki-sentences.txt.gz", "rt", encoding="utf-8") as f:

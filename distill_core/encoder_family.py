@@ -27,6 +27,7 @@ from distill.core.data import (
     teacher_view,
     tokenize,
     tokenize_for_both,
+    tokenized_batches,
     wiki_sentences,
 )
 from distill.core.evaluation import (
@@ -502,19 +503,7 @@ def calibration_batches(
 ) -> list[dict[str, torch.Tensor]]:
     """The first `sentences` packaged Wikipedia sentences, tokenized as training batches are:
     the text `student.importance: activations` ranks a width_slice student's widths on."""
-    texts = wiki_sentences()[:sentences]
-    return [
-        dict(
-            tokenizer(
-                texts[i : i + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-        )
-        for i in range(0, len(texts), batch_size)
-    ]
+    return tokenized_batches(tokenizer, wiki_sentences()[:sentences], batch_size, max_length)
 
 
 def _fresh_student(spec: JobSpec, teacher: nn.Module, gather, tokenizer) -> nn.Module:

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from distill.core.data import tokenized_batches
 from distill.core.generative import (
     BatchIds,
     lm_head,
@@ -230,19 +231,13 @@ def _prompts(model, tokenizer, texts: list[str], prompt_tokens: int, batch_size:
     side = tokenizer.padding_side
     tokenizer.padding_side = "right" if seq2seq else "left"
     try:
-        return [
-            dict(
-                tokenizer(
-                    texts[i : i + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=64 if seq2seq else prompt_tokens,
-                    return_token_type_ids=False,  # BERT-style tokenizers of LMs: not an input
-                    return_tensors="pt",
-                )
-            )
-            for i in range(0, len(texts), batch_size)
-        ]
+        return tokenized_batches(
+            tokenizer,
+            texts,
+            batch_size,
+            64 if seq2seq else prompt_tokens,
+            return_token_type_ids=False,  # BERT-style tokenizers of LMs: not an input
+        )
     finally:
         tokenizer.padding_side = side
 
