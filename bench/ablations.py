@@ -32,7 +32,7 @@ from distill.cluster.job_data import train_eval_texts
 from distill.core.data import collate, load_source, tokenize
 from distill.core.evaluation import load_sts_pairs, sts_spearman
 from distill.core.export import SentenceEncoder
-from distill.core.families import FAMILIES
+from distill.core.family_registry import FAMILIES
 from distill.core.outputs import TaskHead, forward_outputs
 from distill.core.spec import load_spec
 from distill.core.teacher import PACKAGED_TEACHER, load_teacher, resolve_teacher

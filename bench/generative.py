@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.teacher_generations import generate
-from distill.core.families import family_of
+from distill.core.family_registry import family_of
 from distill.core.generative import generative_collate, tokenize_generative
 from distill.core.generative_eval import (
     bleu_chrf,

@@ -41,8 +41,8 @@ def _inference_layouts(args, layouts: dict) -> tuple[dict, int]:
     of each and the number of alive nodes."""
     import ray
 
+    from distill.cluster.cache_store import build_cache, resolve_cache
     from distill.cluster.storage import LocalStorage
-    from distill.cluster.teacher_cache import build_cache, resolve_cache
     from distill.core.spec import load_spec
 
     rows = {}
@@ -183,7 +183,16 @@ def lm(args) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
     from distill.cluster.job_data import train_eval_texts
-    from distill.core.families import FAMILIES
+    from distill.core.cache_format import (
+        CachePlan,
+        ShardedCache,
+        assemble_shard,
+        build_manifest,
+        lm_rows,
+        shard_name,
+        write_shard,
+    )
+    from distill.core.family_registry import FAMILIES
     from distill.core.generative import (
         BatchIds,
         GenerativeDistillationModel,
@@ -198,15 +207,6 @@ def lm(args) -> None:
     from distill.core.spec import load_spec
     from distill.core.student import StudentSize, build_student
     from distill.core.teacher import resolve_teacher
-    from distill.core.teacher_cache import (
-        CachePlan,
-        ShardedCache,
-        assemble_shard,
-        build_manifest,
-        lm_rows,
-        shard_name,
-        write_shard,
-    )
 
     torch.set_num_threads(2)
     family = FAMILIES["causal"]

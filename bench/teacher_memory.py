@@ -183,7 +183,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from distill.core.placement import footprint
+        from distill.core.teacher_plan import footprint
 
         config = AutoConfig.from_pretrained(teacher)
         whole_gib = footprint(config, AutoModelForCausalLM).parameters * 4 / 2**30

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoTokenizer
 
 from distill.cluster.run_files import ENGINE_TAG
-from distill.core.families import family_of
+from distill.core.family_registry import family_of
 from distill.core.spec import JobSpec
 from distill.core.teacher import is_sentence_transformer, load_teacher_config, resolve_teacher
 

@@ -3,7 +3,7 @@ an actor pool of teacher replicas (`teacher.inference.*`: actors, CPUs/GPUs per 
 forward batch size) maps it batch by batch, and every call writes one shard of the
 teacher-output cache straight to the cache's storage (a local folder or S3). The driver
 writes the manifest last, only when every row of every split has its shard
-(`distill.core.teacher_cache.build_manifest`), so a half-built cache never counts.
+(`distill.core.cache_format.build_manifest`), so a half-built cache never counts.
 
 Ray Data restarts a teacher actor that dies and retries its batch (`max_restarts`,
 `max_task_retries`); a retried batch rewrites the same shard name, so retries never
@@ -21,18 +21,18 @@ import numpy as np
 import torch
 
 from distill.cluster.storage import open_storage
-from distill.core.families import family_of
-from distill.core.outputs import TaskHead
-from distill.core.placement import TORCH_DTYPES
-from distill.core.spec import JobSpec
-from distill.core.teacher import freeze
-from distill.core.teacher_cache import (
+from distill.core.cache_format import (
     CachePlan,
     assemble_shard,
     length_buckets,
     shard_name,
     write_shard,
 )
+from distill.core.family_registry import family_of
+from distill.core.outputs import TaskHead
+from distill.core.spec import JobSpec
+from distill.core.teacher import freeze
+from distill.core.teacher_plan import TORCH_DTYPES
 
 ROW_COLUMNS = ("input_ids", "attention_mask", "labels")  # what a tokenized row may hold
 

@@ -3,7 +3,7 @@ group, each stage a DeepSpeed-ZeRO distillation.
 
 Everything arrives through `config["inputs"]` (a frozen `cluster.pipeline.WorkerInputs`).
 The teacher is frozen and kept out of the DeepSpeed engine. The family of the teacher
-(`distill.core.families`) supplies the model, batches, teacher outputs and export. Checkpoints: every
+(`distill.core.family_registry`) supplies the model, batches, teacher outputs and export. Checkpoints: every
 rank saves its shard into the same temporary folder name, then every rank calls
 `ray.train.report` with it, which Ray merges into one checkpoint. A stage's final
 checkpoint also carries `student/` (the HF export, written by rank 0 with ZeRO-3 weights
@@ -12,7 +12,9 @@ used to check the export); a stage that later stages read also leaves its export
 run's storage (`cluster.pipeline`).
 
 The steps, each a short function: `resume_point`, `set_up_stage` (teacher, student,
-data, engine), `restore`, `train_step`, `evaluate`, `save_and_report`, `finish_stage`.
+data, engine), `restore`, `train_step` (`next_batch`, `teacher_targets`, `loss_step`, the
+non-finite guard, DeepSpeed's backward and step), `evaluate`, `save_and_report`,
+`finish_stage`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoTokenizer
 
+from distill.cluster.cache_store import open_cache
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
@@ -49,22 +52,22 @@ from distill.cluster.pipeline import (
 )
 from distill.cluster.run_files import DIVERGED_FILE, ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.storage import Storage, open_storage
-from distill.cluster.teacher_cache import open_cache
 from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
-from distill.cluster.teacher_placement import PlacedTeacher, place_teacher
+from distill.cluster.teacher_on_worker import PlacedTeacher, place_teacher
 from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_env import in_job_working_dir
+from distill.core.cache_format import INDEX_COLUMN, folder_digest
 from distill.core.data import tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
-from distill.core.families import family_of
-from distill.core.family import PRETRAINED, ModelFamily
+from distill.core.family_interface import ModelFamily
+from distill.core.family_registry import family_of
 from distill.core.lazy_teacher import skeleton_teacher
 from distill.core.outputs import TaskHead
-from distill.core.placement import TORCH_DTYPES
 from distill.core.spec import JobSpec
 from distill.core.student import no_gather
+from distill.core.student_resolution import PRETRAINED
 from distill.core.teacher import freeze, resolve_teacher
-from distill.core.teacher_cache import INDEX_COLUMN, folder_digest
+from distill.core.teacher_plan import TORCH_DTYPES
 
 _UNTIMED_STEPS = 2  # first steps of a stage warm up allocators and communication
 _PHASES = ("teacher", "forward", "backward", "step")  # per-step time breakdown in metrics
@@ -415,28 +418,16 @@ def train_step(stage: LiveStage, progress: Progress, step: int):
     """One forward and backward on the next batch, and DeepSpeed's step (an optimizer
     update at the end of `training.gradient_accumulation_steps` micro-batches); returns
     (loss, loss parts)."""
-    try:
-        batch = next(progress.batches)
-    except StopIteration:
-        progress.epoch += 1
-        progress.batches = _batches(stage, progress.epoch)
-        batch = next(progress.batches)
-    engine, family, model = stage.engine, stage.family, stage.model
-    index = batch.pop(INDEX_COLUMN, None)
-    batch = family.prepare_batch(model, _on(engine, batch), stage.mask_generator)
+    engine = stage.engine
+    batch, index = next_batch(stage, progress)
     marks = [time.perf_counter()]
-    if stage.cache is not None:
-        dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
-        teacher_out = family.cached_outputs(stage.cache, "train", index, batch, dtype)
-    else:
-        teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
-    mixed = family.mixed_batch(
-        model, batch, stage.teacher, stage.teacher_head, stage.spec, stage.mix_generator
+    targets = teacher_targets(stage, batch, index, "train")
+    mixed = stage.family.mixed_batch(
+        stage.model, batch, stage.teacher, stage.teacher_head, stage.spec, stage.mix_generator
     )
     marks.append(time.perf_counter())
-    loss, parts = engine(batch, teacher_out, mixed)
+    loss, parts, bad = loss_step(engine, batch, targets, mixed)
     marks.append(time.perf_counter())
-    bad = _nonfinite({"loss": loss, **parts})
     if _any_rank(bool(bad)):  # every rank skips this update together (ZeRO collectives)
         progress.nonfinite_streak += 1
         progress.nonfinite_parts = tuple(bad) or ("another rank's loss",)
@@ -452,6 +443,47 @@ def train_step(stage: LiveStage, progress: Progress, step: int):
         progress.nonfinite_parts = ("gradient norm",)
     else:
         progress.nonfinite_streak, progress.nonfinite_parts = 0, ()
+    _record_step(progress, step, marks, batch, loss)
+    return loss, parts
+
+
+def loss_step(model, batch: dict, targets, mixed=None) -> tuple[torch.Tensor, dict, list[str]]:
+    """The stage's objective on one prepared batch: (loss, its named parts, the names of
+    those that are not finite). `model` is the family's trainable module (or the DeepSpeed
+    engine around it); `targets` are the teacher's outputs from `teacher_targets`. Needs no
+    Ray and no process group: a unit test drives it with a plain module."""
+    loss, parts = model(batch, targets, mixed)
+    return loss, parts, _nonfinite({"loss": loss, **parts})
+
+
+def teacher_targets(stage: LiveStage, batch: dict, index, split: str):
+    """The teacher's outputs for a prepared batch: read from the teacher-output cache
+    (rows `index` of `split`), else a forward of the live teacher, replicated or
+    ZeRO-3-partitioned (then a collective: every rank calls it together)."""
+    if stage.cache is not None:
+        dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
+        return stage.family.cached_outputs(stage.cache, split, index, batch, dtype)
+    return stage.family.teacher_outputs(stage.model, stage.teacher, stage.teacher_head, batch)
+
+
+def next_batch(stage: LiveStage, progress: Progress) -> tuple[dict, torch.Tensor | None]:
+    """The next training batch on the engine's device, prepared by the family (masking,
+    infilling), and its rows' cache index; a new epoch starts when one runs out."""
+    try:
+        batch = next(progress.batches)
+    except StopIteration:
+        progress.epoch += 1
+        progress.batches = _batches(stage, progress.epoch)
+        batch = next(progress.batches)
+    index = batch.pop(INDEX_COLUMN, None)
+    prepared = stage.family.prepare_batch(
+        stage.model, _on(stage.engine, batch), stage.mask_generator
+    )
+    return prepared, index
+
+
+def _record_step(progress: Progress, step: int, marks: list[float], batch: dict, loss) -> None:
+    """Add a finished step's loss and (after the untimed warm-up steps) its phase times."""
     if step > progress.step + _UNTIMED_STEPS or progress.timed_steps:
         progress.train_time += marks[-1] - marks[0]
         progress.samples += batch["input_ids"].shape[0]
@@ -462,7 +494,6 @@ def train_step(stage: LiveStage, progress: Progress, step: int):
     progress.loss_n += 1
     if progress.previous_end is not None and progress.switch_s is None:
         progress.switch_s = marks[-1] - progress.previous_end
-    return loss, parts
 
 
 def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -> dict:
@@ -526,12 +557,7 @@ def evaluate(stage: LiveStage) -> dict[str, float]:
     for batch in stage.eval_loader:
         index = batch.pop(INDEX_COLUMN, None)
         batch = family.prepare_batch(model, _on(engine, batch), torch.Generator().manual_seed(seed))
-        if stage.cache is not None:
-            dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
-            teacher_out = family.cached_outputs(stage.cache, "eval", index, batch, dtype)
-        else:
-            teacher_out = family.teacher_outputs(model, stage.teacher, stage.teacher_head, batch)
-        loss, _ = engine(batch, teacher_out)
+        loss, _, _ = loss_step(engine, batch, teacher_targets(stage, batch, index, "eval"))
         total, n = total + float(loss), n + 1
         counts = family.eval_counts(model, batch)
         if counts is not None:
@@ -629,10 +655,15 @@ def _nonfinite(values: dict) -> list[str]:
 
 def _any_rank(flag: bool) -> bool:
     """True when `flag` holds on any rank (a max all-reduce of one number)."""
+    return bool(_all_reduce(1.0 if flag else 0.0, dist.ReduceOp.MAX))
+
+
+def _all_reduce(value: float, op=dist.ReduceOp.SUM) -> float:
+    """One number reduced over the ranks; NCCL reduces only CUDA tensors, gloo CPU ones."""
     device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=op)
+    return float(t.item())
 
 
 def _on(engine, batch: dict) -> dict:
@@ -716,18 +747,11 @@ def _export(stage: LiveStage, folder: str) -> None:
 
 
 def _mean_across_ranks(value: float) -> float:
-    # NCCL reduces only CUDA tensors; gloo takes CPU ones.
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
+    return _all_reduce(value) / dist.get_world_size()
 
 
 def _max_across_ranks(value: float) -> float:
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return _all_reduce(value, dist.ReduceOp.MAX)
 
 
 def _rss_anon_mb() -> float:

@@ -21,6 +21,7 @@ from distill.core.attention_terms import (
     attention_settings,
     check_attention_objective,
 )
+from distill.core.cache_format import bypass_reason, encoder_rows, plan_for
 from distill.core.data import (
     collate,
     collate_for_both,
@@ -40,21 +41,7 @@ from distill.core.evaluation import (
     task_scores,
 )
 from distill.core.export import PROBE_TEXTS, SentenceEncoder, export_student, load_encoder
-from distill.core.family import (
-    PRETRAINED,
-    SEQUENCE_KD_NEEDS,
-    Batch,
-    ModelFamily,
-    as_teacher_copy,
-    check_layer_choice,
-    load_pretrained_student,
-    load_state,
-    resolve_pretrained_student,
-    resolve_width,
-    student_model_config,
-    student_size,
-    used_losses,
-)
+from distill.core.family_interface import Batch, ModelFamily
 from distill.core.lstm_student import build_lstm_student
 from distill.core.mixup import mix_labels, mixup, sample_lambda
 from distill.core.model_types import model_type_name, model_type_of
@@ -83,7 +70,19 @@ from distill.core.student import (
     freeze_word_embeddings,
     no_gather,
 )
-from distill.core.teacher_cache import bypass_reason, encoder_rows, plan_for
+from distill.core.student_resolution import (
+    PRETRAINED,
+    SEQUENCE_KD_NEEDS,
+    as_teacher_copy,
+    check_layer_choice,
+    load_pretrained_student,
+    load_state,
+    resolve_pretrained_student,
+    resolve_width,
+    student_model_config,
+    student_size,
+    used_losses,
+)
 
 _STUDENT = "student."
 # Losses that compare whole sentences, so student and teacher may tokenize differently.

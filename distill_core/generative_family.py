@@ -25,6 +25,7 @@ from distill.core.attention_terms import (
     attention_settings,
     check_attention_objective,
 )
+from distill.core.cache_format import bypass_reason, lm_plan_for, lm_rows
 from distill.core.data import (
     collate_for_both,
     teacher_view,
@@ -33,20 +34,7 @@ from distill.core.data import (
 )
 from distill.core.evaluation import BUILTIN_STS
 from distill.core.export import PROBE_TEXTS
-from distill.core.family import (
-    PRETRAINED,
-    SEQUENCE_KD_NEEDS,
-    ModelFamily,
-    as_teacher_copy,
-    check_layer_choice,
-    load_pretrained_student,
-    load_state,
-    resolve_pretrained_student,
-    resolve_width,
-    student_model_config,
-    student_size,
-    used_losses,
-)
+from distill.core.family_interface import ModelFamily
 from distill.core.generative import (
     CROSS_TOKENIZER_LOSSES,
     TOKEN_LOSSES,
@@ -82,7 +70,19 @@ from distill.core.student import (
     freeze_word_embeddings,
     no_gather,
 )
-from distill.core.teacher_cache import bypass_reason, lm_plan_for, lm_rows
+from distill.core.student_resolution import (
+    PRETRAINED,
+    SEQUENCE_KD_NEEDS,
+    as_teacher_copy,
+    check_layer_choice,
+    load_pretrained_student,
+    load_state,
+    resolve_pretrained_student,
+    resolve_width,
+    student_model_config,
+    student_size,
+    used_losses,
+)
 
 _STUDENT = "student."
 

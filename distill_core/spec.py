@@ -68,7 +68,7 @@ class TeacherInferenceSpec(Strict):
 
 
 class TeacherCacheSpec(Strict):
-    """The teacher-output cache (`distill.core.teacher_cache`). off: the teacher runs live
+    """The teacher-output cache (`distill.core.cache_format`). off: the teacher runs live
     in every step; auto: use a complete cache of the same key, else build one with Ray Data
     before training; required: use a complete cache or stop before training."""
 
@@ -94,7 +94,7 @@ class TeacherSpec(Strict):
     # replicate: every worker holds the whole teacher; zero3: each of N workers holds 1/N
     # of its parameters (DeepSpeed ZeRO-3) and gathers a layer at a time in the forward;
     # auto: replicate when it fits comfortably in a worker's memory, else zero3 (see
-    # `distill.core.placement`). Resolved before Ray starts; report.json records it.
+    # `distill.core.teacher_plan`). Resolved before Ray starts; report.json records it.
     partition: Literal["auto", "replicate", "zero3"] = "auto"
     zero3: Zero3TeacherSpec = Zero3TeacherSpec()
     inference: TeacherInferenceSpec = TeacherInferenceSpec()

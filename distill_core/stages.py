@@ -63,7 +63,7 @@ def _stage_raw(base: dict, stage) -> dict:
 def _teacher_family(name: str) -> str:
     """`encoder`, `causal` or `seq2seq`; `encoder` when the config cannot be read here
     (preflight then reports why)."""
-    from distill.core.families import model_family
+    from distill.core.family_registry import model_family
     from distill.core.teacher import load_teacher_config
 
     try:

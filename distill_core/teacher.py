@@ -54,7 +54,7 @@ def load_teacher(
     (`AutoModel`), or a causal / seq2seq LM with its LM head (a weightless `builtin:`
     architecture gets seeded random weights: only a `kind: pretrain` stage, which needs no
     teacher, uses one)."""
-    from distill.core.families import family_of
+    from distill.core.family_registry import family_of
 
     path = resolve_teacher(name)
     model = family_of(AutoConfig.from_pretrained(path)).load_model(path, seed=seed, dtype=dtype)

@@ -13,21 +13,21 @@ from distill.cluster.job_data import train_eval_texts
 from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
 from distill.core.data import DataError, tokenizers_differ
 from distill.core.evaluation import load_sts_pairs, sts_file
-from distill.core.families import family_of
-from distill.core.family import PRETRAINED
+from distill.core.family_registry import family_of
 from distill.core.hub import HubUnreachable
 from distill.core.model_files import has_weights as teacher_has_weights
 from distill.core.model_files import teacher_folder_problem
 from distill.core.outputs import has_task_head
-from distill.core.placement import (
+from distill.core.spec import MAX_COUNT, JobSpec, SpecError
+from distill.core.stages import Stage, expand_stages
+from distill.core.student_resolution import PRETRAINED
+from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
+from distill.core.teacher_plan import (
     footprint,
     resolve_placement,
     worker_memory_bytes,
     worker_memory_on_nodes,
 )
-from distill.core.spec import MAX_COUNT, JobSpec, SpecError
-from distill.core.stages import Stage, expand_stages
-from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
 
 
 def _teacher_config(spec: JobSpec, kind: str):

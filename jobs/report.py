@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig
 
-from distill.core.families import family_of
+from distill.core.family_registry import family_of
 from distill.core.spec import JobSpec
 from distill.core.teacher import resolve_teacher
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from distill.cluster.cache_store import CacheRequest, build_cache, cache_summary, resolve_cache
 from distill.cluster.checkpoints import newest_intact
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
@@ -31,7 +32,6 @@ from distill.cluster.pipeline import (
 )
 from distill.cluster.run_files import DIVERGED_FILE, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.storage import Storage, is_s3_uri
-from distill.cluster.teacher_cache import CacheRequest, build_cache, cache_summary, resolve_cache
 from distill.cluster.tracking import with_tracking
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
@@ -198,7 +198,7 @@ def run_job(
 ) -> dict:
     """Run one distillation job (all its stages) end to end and return its report.
 
-    teacher_cache: a cache `distill.cluster.teacher_cache.prepare_cache` found or built for this
+    teacher_cache: a cache `distill.cluster.cache_store.prepare_cache` found or built for this
     single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
     teacher runs on the fly (both land in the report); callbacks: extra Ray Train
     callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial.

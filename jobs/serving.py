@@ -16,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from distill.core.cache_format import folder_digest
 from distill.core.export import load_encoder
 from distill.core.onnx_export import (
     FP32_TOLERANCE,
@@ -26,7 +27,6 @@ from distill.core.onnx_export import (
     onnx_files,
 )
 from distill.core.spec import JobSpec, SpecError
-from distill.core.teacher_cache import folder_digest
 
 CHECK_FILE = "export_check.json"
 

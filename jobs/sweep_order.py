@@ -27,7 +27,7 @@ def init_quality_order(
     """(params, quality at initialisation) for every combination, best first; ties keep
     the grid's order."""
     from distill.core.evaluation import load_sts_pairs
-    from distill.core.families import family_of
+    from distill.core.family_registry import family_of
     from distill.core.teacher import load_teacher
 
     first = combinations[0][1]

@@ -169,8 +169,8 @@ def _run_checked_sweep(
         ) from None
 
     # Ray and the heavy imports only after every check has passed.
+    from distill.cluster.cache_store import build_cache, cache_summary, resolve_cache
     from distill.cluster.launch import ensure_ray
-    from distill.cluster.teacher_cache import build_cache, cache_summary, resolve_cache
     from distill.cluster.tracking import local_root, tune_callbacks
     from distill.cluster.tune_sweep import (
         TRIALS_DIR,

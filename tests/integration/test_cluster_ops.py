@@ -1,12 +1,14 @@
-"""Cluster operations on real `ray start` clusters on this machine (tests/ray_cluster.py):
-`distill submit/status/logs/stop/jobs` through the Ray Jobs API, Ray token auth, a 2-node
-run whose Train workers land on two nodes, and the loss of a node mid-run.
+"""Cluster operations on real `ray start` clusters on this machine
+(tests/helpers/ray_cluster.py): `distill submit/status/logs/stop/jobs` through the Ray Jobs
+API, Ray token auth, a 2-node run whose Train workers land on two nodes, and the loss of a
+node mid-run.
 
 CLI calls that talk to a cluster are subprocesses with a clean environment: their own HOME
 (no `~/.ray/auth_token` of this machine), no RAY_ADDRESS, the token only where a case gives
 it. Checks that never reach a cluster run the CLI in-process (`main([...])`).
 The default run keeps the cheap checks (bad input, token refusal); jobs that train are
-`slow` (`python -m pytest -m slow tests/test_cluster_ops.py`: 3 jobs, about 10 minutes here).
+`slow` (`python -m pytest -m slow tests/integration/test_cluster_ops.py`: 3 jobs, about 10
+minutes here).
 """
 
 from __future__ import annotations
@@ -429,7 +431,13 @@ def wait_status(
     raise TimeoutError(f"{job} never reached {want}")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "starts a `ray start` cluster with token auth and runs two submitted jobs through the "
+        "Jobs API (one trained to the end, one stopped mid-run); the default suite checks "
+        "submission without training"
+    )
+)
 def test_submit_runs_the_quickstart_and_status_logs_stop_work(tmp_path):
     token = secrets.token_hex(16)
     write_texts(tmp_path)
@@ -501,7 +509,12 @@ def two_node_cluster(token: str, head_cpus: int = 2, worker_cpus: int = 2):
     return cluster, worker
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "starts a 2-node `ray start` cluster and trains a submitted 2-worker job spread across "
+        "it; the only test of workers on two nodes"
+    )
+)
 def test_two_node_run_places_workers_on_two_nodes(tmp_path):
     token = secrets.token_hex(16)
     write_texts(tmp_path)
@@ -537,7 +550,13 @@ def test_two_node_run_places_workers_on_two_nodes(tmp_path):
     assert decided["reason"].startswith("within half of a worker's"), decided
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "starts a 2-node `ray start` cluster, stops the worker node during a 16-step submitted "
+        "job and waits for Ray to mark it dead and the retry to finish on the head; the only "
+        "test of losing a node"
+    )
+)
 def test_losing_the_worker_node_mid_run_retries_on_the_head(tmp_path):
     """Documented outcome (docs/operations.md): with max_failures >= 1 and room for the
     workers on the surviving node, Ray Train restarts the worker group there and the run

@@ -99,7 +99,12 @@ def test_quickstart_smoke_produces_report_and_loadable_student(tmp_path):
     assert check["fp32_max_abs_diff"] <= 1e-4 and check["int8_mean_cosine"] >= 0.98
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "a second CLI run of the packaged teacher, on SST-2 with STS-B evaluation; the default "
+        "quickstart test drives the same CLI path on the built-in data"
+    )
+)
 @pytest.mark.skipif(
     not (SHARED / "sst2" / "train.tsv").is_file(), reason="../shared/data (SST-2, STS-B) is absent"
 )

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 # The generative LightPAFF examples run with --smoke and more checks in their own tests below;
-# sweep files (`distill tune`) are checked in tests/test_sweep_spec.py.
+# sweep files (`distill tune`) are checked in tests/unit/cluster/test_sweep_spec.py.
 GENERATIVE = {"lightpaff_gpt2.yaml", "lightpaff_seq2seq.yaml"}
 EXAMPLES = sorted(
     p

@@ -1,8 +1,9 @@
 """Integration: a short distillation of a tiny random teacher of each model type through the
 real job path (`run_job`: preflight, Ray Train with 2 workers, DeepSpeed ZeRO-2, export,
-report), sharing one Ray session. A representative subset runs by default (renamed config
-fields, fused Q/K/V with per-layer lists, grouped-query attention with per-layer lists, T5);
-every other type of `helpers.family_zoo` runs under the `slow` marker.
+report), sharing one Ray session. Every type's job runs under the `slow` marker:
+`helpers.family_zoo.REPRESENTATIVE`, the types whose job would also run by default, is empty,
+because in the default run every model type already trains in process in the unit tier
+(tests/unit/core/test_model_type_coverage.py) and the examples run BERT, GPT-2 and BART jobs.
 
 Each checks that the training loss falls, the export reloads with the family's Auto class
 as the teacher's architecture, its tokenizer gives the teacher's token ids, and the
@@ -41,9 +42,14 @@ SHORT = [
     "evaluation.throughput_rounds=1",
     "evaluation.generation_length=4",
 ]
+SLOW_JOB = pytest.mark.slow(
+    reason=(
+        "a 2-worker Ray Train job (preflight, ZeRO-2, export, report) per model type; the unit "
+        "tier trains every type in process (tests/unit/core/test_model_type_coverage.py)"
+    )
+)
 TYPES = [
-    pytest.param(t, marks=() if t in REPRESENTATIVE else pytest.mark.slow)
-    for t in sorted(MODEL_TYPES)
+    pytest.param(t, marks=() if t in REPRESENTATIVE else SLOW_JOB) for t in sorted(MODEL_TYPES)
 ]
 
 
@@ -75,7 +81,12 @@ def test_model_type_distils_through_the_job(ray_session, model_type, bert_tokeni
     assert AutoTokenizer.from_pretrained(run_dir / "student")(text)["input_ids"] == t_ids
 
 
-@pytest.mark.slow  # unit-tested tokenizer pairing; 20 s job
+@pytest.mark.slow(
+    reason=(
+        "a Ray Train job for each cache mode (about 20 s each); the tokenizer pairing is "
+        "unit-tested in tests/unit/core/test_cross_tokenizer.py"
+    )
+)
 @pytest.mark.parametrize("cache", ["off", "auto"])
 def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
     ray_session, bert_tokenizer, tmp_path, cache
@@ -109,7 +120,12 @@ def test_pretrained_student_with_its_own_tokenizer_distils_through_the_job(
     assert exported != bert_tokenizer(text)["input_ids"]
 
 
-@pytest.mark.slow  # unit-tested batches, alignment and loss; a ~30 s job
+@pytest.mark.slow(
+    reason=(
+        "a Ray Train job of about 30 s; batches, alignment and the LM + ULD loss are "
+        "unit-tested in tests/unit/core/test_cross_tokenizer.py"
+    )
+)
 def test_causal_student_with_its_own_tokenizer_distils_through_the_job(
     ray_session, bert_tokenizer, tmp_path
 ):

@@ -1,10 +1,11 @@
 """Fault tolerance: a Train worker killed mid-run (SIGKILL to the pid that Ray's state API
 gives) costs at most one checkpoint interval of steps, and the run finishes and reports.
 
-The run is small (1-layer student, 12 steps, a checkpoint every 3). The comparison with an
-uninterrupted run of the same seed is `slow` (a second job); the default test compares the
-redone steps' losses with their first execution instead. `bench/fault_injection.py`
-repeats the kill at random points.
+The run is small (1-layer student, 12 steps, a checkpoint every 3). Both tests are `slow`:
+one checks the retry (and compares the redone steps' losses with their first execution), the
+other trains an uninterrupted run of the same seed to compare final losses. The default suite
+kills a worker of the ZeRO-3-teacher job instead (test_zero3_teacher.py), reusing
+`kill_worker_after` from here. `bench/fault_injection.py` repeats the kill at random points.
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ def killed_run(ray_session, tmp_path_factory) -> dict:
     return result
 
 
-@pytest.mark.slow  # default suite: test_zero3_teacher kills a worker mid-run
+@pytest.mark.slow(
+    reason=(
+        "a 12-step job with a Train worker SIGKILLed mid-run and a new worker group resumed "
+        "from its checkpoint; the default suite kills a worker of the ZeRO-3-teacher job in "
+        "test_zero3_teacher.py"
+    )
+)
 def test_killed_worker_resumes_from_latest_checkpoint(killed_run):
     assert "error" not in killed_run, killed_run.get("error")
     run_dir, killed, report = killed_run["run_dir"], killed_run["killed"], killed_run["report"]
@@ -130,7 +137,12 @@ def test_killed_worker_resumes_from_latest_checkpoint(killed_run):
     assert (run_dir / "student" / "config.json").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "trains a second, uninterrupted job of the same seed to compare its final loss with the "
+        "killed run's"
+    )
+)
 def test_killed_run_ends_near_the_uninterrupted_loss(killed_run, tmp_path):
     """The same job without the kill, same seed: a comparable final loss."""
     assert "error" not in killed_run, killed_run.get("error")

@@ -42,7 +42,13 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.slow  # default suite: every run writes metrics.jsonl (test_family_coverage reads it)
+@pytest.mark.slow(
+    reason=(
+        "a ZeRO-3 job with parameter offload and MLflow + offline W&B trackers, polled while it "
+        "trains; default runs write metrics.jsonl and TensorBoard events, and DeepSpeed config "
+        "merging is unit-tested"
+    )
+)
 def test_metrics_and_events_grow_while_training_and_deepspeed_gets_the_config(
     ray_session, tmp_path, monkeypatch
 ):

@@ -93,7 +93,13 @@ def _check_hf_task_student(student, report) -> None:
     assert "teacher_ft (finetune" in card and "mixkd (distill" in card
 
 
-@pytest.mark.slow  # default suite: ernie_tiny --smoke runs a 4-stage pipeline, lightpaff_gpt2 resumes mid-pipeline
+@pytest.mark.slow(
+    reason=(
+        "a 2-stage pipeline (finetune, then MixKD) trained, then resumed; the default suite "
+        "runs ernie_tiny --smoke (4 stages) and resumes lightpaff_gpt2 mid-pipeline in "
+        "test_examples.py"
+    )
+)
 def test_pipeline_runs_every_stage_and_resumes_mid_pipeline(ray_session, tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text(PIPELINE.format(data=_labelled(tmp_path)))

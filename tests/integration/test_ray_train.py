@@ -50,7 +50,12 @@ def _check_completed_run(run_dir, report) -> None:
     assert "secret" not in (run_dir / "config.yaml").read_text()
 
 
-@pytest.mark.slow  # default suite: test_s3_ray runs a ZeRO-3 job
+@pytest.mark.slow(
+    reason=(
+        "another 2-worker job of the packaged teacher, with ZeRO-3; the default S3 job in "
+        "test_s3_ray.py runs ZeRO-3"
+    )
+)
 def test_zero3_job_trains_exports_and_reports(ray_session, tmp_path):
     run_dir = tmp_path / "zero3"
     report = run_job(load_spec(None, SMALL + ["deepspeed.zero_stage=3"]), str(run_dir))
@@ -63,7 +68,12 @@ def test_zero3_job_trains_exports_and_reports(ray_session, tmp_path):
     assert encoder.tokenizer.unk_token_id not in ids[0]
 
 
-@pytest.mark.slow  # default suite: test_reliability resumes a run
+@pytest.mark.slow(
+    reason=(
+        "two jobs: a run, then its continuation from the final checkpoint; test_reliability.py "
+        "resumes a run in the default suite"
+    )
+)
 def test_checkpoint_restores_and_training_continues(ray_session, tmp_path):
     run_dir = tmp_path / "resume"
     _check_completed_run(run_dir, run_job(load_spec(None, SMALL), str(run_dir)))  # ZeRO-2

@@ -1,11 +1,12 @@
 """Integration: `distill tune` runs real Ray Tune sweeps whose trials are Ray Train +
 DeepSpeed jobs on the packaged teacher.
 
-Default suite: a 2-trial sweep whose storage is S3 (a moto server on loopback), interrupted
-with Ctrl-C once its first trial has finished and resumed by running the same command again:
-the finished trial is not redone, the teacher cache built by the first invocation is hit by
-the second, and the report, Pareto plot and chosen student land in the bucket.
-`slow`: Optuna multi-objective search with the ASHA scheduler on local storage.
+Every test here is `slow` (sweep specs and trial plumbing are unit-tested): a 2-trial sweep
+whose storage is S3 (a moto server on loopback), interrupted with Ctrl-C once its first trial
+has finished and resumed by running the same command again (the finished trial is not
+redone, the teacher cache built by the first invocation is hit by the second, and the
+report, Pareto plot and chosen student land in the bucket); Optuna multi-objective search
+with the ASHA scheduler on local storage; and a grid run best first under ASHA.
 """
 
 from __future__ import annotations
@@ -80,7 +81,13 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the first trial")
 
 
-@pytest.mark.slow  # 117 s; sweep specs and trial plumbing are unit-tested
+@pytest.mark.slow(
+    reason=(
+        "about 117 s: a 2-trial `distill tune` on S3, interrupted with Ctrl-C after its first "
+        "trial and resumed; the only test of a sweep's teacher cache shared across a resume "
+        "(sweep specs and trial plumbing are unit-tested)"
+    )
+)
 def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     base = {
         **BASE,
@@ -193,7 +200,12 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "a 3-trial Optuna sweep under ASHA, each trial a Ray Train job; sweep specs and trial "
+        "plumbing are unit-tested"
+    )
+)
 def test_optuna_multi_objective_with_asha(tmp_path, ray_session):
     from distill.cluster.sweep_spec import SweepSpec
     from distill.jobs.tune import run_sweep
@@ -218,7 +230,12 @@ def test_optuna_multi_objective_with_asha(tmp_path, ray_session):
     assert (tmp_path / "sweep" / "pareto.png").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "a 2-trial sweep under ASHA, then the same sweep again to check that Tune restores its "
+        "saved order; the ranking is unit-tested in tests/unit/jobs/test_sweep_order.py"
+    )
+)
 def test_ordered_grid_runs_best_first_under_asha(tmp_path, ray_session, monkeypatch):
     """`search.order: init_quality`: Tune starts the grid's points in the driver's ranking,
     and the report lists each trial under the space's own keys."""

@@ -130,7 +130,12 @@ def test_resume_passes_over_a_damaged_newest_checkpoint(contested_run, capfd):
     assert not run.exists(LEASE_FILE)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "a job and its continuation on S3 (moto) over a truncated checkpoint; the default suite "
+        "does the same on local disk"
+    )
+)
 def test_resume_passes_over_a_damaged_newest_checkpoint_in_s3(
     ray_session, moto_endpoint, bucket, capfd
 ):

@@ -185,7 +185,7 @@ def test_export_consolidates_zero3_shards_of_a_stopped_run(s3_run, moto_endpoint
     assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(reason="a second S3 job, resumed from the bucket after wiping Ray's local state")
 def test_resume_from_s3_with_local_state_wiped(s3_run, moto_endpoint, tmp_path):
     """Same run name, empty local disk: training continues from the bucket's checkpoint."""
     bucket = s3_run["bucket"]
@@ -201,7 +201,12 @@ def test_resume_from_s3_with_local_state_wiped(s3_run, moto_endpoint, tmp_path):
     assert [c["step"] for c in complete_checkpoints(storage)] == [12]  # K=1 in the bucket
 
 
-@pytest.mark.slow
+@pytest.mark.slow(
+    reason=(
+        "cuts the S3 endpoint for 25 s during a job, then re-runs it to resume; the only test "
+        "of an S3 outage"
+    )
+)
 def test_endpoint_outage_mid_run_leaves_a_resumable_checkpoint(
     ray_session, moto_endpoint, bucket, capsys
 ):

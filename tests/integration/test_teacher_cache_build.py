@@ -14,11 +14,11 @@ import ray.cloudpickle
 import torch
 from helpers.s3_fixtures import list_keys, s3_client
 
+from distill.cluster.cache_store import CACHE_DIR, build_cache, resolve_cache
 from distill.cluster.storage import LocalStorage, open_storage
-from distill.cluster.teacher_cache import CACHE_DIR, build_cache, resolve_cache
 from distill.cluster.teacher_inference import TeacherInference
+from distill.core.cache_format import MANIFEST_FILE
 from distill.core.spec import SpecError, load_spec
-from distill.core.teacher_cache import MANIFEST_FILE
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray
@@ -45,7 +45,12 @@ SMALL = [
 ]
 
 
-@pytest.mark.slow  # 63 s; default suite: the causal LM job builds and streams a cache
+@pytest.mark.slow(
+    reason=(
+        "two jobs (about 63 s): a two-actor Ray Data cache build streamed by two workers, then "
+        "a second run that hits the cache; the default causal-LM job builds and streams a cache"
+    )
+)
 def test_two_actors_build_two_workers_stream_and_a_second_run_hits(ray_session, tmp_path):
     first_dir = tmp_path / "first"
     first = run_job(load_spec(None, SMALL), str(first_dir))
@@ -100,7 +105,12 @@ class _DiesOnce(TeacherInference):
         return super().__call__(batch)
 
 
-@pytest.mark.slow  # default suite: the causal LM job builds a cache with Ray Data
+@pytest.mark.slow(
+    reason=(
+        "a Ray Data cache build whose teacher actor dies and is restarted; the default "
+        "causal-LM job builds a cache with Ray Data"
+    )
+)
 def test_a_teacher_actor_that_dies_is_restarted_and_the_cache_completes(ray_session, tmp_path):
     spec = load_spec(None, SMALL)
     storage = LocalStorage(tmp_path / "run")
@@ -114,7 +124,12 @@ def test_a_teacher_actor_that_dies_is_restarted_and_the_cache_completes(ray_sess
     assert again.hit
 
 
-@pytest.mark.slow  # default suite: local cache build + streaming, and test_s3_ray for S3
+@pytest.mark.slow(
+    reason=(
+        "a job that builds and streams its cache through S3 (moto); the default suite builds "
+        "and streams a local cache, and test_s3_ray.py runs a job on S3"
+    )
+)
 def test_cache_on_s3_is_built_and_streamed(ray_session, moto_endpoint, bucket):
     s3 = [f"output.s3.endpoint_url={moto_endpoint}", "output.s3.addressing_style=path"]
     uri = f"s3://{bucket}/runs/cached"

@@ -22,8 +22,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from test_fault_tolerance import TINY, kill_worker_after
 
 from distill.cluster.report_log import REPORTS_FILE, read_reports
-from distill.cluster.teacher_placement import place_teacher
-from distill.core.families import family_of
+from distill.cluster.teacher_on_worker import place_teacher
+from distill.core.family_registry import family_of
 from distill.core.spec import load_spec
 from distill.core.teacher import resolve_teacher
 from distill.jobs.preflight import preflight

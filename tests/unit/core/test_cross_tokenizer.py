@@ -21,7 +21,7 @@ from distill.core.data import (
     tokenizers_differ,
 )
 from distill.core.export import PROBE_TEXTS, load_encoder
-from distill.core.families import FAMILIES
+from distill.core.family_registry import FAMILIES
 from distill.core.generative import causal_targets, probe_logits
 from distill.core.generative_eval import shared_prefixes
 from distill.core.spec import SpecError, load_spec

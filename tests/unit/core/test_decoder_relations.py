@@ -14,7 +14,7 @@ import torch
 from helpers.family_zoo import build_teacher, lm_tokenizer, save_teacher
 from transformers import AutoConfig
 
-from distill.core.families import FAMILIES
+from distill.core.family_registry import FAMILIES
 from distill.core.internals import attention_projections, capture_qkv
 from distill.core.losses import relation_kl_per_query
 from distill.core.spec import SpecError, load_spec
@@ -284,8 +284,8 @@ def test_relations_refused_where_a_decoders_qkv_is_unknown():
 
 
 def test_relations_bypass_the_teacher_cache_and_required_is_refused(tmp_path):
+    from distill.cluster.cache_store import resolve_cache
     from distill.cluster.storage import LocalStorage
-    from distill.cluster.teacher_cache import resolve_cache
 
     teacher = save_teacher("llama", tmp_path / "llama", None)
     data = tmp_path / "texts.txt"

@@ -18,7 +18,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from distill.core.families import FAMILIES, family_of, model_family
+from distill.core.family_registry import FAMILIES, family_of, model_family
 from distill.core.generative import (
     BatchIds,
     GenerativeDistillationModel,

@@ -24,7 +24,7 @@ from helpers.family_zoo import (
 )
 from transformers import AutoConfig, AutoTokenizer
 
-from distill.core.families import family_of
+from distill.core.family_registry import family_of
 from distill.core.internals import capture_qkv, qkv_problem, qkv_widths
 from distill.core.model_types import MODEL_TYPES as TABLE
 from distill.core.spec import SpecError, load_spec

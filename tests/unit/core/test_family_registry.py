@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer, BartConfig, BertConfig, GPT2Config
 
-from distill.core.families import FAMILIES, family_of, model_family
-from distill.core.family import ModelFamily
+from distill.core.family_interface import ModelFamily
+from distill.core.family_registry import FAMILIES, family_of, model_family
 from distill.core.spec import SpecError, load_spec
 from distill.core.teacher import freeze, resolve_teacher
 

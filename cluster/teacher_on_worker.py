@@ -1,6 +1,6 @@
 """The frozen teacher on a training worker, replicated or partitioned with ZeRO-3.
 
-`zero3` (see `distill.core.placement`): the teacher is loaded under a live
+`zero3` (see `distill.core.teacher_plan`): the teacher is loaded under a live
 `HfDeepSpeedConfig` of stage 3, so transformers builds it inside `deepspeed.zero.Init` and
 reads the checkpoint shards straight into each rank's 1/N partition (no rank materialises
 the whole model); it is then wrapped in a DeepSpeed engine with stage 3 and no optimizer,
@@ -19,9 +19,9 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from distill.core.family import ModelFamily
-from distill.core.placement import TORCH_DTYPES
+from distill.core.family_interface import ModelFamily
 from distill.core.spec import JobSpec
+from distill.core.teacher_plan import TORCH_DTYPES
 
 
 @dataclass

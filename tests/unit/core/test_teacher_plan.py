@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModel
 
-from distill.core.placement import (
+from distill.core.spec import SpecError, load_spec
+from distill.core.teacher_plan import (
     COMFORT,
     ZERO3_SHARE,
     TeacherFootprint,
@@ -15,7 +16,6 @@ from distill.core.placement import (
     worker_memory_bytes,
     worker_memory_on_nodes,
 )
-from distill.core.spec import SpecError, load_spec
 
 
 def test_footprint_counts_parameters_by_hand(tiny_bert):

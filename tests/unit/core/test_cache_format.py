@@ -11,19 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from distill.core.data import collate
-from distill.core.families import FAMILIES
-from distill.core.generative import (
-    BatchIds,
-    GenerativeDistillationModel,
-    TokenObjective,
-    TokenSettings,
-    generative_collate,
-)
-from distill.core.outputs import TaskHead, forward_outputs
-from distill.core.student import StudentSize, build_student
-from distill.core.teacher import freeze, resolve_teacher
-from distill.core.teacher_cache import (
+from distill.core.cache_format import (
     MANIFEST_FILE,
     CachePlan,
     ShardedCache,
@@ -39,6 +27,18 @@ from distill.core.teacher_cache import (
     shard_name,
     write_shard,
 )
+from distill.core.data import collate
+from distill.core.family_registry import FAMILIES
+from distill.core.generative import (
+    BatchIds,
+    GenerativeDistillationModel,
+    TokenObjective,
+    TokenSettings,
+    generative_collate,
+)
+from distill.core.outputs import TaskHead, forward_outputs
+from distill.core.student import StudentSize, build_student
+from distill.core.teacher import freeze, resolve_teacher
 
 pytestmark = pytest.mark.unit
 
@@ -269,8 +269,8 @@ def test_driver_finds_the_cache_by_key_before_ray(tmp_path, teacher_dir):
     """`resolve_cache` (no Ray, no teacher weights): a miss, then a hit once a manifest is
     there, a new key for other rows, and one-line refusals for `required` and for a
     location that cannot be written."""
+    from distill.cluster.cache_store import CACHE_DIR, resolve_cache
     from distill.cluster.storage import LocalStorage
-    from distill.cluster.teacher_cache import CACHE_DIR, resolve_cache
     from distill.core.spec import SpecError, load_spec
 
     data = tmp_path / "texts.txt"

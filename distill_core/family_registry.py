@@ -10,7 +10,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 
 from distill.core.encoder_family import EncoderFamily
-from distill.core.family import ModelFamily
+from distill.core.family_interface import ModelFamily
 from distill.core.generative_family import GenerativeFamily
 from distill.core.model_types import model_type_of
 

@@ -23,10 +23,7 @@ from transformers import AutoConfig, AutoTokenizer
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.storage import Storage, StorageError, is_s3_uri, open_storage
 from distill.cluster.teacher_inference import ROW_COLUMNS, run_inference
-from distill.core.families import family_of
-from distill.core.spec import JobSpec, SpecError
-from distill.core.teacher import resolve_teacher
-from distill.core.teacher_cache import (
+from distill.core.cache_format import (
     FORMAT,
     MANIFEST_FILE,
     CachePlan,
@@ -36,6 +33,9 @@ from distill.core.teacher_cache import (
     folder_digest,
     rows_digest,
 )
+from distill.core.family_registry import family_of
+from distill.core.spec import JobSpec, SpecError
+from distill.core.teacher import resolve_teacher
 
 CACHE_DIR = "teacher_cache"
 

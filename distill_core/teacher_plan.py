@@ -2,7 +2,7 @@
 
 - `replicate`: every worker holds the whole teacher (fastest forward, no communication).
 - `zero3`: each of the N workers holds 1/N of the teacher's parameters (DeepSpeed ZeRO-3,
-  `cluster/teacher_placement.py`); the forward gathers one layer at a time, prefetching the
+  `cluster/teacher_on_worker.py`); the forward gathers one layer at a time, prefetching the
   next, so a worker needs its partition plus about one gathered layer.
 
 `teacher.partition: auto` replicates a teacher whose parameters take at most half of a
