@@ -1,9 +1,11 @@
 """The frozen teacher on a training worker, replicated or partitioned with ZeRO-3.
 
-`zero3` (see `distill.core.teacher_plan`): the teacher is loaded under a live
-`HfDeepSpeedConfig` of stage 3, so transformers builds it inside `deepspeed.zero.Init` and
-reads the checkpoint shards straight into each rank's 1/N partition (no rank materialises
-the whole model); it is then wrapped in a DeepSpeed engine with stage 3 and no optimizer,
+`zero3` (see `distill.core.teacher_plan`): the teacher is built from its config inside
+`deepspeed.zero.Init` (transformers does so under a live stage-3 `HfDeepSpeedConfig`,
+skipping weight initialisation) and each rank then reads only its own 1/N slice of every
+parameter from the memory-mapped safetensors checkpoint (`load_partitioned`); a `.bin`
+checkpoint goes through transformers' own ZeRO-3 loader, which reads whole shards on rank 0
+and gathers each module on every rank. It is then wrapped in a DeepSpeed engine with stage 3 and no optimizer,
 whose hooks gather each layer's parameters for its forward (prefetching the next ones,
 `teacher.zero3.*`) and release them after. It stays frozen, outside the student's engine and
 optimizer; its fingerprint is computed over every rank's partitions.
@@ -11,6 +13,7 @@ optimizer; its fingerprint is computed over every rank's partitions.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 from dataclasses import dataclass
@@ -18,7 +21,15 @@ from dataclasses import dataclass
 import deepspeed
 import torch
 import torch.distributed as dist
+from transformers import AutoConfig
 
+from distill.core.checkpoint_slices import (
+    CheckpointError,
+    CheckpointTensors,
+    NotSliceable,
+    partition_range,
+    tensor_names_for,
+)
 from distill.core.family_interface import ModelFamily
 from distill.core.spec import JobSpec
 from distill.core.teacher_plan import TORCH_DTYPES
@@ -99,21 +110,91 @@ def place_teacher(
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         release_freed_memory()
         return PlacedTeacher(module, "replicate")
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
     config = teacher_deepspeed_config(spec)
-    zero3 = HfDeepSpeedConfig(config)  # alive: from_pretrained loads into partitions
     try:
-        module = family.load_model(folder, seed=spec.training.seed, dtype=dtype)
-    finally:
-        del zero3
-        unset_hf_deepspeed_config()  # the student and later loads are not partitioned
+        module = load_partitioned(family, folder, config, dtype)
+    except NotSliceable as why:  # a .bin checkpoint, unfamiliar names: transformers' loader
+        if dist.get_rank() == 0:
+            print(f"[distill] teacher: transformers' ZeRO-3 loader ({why})", flush=True)
+        with _zero3_init(config):
+            module = family.load_model(folder, seed=spec.training.seed, dtype=dtype)
     module.eval().requires_grad_(False)
     engine, _, _, _ = deepspeed.initialize(model=module, config=config)
     engine.eval()
     release_freed_memory()
     return PlacedTeacher(engine.module, "zero3", engine)
+
+
+@contextlib.contextmanager
+def _zero3_init(config: dict):
+    """While alive, transformers builds models inside `deepspeed.zero.Init` (each module's
+    parameters partitioned as soon as it is built, weight initialisation skipped)."""
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    zero3 = HfDeepSpeedConfig(config)
+    try:
+        yield
+    finally:
+        del zero3
+        unset_hf_deepspeed_config()  # the student and later loads are not partitioned
+
+
+def load_partitioned(
+    family: ModelFamily, folder: str, config: dict, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The teacher in `folder` built inside ZeRO-3 partitions, each rank reading only its
+    own slice of every parameter from the memory-mapped safetensors files
+    (`distill.core.checkpoint_slices`), cast to `dtype` slice by slice. No rank holds a
+    whole shard, and none a whole parameter except while its module is built (DeepSpeed
+    allocates it, then partitions it). `NotSliceable` when the folder has no safetensors
+    checkpoint or its names do not match the model's; `CheckpointError` (one line naming
+    the file) for a missing or truncated shard or a tensor of the wrong shape."""
+    with CheckpointTensors(folder) as tensors:
+        with _zero3_init(config):
+            model = family.auto_class.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
+        aliases: dict[int, list[str]] = {}
+        params: dict[str, torch.nn.Parameter] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if id(param) not in aliases:
+                aliases[id(param)], params[name] = [], param
+            aliases[id(param)].append(name)
+        names = tensor_names_for(
+            {n: aliases[id(p)] for n, p in params.items()},
+            tensors.names(),
+            model.base_model_prefix,
+        )
+        rank, world = dist.get_rank(), dist.get_world_size()
+        for name, param in params.items():
+            source = names[name]
+            shape = tensors.shape(source)
+            if shape != tuple(param.ds_shape):
+                raise CheckpointError(
+                    f"{tensors.path(source)}: {source} has shape {list(shape)}; the teacher's "
+                    f"config makes {list(param.ds_shape)}"
+                )
+            start, stop, size = partition_range(param.ds_numel, world, rank)
+            if param.ds_tensor.numel() != size:  # another partition layout (hpZ, MiCS)
+                raise NotSliceable(f"{name}: partition of {param.ds_tensor.numel()} elements")
+            part = tensors.flat_range(source, start, stop, param.ds_tensor.dtype)
+            with torch.no_grad():
+                param.ds_tensor[: stop - start].copy_(part)
+            del part
+        _load_buffers(model, tensors)
+    return model
+
+
+def _load_buffers(model: torch.nn.Module, tensors: CheckpointTensors) -> None:
+    """Buffers the checkpoint holds (small, never partitioned) are read whole; the others
+    keep the values the model's constructor computed (e.g. rotary frequencies)."""
+    available = tensors.names()
+    prefix = model.base_model_prefix + "."
+    for name, buffer in model.named_buffers():
+        for candidate in (name, name.removeprefix(prefix), prefix + name):
+            if candidate in available:
+                with torch.no_grad():
+                    buffer.copy_(tensors.read(candidate, buffer.dtype).reshape(buffer.shape))
+                break
 
 
 def release_freed_memory() -> None:

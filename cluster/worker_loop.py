@@ -56,6 +56,7 @@ from distill.cluster.teacher_generations import cache_teacher_targets, with_teac
 from distill.cluster.teacher_on_worker import PlacedTeacher, place_teacher
 from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_env import in_job_working_dir
+from distill.cluster.worker_memory import MemoryRecorder
 from distill.core.cache_format import INDEX_COLUMN, folder_digest
 from distill.core.data import tokenizers_differ
 from distill.core.evaluation import load_sts_pairs
@@ -80,23 +81,34 @@ def train_loop_per_worker(config: dict) -> None:
     """Run the job's stages from where it stands (Ray Train's entry point on every rank)."""
     _quiet_report_logging()
     inputs: WorkerInputs = config["inputs"]
+    limit = inputs.stages[0].spec.scaling.memory_per_worker_gb
+    memory = MemoryRecorder(limit_bytes=None if limit is None else int(limit * 2**30)).start()
+    memory.mark("started")
     first, checkpoint = resume_point(inputs, ray.train.get_checkpoint())
     previous_end = None
-    for plan in inputs.stages[first:]:
-        resume = checkpoint if plan is inputs.stages[first] else None
-        previous_end = run_stage(inputs, plan, resume, previous_end)
-        if previous_end is None:  # the stage diverged: the job stops with its last good state
-            return
+    try:
+        for plan in inputs.stages[first:]:
+            resume = checkpoint if plan is inputs.stages[first] else None
+            previous_end = run_stage(inputs, plan, resume, previous_end, memory)
+            if previous_end is None:  # diverged: the job stops with its last good state
+                return
+    finally:
+        memory.stop()
 
 
 def run_stage(
-    inputs: WorkerInputs, plan: StagePlan, checkpoint, previous_end: float | None = None
+    inputs: WorkerInputs,
+    plan: StagePlan,
+    checkpoint,
+    previous_end: float | None = None,
+    memory: MemoryRecorder | None = None,
 ) -> float | None:
     """One stage: set up, restore, train to its last step, export. `previous_end`: when
     the previous stage of this worker group finished (its first metrics then record the
-    stage switch). Returns when this stage finished, or None when it diverged."""
+    stage switch); `memory`: this process's phase record (`cluster.worker_memory`).
+    Returns when this stage finished, or None when it diverged."""
     with contextlib.ExitStack() as scratch:
-        stage = set_up_stage(inputs, plan, scratch)
+        stage = set_up_stage(inputs, plan, scratch, memory or MemoryRecorder())
         progress = restore(stage, checkpoint)
         stage.live = _live_metrics(stage, progress.history, scratch)
         progress.previous_end = previous_end
@@ -104,6 +116,9 @@ def run_stage(
         for step in range(progress.step + 1, total + 1):
             for _ in range(stage.spec.training.gradient_accumulation_steps):
                 loss, parts = train_step(stage, progress, step)  # DeepSpeed steps on the last
+            stage.memory.check()  # over scaling.memory_per_worker_gb: stop, keep checkpoints
+            if step == total:
+                stage.memory.mark("steady")
             patience = stage.spec.training.stop_after_nonfinite
             if progress.nonfinite_streak >= patience or (
                 step == total and not _finite_state(stage, progress)
@@ -158,6 +173,7 @@ class LiveStage:
     attempt: str
     teacher_before: str = ""
     placement_group: str | None = None
+    memory: MemoryRecorder = field(default_factory=MemoryRecorder)  # this process's phases
     live: LiveMetrics | None = None  # rank 0: metrics.jsonl and TensorBoard, as it trains
     mix_generator: torch.Generator = field(default_factory=torch.Generator)
     mask_generator: torch.Generator = field(default_factory=torch.Generator)
@@ -221,8 +237,11 @@ def resume_point(inputs: WorkerInputs, checkpoint) -> tuple[int, object | None]:
     return inputs.start, None
 
 
-def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.ExitStack) -> LiveStage:
-    """Teacher, trainable model, data shards and DeepSpeed engine of one stage."""
+def set_up_stage(
+    inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.ExitStack, memory: MemoryRecorder
+) -> LiveStage:
+    """Teacher, trainable model, data shards and DeepSpeed engine of one stage; `memory`
+    marks the phases of the set-up."""
     # A submitted job's relative paths name files in this node's copy of its working dir.
     spec = in_job_working_dir(plan.spec)
     t = spec.training
@@ -236,7 +255,7 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
     cache = open_cache(
         inputs.teacher_cache, spec, scratch.enter_context(tempfile.TemporaryDirectory())
     )
-    models = _load_models(spec, plan, storage, scratch, cached=cache is not None)
+    models = _load_models(spec, plan, storage, scratch, memory, cached=cache is not None)
     train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
     if cache is not None:
         config = models.teacher.config
@@ -244,6 +263,7 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
         if needed is None or not cache.plan.covers(needed):
             raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
     engine = _engine(spec, models)
+    memory.mark("engines_ready")
     group = ray.util.get_current_placement_group()
     return LiveStage(
         plan=plan,
@@ -273,6 +293,7 @@ def set_up_stage(inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.Exit
         # Which placement group holds this run's workers: a sweep releases it if Tune stops
         # the trial mid-run (see cluster/tune_sweep.py).
         placement_group=group.id.hex() if group is not None else None,
+        memory=memory,
         mix_generator=torch.Generator().manual_seed(t.seed * 7919 + rank),
         mask_generator=torch.Generator().manual_seed(t.seed * 104729 + rank),
     )
@@ -301,7 +322,13 @@ def _gatherer(placed: PlacedTeacher):
 
 
 def _load_models(
-    spec: JobSpec, plan: StagePlan, storage: Storage, scratch, *, cached: bool = False
+    spec: JobSpec,
+    plan: StagePlan,
+    storage: Storage,
+    scratch,
+    memory: MemoryRecorder,
+    *,
+    cached: bool = False,
 ) -> _Models:
     """The frozen teacher (the spec's, or an earlier stage's export), its family and the
     stage's trainable model (fresh, a teacher copy, or an earlier stage's student).
@@ -334,6 +361,7 @@ def _load_models(
         teacher_head = TaskHead.load(teacher_dir)
         if teacher_head is not None:
             freeze(teacher_head)
+    memory.mark("teacher_loaded")
     model = family.trainable(
         spec,
         placed.module,
@@ -342,6 +370,7 @@ def _load_models(
         previous_student=previous,
         gather=gather,
     )
+    memory.mark("student_built")
     return _Models(teacher_dir, placed, teacher_head, tokenizer, teacher_tokenizer, family, model)
 
 
@@ -422,6 +451,7 @@ def train_step(stage: LiveStage, progress: Progress, step: int):
     batch, index = next_batch(stage, progress)
     marks = [time.perf_counter()]
     targets = teacher_targets(stage, batch, index, "train")
+    stage.memory.mark_once("first_teacher_forward")
     mixed = stage.family.mixed_batch(
         stage.model, batch, stage.teacher, stage.teacher_head, stage.spec, stage.mix_generator
     )
@@ -784,8 +814,9 @@ def _teacher_state(stage: LiveStage) -> dict:
     """The teacher's fingerprint before and after the stage, and where it lived: its
     partition, dtype and the parameters resident on each rank (a collective)."""
     before, after = stage.teacher_before, stage.placed.fingerprint()
-    local = [None] * stage.world
+    local, memory = [None] * stage.world, [None] * stage.world
     dist.all_gather_object(local, stage.placed.local_parameters())
+    dist.all_gather_object(memory, stage.memory.summary())
     return {
         "teacher_fingerprint": {"before": before, "after": after, "unchanged": before == after},
         "teacher_placement": {
@@ -793,6 +824,7 @@ def _teacher_state(stage: LiveStage) -> dict:
             "dtype": stage.spec.teacher.dtype,
             "parameters": stage.placed.total_parameters(),
             "parameters_per_rank": local,
+            "memory": memory,  # per rank: phases and whole-life peaks (cluster.worker_memory)
         },
     }
 
