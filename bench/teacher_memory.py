@@ -1,22 +1,26 @@
-"""Teacher memory per worker, replicated vs ZeRO-3-partitioned, on a >=1B decoder teacher.
+"""Teacher memory per worker, replicated vs ZeRO-3-partitioned, measured as the operator pays it.
 
-    python bench/teacher_memory.py [--layers 48 --hidden 1600 --heads 25]   # GPT-2 XL shape
+    python bench/teacher_memory.py                       # 1.1B GPT-2-style decoder, N=2 fp32 + bf16, N=4 bf16
+    python bench/teacher_memory.py --only 2:bf16         # one table
+    python bench/teacher_memory.py --demo-3b             # a 3B Llama-style fp32 teacher that cannot fit replicated
 
-Builds the teacher once from a config with random weights (no download) into
-`bench/.cache/teacher-<shape>/` (bf16 safetensors + the packaged GPT-2-style tokenizer), then
-runs the same `distill run` (a 2-layer, 512-wide student, `lm` + `lm_kl`, a handful of steps,
-2 Ray Train workers, ZeRO-2 student) for each placement:
+The teacher is written once, with random weights, tensor by tensor into safetensors shards the
+way the hub ships large models (`write_random_checkpoint`: the whole model is never built),
+into `bench/.cache/`, in fp32. Each table then runs the same `distill run` (a 2-layer,
+512-wide student, `lm` + `lm_kl`, a few steps, N Ray Train workers, student ZeRO-2) with:
 
-- `replicate` fp32 / bf16 and `zero3` fp32 / bf16: resident teacher parameter bytes per
-  worker (from the run's `teacher.placement`), each worker's peak anonymous RSS (sampled at
-  every logged step) and peak RSS, and the teacher forward time per step (`ms_teacher`);
-- a per-worker memory limit below the whole teacher (`scaling.memory_per_worker_gb`):
-  `replicate` must be refused by preflight (exit 2) and `zero3` must complete;
-- `--two-node` (`--two-node-only`: that row alone): the zero3 bf16 run on a 2-node local Ray cluster (two `ray start` nodes on
-  this machine, one CPU each, `placement_strategy: SPREAD`), the partitions on both nodes.
+- `cache`: the teacher not loaded at all on the workers (`teacher.cache.mode: auto`, its
+  outputs read from a teacher-output cache built beforehand): the baseline;
+- `replicate` and `zero3`, interleaved.
 
-Each run is its own process (memory does not carry over). Results: JSON (`--out`) and the
-table in docs/benchmarks.md.
+From each run's report.json (`teacher.placement.memory`, recorded by every worker from
+/proc/self: `cluster.worker_memory`): each worker's peak RSS (VmHWM, whole life, load
+included), peak anonymous RSS, peak PSS and the phase breakdown; the **teacher cost** is a
+worker's peak RSS minus the baseline's (PSS likewise); the bound the issue sets is
+1.25 x teacher bytes / N + the largest decoder layer's bytes. Beside each: preflight's
+estimate of the worker peak (`distill.core.teacher_plan.estimate_worker_peak`) and the
+teacher forward time per step. Each run is its own process (memory does not carry over).
+Results: JSON (`--out`) and the tables in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -34,43 +38,116 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_teacher(layers: int, hidden: int, heads: int, vocab: int) -> Path:
-    folder = ROOT / "bench" / ".cache" / f"teacher-gpt2-{layers}x{hidden}"
-    if (folder / "model.safetensors.index.json").is_file() or (
-        folder / "model.safetensors"
-    ).is_file():
-        return folder
+def write_random_checkpoint(
+    config, auto_class, folder: Path, *, dtype=None, max_shard_bytes: int = 2 * 10**9, seed=0
+) -> Path:
+    """Save `config`'s architecture with random weights (normal, std 0.02; norms 1, biases 0)
+    as sharded safetensors plus index, one shard in memory at a time: tensor shapes come
+    from a meta-device model, and tied weights are written once."""
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from safetensors.torch import save_file
 
-    from distill.core.teacher import resolve_teacher
+    from distill.core.checkpoint_slices import INDEX_FILE, parameter_aliases
+    from distill.core.teacher_plan import meta_model
 
-    arch = resolve_teacher("builtin:tiny-gpt2")
-    config = GPT2Config(
-        n_layer=layers,
-        n_embd=hidden,
-        n_head=heads,
-        vocab_size=vocab,
-        n_positions=256,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    with torch.device("cpu"):
-        model = GPT2LMHeadModel(config).to(torch.bfloat16)
-    print(
-        f"teacher: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True
-    )
-    model.save_pretrained(folder, max_shard_size="1GB")
-    AutoTokenizer.from_pretrained(arch).save_pretrained(folder)
+    dtype = dtype or torch.float32
+    folder.mkdir(parents=True, exist_ok=True)
+    model = meta_model(config, auto_class)
+    names = [(name, p.shape) for name, (p, _) in parameter_aliases(model).items()]
+    names += [(n, b.shape) for n, b in model.named_buffers() if n in model.state_dict()]
+    generator = torch.Generator().manual_seed(seed)
+    shards: list[dict] = [{}]
+    sizes = [0]
+    files = []
+
+    def flush() -> None:
+        if not shards[-1]:
+            return
+        name = f"model-{len(files) + 1:05d}.safetensors"
+        save_file(shards[-1], str(folder / name), metadata={"format": "pt"})
+        files.append((name, list(shards[-1])))
+        shards[-1], sizes[-1] = {}, 0
+
+    for name, shape in names:
+        if name.endswith("bias"):
+            t = torch.zeros(shape, dtype=dtype)
+        elif len(shape) == 1:
+            t = torch.ones(shape, dtype=dtype)
+        else:
+            t = torch.empty(shape, dtype=dtype).normal_(0, 0.02, generator=generator)
+        nbytes = t.numel() * t.element_size()
+        if sizes[-1] and sizes[-1] + nbytes > max_shard_bytes:
+            flush()
+        shards[-1][name], sizes[-1] = t, sizes[-1] + nbytes
+    flush()
+    total = len(files)
+    weight_map, size = {}, 0
+    for i, (name, keys) in enumerate(files, 1):
+        final = f"model-{i:05d}-of-{total:05d}.safetensors"
+        (folder / name).rename(folder / final)
+        size += (folder / final).stat().st_size
+        weight_map.update(dict.fromkeys(keys, final))
+    index = {"metadata": {"total_size": size}, "weight_map": weight_map}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=1))
+    config.save_pretrained(folder)
     return folder
 
 
-def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], env=None) -> dict:
-    """One `distill run`; its exit code, wall time, report and per-step metrics."""
+def build_teacher(layers: int, hidden: int, heads: int, vocab: int) -> Path:
+    """The benchmark's GPT-2-style decoder (fp32, 1 GB shards) and a GPT-2-style tokenizer."""
+    folder = ROOT / "bench" / ".cache" / f"teacher-gpt2-{layers}x{hidden}-fp32"
+    if not (folder / "model.safetensors.index.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+        from distill.core.teacher import resolve_teacher
+
+        config = GPT2Config(
+            n_layer=layers,
+            n_embd=hidden,
+            n_head=heads,
+            vocab_size=vocab,
+            n_positions=256,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        write_random_checkpoint(config, AutoModelForCausalLM, folder, max_shard_bytes=10**9)
+        AutoTokenizer.from_pretrained(resolve_teacher("builtin:tiny-gpt2")).save_pretrained(folder)
+    return folder
+
+
+def build_3b_teacher() -> Path:
+    """A ~3B Llama-style decoder in fp32 (about 12 GiB: two replicas do not fit this
+    machine's 24 GiB), in safetensors shards of at most 2 GB."""
+    folder = ROOT / "bench" / ".cache" / "teacher-llama-3b-fp32"
+    if not (folder / "model.safetensors.index.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+        from distill.core.teacher import resolve_teacher
+
+        config = LlamaConfig(
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=28,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            vocab_size=32000,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        write_random_checkpoint(config, AutoModelForCausalLM, folder, max_shard_bytes=2 * 10**9)
+        AutoTokenizer.from_pretrained(resolve_teacher("builtin:tiny-gpt2")).save_pretrained(folder)
+    return folder
+
+
+def run(
+    teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], env=None, steps=5
+) -> dict:
+    """One `distill run`; its exit code, wall time and every worker's memory record.
+    partition `cache`: the teacher is not loaded on the workers (teacher-output cache)."""
     sets = [
         f"teacher.name={teacher}",
-        f"teacher.partition={partition}",
         f"teacher.dtype={dtype}",
         "objective.weights={lm: 1.0, lm_kl: 1.0}",
         "student.layers=2",
@@ -81,7 +158,7 @@ def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], 
         "data.max_length=32",
         "data.max_train_samples=64",
         "data.max_eval_samples=4",
-        "training.steps=5",
+        f"training.steps={steps}",
         "training.batch_size=2",
         "training.log_every=1",
         "training.eval_every=100",
@@ -91,6 +168,11 @@ def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], 
         "evaluation.throughput_rounds=1",
         "evaluation.generation_length=2",
         "evaluation.batch_size=2",
+        *(
+            ["teacher.cache.mode=auto", f"teacher.cache.location={out.parent / 'cache'}"]
+            if partition == "cache"
+            else [f"teacher.partition={partition}"]
+        ),
         *extra,
     ]
     started = time.perf_counter()
@@ -113,27 +195,71 @@ def run(teacher: Path, partition: str, dtype: str, out: Path, extra: list[str], 
     report = json.loads((out / "report.json").read_text())
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     placement = report["teacher"]["placement"]
-    size = 4 if dtype == "fp32" else 2
     timed = [h for h in history if h.get("ms_teacher")]
     nodes = set()
-    reports = out / "train" / "reports.jsonl"
-    for line in reports.read_text().splitlines():
+    for line in (out / "train" / "reports.jsonl").read_text().splitlines():
         nodes |= set(json.loads(line).get("nodes") or [])
+    workers = placement["memory"]
+    gib = lambda n: round(n / 2**30, 3)  # noqa: E731
     row.update(
         teacher_parameters=placement["parameters"],
-        teacher_bytes_per_worker=[n * size for n in placement["parameters_per_rank"]],
-        teacher_gib_per_worker=max(n * size for n in placement["parameters_per_rank"]) / 2**30,
-        peak_rss_anon_gib=max(h["rss_anon_mb"] for h in history) / 1024,
-        peak_rss_gib=max(h["rss_peak_mb"] for h in history) / 1024,
+        teacher_gib_per_worker=gib(
+            max(placement["parameters_per_rank"]) * (4 if dtype == "fp32" else 2)
+        )
+        if partition != "cache"
+        else 0.0,
+        loader=placement.get("loader"),
+        peak_rss_gib=[gib(w["peak_rss"]) for w in workers],
+        peak_anon_gib=[gib(w["peak_anon"]) for w in workers],
+        peak_pss_gib=[gib(w["peak_pss"]) for w in workers],
+        phases_rss_gib=[{p["phase"]: gib(p["rss"]) for p in w["phases"]} for w in workers],
+        phases_peak_anon_gib=[
+            {p["phase"]: gib(p["peak_anon"]) for p in w["phases"]} for w in workers
+        ],
         teacher_ms_per_step=timed[-1]["ms_teacher"] if timed else None,
         step_ms=sum(timed[-1][f"ms_{p}"] for p in ("teacher", "forward", "backward", "step"))
         if timed
         else None,
         nodes=len(nodes),
         teacher_unchanged=report["teacher_check"]["unchanged"],
-        preflight=placement.get("preflight"),  # its decision, reason and worker memory
+        preflight=placement.get("preflight"),  # its decision, reason, estimate, worker memory
     )
     return row
+
+
+def with_costs(rows: list[dict], teacher: Path, workers: int) -> list[dict]:
+    """Each row's teacher cost per worker (peak RSS / PSS above the cache baseline's), the
+    issue's bound for a partition and the preflight estimate's error against the peak."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from distill.core.teacher_plan import footprint
+
+    fp = footprint(AutoConfig.from_pretrained(teacher), AutoModelForCausalLM)
+    base = next((r for r in rows if r["partition"] == "cache" and r["exit"] == 0), None)
+    for row in rows:
+        if row["exit"] != 0 or row["partition"] == "cache" or base is None:
+            continue
+        size = 4 if row["dtype"] == "fp32" else 2
+        row["teacher_cost_rss_gib"] = round(max(row["peak_rss_gib"]) - max(base["peak_rss_gib"]), 3)
+        row["teacher_cost_pss_gib"] = round(max(row["peak_pss_gib"]) - max(base["peak_pss_gib"]), 3)
+        row["bound_gib"] = round(
+            (1.25 * fp.parameters * size / workers + fp.largest_layer * size) / 2**30, 3
+        )
+        estimate = (row.get("preflight") or {}).get("estimated_peak_bytes")
+        if estimate:
+            row["estimate_gib"] = round(estimate / 2**30, 3)
+            row["estimate_error"] = round(estimate / 2**30 / max(row["peak_rss_gib"]) - 1, 3)
+    return rows
+
+
+def four_cpu_node():
+    """One local node that offers 4 CPUs (on this 2-core machine) so 4 workers can start;
+    (cluster, its environment)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.ray_cluster import LocalCluster
+
+    cluster = LocalCluster(head_cpus=4)
+    return cluster, {"RAY_ADDRESS": cluster.gcs_address}
 
 
 def two_node_cluster():
@@ -154,45 +280,75 @@ def two_node_cluster():
     return cluster, {**auth, "RAY_ADDRESS": cluster.gcs_address}
 
 
+def table(teacher: Path, workers: int, dtypes: list[str], tmp: Path, env=None, extra=()) -> list:
+    """The baseline, then replicate and zero3 interleaved, per dtype; with costs."""
+    extra = [f"scaling.num_workers={workers}", *extra]
+    rows = [run(teacher, "cache", "fp32", tmp / f"n{workers}-cache", extra, env)]
+    print(json.dumps(rows[-1]), flush=True)
+    for dtype in dtypes:
+        for partition in ("replicate", "zero3"):
+            rows.append(
+                run(teacher, partition, dtype, tmp / f"n{workers}-{partition}-{dtype}", extra, env)
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return with_costs(rows, teacher, workers)
+
+
+def demo_3b(tmp: Path) -> dict:
+    """The teacher that cannot fit replicated: zero3 over 2 workers must finish, replicate
+    must be refused by preflight."""
+    teacher = build_3b_teacher()
+    out = {"teacher": str(teacher.name)}
+    refused = run(teacher, "replicate", "fp32", tmp / "3b-replicate", [], steps=3)
+    out["replicate"] = {k: refused.get(k) for k in ("exit", "wall_s", "error")}
+    print(json.dumps(out["replicate"]), flush=True)
+    out["zero3"] = run(teacher, "zero3", "fp32", tmp / "3b-zero3", [], steps=3)
+    print(json.dumps(out["zero3"]), flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=48)
-    parser.add_argument("--hidden", type=int, default=1600)
-    parser.add_argument("--heads", type=int, default=25)
+    parser.add_argument("--layers", type=int, default=36)
+    parser.add_argument("--hidden", type=int, default=1536)
+    parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=50257)
-    parser.add_argument("--two-node", action="store_true")
-    parser.add_argument(
-        "--limits-only", action="store_true", help="only the memory-limit and 2-node rows"
-    )
-    parser.add_argument("--two-node-only", action="store_true", help="only the 2-node row")
+    parser.add_argument("--only", help="one table: WORKERS:DTYPE, e.g. 2:bf16")
+    parser.add_argument("--demo-3b", action="store_true", help="only the 3B demonstration")
+    parser.add_argument("--two-node", action="store_true", help="add the 2-node zero3 bf16 row")
     parser.add_argument("--out", default="bench/results/teacher_memory.json")
     args = parser.parse_args()
-    teacher = build_teacher(args.layers, args.hidden, args.heads, args.vocab)
-    rows = []
+    result: dict = {}
     with tempfile.TemporaryDirectory(prefix="distill-teacher-memory-") as tmp:
         tmp = Path(tmp)
-        placements = [
-            ("replicate", "fp32"),
-            ("zero3", "fp32"),
-            ("replicate", "bf16"),
-            ("zero3", "bf16"),
-        ]
-        skip = args.limits_only or args.two_node_only
-        for partition, dtype in [] if skip else placements:
-            rows.append(run(teacher, partition, dtype, tmp / f"{partition}-{dtype}", []))
-            print(json.dumps(rows[-1]), flush=True)
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        from distill.core.teacher_plan import footprint
-
-        config = AutoConfig.from_pretrained(teacher)
-        whole_gib = footprint(config, AutoModelForCausalLM).parameters * 4 / 2**30
-        limit = [f"scaling.memory_per_worker_gb={round(whole_gib * 0.9, 2)}"]  # below the teacher
-        for partition in () if args.two_node_only else ("replicate", "zero3"):
-            row = run(teacher, partition, "fp32", tmp / f"limit-{partition}", limit)
-            rows.append({**row, "memory_per_worker_gb": round(whole_gib * 0.9, 2)})
-            print(json.dumps(rows[-1]), flush=True)
-        if args.two_node or args.two_node_only:
+        if args.demo_3b:
+            result["demo_3b"] = demo_3b(tmp)
+            Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+            return
+        teacher = build_teacher(args.layers, args.hidden, args.heads, args.vocab)
+        result["teacher"] = {
+            "layers": args.layers,
+            "hidden": args.hidden,
+            "heads": args.heads,
+            "vocab": args.vocab,
+        }
+        plan = {"2": ["fp32", "bf16"], "4": ["bf16"]}
+        if args.only:
+            workers, dtype = args.only.split(":")
+            plan = {workers: [dtype]}
+        tables = {}
+        for workers, dtypes in plan.items():
+            if workers == "2":
+                tables[f"{workers} workers"] = table(teacher, 2, dtypes, tmp / workers)
+            else:  # more workers than cores: a local node that offers them CPUs
+                cluster, env = four_cpu_node()
+                with cluster:
+                    mem = ["scaling.memory_per_worker_gb=5.5"]  # this machine's 24 GiB / 4
+                    tables[f"{workers} workers"] = table(
+                        teacher, int(workers), dtypes, tmp / workers, env, mem
+                    )
+        result["tables"] = tables
+        if args.two_node:
             cluster, joined = two_node_cluster()
             with cluster:
                 row = run(
@@ -203,10 +359,8 @@ def main() -> None:
                     ["scaling.placement_strategy=SPREAD"],
                     joined,
                 )
-                rows.append({**row, "cluster": "2 local nodes"})
-                print(json.dumps(rows[-1]), flush=True)
-    shape = {"layers": args.layers, "hidden": args.hidden, "heads": args.heads, "vocab": args.vocab}
-    Path(args.out).write_text(json.dumps({"teacher": shape, "rows": rows}, indent=2) + "\n")
+                result["two_node"] = {**row, "cluster": "2 local nodes"}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

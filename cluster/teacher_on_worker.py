@@ -27,6 +27,7 @@ from distill.core.checkpoint_slices import (
     CheckpointError,
     CheckpointTensors,
     NotSliceable,
+    parameter_aliases,
     partition_range,
     tensor_names_for,
 )
@@ -44,6 +45,9 @@ class PlacedTeacher:
     # `module` is a weightless skeleton, `distill.core.lazy_teacher`)
     partition: str
     engine: object | None = None  # the stage-3 inference engine (zero3); keeps the hooks alive
+    # How the weights were read: "whole" (replicate: from_pretrained, memory-mapped),
+    # "slices" (zero3: each rank its own slices) or "transformers" (zero3 from a .bin).
+    loader: str = "whole"
 
     @property
     def partitioned(self) -> bool:
@@ -111,9 +115,11 @@ def place_teacher(
         release_freed_memory()
         return PlacedTeacher(module, "replicate")
     config = teacher_deepspeed_config(spec)
+    loader = "slices"
     try:
         module = load_partitioned(family, folder, config, dtype)
-    except NotSliceable as why:  # a .bin checkpoint, unfamiliar names: transformers' loader
+    except NotSliceable as why:
+        loader = "transformers"  # a .bin checkpoint, unfamiliar names: transformers' loader
         if dist.get_rank() == 0:
             print(f"[distill] teacher: transformers' ZeRO-3 loader ({why})", flush=True)
         with _zero3_init(config):
@@ -122,7 +128,7 @@ def place_teacher(
     engine, _, _, _ = deepspeed.initialize(model=module, config=config)
     engine.eval()
     release_freed_memory()
-    return PlacedTeacher(engine.module, "zero3", engine)
+    return PlacedTeacher(engine.module, "zero3", engine, loader)
 
 
 @contextlib.contextmanager
@@ -153,19 +159,12 @@ def load_partitioned(
     with CheckpointTensors(folder) as tensors:
         with _zero3_init(config):
             model = family.auto_class.from_config(AutoConfig.from_pretrained(folder), dtype=dtype)
-        aliases: dict[int, list[str]] = {}
-        params: dict[str, torch.nn.Parameter] = {}
-        for name, param in model.named_parameters(remove_duplicate=False):
-            if id(param) not in aliases:
-                aliases[id(param)], params[name] = [], param
-            aliases[id(param)].append(name)
+        params = parameter_aliases(model)
         names = tensor_names_for(
-            {n: aliases[id(p)] for n, p in params.items()},
-            tensors.names(),
-            model.base_model_prefix,
+            {n: names for n, (_, names) in params.items()}, tensors.names(), model.base_model_prefix
         )
         rank, world = dist.get_rank(), dist.get_world_size()
-        for name, param in params.items():
+        for name, (param, _) in params.items():
             source = names[name]
             shape = tensors.shape(source)
             if shape != tuple(param.ds_shape):

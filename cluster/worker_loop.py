@@ -824,6 +824,7 @@ def _teacher_state(stage: LiveStage) -> dict:
             "dtype": stage.spec.teacher.dtype,
             "parameters": stage.placed.total_parameters(),
             "parameters_per_rank": local,
+            "loader": stage.placed.loader,
             "memory": memory,  # per rank: phases and whole-life peaks (cluster.worker_memory)
         },
     }

@@ -10,9 +10,9 @@ plus two rows), cast to the requested dtype on the way, so a rank never holds a 
 or a whole tensor in anonymous memory. Pages of the mapped file that were read stay in the
 page cache (file-backed, reclaimable), not in the process's heap.
 
-`checkpoint_problem` checks a folder before anything is loaded (a shard the index names but
-that is missing, a truncated shard, an unreadable header) and `tensor_names_for` maps a
-model's parameter names onto the checkpoint's (base-model prefixes, tied weights).
+`tensor_names_for` maps a model's parameter names onto the checkpoint's (base-model
+prefixes, tied weights). A missing or truncated shard is refused before Ray starts, by
+`distill.core.model_files.teacher_folder_problem`.
 """
 
 from __future__ import annotations
@@ -62,25 +62,6 @@ def shard_files(folder: str | os.PathLike) -> dict[str, str] | None:
     if os.path.isfile(single):
         with _open(single) as f:
             return dict.fromkeys(f.keys(), SINGLE_FILE)
-    return None
-
-
-def checkpoint_problem(folder: str | os.PathLike) -> str | None:
-    """What is wrong with a folder's safetensors checkpoint, naming the file (a shard the
-    index names but that is missing, a truncated or unreadable shard), or None. Reads only
-    the headers."""
-    try:
-        files = shard_files(folder)
-    except CheckpointError as exc:
-        return str(exc)
-    for name in sorted(set((files or {}).values())):
-        path = os.path.join(str(folder), name)
-        if not os.path.isfile(path):
-            return f"{path}: missing (named by {INDEX_FILE})"
-        try:
-            _check_complete(path)
-        except CheckpointError as exc:
-            return str(exc)
     return None
 
 
@@ -171,27 +152,44 @@ def tensor_names_for(
     return out
 
 
+def shape_problem(folder: str | os.PathLike, model: torch.nn.Module) -> str | None:
+    """The first checkpoint tensor whose shape differs from `model`'s (a meta-device model
+    built from the folder's config), naming the file; None when all agree or the names
+    cannot be matched (transformers then judges). Reads only the headers."""
+    try:
+        with CheckpointTensors(folder) as tensors:
+            params = parameter_aliases(model)
+            names = tensor_names_for(
+                {n: names for n, (_, names) in params.items()},
+                tensors.names(),
+                getattr(model, "base_model_prefix", ""),
+            )
+            for name, (param, _) in params.items():
+                shape = tensors.shape(names[name])
+                if shape != tuple(param.shape):
+                    return (
+                        f"{tensors.path(names[name])}: {names[name]} has shape {list(shape)}; "
+                        f"the config makes {list(param.shape)}"
+                    )
+    except NotSliceable:
+        return None
+    return None
+
+
+def parameter_aliases(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Parameter, list[str]]]:
+    """{first name: (parameter, every name it answers to)}: tied weights are one entry."""
+    seen: dict[int, str] = {}
+    out: dict[str, tuple[torch.nn.Parameter, list[str]]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) not in seen:
+            seen[id(param)] = name
+            out[name] = (param, [])
+        out[seen[id(param)]][1].append(name)
+    return out
+
+
 def _open(path: str):
     try:
         return safe_open(path, framework="pt")
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def _check_complete(path: str) -> None:
-    """A safetensors file whose header promises more bytes than the file holds was cut
-    short (an interrupted download or copy)."""
-    size = os.path.getsize(path)
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)) if 8 + n <= size else None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    if header is None:
-        raise CheckpointError(f"{path}: truncated (header runs past the end of the file)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    if 8 + n + end > size:
-        raise CheckpointError(
-            f"{path}: truncated ({size} bytes; its header describes {8 + n + end})"
-        )

@@ -42,6 +42,7 @@ class TeacherFootprint:
 
     parameters: int
     largest_gather: int
+    largest_layer: int = 0  # the largest layer block (a decoder layer), parameters
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,21 @@ def gb(n: int | float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def meta_model(config: PretrainedConfig, auto_class) -> torch.nn.Module:
+    """The architecture with every tensor on the meta device (shapes, no memory)."""
+    with torch.device("meta"):
+        return auto_class.from_config(config)
+
+
 def footprint(config: PretrainedConfig, auto_class) -> TeacherFootprint:
     """Count an architecture's parameters without allocating them (meta device)."""
-    with torch.device("meta"):
-        model = auto_class.from_config(config)
+    model = meta_model(config, auto_class)
     total = sum(p.numel() for p in model.parameters())
     blocks = [
         sum(p.numel() for p in block.parameters()) for s in layer_stacks(model) for block in s
     ]
     largest_tensor = max((p.numel() for p in model.parameters()), default=0)
-    return TeacherFootprint(total, max([largest_tensor, *blocks]))
+    return TeacherFootprint(total, max([largest_tensor, *blocks]), max(blocks, default=0))
 
 
 def machine_memory_bytes() -> int:

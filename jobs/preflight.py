@@ -11,6 +11,7 @@ import os
 from distill.cluster.deepspeed_config import deepspeed_config, load_user_config
 from distill.cluster.job_data import train_eval_texts
 from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
+from distill.core.checkpoint_slices import shape_problem
 from distill.core.data import DataError, tokenizers_differ
 from distill.core.evaluation import load_sts_pairs, sts_file
 from distill.core.family_registry import family_of
@@ -24,6 +25,7 @@ from distill.core.student_resolution import PRETRAINED
 from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
 from distill.core.teacher_plan import (
     footprint,
+    meta_model,
     resolve_placement,
     worker_memory_bytes,
     worker_memory_on_nodes,
@@ -310,6 +312,10 @@ def preflight_stages(
             _check_lengths(s, tc)
             if s.student.init == PRETRAINED and stage.kind == "distill":
                 _check_lengths(s, family.output_config(s, stage.kind, tc), "student")
+            if ref is None and has_weights:  # shapes against the config, headers only
+                problem = shape_problem(teacher_tokenizer, meta_model(tc, family.auto_class))
+                if problem:
+                    raise SpecError(f"teacher.name: {problem}")
             placement = resolve_placement(
                 s, footprint(tc, family.auto_class), _worker_memory(s, local_resources, nodes)
             )

@@ -184,6 +184,7 @@ def format_table(report: dict) -> str:
         f"(ZeRO-{tr['zero_stage']}, {tr['precision']}), wall {report['run']['wall_time_s']:.0f}s",
         f"student: {report['paths']['student']}",
     ]
+    lines += memory_lines((report.get("teacher") or {}).get("placement"))
     if len(report.get("stages", [])) > 1:
         lines.append(
             "stages: "
@@ -192,3 +193,29 @@ def format_table(report: dict) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def memory_lines(placement: dict | None) -> list[str]:
+    """The workers' whole-process memory (GiB) by phase, one column per rank, then each
+    rank's whole-life peaks (RSS, anonymous, PSS); nothing when the run recorded none."""
+    workers = (placement or {}).get("memory")
+    if not workers:
+        return []
+    gib = lambda n: f"{n / 2**30:.2f}"  # noqa: E731
+    head = ["worker memory (GiB, RSS)", *(f"rank {r}" for r in range(len(workers)))]
+    rows = [head]
+    for phase in [p["phase"] for p in workers[0]["phases"]]:
+        cells = []
+        for w in workers:
+            hit = next((p for p in w["phases"] if p["phase"] == phase), None)
+            cells.append(gib(hit["rss"]) if hit else "-")
+        rows.append([phase, *cells])
+    for key, label in (
+        ("peak_rss", "peak RSS"),
+        ("peak_anon", "peak anonymous"),
+        ("peak_pss", "peak PSS"),
+    ):
+        rows.append([label, *(gib(w[key]) for w in workers)])
+    width = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    teacher = f"teacher {placement.get('partition')}, {placement.get('dtype')}"
+    return ["", f"{teacher}:"] + ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]

@@ -45,7 +45,7 @@ def _compare_placements(config: dict) -> None:
     results = {}
     for name, folder in config["teachers"].items():
         family = family_of(AutoConfig.from_pretrained(folder))
-        outputs, local = {}, {}
+        outputs, local, loaders = {}, {}, {}
         for partition in ("replicate", "zero3"):
             spec = load_spec(None, [f"teacher.name={folder}"])
             spec = spec.model_copy(
@@ -64,9 +64,11 @@ def _compare_placements(config: dict) -> None:
                 out = placed.module(**batch, output_hidden_states=True)
             outputs[partition] = out.hidden_states[-1]
             local[partition] = (placed.local_parameters(), placed.total_parameters())
+            loaders[partition] = placed.loader
         results[name] = {
             "max_diff": float((outputs["zero3"] - outputs["replicate"]).abs().max()),
             "local": local,
+            "loaders": loaders,
         }
     rank = ray.train.get_context().get_world_rank()
     with open(f"{config['out']}/rank{rank}.json", "w") as f:
@@ -75,14 +77,16 @@ def _compare_placements(config: dict) -> None:
 
 @pytest.fixture(scope="module")
 def gpt2_teacher(tmp_path_factory):
-    """A small GPT-2 teacher with random weights, saved with its tokenizer."""
+    """A small GPT-2 teacher with random weights, saved with its tokenizer in safetensors
+    shards of at most 200 kB (tensors split over uneven shard boundaries, as the hub ships
+    large models)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     arch = resolve_teacher("builtin:tiny-gpt2")
     folder = tmp_path_factory.mktemp("gpt2-teacher")
     config = GPT2Config.from_pretrained(arch)
     torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    GPT2LMHeadModel(config).save_pretrained(folder, max_shard_size="200kB")
     AutoTokenizer.from_pretrained(arch).save_pretrained(folder)
     return str(folder)
 
@@ -109,6 +113,7 @@ def test_partitioned_teacher_matches_the_replicated_one(ray_session, tmp_path, g
         for r in per_rank:
             assert r["max_diff"] < 1e-5, (name, r)
             assert r["local"]["replicate"] == [total, total]
+            assert r["loaders"] == {"replicate": "whole", "zero3": "slices"}
         locals_ = [r["local"]["zero3"][0] for r in per_rank]
         assert all(0.4 * total <= n <= 0.6 * total for n in locals_), (name, locals_, total)
         assert sum(locals_) >= total  # together the partitions hold every parameter
@@ -145,5 +150,14 @@ def test_zero3_teacher_job_trains_survives_a_killed_worker_and_reports(ray_sessi
     total = placement["parameters"]
     assert all(0.45 * total <= n <= 0.55 * total for n in placement["parameters_per_rank"])
     assert report["teacher_check"]["unchanged"] is True
+    assert placement["loader"] == "slices"
+    # Every worker recorded its whole-process memory, phase by phase, load included.
+    assert len(placement["memory"]) == 2
+    for worker in placement["memory"]:
+        phases = [p["phase"] for p in worker["phases"]]
+        assert phases[:3] == ["started", "teacher_loaded", "student_built"]
+        assert {"engines_ready", "first_teacher_forward", "steady"} <= set(phases)
+        assert worker["peak_rss"] >= max(p["rss"] for p in worker["phases"]) > 0
+        assert worker["peak_pss"] > 0
     assert report["training"]["final_loss"] < report["training"]["first_loss"]
     assert report["export_check"]["max_abs_diff"] < 1e-4

@@ -3,17 +3,13 @@ without its shard, equal to the same range of the full tensor; bad checkpoints n
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from distill.core.checkpoint_slices import (
-    INDEX_FILE,
     CheckpointTensors,
     NotSliceable,
-    checkpoint_problem,
     partition_range,
     shard_files,
     tensor_names_for,
@@ -92,28 +88,3 @@ def test_a_bin_checkpoint_is_not_sliceable(tmp_path):
     torch.save({}, tmp_path / "pytorch_model.bin")
     with pytest.raises(NotSliceable):
         CheckpointTensors(tmp_path)
-    assert checkpoint_problem(tmp_path) is None  # nothing to check: loaded the slow way
-
-
-def test_missing_and_truncated_shards_are_named(sharded, tmp_path):
-    folder, _ = sharded
-    assert checkpoint_problem(folder) is None
-    index = json.loads((folder / INDEX_FILE).read_text())
-    shards = sorted(set(index["weight_map"].values()))
-
-    missing = tmp_path / "missing"
-    missing.mkdir()
-    (missing / INDEX_FILE).write_text(json.dumps(index))
-    for shard in shards[1:]:
-        (missing / shard).write_bytes((folder / shard).read_bytes())
-    problem = checkpoint_problem(missing)
-    assert problem.startswith(str(missing / shards[0])) and "missing" in problem
-
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    (cut / INDEX_FILE).write_text(json.dumps(index))
-    for shard in shards:
-        data = (folder / shard).read_bytes()
-        (cut / shard).write_bytes(data[:-100] if shard == shards[-1] else data)
-    problem = checkpoint_problem(cut)
-    assert problem.startswith(str(cut / shards[-1])) and "truncated" in problem

@@ -103,6 +103,24 @@ def test_a_teacher_folder_without_weights_is_refused_before_ray(teacher_dir, cor
         preflight(load_spec(None, [f"teacher.name={teacher_dir}", f"data.train.path={corpus}"]))
 
 
+def test_a_checkpoint_tensor_of_the_wrong_shape_is_refused_naming_the_file(teacher_dir, corpus):
+    import json
+
+    config = json.loads((teacher_dir / "config.json").read_text())
+    config["intermediate_size"] += 8  # the weights were saved with the old FFN width
+    (teacher_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SpecError) as err:
+        preflight(
+            load_spec(
+                None,
+                [f"teacher.name={teacher_dir}", f"data.train.path={corpus}", "student.layers=2"],
+            )
+        )
+    message = str(err.value)
+    assert message.startswith(f"teacher.name: {teacher_dir / 'model.safetensors'}: ")
+    assert "intermediate.dense.weight has shape" in message and "\n" not in message
+
+
 def test_a_teacher_folder_without_a_tokenizer_is_refused(teacher_dir, corpus):
     for name in ("tokenizer.json", "vocab.txt"):
         (teacher_dir / name).unlink(missing_ok=True)
