@@ -2,13 +2,14 @@
 
 A teacher partitioned over N workers (ZeRO-3) needs on each rank only 1/N of every
 parameter: the contiguous range `[rank * part, (rank + 1) * part)` of the flattened tensor,
-`part = ceil(numel / N)` (DeepSpeed's layout, `partition_range`). `CheckpointTensors` opens a
-`model.safetensors` file or the shards listed by `model.safetensors.index.json` with
-safetensors' memory-mapped `safe_open` and reads such a range through `get_slice` on the
-tensor's first dimension: only the rows holding the range are copied (at most the range
-plus two rows), cast to the requested dtype on the way, so a rank never holds a whole shard
-or a whole tensor in anonymous memory. Pages of the mapped file that were read stay in the
-page cache (file-backed, reclaimable), not in the process's heap.
+`part = ceil(numel / N)` (DeepSpeed's layout, `partition_range`). `CheckpointTensors` reads
+a `model.safetensors` file or the shards listed by `model.safetensors.index.json`: from each
+file's header it knows every tensor's dtype, shape and byte offsets, and since a tensor is
+stored row-major, a rank's range is one contiguous byte range, read with `preadv` into a
+buffer of exactly that size and cast to the requested dtype. So a rank never holds a whole
+shard or a whole tensor, and nothing is memory-mapped: safetensors' `safe_open` maps the
+file, and every page a reader touches then counts in its resident set (RssFile) until the
+file is closed. The pages read stay in the kernel's page cache, outside every process.
 
 `tensor_names_for` maps a model's parameter names onto the checkpoint's (base-model
 prefixes, tied weights). A missing or truncated shard is refused before Ray starts, by
@@ -23,7 +24,6 @@ import os
 from collections.abc import Iterable
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -60,9 +60,66 @@ def shard_files(folder: str | os.PathLike) -> dict[str, str] | None:
             raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
     single = os.path.join(folder, SINGLE_FILE)
     if os.path.isfile(single):
-        with _open(single) as f:
-            return dict.fromkeys(f.keys(), SINGLE_FILE)
+        shard = _Shard(single)
+        shard.close()
+        return dict.fromkeys(shard.entries, SINGLE_FILE)
     return None
+
+
+# safetensors' dtype names (the format's header) and their torch dtypes.
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class _Shard:
+    """One safetensors file: its header, and byte ranges read with `preadv` into buffers
+    this process owns. No memory map: mapped pages would count in the reader's resident
+    set (RssFile) for as long as the file stays open, up to the whole shard."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        try:
+            n = int.from_bytes(os.pread(self.fd, 8, 0), "little")
+            header = json.loads(os.pread(self.fd, n, 8))
+        except (OSError, ValueError) as exc:
+            os.close(self.fd)
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+        self.base = 8 + n
+        self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+
+    def dtype(self, name: str) -> torch.dtype:
+        kind = self.entries[name]["dtype"]
+        if kind not in _DTYPES:
+            raise NotSliceable(f"{self.path}: {name} is stored as {kind}")
+        return _DTYPES[kind]
+
+    def read(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements [start, stop) of the flattened tensor, in its stored dtype."""
+        dtype = self.dtype(name)
+        size = torch.empty(0, dtype=dtype).element_size()
+        offset = self.base + self.entries[name]["data_offsets"][0] + start * size
+        buffer = bytearray((stop - start) * size)
+        view, done = memoryview(buffer), 0
+        while done < len(buffer):
+            got = os.preadv(self.fd, [view[done:]], offset + done)
+            if got == 0:
+                raise CheckpointError(f"{self.path}: truncated inside {name}")
+            done += got
+        return torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class CheckpointTensors:
@@ -74,50 +131,43 @@ class CheckpointTensors:
         if files is None:
             raise NotSliceable(f"{self.folder}: no {SINGLE_FILE} or {INDEX_FILE}")
         self.files = files
-        self._open: dict[str, object] = {}
+        self._open: dict[str, _Shard] = {}
 
     def names(self) -> set[str]:
         return set(self.files)
 
-    def _handle(self, name: str):
+    def _shard(self, name: str) -> _Shard:
         file = self.files[name]
         if file not in self._open:
             path = os.path.join(self.folder, file)
             if not os.path.isfile(path):
                 raise CheckpointError(f"{path}: missing (named by {INDEX_FILE})")
-            self._open[file] = _open(path).__enter__()
+            self._open[file] = _Shard(path)
         return self._open[file]
 
     def path(self, name: str) -> str:
         return os.path.join(self.folder, self.files[name])
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        return tuple(self._shard(name).entries[name]["shape"])
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A whole tensor (for small ones: buffers), cast to `dtype`."""
-        t = self._handle(name).get_tensor(name)
+        shape = self.shape(name)
+        t = self._shard(name).read(name, 0, math.prod(shape)).reshape(shape)
         return t if dtype is None else t.to(dtype)
 
     def flat_range(self, name: str, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
-        """Elements [start, stop) of the flattened tensor `name`, as a 1-D tensor of
-        `dtype`; reads only the rows of the first dimension that hold them."""
-        handle = self._handle(name)
-        piece = handle.get_slice(name)
-        shape = piece.get_shape()
+        """Elements [start, stop) of the flattened tensor `name` (row-major, so one
+        contiguous byte range of its file), as a 1-D tensor of `dtype`: the only memory
+        used is that range, at the stored dtype, and its cast."""
         if stop <= start:
             return torch.empty(0, dtype=dtype)
-        if len(shape) == 0:
-            return handle.get_tensor(name).reshape(1).to(dtype)
-        row = math.prod(shape[1:])
-        first, last = start // row, -(-stop // row)
-        rows = piece[first:last]
-        flat = rows.reshape(-1)[start - first * row : stop - first * row]
-        return flat.to(dtype)
+        return self._shard(name).read(name, start, stop).to(dtype)
 
     def close(self) -> None:
-        for handle in self._open.values():
-            handle.__exit__(None, None, None)
+        for shard in self._open.values():
+            shard.close()
         self._open.clear()
 
     def __enter__(self) -> CheckpointTensors:
@@ -186,10 +236,3 @@ def parameter_aliases(model: torch.nn.Module) -> dict[str, tuple[torch.nn.Parame
             out[name] = (param, [])
         out[seen[id(param)]][1].append(name)
     return out
-
-
-def _open(path: str):
-    try:
-        return safe_open(path, framework="pt")
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None

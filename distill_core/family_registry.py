@@ -2,7 +2,7 @@
 
     family = family_of(teacher_config)      # EncoderFamily, or GenerativeFamily(causal|seq2seq)
 
-Everything else asks the family (`distill.core.family.ModelFamily`), never the config.
+Everything else asks the family (`distill.core.family_interface.ModelFamily`), never the config.
 """
 
 from __future__ import annotations

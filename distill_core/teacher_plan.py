@@ -45,6 +45,66 @@ class TeacherFootprint:
     largest_layer: int = 0  # the largest layer block (a decoder layer), parameters
 
 
+# A Train worker's resident memory before any model exists: the interpreter with torch, Ray
+# Train, DeepSpeed and transformers imported, gloo up. Measured: 0.61 GiB at the `started`
+# phase of every worker of the 1.1B-teacher benchmark (cluster.worker_memory, 2026-12-07).
+RUNTIME_BYTES = int(0.61 * 2**30)
+# Per trained parameter: fp32 weights (4), gradients (4), DeepSpeed's fp32 flat copy and
+# gradient buckets (8), Adam's two moments (8), and the copy a checkpoint save makes; ZeRO
+# partitions only part of this, so it is counted whole (an upper side on purpose).
+STUDENT_BYTES_PER_PARAMETER = 24
+# Per token of a batch: the logits of student and teacher over the vocabulary with their
+# softmax, divergence and gradient (about ten fp32 copies), or the hidden states of every
+# layer (an encoder).
+LOGIT_COPIES = 10
+
+
+@dataclass(frozen=True)
+class PeakEstimate:
+    """Preflight's estimate of one worker's peak resident memory, by term (bytes)."""
+
+    runtime: int
+    teacher: int  # the whole teacher, or a partition plus the gather window
+    student: int  # weights, gradients, optimizer state, checkpoint copy
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.teacher + self.student + self.activations
+
+    def describe(self) -> str:
+        return (
+            f"{gb(self.total)} (runtime {gb(self.runtime)} + teacher {gb(self.teacher)} + "
+            f"student {gb(self.student)} + activations {gb(self.activations)})"
+        )
+
+
+def estimate_worker_peak(
+    spec: JobSpec, teacher: TeacherFootprint, config, partition: str, dtype: str, student: int
+) -> PeakEstimate:
+    """A worker's peak resident memory from the same terms the worker records: the runtime,
+    the teacher (whole when replicated; else its 1/N partition plus the gather window, the
+    largest gathered unit and the prefetch bucket, released after each forward), the student
+    with its optimizer state, and the batch's activations. `student`: its parameters."""
+    size = DTYPE_BYTES[dtype]
+    workers = spec.scaling.num_workers
+    if partition == "replicate":
+        teacher_bytes = teacher.parameters * size
+    else:
+        window = teacher.largest_gather + min(
+            spec.teacher.zero3.prefetch_bucket_size, spec.teacher.zero3.max_live_parameters
+        )
+        teacher_bytes = (math.ceil(teacher.parameters / workers) + window) * size
+    tokens = spec.training.batch_size * spec.data.max_length
+    width = getattr(config, "vocab_size", 0) or 0
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0) or 0
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", 0) or 0
+    activations = tokens * 4 * max(LOGIT_COPIES * width, 4 * hidden * (layers + 1))
+    return PeakEstimate(
+        RUNTIME_BYTES, teacher_bytes, student * STUDENT_BYTES_PER_PARAMETER, activations
+    )
+
+
 @dataclass(frozen=True)
 class Placement:
     partition: str  # replicate | zero3
@@ -53,6 +113,7 @@ class Placement:
     per_worker_bytes: int  # resident teacher parameter bytes per worker (+ one gathered unit)
     worker_memory_bytes: int | None
     reason: str
+    estimate: PeakEstimate | None = None  # the worker's whole peak, by term
 
     def describe(self, workers: int) -> str:
         where = (
@@ -119,10 +180,18 @@ def worker_memory_on_nodes(
 
 
 def resolve_placement(
-    spec: JobSpec, teacher: TeacherFootprint, worker_memory: int | None
+    spec: JobSpec,
+    teacher: TeacherFootprint,
+    worker_memory: int | None,
+    *,
+    config=None,
+    student_parameters: int = 0,
 ) -> Placement:
     """The teacher's dtype and partition for this spec; one-line `SpecError`s for a dtype
-    the hardware cannot run or a placement that cannot fit a worker."""
+    the hardware cannot run or a placement that cannot fit a worker: the teacher's share
+    (half a worker replicated, 80% partitioned), then the whole worker's estimated peak
+    (`estimate_worker_peak`; `config`: the teacher's, without which nothing is estimated;
+    `student_parameters`: the student's)."""
     t, workers = spec.teacher, spec.scaling.num_workers
     dtype = t.dtype or spec.deepspeed.precision
     if dtype == "fp16" and spec.scaling.gpus_per_worker == 0:
@@ -157,6 +226,20 @@ def resolve_placement(
             f"{ZERO3_SHARE:.0%} of a worker's {gb(worker_memory)}; add workers, memory or a "
             "smaller teacher.dtype"
         )
+    estimate = None  # without the teacher's config there is no activation term to add
+    if config is not None:
+        estimate = estimate_worker_peak(spec, teacher, config, mode, dtype, student_parameters)
+    if estimate is not None and worker_memory is not None and estimate.total > worker_memory:
+        field = (
+            "scaling.memory_per_worker_gb"
+            if spec.scaling.memory_per_worker_gb is not None
+            else "teacher.partition"
+        )
+        raise SpecError(
+            f"{field}: a worker's peak is estimated at {estimate.describe()} with teacher "
+            f"{mode} at {dtype}, more than its {gb(worker_memory)}; add workers or memory, "
+            "use teacher.partition: zero3, or a smaller student or batch"
+        )
     return Placement(
         partition=mode,
         dtype=dtype,
@@ -164,4 +247,5 @@ def resolve_placement(
         per_worker_bytes=whole if mode == "replicate" else partitioned,
         worker_memory_bytes=worker_memory,
         reason=reason,
+        estimate=estimate,
     )

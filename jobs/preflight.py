@@ -316,8 +316,15 @@ def preflight_stages(
                 problem = shape_problem(teacher_tokenizer, meta_model(tc, family.auto_class))
                 if problem:
                     raise SpecError(f"teacher.name: {problem}")
+            student_config = family.output_config(s, stage.kind, tc)
             placement = resolve_placement(
-                s, footprint(tc, family.auto_class), _worker_memory(s, local_resources, nodes)
+                s,
+                footprint(tc, family.auto_class),
+                _worker_memory(s, local_resources, nodes),
+                config=tc,
+                student_parameters=footprint(student_config, family.auto_class).parameters
+                if student_config is not None
+                else 0,
             )
             if placement.partition == "zero3" and stage.kind != "distill":
                 raise SpecError(

@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -328,6 +329,14 @@ def _run_checked(
                 "partition": decided.partition,
                 "reason": decided.reason,
                 "worker_memory_bytes": decided.worker_memory_bytes,
+                **(
+                    {
+                        "estimated_peak_bytes": decided.estimate.total,
+                        "estimate_terms": asdict(decided.estimate),
+                    }
+                    if decided.estimate is not None
+                    else {}
+                ),
             }
         # The export with its model card (made from the report) goes to the run in one
         # put_dir, so its manifest covers the card; the checkpoint's copy stays as it was.

@@ -101,3 +101,43 @@ def test_worker_memory_on_a_running_cluster_is_the_smallest_share_a_worker_gets(
     assert worker_memory_on_nodes([small], 1, 0) is None
     assert worker_memory_on_nodes([{"CPU": 4.0}], 1, 0) is None
     assert worker_memory_on_nodes([], 1, 0) is None
+
+
+def test_the_worker_peak_estimate_adds_its_terms_and_refuses_what_cannot_fit():
+    from transformers import GPT2Config
+
+    from distill.core.teacher_plan import (
+        RUNTIME_BYTES,
+        STUDENT_BYTES_PER_PARAMETER,
+        estimate_worker_peak,
+    )
+
+    config = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=1000)
+    spec = _spec("teacher.partition=zero3", "data.max_length=16", "training.batch_size=2")
+    teacher = TeacherFootprint(
+        parameters=10_000_000, largest_gather=1_000_000, largest_layer=500_000
+    )
+    z3 = estimate_worker_peak(spec, teacher, config, "zero3", "fp32", student=2_000_000)
+    window = 1_000_000 + min(
+        spec.teacher.zero3.prefetch_bucket_size, spec.teacher.zero3.max_live_parameters
+    )
+    assert z3.teacher == (5_000_000 + window) * 4  # half the teacher + the gather window
+    assert z3.student == 2_000_000 * STUDENT_BYTES_PER_PARAMETER
+    assert z3.activations == 2 * 16 * 4 * 10 * 1000  # logits copies dominate at this width
+    assert z3.total == RUNTIME_BYTES + z3.teacher + z3.student + z3.activations
+    rep = estimate_worker_peak(spec, teacher, config, "replicate", "bf16", student=2_000_000)
+    assert rep.teacher == 10_000_000 * 2
+
+    fits = resolve_placement(spec, teacher, 8 * 2**30, config=config, student_parameters=2_000_000)
+    assert fits.estimate == z3
+    with pytest.raises(SpecError) as err:  # the teacher's share fits, the whole worker not
+        resolve_placement(
+            _spec("teacher.partition=zero3", "scaling.memory_per_worker_gb=1"),
+            teacher,
+            2**30,
+            config=config,
+            student_parameters=20_000_000,
+        )
+    message = str(err.value)
+    assert message.startswith("scaling.memory_per_worker_gb: a worker's peak is estimated at")
+    assert "runtime" in message and "student 457.8 MiB" in message and "\n" not in message
