@@ -1,11 +1,14 @@
-"""GPU check (never needed by CI): one GPU worker, bf16, NCCL, a ZeRO-3 teacher of >=1B
-parameters (GPT-2 XL shape, random weights), ~50 student training steps; prints tokens/s,
-peak GPU memory and model FLOPs utilisation.
+"""GPU check (never needed by CI): the single-GPU large-teacher case. One GPU worker, bf16,
+NCCL; the teacher (>=1B parameters, GPT-2 XL shape, random weights) partitioned with ZeRO-3
+and its partitions offloaded to CPU memory (`teacher.zero3.offload`: only the layer being
+gathered visits the GPU, as for a teacher larger than the GPU), the student on the GPU;
+~50 training steps. Prints real (non-padding) tokens/s, peak GPU memory, peak host RSS of
+the worker and model FLOPs utilisation.
 
     bash bench/gpu_check.sh            # on a machine with a CUDA GPU and this repo installed
 
 MFU counts 6 x student parameters (forward + backward) + 2 x teacher parameters (forward)
-FLOPs per trained token, against the GPU's dense bf16 peak (`--peak-tflops`, default the
+FLOPs per real trained token (`tokens_per_s` in metrics.jsonl counts attention-mask ones), against the GPU's dense bf16 peak (`--peak-tflops`, default the
 H200's 989).
 """
 
@@ -34,6 +37,7 @@ def main() -> None:
         "scaling.num_workers=1",
         "scaling.gpus_per_worker=1",
         "deepspeed.precision=bf16",
+        "teacher.zero3.offload=true",
         "student.layers=6",
         "student.hidden=1024",
         "student.heads=16",
@@ -51,12 +55,13 @@ def main() -> None:
                 for line in (Path(tmp) / "gpu" / "metrics.jsonl").read_text().splitlines()
             ]
             report = json.loads((Path(tmp) / "gpu" / "report.json").read_text())
-            tokens_per_s = history[-1]["samples_per_s"] * args.max_length
+            tokens_per_s = history[-1]["tokens_per_s"]
             student = report["size"]["student_parameters"]
             flops = (6 * student + 2 * row["teacher_parameters"]) * tokens_per_s
             row.update(
                 tokens_per_s=round(tokens_per_s),
                 gpu_peak_gib=max(h.get("gpu_peak_mb", 0) for h in history) / 1024,
+                host_peak_rss_gib=max(row["peak_rss_gib"]),
                 mfu=flops / (args.peak_tflops * 1e12),
             )
     print(json.dumps(row, indent=2))

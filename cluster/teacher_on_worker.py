@@ -97,6 +97,11 @@ def teacher_deepspeed_config(spec: JobSpec) -> dict:
             "stage3_max_live_parameters": z.max_live_parameters,
             "stage3_max_reuse_distance": z.max_reuse_distance,
             "stage3_param_persistence_threshold": z.param_persistence_threshold,
+            **(
+                {"offload_param": {"device": "cpu", "pin_memory": True}}
+                if z.offload and spec.scaling.gpus_per_worker > 0
+                else {}
+            ),
         },
         "bf16": {"enabled": dtype == "bf16"},
         "fp16": {"enabled": dtype == "fp16"},

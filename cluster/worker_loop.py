@@ -190,6 +190,7 @@ class Progress:
     resumed_finished: bool = False
     train_time: float = 0.0
     samples: int = 0
+    tokens: int = 0  # real (non-padding) tokens of the timed steps
     timed_steps: int = 0
     loss_sum: float = 0.0
     loss_n: int = 0
@@ -517,6 +518,8 @@ def _record_step(progress: Progress, step: int, marks: list[float], batch: dict,
     if step > progress.step + _UNTIMED_STEPS or progress.timed_steps:
         progress.train_time += marks[-1] - marks[0]
         progress.samples += batch["input_ids"].shape[0]
+        mask = batch.get("attention_mask")
+        progress.tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
         progress.timed_steps += 1
         for phase, begin, end in zip(_PHASES, marks, marks[1:]):
             progress.phase_time[phase] += end - begin
@@ -541,6 +544,10 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
             progress.loss_sum / progress.loss_n if progress.loss_n else math.nan
         ),
         "samples_per_s": _mean_across_ranks(samples_per_s) * world,
+        "tokens_per_s": _mean_across_ranks(
+            progress.tokens / progress.train_time if progress.train_time else 0.0
+        )
+        * world,
         "lr": stage.engine.get_lr()[0],
         **{f"loss_{k}": v.detach().item() for k, v in parts.items()},
         **{

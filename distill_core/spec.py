@@ -54,6 +54,9 @@ class Zero3TeacherSpec(Strict):
     max_live_parameters: PositiveInt = 100_000_000
     max_reuse_distance: Annotated[int, Field(ge=0)] = 0
     param_persistence_threshold: Annotated[int, Field(ge=0)] = 100_000  # smaller stay whole
+    # The partitions live in CPU memory and only the gathered layers visit the GPU
+    # (DeepSpeed `offload_param`): a teacher larger than the GPUs' memory. No effect on CPU.
+    offload: bool = False
 
 
 class TeacherInferenceSpec(Strict):

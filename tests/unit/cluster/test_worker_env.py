@@ -26,3 +26,14 @@ def test_bundled_paths_are_rebased_in_the_job_and_its_stages(tmp_path, monkeypat
     assert [s.path for s in here.data.train] == [str(node / "job/files/1_a.csv"), "glue"]
     assert here.stages[0].data == {"train": {"path": str(node / "job/files/1_a.csv")}}
     assert in_job_working_dir(here) == here  # rebased paths exist here: left as they are
+
+
+def test_a_partitioned_teacher_gets_freed_blocks_returned_to_the_os():
+    from distill.cluster.worker_env import worker_env
+    from distill.core.spec import load_spec
+
+    zero3 = worker_env(load_spec(None, ["teacher.partition=zero3"]))
+    assert zero3["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
+    assert "MALLOC_MMAP_THRESHOLD_" not in worker_env(
+        load_spec(None, ["teacher.partition=replicate"])
+    )
