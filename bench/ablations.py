@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 
 from bench.quality import PROBE_TRAIN, SHARED, fit_probe, unlabelled_corpus
 from distill.cluster.job_data import train_eval_texts
-from distill.core.data import collate, load_source, tokenize
-from distill.core.evaluation import load_sts_pairs, sts_spearman
+from distill.core.data import collate, load_source, load_sts_pairs, tokenize
+from distill.core.evaluation import sts_spearman
 from distill.core.export import SentenceEncoder
 from distill.core.family_registry import FAMILIES
 from distill.core.outputs import TaskHead, forward_outputs

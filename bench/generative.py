@@ -34,7 +34,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill.cluster.job_data import train_eval_texts
-from distill.cluster.teacher_generations import generate
 from distill.core.family_registry import family_of
 from distill.core.generative import generative_collate, tokenize_generative
 from distill.core.generative_eval import (
@@ -179,7 +178,7 @@ def run(family: str, teacher_steps: int, steps: int, pretrain_steps: int | None 
     if family == "seq2seq":
         started = time.perf_counter()
         sources = list(train_rows["text"])
-        targets = generate(
+        targets = generate_texts(
             teacher,
             tokenizer,
             sources,

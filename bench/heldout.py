@@ -32,8 +32,7 @@ import json
 import re
 from pathlib import Path
 
-from distill.core.data import load_source
-from distill.core.evaluation import load_sts_pairs
+from distill.core.data import load_source, load_sts_pairs
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parents[1] / "shared" / "data"

@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from distill.core.data import load_source
-from distill.core.evaluation import load_sts_pairs, measure_throughput, sts_spearman
+from distill.core.data import load_source, load_sts_pairs
+from distill.core.evaluation import measure_throughput, sts_spearman
 from distill.core.export import SentenceEncoder, load_encoder
 from distill.core.spec import load_spec, merge
 from distill.core.teacher import resolve_teacher

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel
 
-from distill.core.evaluation import load_sts_pairs, measure_throughput
+from distill.core.data import load_sts_pairs
+from distill.core.evaluation import measure_throughput
 from distill.core.export import load_encoder
 from distill.core.teacher import resolve_teacher
 

@@ -258,8 +258,9 @@ def four_cpu_node():
     sys.path.insert(0, str(ROOT / "tests"))
     from helpers.ray_cluster import LocalCluster
 
-    cluster = LocalCluster(head_cpus=4)
-    return cluster, {"RAY_ADDRESS": cluster.gcs_address}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    cluster = LocalCluster(head_cpus=4, env=auth)  # `ray start` serves token auth only
+    return cluster, {**auth, "RAY_ADDRESS": cluster.gcs_address}
 
 
 def two_node_cluster():

@@ -18,7 +18,7 @@ import torch
 
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.storage import Storage, open_storage
-from distill.core.generative_eval import continue_texts
+from distill.core.generative_eval import continue_texts, generate_texts
 from distill.core.spec import JobSpec
 
 CACHE_DIR = "teacher_generations"
@@ -33,39 +33,6 @@ def _key(teacher_id: str, sources: list[str], spec: JobSpec, pairs: bool) -> str
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()[:24]
-
-
-@torch.no_grad()
-def generate(
-    model,
-    tokenizer,
-    sources: list[str],
-    *,
-    num_beams: int,
-    max_new_tokens: int,
-    batch_size: int,
-    max_length: int,
-) -> list[str]:
-    """The model's decoded generations for `sources` (beam search, in order)."""
-    model.eval()
-    out: list[str] = []
-    for i in range(0, len(sources), batch_size):
-        enc = tokenizer(
-            sources[i : i + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        ).to(model.device)
-        ids = model.generate(
-            **enc,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            early_stopping=num_beams > 1,
-        )
-        out += tokenizer.batch_decode(ids, skip_special_tokens=True)
-    return [text.strip() for text in out]
 
 
 def cache_teacher_targets(
@@ -96,7 +63,7 @@ def cache_teacher_targets(
             "max_length": spec.data.max_length,
         }
         if pairs:
-            targets = generate(model, tokenizer, sources, **options)
+            targets = generate_texts(model, tokenizer, sources, **options)
         else:
             targets = continue_texts(
                 model, tokenizer, sources, prefix_fraction=g.prefix_fraction, **options

@@ -58,8 +58,7 @@ from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_env import in_job_working_dir
 from distill.cluster.worker_memory import MemoryRecorder
 from distill.core.cache_format import INDEX_COLUMN, folder_digest
-from distill.core.data import tokenizers_differ
-from distill.core.evaluation import load_sts_pairs
+from distill.core.data import load_sts_pairs, tokenizers_differ
 from distill.core.family_interface import ModelFamily
 from distill.core.family_registry import family_of
 from distill.core.lazy_teacher import skeleton_teacher

@@ -14,15 +14,18 @@ import csv
 import gzip
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import torch
 from datasets.exceptions import DatasetGenerationError
 
-from distill.core.evaluation import SAMPLES_DIR
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
+
 
 BUILTIN_DOCSTRINGS = "builtin:docstrings"
 # 6,472 English Wikipedia sentences shipped with distill (CC BY-SA; samples/LICENSE.txt):
@@ -192,8 +195,6 @@ def _load_hub(name: str, config_name: str | None, split: str) -> datasets.Datase
 
 def _load_sts(path: str) -> datasets.Dataset:
     """An STS Benchmark file (no header) as columns sentence1, sentence2, score."""
-    from distill.core.evaluation import load_sts_pairs
-
     _check_file(path)
     try:
         pairs = load_sts_pairs(path)
@@ -471,3 +472,47 @@ def teacher_view(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "labels" in batch:
         view["labels"] = batch["labels"]
     return view
+
+
+BUILTIN_STS = "builtin:sts-sample"
+
+
+def sts_file(path: str) -> str:
+    """The file behind an `evaluation.sts_path`: the packaged sample for `builtin:sts-sample`,
+    else `path` itself. Any other `builtin:` name is a ValueError naming the one there is."""
+    if path == BUILTIN_STS:
+        return str(SAMPLES_DIR / "sts-sample.tsv")
+    if path.startswith("builtin:"):
+        raise ValueError(f"{path} is no packaged STS set; the packaged one is {BUILTIN_STS}")
+    return path
+
+
+@dataclass(frozen=True)
+class StsPairs:
+    first: list[str]
+    second: list[str]
+    scores: list[float]
+
+
+def load_sts_pairs(path: str, limit: int | None = None) -> StsPairs:
+    """STS Benchmark file (or `builtin:sts-sample`): tab-separated, no header; fields 5-7
+    are score, s1, s2. Extra trailing fields on a few lines are ignored."""
+    first, second, scores = [], [], []
+    with open(sts_file(path), encoding="utf-8") as f:
+        for line, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if len(row) < 7:
+                continue
+            try:
+                score = float(row[4])
+            except ValueError:
+                score = math.nan
+            if not math.isfinite(score):
+                raise ValueError(f"{path} line {line}: score {row[4]!r} is not a finite number")
+            scores.append(score)
+            first.append(row[5])
+            second.append(row[6])
+            if limit is not None and len(scores) >= limit:
+                break
+    if not scores:
+        raise ValueError(f"{path} has no STS rows (expected 7 tab-separated fields)")
+    return StsPairs(first, second, scores)

@@ -25,6 +25,7 @@ from distill.core.cache_format import bypass_reason, encoder_rows, plan_for
 from distill.core.data import (
     collate,
     collate_for_both,
+    load_sts_pairs,
     teacher_view,
     tokenize,
     tokenize_for_both,
@@ -33,7 +34,6 @@ from distill.core.data import (
 )
 from distill.core.evaluation import (
     cosine_agreement,
-    load_sts_pairs,
     measure_throughput,
     similarity_agreement,
     spearman_of_embeddings,
@@ -343,14 +343,7 @@ class EncoderFamily(ModelFamily):
 
         def embed(texts: list[str]) -> torch.Tensor:
             vectors = []
-            for i in range(0, len(texts), 64):
-                batch = tokenizer(
-                    texts[i : i + 64],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
+            for batch in tokenized_batches(tokenizer, texts, 64, max_length):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 pooled = forward_outputs(model.student, batch).pooled
                 if projection is not None:

@@ -10,64 +10,17 @@ interleaved, so machine noise hits both alike.
 
 from __future__ import annotations
 
-import csv
-import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from distill.core.data import StsPairs
 from distill.core.export import SentenceEncoder
 from distill.core.losses import pairwise_cosines
-
-BUILTIN_STS = "builtin:sts-sample"
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
-
-
-def sts_file(path: str) -> str:
-    """The file behind an `evaluation.sts_path`: the packaged sample for `builtin:sts-sample`,
-    else `path` itself. Any other `builtin:` name is a ValueError naming the one there is."""
-    if path == BUILTIN_STS:
-        return str(SAMPLES_DIR / "sts-sample.tsv")
-    if path.startswith("builtin:"):
-        raise ValueError(f"{path} is no packaged STS set; the packaged one is {BUILTIN_STS}")
-    return path
-
-
-@dataclass(frozen=True)
-class StsPairs:
-    first: list[str]
-    second: list[str]
-    scores: list[float]
-
-
-def load_sts_pairs(path: str, limit: int | None = None) -> StsPairs:
-    """STS Benchmark file (or `builtin:sts-sample`): tab-separated, no header; fields 5-7
-    are score, s1, s2. Extra trailing fields on a few lines are ignored."""
-    first, second, scores = [], [], []
-    with open(sts_file(path), encoding="utf-8") as f:
-        for line, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if len(row) < 7:
-                continue
-            try:
-                score = float(row[4])
-            except ValueError:
-                score = math.nan
-            if not math.isfinite(score):
-                raise ValueError(f"{path} line {line}: score {row[4]!r} is not a finite number")
-            scores.append(score)
-            first.append(row[5])
-            second.append(row[6])
-            if limit is not None and len(scores) >= limit:
-                break
-    if not scores:
-        raise ValueError(f"{path} has no STS rows (expected 7 tab-separated fields)")
-    return StsPairs(first, second, scores)
 
 
 def sts_spearman(encoder: SentenceEncoder, pairs: StsPairs, max_length: int = 128) -> float:

@@ -23,24 +23,14 @@ from distill.core.token_losses import IGNORE_INDEX
 
 def _batches(tokenizer, rows: dict[str, list[str]], batch_size: int, max_length: int):
     texts, targets = rows["text"], rows.get("target")
-    for i in range(0, len(texts), batch_size):
-        enc = dict(
-            tokenizer(
-                texts[i : i + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
-        )
-        if targets is not None:
-            lab = tokenizer(
-                targets[i : i + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+    labels = (
+        tokenized_batches(tokenizer, targets, batch_size, max_length)
+        if targets is not None
+        else None
+    )
+    for i, enc in enumerate(tokenized_batches(tokenizer, texts, batch_size, max_length)):
+        if labels is not None:
+            lab = labels[i]
             enc["labels"] = lab["input_ids"].masked_fill(lab["attention_mask"] == 0, IGNORE_INDEX)
         yield enc
 
@@ -123,16 +113,13 @@ def generate_texts(
 ) -> list[str]:
     model.eval()
     out: list[str] = []
-    for i in range(0, len(sources), batch_size):
-        enc = tokenizer(
-            sources[i : i + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
+    for enc in tokenized_batches(tokenizer, sources, batch_size, max_length):
         ids = model.generate(
-            **enc, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False
+            **{k: v.to(model.device) for k, v in enc.items()},
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            early_stopping=num_beams > 1,
         )
         out += [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     return out

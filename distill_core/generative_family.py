@@ -27,12 +27,12 @@ from distill.core.attention_terms import (
 )
 from distill.core.cache_format import bypass_reason, lm_plan_for, lm_rows
 from distill.core.data import (
+    BUILTIN_STS,
     collate_for_both,
     teacher_view,
     tokenize_for_both,
     tokenizers_differ,
 )
-from distill.core.evaluation import BUILTIN_STS
 from distill.core.export import PROBE_TEXTS
 from distill.core.family_interface import ModelFamily
 from distill.core.generative import (

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.core.data import tokenized_batches
 from distill.core.export import SentenceEncoder, load_encoder
 from distill.core.outputs import sentence_pool
 
@@ -162,17 +163,10 @@ class OnnxEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
         chunks = []
-        for i in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[i : i + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="np",
-            )
+        for batch in tokenized_batches(self.tokenizer, texts, batch_size, max_length):
             feeds = {
-                "input_ids": batch["input_ids"].astype(np.int64),
-                "attention_mask": batch["attention_mask"].astype(np.int64),
+                "input_ids": batch["input_ids"].numpy().astype(np.int64),
+                "attention_mask": batch["attention_mask"].numpy().astype(np.int64),
             }
             chunks.append(torch.from_numpy(self.session.run(None, feeds)[0]))
         return torch.cat(chunks) if chunks else torch.empty(0)

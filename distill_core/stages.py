@@ -11,17 +11,15 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from distill.core.smoke import SmokePlan, apply_smoke, smoke_plan
 from distill.core.spec import (
     STAGE_SECTIONS,
     STAGE_TEACHER_PREFIX,
     JobSpec,
-    SmokePlan,
     SpecError,
-    apply_smoke,
     format_error,
     merge,
     nested,
-    smoke_plan,
 )
 
 SINGLE_STAGE = "train"

@@ -22,7 +22,8 @@ import json
 import os
 import sys
 
-from distill.core.spec import SmokePlan, SpecError, load_spec, override_fields
+from distill.core.smoke import SmokePlan
+from distill.core.spec import SpecError, load_spec, override_fields
 from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
 from distill.jobs.cluster_client import run_address

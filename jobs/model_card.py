@@ -9,17 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.core.spec import JobSpec
+from distill.jobs.report import format_number
 
 CARD_FILE = "README.md"
 _GENERATIVE = ("causal", "seq2seq")
-
-
-def _num(value, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _kind(report: dict, has_st: bool, has_classifier: bool) -> tuple[str, str]:
@@ -90,7 +83,7 @@ def _speed_rows(report: dict) -> list[str]:
     sp = report.get("speed") or {}
     rows = [
         f"| throughput ({sp.get('unit', '-')}, batch {sp.get('batch_size', 32)}) | "
-        f"{_num(sp.get('teacher'))} | {_num(sp.get('student'))} | {_num(sp.get('speedup'), 3)}x |"
+        f"{format_number(sp.get('teacher'))} | {format_number(sp.get('student'))} | {format_number(sp.get('speedup'), 3)}x |"
     ]
     rows += [f"| {' | '.join(row)} |" for row in latency_rows(report.get("latency"))]
     return rows
@@ -151,14 +144,14 @@ def model_card(
         "",
         f"# {name}",
         "",
-        f"A student distilled from **{t.get('name')}** ({_num(t.get('parameters'))} parameters, "
+        f"A student distilled from **{t.get('name')}** ({format_number(t.get('parameters'))} parameters, "
         f"{t.get('layers')} layers, hidden {t.get('hidden')}) with distill "
         "(knowledge distillation on Ray Train + DeepSpeed).",
         "",
         "## Student",
         "",
-        f"- Shape: {shape}; {_num(size.get('student_parameters'))} parameters "
-        f"({_num(size.get('compression'), 3)}x fewer than the teacher).",
+        f"- Shape: {shape}; {format_number(size.get('student_parameters'))} parameters "
+        f"({format_number(size.get('compression'), 3)}x fewer than the teacher).",
         f"- Method: objective {method or '-'}"
         + (f"; task `{spec.task.type}`" if spec.task else "")
         + ".",
@@ -171,7 +164,7 @@ def model_card(
         )
     lines += [
         f"- Data: {sources}; max length {spec.data.max_length} tokens.",
-        f"- Training: {_num(tr.get('steps'))} steps of {spec.training.batch_size} rows x "
+        f"- Training: {format_number(tr.get('steps'))} steps of {spec.training.batch_size} rows x "
         f"{tr.get('num_workers')} workers"
         + (
             f" x {spec.training.gradient_accumulation_steps} accumulated"
@@ -179,22 +172,22 @@ def model_card(
             else ""
         )
         + f", DeepSpeed ZeRO-{tr.get('zero_stage')}, {tr.get('precision')}; loss "
-        f"{_num(tr.get('first_loss'))} -> {_num(tr.get('final_loss'))}.",
+        f"{format_number(tr.get('first_loss'))} -> {format_number(tr.get('final_loss'))}.",
         "",
         "## Results",
         "",
         "| | teacher | student | student vs teacher |",
         "| --- | --- | --- | --- |",
-        f"| parameters | {_num(size.get('teacher_parameters'))} | "
-        f"{_num(size.get('student_parameters'))} | {_num(size.get('compression'), 3)}x smaller |",
-        f"| {q.get('metric')} ({q.get('split', '-')}, n={q.get('n')}) | {_num(q.get('teacher'))} | "
-        f"{_num(q.get('student'))} | {_num(q.get('retention'), 3)} retained |",
+        f"| parameters | {format_number(size.get('teacher_parameters'))} | "
+        f"{format_number(size.get('student_parameters'))} | {format_number(size.get('compression'), 3)}x smaller |",
+        f"| {q.get('metric')} ({q.get('split', '-')}, n={q.get('n')}) | {format_number(q.get('teacher'))} | "
+        f"{format_number(q.get('student'))} | {format_number(q.get('retention'), 3)} retained |",
     ]
     task = report.get("task")
     if task:
         lines.append(
-            f"| task {task['metric']} (n={task['n']}) | {_num(task['teacher'])} | "
-            f"{_num(task['student'])} | {_num(task.get('retention'), 3)} retained |"
+            f"| task {task['metric']} (n={task['n']}) | {format_number(task['teacher'])} | "
+            f"{format_number(task['student'])} | {format_number(task.get('retention'), 3)} retained |"
         )
     lines += _speed_rows(report)
     lines += [

@@ -12,8 +12,7 @@ from distill.cluster.deepspeed_config import deepspeed_config, load_user_config
 from distill.cluster.job_data import train_eval_texts
 from distill.core.architectures import BUILTIN_PREFIX, builtin_architectures, builtin_path
 from distill.core.checkpoint_slices import shape_problem
-from distill.core.data import DataError, tokenizers_differ
-from distill.core.evaluation import load_sts_pairs, sts_file
+from distill.core.data import DataError, load_sts_pairs, sts_file, tokenizers_differ
 from distill.core.family_registry import family_of
 from distill.core.hub import HubUnreachable
 from distill.core.model_files import has_weights as teacher_has_weights

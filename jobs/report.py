@@ -98,7 +98,9 @@ def build_report(
     return report
 
 
-def _fmt(value, digits: int = 4) -> str:
+def format_number(value, digits: int = 4) -> str:
+    """A number for a table: floats to `digits` significant digits, ints with thousands
+    separators, None as "-" (the run, sweep and model-card tables share it)."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -121,9 +123,9 @@ def latency_rows(latency: dict | None) -> list[tuple[str, str, str, str]]:
                 rows.append(
                     (
                         f"batch-1 {label} ms ({name})",
-                        _fmt(t[key], 3),
-                        _fmt(s[key], 3),
-                        _fmt(t[key] / s[key], 3) + "x faster" if s[key] else "-",
+                        format_number(t[key], 3),
+                        format_number(s[key], 3),
+                        format_number(t[key] / s[key], 3) + "x faster" if s[key] else "-",
                     )
                 )
         bulk = next((k for k in s if k.endswith("_per_s")), None)
@@ -132,9 +134,9 @@ def latency_rows(latency: dict | None) -> list[tuple[str, str, str, str]]:
             rows.append(
                 (
                     f"batch-{size} texts/s ({name})",
-                    _fmt(t[bulk], 4),
-                    _fmt(s[bulk], 4),
-                    _fmt(s[bulk] / t[bulk], 3) if t[bulk] else "-",
+                    format_number(t[bulk], 4),
+                    format_number(s[bulk], 4),
+                    format_number(s[bulk] / t[bulk], 3) if t[bulk] else "-",
                 )
             )
     return rows
@@ -147,21 +149,21 @@ def format_table(report: dict) -> str:
         ("", "teacher", "student", "student/teacher"),
         (
             "parameters",
-            _fmt(sz["teacher_parameters"]),
-            _fmt(sz["student_parameters"]),
-            _fmt(sz["student_parameters"] / sz["teacher_parameters"], 3),
+            format_number(sz["teacher_parameters"]),
+            format_number(sz["student_parameters"]),
+            format_number(sz["student_parameters"] / sz["teacher_parameters"], 3),
         ),
         (
             f"{q['metric']} ({q['n']})",
-            _fmt(q["teacher"]),
-            _fmt(q["student"]),
-            _fmt(q["retention"], 3),
+            format_number(q["teacher"]),
+            format_number(q["student"]),
+            format_number(q["retention"], 3),
         ),
         (
             f"throughput ({sp['unit']})",
-            _fmt(sp["teacher"]),
-            _fmt(sp["student"]),
-            _fmt(sp["speedup"], 3),
+            format_number(sp["teacher"]),
+            format_number(sp["student"]),
+            format_number(sp["speedup"], 3),
         ),
     ]
     task = report.get("task")
@@ -169,9 +171,9 @@ def format_table(report: dict) -> str:
         rows.append(
             (
                 f"task {task['metric']} ({task['n']})",
-                _fmt(task["teacher"]),
-                _fmt(task["student"]),
-                _fmt(task["retention"], 3),
+                format_number(task["teacher"]),
+                format_number(task["student"]),
+                format_number(task["retention"], 3),
             )
         )
     rows += latency_rows(report.get("latency"))
@@ -179,8 +181,8 @@ def format_table(report: dict) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, width)) for r in rows]
     lines += [
         "",
-        f"run {report['run']['name']}: {tr['steps']} steps, loss {_fmt(tr['first_loss'])} -> "
-        f"{_fmt(tr['final_loss'])}, {_fmt(tr['samples_per_s'])} samples/s on {tr['num_workers']} workers "
+        f"run {report['run']['name']}: {tr['steps']} steps, loss {format_number(tr['first_loss'])} -> "
+        f"{format_number(tr['final_loss'])}, {format_number(tr['samples_per_s'])} samples/s on {tr['num_workers']} workers "
         f"(ZeRO-{tr['zero_stage']}, {tr['precision']}), wall {report['run']['wall_time_s']:.0f}s",
         f"student: {report['paths']['student']}",
     ]

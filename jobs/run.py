@@ -42,7 +42,11 @@ from distill.jobs.curves import write_curves
 from distill.jobs.model_card import write_model_card
 from distill.jobs.preflight import check_storage, preflight_stages, take_lease
 from distill.jobs.report import build_report
-from distill.jobs.run_folder import CONFIG_FILE, REPORT_FILE, DamagedFile, read_yaml_file
+from distill.jobs.run_folder import (
+    CONFIG_FILE,
+    REPORT_FILE,
+    check_same_as_existing,
+)
 
 DEEPSPEED_FILE = "deepspeed.json"
 
@@ -71,21 +75,15 @@ def _model_shape(key: str, value):
 
 
 def _check_resumable(storage: Storage, spec: JobSpec) -> None:
-    if not storage.exists(CONFIG_FILE):
-        return
-    try:
-        previous = read_yaml_file(storage, CONFIG_FILE)
-    except DamagedFile as exc:
-        raise SpecError(
-            f"{exc}; the existing run's config is unreadable: use a new output.name (or --output)"
-        ) from None
-    current = spec.model_dump(mode="json")
-    for key in _RESUME_KEYS:
-        if _model_shape(key, previous.get(key)) != _model_shape(key, current[key]):
-            raise SpecError(
-                f"{key}: differs from the existing run in {storage.uri}; "
-                "use a new output.name (or --output) to start a fresh run"
-            )
+    check_same_as_existing(
+        storage,
+        CONFIG_FILE,
+        spec.model_dump(mode="json"),
+        _RESUME_KEYS,
+        "run",
+        "use a new output.name (or --output)",
+        _model_shape,
+    )
 
 
 class TrainingDiverged(RuntimeError):

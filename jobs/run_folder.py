@@ -130,6 +130,33 @@ _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", dict: "an 
 _TYPE_NAMES.update({list: "a list", bool: "true or false", type(None): "null"})
 
 
+def check_same_as_existing(
+    storage: Storage,
+    relpath: str,
+    current: dict,
+    keys: tuple[str, ...],
+    what: str,
+    advice: str,
+    shape: Callable[[str, Any], Any] = lambda key, value: value,
+) -> None:
+    """Refuse, naming the first differing key, to continue a run or sweep in `storage` whose
+    saved `relpath` (config.yaml, sweep.yaml) differs from `current` in any of `keys`, as
+    compared through `shape(key, value)`; nothing to compare when the file is not there.
+    what: "run" or "sweep"; advice: how to start a fresh one instead."""
+    if not storage.exists(relpath):
+        return
+    try:
+        previous = read_yaml_file(storage, relpath)
+    except DamagedFile as exc:
+        raise SpecError(f"{exc}; the existing {what}'s file is unreadable: {advice}") from None
+    for key in keys:
+        if shape(key, previous.get(key)) != shape(key, current.get(key)):
+            raise SpecError(
+                f"{key}: differs from the {what} already in {storage.uri}; {advice} to start "
+                f"a fresh {what}"
+            )
+
+
 def shape_problem(doc: Any, shape: Any, where: str = "") -> str | None:
     """Why `doc` does not have `shape` (the first problem, naming its key), or None."""
     if isinstance(shape, dict):

@@ -26,7 +26,7 @@ def init_quality_order(
 ) -> list[tuple[dict[str, Any], float]]:
     """(params, quality at initialisation) for every combination, best first; ties keep
     the grid's order."""
-    from distill.core.evaluation import load_sts_pairs
+    from distill.core.data import load_sts_pairs
     from distill.core.family_registry import family_of
     from distill.core.teacher import load_teacher
 

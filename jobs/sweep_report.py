@@ -14,6 +14,7 @@ import tempfile
 from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import trial_params
 from distill.jobs.pareto import choose, pareto_front
+from distill.jobs.report import format_number
 from distill.jobs.run_folder import SWEEP_REPORT_FILE
 
 PARETO_PNG = "pareto.png"
@@ -186,35 +187,38 @@ def write_sweep_outputs(storage: Storage, report: dict) -> None:
     storage.write_text(SWEEP_REPORT_FILE, json.dumps(report, indent=2))
 
 
-def _fmt(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
-
-
 def format_sweep_table(report: dict) -> str:
     metric = report.get("quality_metric") or "quality"
     head = ("trial", "status", "values", metric, "retention", "speedup", "params", "front")
     rows = [head]
     t = report["teacher"]
-    rows.append(("teacher", "", "", _fmt(t["quality"]), "1", "1", _fmt(t["parameters"]), ""))
+    rows.append(
+        (
+            "teacher",
+            "",
+            "",
+            format_number(t["quality"]),
+            "1",
+            "1",
+            format_number(t["parameters"]),
+            "",
+        )
+    )
     for r in report["trials"]:
         m = r["metrics"]
         quality = m.get("quality")
         if quality is None and "eval_quality" in m:
-            quality = f"({_fmt(m['eval_quality'])} @ step {m.get('step')})"
+            quality = f"({format_number(m['eval_quality'])} @ step {m.get('step')})"
         chosen = report["chosen"] and report["chosen"]["trial_id"] == r["trial_id"]
         rows.append(
             (
                 r["trial_id"] + (" *" if chosen else ""),
                 r["status"],
                 _label(r["params"]),
-                _fmt(quality),
-                _fmt(m.get("retention"), 3),
-                _fmt(m.get("speedup"), 3),
-                _fmt(m.get("params")),
+                format_number(quality),
+                format_number(m.get("retention"), 3),
+                format_number(m.get("speedup"), 3),
+                format_number(m.get("params")),
                 "Q/S" if r["pareto"] else "",
             )
         )

@@ -19,19 +19,11 @@ import yaml
 from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params, trial_params
 from distill.cluster.tracking import with_tracking
-from distill.core.spec import (
-    JobSpec,
-    SmokePlan,
-    SpecError,
-    TrackingSpec,
-    apply_smoke,
-    plan_changes,
-    redacted,
-    smoke_plan,
-)
+from distill.core.smoke import SmokePlan, apply_smoke, plan_changes, smoke_plan
+from distill.core.spec import JobSpec, SpecError, TrackingSpec, redacted
 from distill.jobs.preflight import check_storage, take_lease
 from distill.jobs.run import run_dir_for, run_job
-from distill.jobs.run_folder import DamagedFile, read_yaml_file
+from distill.jobs.run_folder import check_same_as_existing
 from distill.jobs.sweep_check import CheckedSweep, check_sweep
 
 SWEEP_FILE = "sweep.yaml"
@@ -91,21 +83,14 @@ def _data_in_space(sweep: SweepSpec) -> str | None:
 
 
 def _check_same_sweep(storage: Storage, sweep: SweepSpec) -> None:
-    if not storage.exists(SWEEP_FILE):
-        return
-    try:
-        previous = read_yaml_file(storage, SWEEP_FILE)
-    except DamagedFile as exc:
-        raise SpecError(
-            f"{exc}; the existing sweep's file is unreadable: use a new --output"
-        ) from None
-    current = redacted(sweep.model_dump(mode="json"))
-    for key in ("base", "space", "search", "scheduler"):
-        if previous.get(key) != current[key]:
-            raise SpecError(
-                f"{key}: differs from the sweep already in {storage.uri}; "
-                "use a new --output to start a fresh sweep"
-            )
+    check_same_as_existing(
+        storage,
+        SWEEP_FILE,
+        redacted(sweep.model_dump(mode="json")),
+        ("base", "space", "search", "scheduler"),
+        "sweep",
+        "use a new --output",
+    )
 
 
 def run_sweep(

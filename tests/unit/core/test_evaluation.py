@@ -8,14 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.core.data import BUILTIN_STS, StsPairs, load_sts_pairs, sts_file
 from distill.core.evaluation import (
-    BUILTIN_STS,
-    StsPairs,
     cosine_agreement,
-    load_sts_pairs,
     measure_throughput,
     similarity_agreement,
-    sts_file,
     sts_spearman,
 )
 from distill.core.export import SentenceEncoder

@@ -388,7 +388,7 @@ def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
     train, _ = tg.train_eval_texts(spec)
     assert sorted(r["source"] for r in rows) == sorted(train["text"])
     # The cache is reused: a second call generates nothing.
-    monkeypatch.setattr(tg, "generate", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(tg, "generate_texts", lambda *a, **k: pytest.fail("generated again"))
     assert tg.cache_teacher_targets(spec, storage, str(teacher), "teacher-v1") == ref
     swapped = tg.with_teacher_targets(train, ref, spec)
     by_source = {r["source"]: r["target"] for r in rows}

@@ -5,17 +5,15 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from distill.core.smoke import apply_smoke, smoke, smoke_plan
 from distill.core.spec import (
     JobSpec,
     SpecError,
-    apply_smoke,
     dump_spec,
     explicit_fields,
     load_spec,
     parse_overrides,
     redacted,
-    smoke,
-    smoke_plan,
 )
 from distill.core.teacher import PACKAGED_TEACHER
 

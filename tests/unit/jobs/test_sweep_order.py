@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from distill.cluster.sweep_spec import SweepSpec
-from distill.core.evaluation import load_sts_pairs, sts_spearman
+from distill.core.data import load_sts_pairs
+from distill.core.evaluation import sts_spearman
 from distill.core.export import SentenceEncoder
 from distill.core.teacher import PACKAGED_TEACHER, load_teacher
 from distill.jobs.sweep_check import check_sweep
