@@ -152,7 +152,7 @@ def check_same_as_existing(
     for key in keys:
         if shape(key, previous.get(key)) != shape(key, current.get(key)):
             raise SpecError(
-                f"{key}: differs from the {what} already in {storage.uri}; {advice} to start "
+                f"{key}: differs from the existing {what} in {storage.uri}; {advice} to start "
                 f"a fresh {what}"
             )
 
