@@ -3,11 +3,12 @@
 `zero3` (see `distill.core.teacher_plan`): the teacher is built from its config inside
 `deepspeed.zero.Init` (transformers does so under a live stage-3 `HfDeepSpeedConfig`,
 skipping weight initialisation) and each rank then reads only its own 1/N slice of every
-parameter from the memory-mapped safetensors checkpoint (`load_partitioned`); a `.bin`
-checkpoint goes through transformers' own ZeRO-3 loader, which reads whole shards on rank 0
-and gathers each module on every rank. It is then wrapped in a DeepSpeed engine with stage 3 and no optimizer,
-whose hooks gather each layer's parameters for its forward (prefetching the next ones,
-`teacher.zero3.*`) and release them after. It stays frozen, outside the student's engine and
+parameter from the safetensors checkpoint, one byte range per tensor (`load_partitioned`,
+`distill.core.checkpoint_slices`); a `.bin` checkpoint goes through transformers' own ZeRO-3
+loader, which reads whole shards on rank 0 and gathers each module on every rank. It is then
+wrapped in a DeepSpeed engine with stage 3 and no optimizer, whose hooks gather each layer's
+parameters for its forward (prefetching the next ones, `teacher.zero3.*`) and release them
+after. It stays frozen, outside the student's engine and
 optimizer; its fingerprint is computed over every rank's partitions.
 """
 
@@ -155,7 +156,7 @@ def load_partitioned(
     family: ModelFamily, folder: str, config: dict, dtype: torch.dtype
 ) -> torch.nn.Module:
     """The teacher in `folder` built inside ZeRO-3 partitions, each rank reading only its
-    own slice of every parameter from the memory-mapped safetensors files
+    own slice of every parameter from the safetensors files
     (`distill.core.checkpoint_slices`), cast to `dtype` slice by slice. No rank holds a
     whole shard, and none a whole parameter except while its module is built (DeepSpeed
     allocates it, then partitions it). `NotSliceable` when the folder has no safetensors
