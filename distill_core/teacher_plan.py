@@ -138,9 +138,12 @@ def meta_model(config: PretrainedConfig, auto_class) -> torch.nn.Module:
         return auto_class.from_config(config)
 
 
-def footprint(config: PretrainedConfig, auto_class) -> TeacherFootprint:
-    """Count an architecture's parameters without allocating them (meta device)."""
-    model = meta_model(config, auto_class)
+def footprint(
+    config: PretrainedConfig, auto_class, model: torch.nn.Module | None = None
+) -> TeacherFootprint:
+    """Count an architecture's parameters without allocating them (meta device; `model`:
+    one already built by `meta_model`)."""
+    model = model if model is not None else meta_model(config, auto_class)
     total = sum(p.numel() for p in model.parameters())
     blocks = [
         sum(p.numel() for p in block.parameters()) for s in layer_stacks(model) for block in s

@@ -311,14 +311,15 @@ def preflight_stages(
             _check_lengths(s, tc)
             if s.student.init == PRETRAINED and stage.kind == "distill":
                 _check_lengths(s, family.output_config(s, stage.kind, tc), "student")
+            shapes = meta_model(tc, family.auto_class)
             if ref is None and has_weights:  # shapes against the config, headers only
-                problem = shape_problem(teacher_tokenizer, meta_model(tc, family.auto_class))
+                problem = shape_problem(teacher_tokenizer, shapes)
                 if problem:
                     raise SpecError(f"teacher.name: {problem}")
             student_config = family.output_config(s, stage.kind, tc)
             placement = resolve_placement(
                 s,
-                footprint(tc, family.auto_class),
+                footprint(tc, family.auto_class, shapes),
                 _worker_memory(s, local_resources, nodes),
                 config=tc,
                 student_parameters=footprint(student_config, family.auto_class).parameters
