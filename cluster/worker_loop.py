@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import resource
 import tempfile
 import time
 import warnings
@@ -56,7 +55,7 @@ from distill.cluster.teacher_generations import cache_teacher_targets, with_teac
 from distill.cluster.teacher_on_worker import PlacedTeacher, place_teacher
 from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_env import in_job_working_dir
-from distill.cluster.worker_memory import MemoryRecorder
+from distill.cluster.worker_memory import MemoryRecorder, read_memory
 from distill.core.cache_format import INDEX_COLUMN, folder_digest
 from distill.core.data import load_sts_pairs, tokenizers_differ
 from distill.core.family_interface import ModelFamily
@@ -555,10 +554,9 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
         },
     }
     # Memory of the most loaded rank: resident anonymous memory now, and peak RSS so far.
-    metrics["rss_anon_mb"] = _max_across_ranks(_rss_anon_mb())
-    metrics["rss_peak_mb"] = _max_across_ranks(
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    now = read_memory()
+    metrics["rss_anon_mb"] = _max_across_ranks(now["anon"] / 2**20)
+    metrics["rss_peak_mb"] = _max_across_ranks(now["hwm"] / 2**20)
     if torch.cuda.is_available():
         metrics["gpu_peak_mb"] = _max_across_ranks(torch.cuda.max_memory_allocated() / 2**20)
     if progress.switch_s is not None and not progress.history:
@@ -788,15 +786,6 @@ def _mean_across_ranks(value: float) -> float:
 
 def _max_across_ranks(value: float) -> float:
     return _all_reduce(value, dist.ReduceOp.MAX)
-
-
-def _rss_anon_mb() -> float:
-    """This process's resident anonymous memory (not file-backed pages), MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _placement() -> dict:
