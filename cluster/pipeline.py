@@ -21,24 +21,11 @@ from dataclasses import dataclass
 
 from distill.cluster.run_files import STAGES_DIR, STUDENT_DIR
 from distill.cluster.storage import Storage
-from distill.core.spec import JobSpec, S3Spec
+from distill.core.spec import S3Spec
+from distill.core.stages import Stage
 
 DONE_FILE = "done.json"
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """One stage as the workers run it.
-
-    teacher_stage: the earlier stage whose export is this stage's teacher (else the spec's
-    teacher.name); continues: the earlier stage whose student this one keeps training."""
-
-    name: str
-    kind: str  # distill | finetune | pretrain
-    spec: JobSpec  # resolved (student dims, absolute paths, steps)
-    teacher_stage: str | None = None
-    continues: str | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +41,7 @@ class WorkerInputs:
     when Ray restores one of them, the workers resume from `resume_from` instead, the
     newest intact checkpoint (relative to the run folder; None: none left, from step 0)."""
 
-    stages: tuple[StagePlan, ...]
+    stages: tuple[Stage, ...]
     run_uri: str
     s3: S3Spec
     start: int = 0
@@ -81,7 +68,7 @@ def stage_student(name: str) -> str:
     return f"{stage_dir(name)}/{STUDENT_DIR}"
 
 
-def stage_done(storage: Storage, plan: StagePlan) -> dict | None:
+def stage_done(storage: Storage, plan: Stage) -> dict | None:
     """The stage's done marker when it finished with this very spec (its `training` or
     `data` changed, e.g. more steps: None, it runs again)."""
     path = f"{stage_dir(plan.name)}/{DONE_FILE}"
@@ -96,7 +83,7 @@ def stage_done(storage: Storage, plan: StagePlan) -> dict | None:
     return done
 
 
-def mark_done(storage: Storage, plan: StagePlan, **facts) -> None:
+def mark_done(storage: Storage, plan: Stage, **facts) -> None:
     """Record that `plan` finished (written after its outputs, so it never lies)."""
     payload = {"spec": plan.spec.model_dump(mode="json"), **facts}
     storage.write_text(f"{stage_dir(plan.name)}/{DONE_FILE}", json.dumps(payload))

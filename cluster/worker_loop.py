@@ -11,8 +11,8 @@ gathered) and `probe.pt` (outputs of fixed probe texts from the trained in-memor
 used to check the export); a stage that later stages read also leaves its export in the
 run's storage (`cluster.pipeline`).
 
-The steps, each a short function: `resume_point`, `set_up_stage` (teacher, student,
-data, engine), `restore`, `train_step` (`next_batch`, `teacher_targets`, `loss_step`, the
+The steps, each a short function: `resume_point`, `set_up_stage` (`cluster/stage_setup.py`:
+teacher, student, data, engine), `restore`, `train_step` (`next_batch`, `teacher_targets`, `loss_step`, the
 non-finite guard, DeepSpeed's backward and step), `evaluate`, `save_and_report`,
 `finish_stage`.
 """
@@ -35,37 +35,23 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
-from transformers import AutoConfig, AutoTokenizer
 
-from distill.cluster.cache_store import open_cache
-from distill.cluster.deepspeed_config import deepspeed_config
-from distill.cluster.job_data import train_eval_texts
 from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
 from distill.cluster.pipeline import (
     METRICS_FILE,
-    StagePlan,
     WorkerInputs,
     mark_done,
     stage_dir,
     stage_student,
 )
 from distill.cluster.run_files import DIVERGED_FILE, ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
-from distill.cluster.storage import Storage, open_storage
-from distill.cluster.teacher_generations import cache_teacher_targets, with_teacher_targets
-from distill.cluster.teacher_on_worker import PlacedTeacher, place_teacher
+from distill.cluster.stage_setup import LiveStage, set_up_stage
+from distill.cluster.storage import open_storage
 from distill.cluster.tracking import Trackers, local_root
-from distill.cluster.worker_env import in_job_working_dir
 from distill.cluster.worker_memory import MemoryRecorder, read_memory
-from distill.core.cache_format import INDEX_COLUMN, folder_digest
-from distill.core.data import load_sts_pairs, tokenizers_differ
-from distill.core.family_interface import ModelFamily
-from distill.core.family_registry import family_of
-from distill.core.lazy_teacher import skeleton_teacher
-from distill.core.outputs import TaskHead
+from distill.core.cache_format import INDEX_COLUMN
 from distill.core.spec import JobSpec
-from distill.core.student import no_gather
-from distill.core.student_resolution import PRETRAINED
-from distill.core.teacher import freeze, resolve_teacher
+from distill.core.stages import Stage
 from distill.core.teacher_plan import TORCH_DTYPES
 
 _UNTIMED_STEPS = 2  # first steps of a stage warm up allocators and communication
@@ -96,7 +82,7 @@ def train_loop_per_worker(config: dict) -> None:
 
 def run_stage(
     inputs: WorkerInputs,
-    plan: StagePlan,
+    plan: Stage,
     checkpoint,
     previous_end: float | None = None,
     memory: MemoryRecorder | None = None,
@@ -108,15 +94,15 @@ def run_stage(
     with contextlib.ExitStack() as scratch:
         stage = set_up_stage(inputs, plan, scratch, memory or MemoryRecorder())
         progress = restore(stage, checkpoint)
-        stage.live = _live_metrics(stage, progress.history, scratch)
+        stage.run.live = _live_metrics(stage, progress.history, scratch)
         progress.previous_end = previous_end
         total = stage.spec.training.steps
         for step in range(progress.step + 1, total + 1):
             for _ in range(stage.spec.training.gradient_accumulation_steps):
                 loss, parts = train_step(stage, progress, step)  # DeepSpeed steps on the last
-            stage.memory.check()  # over scaling.memory_per_worker_gb: stop, keep checkpoints
+            stage.run.memory.check()  # over scaling.memory_per_worker_gb: stop, keep checkpoints
             if step == total:
-                stage.memory.mark("steady")
+                stage.run.memory.mark("steady")
             patience = stage.spec.training.stop_after_nonfinite
             if progress.nonfinite_streak >= patience or (
                 step == total and not _finite_state(stage, progress)
@@ -142,39 +128,6 @@ def run_stage(
 
 
 # -- state -----------------------------------------------------------------------------------
-
-
-@dataclass
-class LiveStage:
-    """One stage's models, data and engine on this rank."""
-
-    plan: StagePlan
-    spec: JobSpec
-    family: ModelFamily
-    rank: int
-    world: int
-    teacher: torch.nn.Module
-    placed: PlacedTeacher
-    teacher_head: TaskHead | None
-    tokenizer: object
-    model: torch.nn.Module
-    engine: object
-    storage: Storage
-    train_ds: object
-    collate: object
-    eval_loader: DataLoader
-    steps_per_epoch: int  # batches (micro-batches under gradient accumulation)
-    cache: object | None
-    sts_pairs: object | None
-    st_teacher: str | None
-    multi_stage: bool
-    attempt: str
-    teacher_before: str = ""
-    placement_group: str | None = None
-    memory: MemoryRecorder = field(default_factory=MemoryRecorder)  # this process's phases
-    live: LiveMetrics | None = None  # rank 0: metrics.jsonl and TensorBoard, as it trains
-    mix_generator: torch.Generator = field(default_factory=torch.Generator)
-    mask_generator: torch.Generator = field(default_factory=torch.Generator)
 
 
 @dataclass
@@ -236,190 +189,6 @@ def resume_point(inputs: WorkerInputs, checkpoint) -> tuple[int, object | None]:
     return inputs.start, None
 
 
-def set_up_stage(
-    inputs: WorkerInputs, plan: StagePlan, scratch: contextlib.ExitStack, memory: MemoryRecorder
-) -> LiveStage:
-    """Teacher, trainable model, data shards and DeepSpeed engine of one stage; `memory`
-    marks the phases of the set-up."""
-    # A submitted job's relative paths name files in this node's copy of its working dir.
-    spec = in_job_working_dir(plan.spec)
-    t = spec.training
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(spec.scaling.cpus_per_worker)
-    torch.manual_seed(t.seed)
-    storage = open_storage(inputs.run_uri, inputs.s3)
-    if rank == 0 and inputs.multi_stage:
-        print(f"[distill] stage {plan.name} ({plan.kind})", flush=True)
-    cache = open_cache(
-        inputs.teacher_cache, spec, scratch.enter_context(tempfile.TemporaryDirectory())
-    )
-    models = _load_models(spec, plan, storage, scratch, memory, cached=cache is not None)
-    train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
-    if cache is not None:
-        config = models.teacher.config
-        needed, _ = models.family.cache_plan(spec, config, train_ds.column_names)
-        if needed is None or not cache.plan.covers(needed):
-            raise ValueError(f"teacher cache holds {cache.plan}; this objective reads {needed}")
-    engine = _engine(spec, models)
-    memory.mark("engines_ready")
-    group = ray.util.get_current_placement_group()
-    return LiveStage(
-        plan=plan,
-        spec=spec,
-        family=models.family,
-        rank=rank,
-        world=world,
-        teacher=models.teacher,
-        placed=models.placed,
-        teacher_head=models.teacher_head,
-        tokenizer=models.tokenizer,
-        model=models.model,
-        engine=engine,
-        storage=storage,
-        train_ds=train_ds,
-        collate=collate,
-        eval_loader=DataLoader(eval_ds, batch_size=t.batch_size, collate_fn=collate),
-        steps_per_epoch=len(train_ds) // t.batch_size,
-        cache=cache,
-        sts_pairs=load_sts_pairs(spec.evaluation.sts_path, spec.evaluation.max_sts_pairs)
-        if spec.evaluation.sts_path
-        else None,
-        st_teacher=inputs.st_teacher,
-        multi_stage=inputs.multi_stage,
-        attempt=inputs.attempt,
-        teacher_before=models.placed.fingerprint(),
-        # Which placement group holds this run's workers: a sweep releases it if Tune stops
-        # the trial mid-run (see cluster/tune_sweep.py).
-        placement_group=group.id.hex() if group is not None else None,
-        memory=memory,
-        mix_generator=torch.Generator().manual_seed(t.seed * 7919 + rank),
-        mask_generator=torch.Generator().manual_seed(t.seed * 104729 + rank),
-    )
-
-
-@dataclass
-class _Models:
-    teacher_dir: str
-    placed: PlacedTeacher
-    teacher_head: TaskHead | None
-    tokenizer: object  # the student's
-    teacher_tokenizer: object | None  # the teacher's, when it differs from the student's
-    family: ModelFamily
-    model: torch.nn.Module
-
-    @property
-    def teacher(self) -> torch.nn.Module:
-        return self.placed.module
-
-
-def _gatherer(placed: PlacedTeacher):
-    """Gathers a ZeRO-3 teacher's parameters while the student copies them (none else)."""
-    if not placed.partitioned:
-        return no_gather
-    return lambda params: deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
-
-
-def _load_models(
-    spec: JobSpec,
-    plan: StagePlan,
-    storage: Storage,
-    scratch,
-    memory: MemoryRecorder,
-    *,
-    cached: bool = False,
-) -> _Models:
-    """The frozen teacher (the spec's, or an earlier stage's export), its family and the
-    stage's trainable model (fresh, a teacher copy, or an earlier stage's student).
-
-    cached: a teacher-output cache serves every teacher output, so the teacher is never
-    loaded: its module is a weightless skeleton whose weights are read from its files only
-    while the student copies them (`distill.core.lazy_teacher`). A `width_slice` student
-    ranks the teacher's channels by their weights, so it still loads the teacher whole."""
-    teacher_dir = _stage_export(storage, plan.teacher_stage, scratch) or resolve_teacher(
-        spec.teacher.name
-    )
-    family = family_of(AutoConfig.from_pretrained(teacher_dir))
-    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
-    previous = _stage_export(storage, plan.continues, scratch)
-    # The student's tokenizer: a continued stage's export's, a pretrained student's own, else
-    # the teacher's. When it differs, batches carry both tokenizations.
-    own = previous or (spec.student.name if spec.student.init == PRETRAINED else None)
-    tokenizer = AutoTokenizer.from_pretrained(own) if own else teacher_tokenizer
-    if not tokenizers_differ(tokenizer, teacher_tokenizer):
-        teacher_tokenizer = None
-    lazy = None
-    if cached and spec.student.init != "width_slice":
-        lazy = skeleton_teacher(teacher_dir, family.auto_class)
-    if lazy is not None:
-        placed, teacher_head = PlacedTeacher(lazy[0], "cache"), None
-        gather = lazy[1]
-    else:
-        placed = place_teacher(spec, family, teacher_dir, ray.train.torch.get_device())
-        gather = _gatherer(placed)
-        teacher_head = TaskHead.load(teacher_dir)
-        if teacher_head is not None:
-            freeze(teacher_head)
-    memory.mark("teacher_loaded")
-    model = family.trainable(
-        spec,
-        placed.module,
-        tokenizer,
-        kind=plan.kind,
-        previous_student=previous,
-        gather=gather,
-    )
-    memory.mark("student_built")
-    return _Models(teacher_dir, placed, teacher_head, tokenizer, teacher_tokenizer, family, model)
-
-
-def _shard_data(spec: JobSpec, plan: StagePlan, models: _Models, storage, cache, rank, world):
-    """(train shard, eval shard, collate) of this rank, tokenized by the family."""
-    tokenizer, max_length = models.tokenizer, spec.data.max_length
-    train_texts, eval_texts = train_eval_texts(spec)
-    if spec.objective.sequence_kd is not None:  # train on the teacher's generations
-        train_texts = _with_generations(spec, storage, plan, models.teacher_dir, train_texts, rank)
-    tokenize, collate = models.family.batch_functions(tokenizer, models.teacher_tokenizer)
-    train_ds = tokenize(train_texts, tokenizer, max_length)
-    if cache is not None:  # rows keep their index into the cache (built on the whole set)
-        train_ds = _indexed(train_ds, cache, "train")
-    train_ds = train_ds.shard(world, rank, contiguous=True)
-    if len(train_ds) < spec.training.batch_size:
-        raise ValueError(
-            f"data.train: shard of {len(train_ds)} rows is smaller than training.batch_size "
-            f"{spec.training.batch_size}"
-        )
-    # Equal eval shards: under ZeRO-3 every forward is a collective, so ranks must run the
-    # same number of eval batches or the longer one waits forever.
-    eval_texts = eval_texts.select(range(len(eval_texts) - len(eval_texts) % world))
-    eval_ds = tokenize(eval_texts, tokenizer, max_length)
-    if cache is not None:
-        eval_ds = _indexed(eval_ds, cache, "eval")
-    return train_ds, eval_ds.shard(world, rank, contiguous=True), collate
-
-
-def _indexed(rows, cache, split: str):
-    """`rows` with each row's index into the cache's `split` (built on the whole set)."""
-    # Workers train on every cached train row and evaluate on a prefix of the eval rows.
-    if len(rows) > cache.rows(split) or (split == "train" and len(rows) != cache.rows(split)):
-        raise ValueError(f"teacher cache: {cache.rows(split)} {split} rows, data {len(rows)}")
-    return rows.add_column(INDEX_COLUMN, list(range(len(rows))))
-
-
-def _engine(spec: JobSpec, models: _Models):
-    """The student's DeepSpeed engine; the frozen teacher goes to the same device and
-    precision, outside the engine and its optimizer."""
-    engine, _, _, _ = deepspeed.initialize(
-        model=models.model,
-        model_parameters=[p for p in models.model.parameters() if p.requires_grad],
-        config=deepspeed_config(spec, spec.training.steps),
-    )
-    if models.teacher_head is not None:  # the teacher itself was placed at teacher.dtype
-        models.teacher_head.to(device=engine.device, dtype=TORCH_DTYPES[spec.teacher.dtype])
-    _assert_teacher_outside(engine, models.teacher)
-    return engine
-
-
 def restore(stage: LiveStage, checkpoint) -> Progress:
     """The stage's progress: from `checkpoint` (engine, step, history, data position) or
     from step 0."""
@@ -431,12 +200,12 @@ def restore(stage: LiveStage, checkpoint) -> Progress:
                 progress.history = json.load(f)["history"]
         progress.step = int(client_state["step"])
         progress.resumed_finished = progress.step >= stage.spec.training.steps
-        if stage.rank == 0:
+        if stage.run.rank == 0:
             print(f"[distill] resumed from checkpoint at step {progress.step}", flush=True)
     read = progress.step * stage.spec.training.gradient_accumulation_steps  # micro-batches
-    progress.epoch = read // stage.steps_per_epoch
+    progress.epoch = read // stage.data.steps_per_epoch
     progress.batches = _batches(stage, progress.epoch)
-    for _ in range(read % stage.steps_per_epoch):  # replay the data position
+    for _ in range(read % stage.data.steps_per_epoch):  # replay the data position
         next(progress.batches)
     stage.engine.train()
     return progress
@@ -450,9 +219,14 @@ def train_step(stage: LiveStage, progress: Progress, step: int):
     batch, index = next_batch(stage, progress)
     marks = [time.perf_counter()]
     targets = teacher_targets(stage, batch, index, "train")
-    stage.memory.mark_once("first_teacher_forward")
-    mixed = stage.family.mixed_batch(
-        stage.model, batch, stage.teacher, stage.teacher_head, stage.spec, stage.mix_generator
+    stage.run.memory.mark_once("first_teacher_forward")
+    mixed = stage.models.family.mixed_batch(
+        stage.models.model,
+        batch,
+        stage.teacher,
+        stage.models.teacher_head,
+        stage.spec,
+        stage.data.mix_generator,
     )
     marks.append(time.perf_counter())
     loss, parts, bad = loss_step(engine, batch, targets, mixed)
@@ -489,10 +263,12 @@ def teacher_targets(stage: LiveStage, batch: dict, index, split: str):
     """The teacher's outputs for a prepared batch: read from the teacher-output cache
     (rows `index` of `split`), else a forward of the live teacher, replicated or
     ZeRO-3-partitioned (then a collective: every rank calls it together)."""
-    if stage.cache is not None:
+    if stage.data.cache is not None:
         dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
-        return stage.family.cached_outputs(stage.cache, split, index, batch, dtype)
-    return stage.family.teacher_outputs(stage.model, stage.teacher, stage.teacher_head, batch)
+        return stage.models.family.cached_outputs(stage.data.cache, split, index, batch, dtype)
+    return stage.models.family.teacher_outputs(
+        stage.models.model, stage.teacher, stage.models.teacher_head, batch
+    )
 
 
 def next_batch(stage: LiveStage, progress: Progress) -> tuple[dict, torch.Tensor | None]:
@@ -505,8 +281,8 @@ def next_batch(stage: LiveStage, progress: Progress) -> tuple[dict, torch.Tensor
         progress.batches = _batches(stage, progress.epoch)
         batch = next(progress.batches)
     index = batch.pop(INDEX_COLUMN, None)
-    prepared = stage.family.prepare_batch(
-        stage.model, _on(stage.engine, batch), stage.mask_generator
+    prepared = stage.models.family.prepare_batch(
+        stage.models.model, _on(stage.engine, batch), stage.data.mask_generator
     )
     return prepared, index
 
@@ -530,12 +306,12 @@ def _record_step(progress: Progress, step: int, marks: list[float], batch: dict,
 def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -> dict:
     """The logged metrics of `step` (means over ranks), with evaluation when it is due;
     prints rank 0's progress line and appends to the history."""
-    t, world = stage.spec.training, stage.world
+    t, world = stage.spec.training, stage.run.world
     samples_per_s = progress.samples / progress.train_time if progress.train_time else 0.0
     metrics = {
         "step": step,
-        **({"stage": stage.plan.name} if stage.multi_stage else {}),
-        "placement_group": stage.placement_group,
+        **({"stage": stage.plan.name} if stage.run.multi_stage else {}),
+        "placement_group": stage.run.placement_group,
         "epoch": progress.epoch,
         # Non-finite steps update nothing and are left out of the mean (nan if all were).
         "loss": _mean_across_ranks(
@@ -563,7 +339,7 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
         metrics["stage_switch_s"] = _mean_across_ranks(progress.switch_s)
     if step % t.eval_every == 0 or step == t.steps:
         metrics.update(evaluate(stage))
-    if stage.rank == 0:
+    if stage.run.rank == 0:
         done = step - (progress.history[0]["step"] - t.log_every if progress.history else 0)
         elapsed = time.perf_counter() - progress.started
         eta = elapsed / max(done, 1) * (t.steps - step)
@@ -575,8 +351,8 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
         )
     progress.loss_sum, progress.loss_n = 0.0, 0
     progress.history.append(metrics)
-    if stage.live is not None:
-        stage.live.log(metrics)
+    if stage.run.live is not None:
+        stage.run.live.log(metrics)
     return metrics
 
 
@@ -584,11 +360,11 @@ def step_metrics(stage: LiveStage, progress: Progress, step: int, loss, parts) -
 def evaluate(stage: LiveStage) -> dict[str, float]:
     """Mean eval loss (accuracy for classification heads, STS Spearman with
     `evaluation.sts_path`) over every rank's shard; the same masks at every evaluation."""
-    engine, family, model = stage.engine, stage.family, stage.model
-    seed = stage.spec.training.seed + stage.rank
+    engine, family, model = stage.engine, stage.models.family, stage.models.model
+    seed = stage.spec.training.seed + stage.run.rank
     engine.eval()
     total, n, correct, seen = 0.0, 0, 0, 0
-    for batch in stage.eval_loader:
+    for batch in stage.data.eval_loader:
         index = batch.pop(INDEX_COLUMN, None)
         batch = family.prepare_batch(model, _on(engine, batch), torch.Generator().manual_seed(seed))
         loss, _, _ = loss_step(engine, batch, teacher_targets(stage, batch, index, "eval"))
@@ -599,10 +375,10 @@ def evaluate(stage: LiveStage) -> dict[str, float]:
     out = {"eval_loss": _mean_across_ranks(total / max(n, 1))}
     if seen:
         out["eval_accuracy"] = out["eval_quality"] = _mean_across_ranks(correct / seen)
-    if stage.sts_pairs is not None:
+    if stage.data.sts_pairs is not None:
         # Every rank encodes every pair, so under ZeRO-3 all ranks run the same collectives.
         out["eval_quality"] = family.in_training_quality(
-            model, stage.tokenizer, stage.sts_pairs, stage.spec.data.max_length
+            model, stage.models.tokenizer, stage.data.sts_pairs, stage.spec.data.max_length
         )
     engine.train()
     return out
@@ -615,15 +391,15 @@ def save_and_report(
     report together; Ray merges the ranks' files into one checkpoint."""
     with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
         stage.engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={"step": step})
-        state = {"stage": stage.plan.name, "attempt": stage.attempt, "step": step}
+        state = {"stage": stage.plan.name, "attempt": stage.run.attempt, "step": step}
         if final:
             _export(stage, tmp)
             state.update(_teacher_state(stage))
-        if stage.rank == 0:
+        if stage.run.rank == 0:
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump({**state, "history": history}, f)
-            if final and stage.multi_stage:  # later stages read this stage's export
-                stage.storage.put_dir(
+            if final and stage.run.multi_stage:  # later stages read this stage's export
+                stage.run.storage.put_dir(
                     os.path.join(tmp, STUDENT_DIR), stage_student(stage.plan.name)
                 )
         dist.barrier()
@@ -637,15 +413,15 @@ def stop_diverged(stage: LiveStage, progress: Progress, step: int) -> None:
     driver), report without a checkpoint (so the newest checkpoint stays the last finite
     state) and export nothing. Every rank reports, as Ray Train requires."""
     record = {
-        "attempt": stage.attempt,
+        "attempt": stage.run.attempt,
         "step": step,
-        **({"stage": stage.plan.name} if stage.multi_stage else {}),
+        **({"stage": stage.plan.name} if stage.run.multi_stage else {}),
         "nonfinite": list(progress.nonfinite_parts or ("trained parameters",)),
         "nonfinite_steps": progress.nonfinite_streak,
     }
-    if stage.rank == 0:
+    if stage.run.rank == 0:
         print(f"[distill] stopping at step {step}: {', '.join(record['nonfinite'])} not finite")
-        stage.storage.write_text(DIVERGED_FILE, json.dumps(record))
+        stage.run.storage.write_text(DIVERGED_FILE, json.dumps(record))
     dist.barrier()
     ray.train.report({**record, "diverged": True, **_placement()})
 
@@ -654,13 +430,13 @@ def finish_stage(stage: LiveStage, progress: Progress, metrics: dict, inputs: Wo
     """The stage's final checkpoint with its export; a stage that is not the job's last
     is then marked done in the run's storage, for later stages and re-runs."""
     save_and_report(stage, stage.spec.training.steps, metrics, progress.history, final=True)
-    if not stage.multi_stage:
+    if not stage.run.multi_stage:
         return
-    if stage.rank == 0:  # each stage's own metrics; the job's metrics.jsonl is the last's
+    if stage.run.rank == 0:  # each stage's own metrics; the job's metrics.jsonl is the last's
         lines = "".join(json.dumps(h) + "\n" for h in progress.history)
-        stage.storage.write_text(f"{stage_dir(stage.plan.name)}/{METRICS_FILE}", lines)
+        stage.run.storage.write_text(f"{stage_dir(stage.plan.name)}/{METRICS_FILE}", lines)
         if stage.plan is not inputs.stages[-1]:
-            mark_done(stage.storage, stage.plan, student=stage_student(stage.plan.name))
+            mark_done(stage.run.storage, stage.plan, student=stage_student(stage.plan.name))
     dist.barrier()
 
 
@@ -675,7 +451,7 @@ def _due(spec: JobSpec, step: int) -> bool:
 def _finite_state(stage: LiveStage, progress: Progress) -> bool:
     """This step's loss was finite and every rank's trained parameters are (an update from
     a huge but finite loss can already have made them inf or nan)."""
-    params = stage.model.parameters()
+    params = stage.models.model.parameters()
     if stage.spec.deepspeed.zero_stage == 3:  # each rank holds its partition in ds_tensor
         params = (p.ds_tensor for p in params)
     local = progress.finite and all(torch.isfinite(p.detach()).all() for p in params)
@@ -710,11 +486,11 @@ def _batches(stage: LiveStage, epoch: int):
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return iter(
         DataLoader(
-            stage.train_ds,
+            stage.data.train_ds,
             batch_size=stage.spec.training.batch_size,
             shuffle=True,
             generator=generator,
-            collate_fn=stage.collate,
+            collate_fn=stage.data.collate,
             drop_last=True,
         )
     )
@@ -723,59 +499,39 @@ def _batches(stage: LiveStage, epoch: int):
 def _live_metrics(stage: LiveStage, history: list[dict], scratch) -> LiveMetrics | None:
     """Rank 0's live metrics of the stage: the run's metrics.jsonl and tensorboard/ (a
     pipeline's stage: its own stages/<name>/metrics.jsonl and tensorboard/<name>/)."""
-    if stage.rank != 0:
+    if stage.run.rank != 0:
         return None
     metrics_file, events = METRICS_FILE, TENSORBOARD_DIR
-    if stage.multi_stage:
+    if stage.run.multi_stage:
         metrics_file = f"{stage_dir(stage.plan.name)}/{METRICS_FILE}"
         events = f"{TENSORBOARD_DIR}/{stage.plan.name}"
     trackers = None
     if stage.spec.tracking.mlflow is not None or stage.spec.tracking.wandb is not None:
         name = stage.spec.output.name
-        run_name = f"{name}/{stage.plan.name}" if stage.multi_stage else name
-        trackers = Trackers(stage.spec, run_name, local_root(stage.storage))
-    live = LiveMetrics(stage.storage, metrics_file, events, history, trackers)
+        run_name = f"{name}/{stage.plan.name}" if stage.run.multi_stage else name
+        trackers = Trackers(stage.spec, run_name, local_root(stage.run.storage))
+    live = LiveMetrics(stage.run.storage, metrics_file, events, history, trackers)
     scratch.push(lambda exc_type, exc, tb: live.close(ok=exc_type is None))
     return live
-
-
-def _stage_export(storage: Storage, name: str | None, scratch: contextlib.ExitStack) -> str | None:
-    """A local copy of an earlier stage's export (None when `name` is None)."""
-    if name is None:
-        return None
-    folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"distill-{name}-"))
-    return str(storage.get_dir(stage_student(name), folder))
-
-
-def _with_generations(spec, storage: Storage, plan: StagePlan, teacher_dir: str, train, rank):
-    """Sequence-level KD: rank 0 generates (or finds) the teacher's targets in the run's
-    storage; every rank then trains on them."""
-    teacher_id = folder_digest(teacher_dir) if plan.teacher_stage else teacher_dir
-    ref = None
-    if rank == 0:
-        ref = cache_teacher_targets(spec, storage, teacher_dir, teacher_id)
-    shared = [ref]
-    dist.broadcast_object_list(shared, src=0)
-    return with_teacher_targets(train, shared[0], spec)
 
 
 def _export(stage: LiveStage, folder: str) -> None:
     """Rank 0 writes the HF export and the probe outputs into a checkpoint folder; under
     ZeRO-3 every rank first joins the gather of the partitioned parameters."""
-    params = list(stage.model.parameters())
+    params = list(stage.models.model.parameters())
     gather = (
         deepspeed.zero.GatheredParameters(params, modifier_rank=None)
         if stage.spec.deepspeed.zero_stage == 3
         else contextlib.nullcontext()
     )
     with gather:
-        if stage.rank == 0:
-            probe = stage.family.export(
-                stage.model,
-                stage.tokenizer,
+        if stage.run.rank == 0:
+            probe = stage.models.family.export(
+                stage.models.model,
+                stage.models.tokenizer,
                 os.path.join(folder, STUDENT_DIR),
                 max_length=stage.spec.data.max_length,
-                st_teacher=stage.st_teacher,
+                st_teacher=stage.run.st_teacher,
             )
             torch.save(probe, os.path.join(folder, PROBE_FILE))
 
@@ -794,32 +550,21 @@ def _placement() -> dict:
     return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
 
-def _assert_teacher_outside(engine, teacher: torch.nn.Module) -> None:
-    """The teacher must be in neither the engine nor its optimizer."""
-    teacher_ids = {id(p) for p in teacher.parameters()}
-    in_engine = any(id(p) in teacher_ids for p in engine.module.parameters())
-    in_optimizer = any(
-        id(p) in teacher_ids for group in engine.optimizer.param_groups for p in group["params"]
-    )
-    if in_engine or in_optimizer:
-        raise RuntimeError("a teacher parameter reached the DeepSpeed engine or its optimizer")
-
-
 def _teacher_state(stage: LiveStage) -> dict:
     """The teacher's fingerprint before and after the stage, and where it lived: its
     partition, dtype and the parameters resident on each rank (a collective)."""
-    before, after = stage.teacher_before, stage.placed.fingerprint()
-    local, memory = [None] * stage.world, [None] * stage.world
-    dist.all_gather_object(local, stage.placed.local_parameters())
-    dist.all_gather_object(memory, stage.memory.summary())
+    before, after = stage.teacher_before, stage.models.placed.fingerprint()
+    local, memory = [None] * stage.run.world, [None] * stage.run.world
+    dist.all_gather_object(local, stage.models.placed.local_parameters())
+    dist.all_gather_object(memory, stage.run.memory.summary())
     return {
         "teacher_fingerprint": {"before": before, "after": after, "unchanged": before == after},
         "teacher_placement": {
-            "partition": stage.placed.partition,
+            "partition": stage.models.placed.partition,
             "dtype": stage.spec.teacher.dtype,
-            "parameters": stage.placed.total_parameters(),
+            "parameters": stage.models.placed.total_parameters(),
             "parameters_per_rank": local,
-            "loader": stage.placed.loader,
+            "loader": stage.models.placed.loader,
             "memory": memory,  # per rank: phases and whole-life peaks (cluster.worker_memory)
         },
     }

@@ -531,10 +531,33 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names one key twice (YAML lets the last silently win)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:  # the keys written here; `<<` merges may be overridden
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKey(
+                    f"key {key!r} appears twice in one mapping (lines {seen[key]} and {line})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml_mapping(text: str, where: str) -> dict:
     """YAML text that must hold a mapping (empty: {}); `where` names it in the SpecError."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKey as exc:
+        raise SpecError(f"{where}: {exc}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{where}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if raw is None:

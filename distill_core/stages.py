@@ -7,7 +7,7 @@ Each stage is a full `JobSpec`: the job's sections with the stage's sections mer
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import ValidationError
 
@@ -27,10 +27,16 @@ SINGLE_STAGE = "train"
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage, as preflight resolves it and the workers run it.
+
+    placement: the teacher's `teacher_plan.Placement` once preflight resolved it;
+    continues: the earlier stage whose student this one keeps training (`plan_stages`)."""
+
     name: str
     kind: str  # "distill" | "finetune" | "pretrain"
     spec: JobSpec  # this stage's resolved spec, without `stages`
-    placement: object | None = None  # `placement.Placement` once preflight resolved it
+    placement: object | None = None
+    continues: str | None = None
 
     @property
     def teacher_stage(self) -> str | None:
@@ -131,3 +137,19 @@ def smoke_pipeline_planned(
 def smoke_pipeline(spec: JobSpec, explicit: set[str] | None = None) -> JobSpec:
     """`smoke_pipeline_planned` without the plan."""
     return smoke_pipeline_planned(spec, explicit)[0]
+
+
+def plan_stages(stages: list[Stage]) -> tuple[Stage, ...]:
+    """The stages with `continues` set: a stage carries on the previous distill stage's
+    student when it asks for the same one (MiniLM's teacher assistant starts a new one)."""
+    plans, previous = [], None
+    for stage in stages:
+        carry = (
+            previous is not None
+            and stage.kind == "distill"
+            and previous.spec.student == stage.spec.student
+        )
+        plans.append(replace(stage, continues=previous.name if carry else None))
+        if stage.kind == "distill":
+            previous = stage
+    return tuple(plans)

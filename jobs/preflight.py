@@ -120,11 +120,25 @@ def _check_scaling(spec: JobSpec, local_resources: bool = True) -> None:
             f"scaling.num_workers: {sc.num_workers} workers x {sc.cpus_per_worker} CPUs needs {need} CPUs, "
             f"this machine has {cpus}"
         )
-    if sc.gpus_per_worker > 0:
-        import torch
+    inference = spec.teacher.inference  # the Ray Data actors that build a teacher cache
+    need = inference.actors * inference.cpus_per_actor
+    if need > cpus:
+        raise SpecError(
+            f"teacher.inference.actors: {inference.actors} actors x {inference.cpus_per_actor} "
+            f"CPUs needs {need} CPUs, this machine has {cpus}"
+        )
+    for field, gpus in (
+        ("scaling.gpus_per_worker", sc.gpus_per_worker),
+        ("teacher.inference.gpus_per_actor", inference.gpus_per_actor),
+    ):
+        if gpus > 0 and not _gpu_visible():
+            raise SpecError(f"{field}: > 0 but no GPU is visible on this machine")
 
-        if not torch.cuda.is_available():
-            raise SpecError("scaling.gpus_per_worker: > 0 but no GPU is visible on this machine")
+
+def _gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_data(spec: JobSpec) -> JobSpec:

@@ -14,17 +14,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from distill.cluster.cache_store import CacheRequest, build_cache, cache_summary, resolve_cache
+from distill.cluster.cache_store import CacheRequest, cache_summary, resolve_cache
 from distill.cluster.checkpoints import newest_intact
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
 from distill.cluster.pipeline import (
-    StagePlan,
     WorkerInputs,
     mark_done,
     stage_dir,
@@ -36,11 +35,12 @@ from distill.cluster.storage import Storage, is_s3_uri
 from distill.cluster.tracking import with_tracking
 from distill.cluster.worker_env import in_job_working_dir
 from distill.core.spec import JobSpec, SpecError, dump_spec
-from distill.core.stages import Stage
+from distill.core.stages import Stage, plan_stages
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.curves import write_curves
+from distill.jobs.driver import Folder, drive, start_cluster
 from distill.jobs.model_card import write_model_card
-from distill.jobs.preflight import check_storage, preflight_stages, take_lease
+from distill.jobs.preflight import check_storage, preflight_stages
 from distill.jobs.report import build_report
 from distill.jobs.run_folder import (
     CONFIG_FILE,
@@ -107,34 +107,7 @@ def _diverged_line(record: dict, checkpoint) -> str:
     )
 
 
-def plan_stages(stages: list[Stage]) -> tuple[StagePlan, ...]:
-    """The workers' view of the stages: which earlier stage each one's teacher is, and
-    which earlier student it carries on (a stage continues the previous distill stage's
-    student when it asks for the same one; MiniLM's teacher assistant starts a new one)."""
-    plans, previous = [], None
-    for stage in stages:
-        carry = (
-            previous is not None
-            and stage.kind == "distill"
-            and previous.spec.student == stage.spec.student
-        )
-        plans.append(
-            StagePlan(
-                stage.name,
-                stage.kind,
-                stage.spec,
-                teacher_stage=stage.teacher_stage,
-                continues=previous.name if carry else None,
-            )
-        )
-        if stage.kind == "distill":
-            previous = stage
-    return tuple(plans)
-
-
-def _run_stages(
-    plans: tuple[StagePlan, ...], storage: Storage, teacher_cache: dict | None, callbacks
-):
+def _run_stages(plans: tuple[Stage, ...], storage: Storage, teacher_cache: dict | None, callbacks):
     """Run the stages that are not done yet, all in one Ray Train run; the final stage's
     final checkpoint. A finished job (every stage done with this very spec) runs nothing.
     Damaged checkpoints (a file truncated, missing or altered) are passed over, with one
@@ -184,6 +157,56 @@ def _run_stages(
     return result.checkpoint
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run whose every check passed, nothing written yet: its resolved spec and stages
+    (each with its teacher placement), its folder, and the teacher-output cache it reads
+    (`cache_request` to find or build, or one a sweep built: `teacher_cache`; or why the
+    teacher runs live: `cache_bypass`)."""
+
+    spec: JobSpec
+    stages: list[Stage]
+    folder: Folder
+    cache_request: CacheRequest | None
+    teacher_cache: dict | None
+    cache_bypass: str | None
+
+
+def prepare_run(
+    spec: JobSpec,
+    output: str | None = None,
+    *,
+    teacher_cache: dict | None = None,
+    cache_bypass: str | None = None,
+) -> PreparedRun:
+    """Every check of `distill run`, before anything is written and before Ray: the spec
+    and its stages (preflight), the folder (reachable, same model as a run already there),
+    the teacher-output cache. Prints the teacher placement of each stage once all passed."""
+    spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
+    stages = preflight_stages(spec)
+    field = "--output" if output else "output.dir"
+    storage = check_storage(run_dir_for(spec, output), spec, field)
+    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
+    spec = with_tracking(spec, storage)
+    stages = [
+        replace(s, spec=s.spec.model_copy(update={"tracking": spec.tracking})) for s in stages
+    ]
+    if len(stages) == 1:
+        spec = stages[0].spec.model_copy(update={"output": spec.output})
+        stages = [replace(stages[0], spec=spec)]
+    _check_resumable(storage, spec)
+    if teacher_cache is not None and len(stages) > 1:
+        raise SpecError("stages: the teacher-output cache serves single-stage jobs only")
+    request = None
+    if teacher_cache is None and cache_bypass is None:  # a sweep trial brings its own
+        request, cache_bypass = _cache_request(spec, stages, storage)
+    for stage in stages:  # notes only once every check has passed
+        where = f"stage {stage.name}: " if len(stages) > 1 else ""
+        print(f"[distill] {where}{stage.placement.describe(spec.scaling.num_workers)}", flush=True)
+    folder = Folder(storage, field, CONFIG_FILE, dump_spec(spec))
+    return PreparedRun(spec, stages, folder, request, teacher_cache, cache_bypass)
+
+
 def run_job(
     spec: JobSpec,
     output: str | None = None,
@@ -195,7 +218,8 @@ def run_job(
     lease: bool = True,
     on_checked: Callable[[], None] | None = None,
 ) -> dict:
-    """Run one distillation job (all its stages) end to end and return its report.
+    """Run one distillation job (all its stages) end to end and return its report
+    (`jobs/driver.py`: prepare, lease, folder, cluster, launch, report).
 
     teacher_cache: a cache `distill.cluster.cache_store.prepare_cache` found or built for this
     single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
@@ -206,43 +230,14 @@ def run_job(
     lease; lease=False for sweep trials, whose sweep holds the lease of the whole folder;
     on_checked: called once every check has passed, before anything is written."""
     started = time.perf_counter()
-    spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
-    stages = preflight_stages(spec)
-    run_dir = run_dir_for(spec, output)
-    field = "--output" if output else "output.dir"
-    storage = check_storage(run_dir, spec, field)
-    spec = spec.model_copy(update={"output": spec.output.model_copy(update={"name": storage.name})})
-    spec = with_tracking(spec, storage)
-    stages = [
-        Stage(s.name, s.kind, s.spec.model_copy(update={"tracking": spec.tracking}), s.placement)
-        for s in stages
-    ]
-    for stage in stages:
-        where = f"stage {stage.name}: " if len(stages) > 1 else ""
-        print(f"[distill] {where}{stage.placement.describe(spec.scaling.num_workers)}", flush=True)
-    if len(stages) == 1:
-        spec = stages[0].spec.model_copy(update={"output": spec.output})
-        stages = [Stage(stages[0].name, stages[0].kind, spec, stages[0].placement)]
-    _check_resumable(storage, spec)
-    request = None
-    if teacher_cache is None and cache_bypass is None:  # a sweep trial brings its own
-        request, cache_bypass = _cache_request(spec, stages, storage)
-    if on_checked is not None:
-        on_checked()
-    with contextlib.ExitStack() as held:  # the lease before the first write
-        if lease:
-            take_lease(held, storage, force=force, field=field)
-        return _run_checked(
-            spec,
-            stages,
-            storage,
-            run_dir=run_dir,
-            started=started,
-            teacher_cache=teacher_cache,
-            cache_bypass=cache_bypass,
-            callbacks=callbacks,
-            cache_request=request,
-        )
+    run = prepare_run(spec, output, teacher_cache=teacher_cache, cache_bypass=cache_bypass)
+    return drive(
+        run.folder,
+        lambda: _launch_run(run, started, callbacks),
+        lease=lease,
+        force=force,
+        on_checked=on_checked,
+    )
 
 
 def _cache_request(
@@ -262,39 +257,29 @@ def _cache_request(
     return resolve_cache(stages[0].spec, storage)
 
 
-def _run_checked(
-    spec: JobSpec,
-    stages: list[Stage],
-    storage: Storage,
-    *,
-    run_dir,
-    started: float,
-    teacher_cache: dict | None,
-    cache_bypass: str | None,
-    callbacks: list | None,
-    cache_request: CacheRequest | None = None,
-) -> dict:
-    """`run_job` once its checks passed, holding the run folder's lease."""
-    try:
-        storage.write_text(CONFIG_FILE, dump_spec(spec))
-    except OSError as exc:
-        raise SpecError(
-            f"--output {run_dir}: cannot create the run folder ({exc.strerror})"
-        ) from None
-
-    if teacher_cache is not None and len(stages) > 1:
-        raise SpecError("stages: the teacher-output cache serves single-stage jobs only")
-    if cache_request is not None:
-        from distill.cluster.launch import ensure_ray  # Ray only after every check passed
-
-        ensure_ray(spec)
-        teacher_cache = build_cache(cache_request)
-    plans = plan_stages(stages)
+def _launch_run(run: PreparedRun, started: float, callbacks: list | None) -> dict:
+    """The cluster and the cache, every stage not done yet, then the report."""
+    storage = run.folder.storage
+    teacher_cache = run.teacher_cache
+    if run.cache_request is not None:
+        teacher_cache = start_cluster(run.spec, run.cache_request)
+    plans = plan_stages(run.stages)
     for plan in plans:  # what each DeepSpeed engine is given, next to the results
         where = f"{stage_dir(plan.name)}/" if len(plans) > 1 else ""
         config = deepspeed_config(plan.spec, plan.spec.training.steps)
         storage.write_text(f"{where}{DEEPSPEED_FILE}", json.dumps(config, indent=2))
     checkpoint = _run_stages(plans, storage, teacher_cache, callbacks)
+    report = _report_run(run, plans, checkpoint, started)
+    report["teacher_cache"] = cache_summary(teacher_cache, run.cache_bypass)
+    write_curves(storage)
+    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))  # last: the run is done
+    return report
+
+
+def _report_run(run: PreparedRun, plans: tuple[Stage, ...], checkpoint, started: float) -> dict:
+    """The run's report from its final checkpoint; writes metrics.jsonl and the export
+    (with its model card) into the run folder."""
+    spec, storage = run.spec, run.folder.storage
     final = plans[-1]
     final_spec = final.spec.model_copy(update={"output": spec.output})
     with contextlib.ExitStack() as scratch:
@@ -322,27 +307,25 @@ def _run_checked(
             ],
         )
         if report["teacher"]["placement"] is not None:  # what preflight decided, and why
-            decided = stages[-1].placement
-            report["teacher"]["placement"]["preflight"] = {
-                "partition": decided.partition,
-                "reason": decided.reason,
-                "worker_memory_bytes": decided.worker_memory_bytes,
-                **(
-                    {
-                        "estimated_peak_bytes": decided.estimate.total,
-                        "estimate_terms": asdict(decided.estimate),
-                    }
-                    if decided.estimate is not None
-                    else {}
-                ),
-            }
+            report["teacher"]["placement"]["preflight"] = _preflight_record(run.stages[-1])
         # The export with its model card (made from the report) goes to the run in one
         # put_dir, so its manifest covers the card; the checkpoint's copy stays as it was.
         staging = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="distill-out-")))
         shutil.copytree(folder / STUDENT_DIR, staging / STUDENT_DIR)
         write_model_card(staging / STUDENT_DIR, report, final_spec)
         storage.put_dir(staging / STUDENT_DIR, STUDENT_DIR)
-    report["teacher_cache"] = cache_summary(teacher_cache, cache_bypass)
-    write_curves(storage)
-    storage.write_text(REPORT_FILE, json.dumps(report, indent=2))  # last: the run is done
     return report
+
+
+def _preflight_record(stage: Stage) -> dict:
+    """The teacher placement preflight chose for `stage`, why, and its memory estimate."""
+    decided = stage.placement
+    record = {
+        "partition": decided.partition,
+        "reason": decided.reason,
+        "worker_memory_bytes": decided.worker_memory_bytes,
+    }
+    if decided.estimate is not None:
+        record["estimated_peak_bytes"] = decided.estimate.total
+        record["estimate_terms"] = asdict(decided.estimate)
+    return record

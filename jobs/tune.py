@@ -10,9 +10,9 @@ find or build the teacher-output cache, run (or resume) the Tune experiment, the
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import yaml
 
@@ -21,7 +21,8 @@ from distill.cluster.sweep_spec import SweepSpec, apply_params, trial_params
 from distill.cluster.tracking import with_tracking
 from distill.core.smoke import SmokePlan, apply_smoke, plan_changes, smoke_plan
 from distill.core.spec import JobSpec, SpecError, TrackingSpec, redacted
-from distill.jobs.preflight import check_storage, take_lease
+from distill.jobs.driver import Folder, drive, start_cluster
+from distill.jobs.preflight import check_storage
 from distill.jobs.run import run_dir_for, run_job
 from distill.jobs.run_folder import check_same_as_existing
 from distill.jobs.sweep_check import CheckedSweep, check_sweep
@@ -93,20 +94,20 @@ def _check_same_sweep(storage: Storage, sweep: SweepSpec) -> None:
     )
 
 
-def run_sweep(
-    sweep: SweepSpec,
-    output: str | None = None,
-    *,
-    max_params: int | None = None,
-    min_speedup: float | None = None,
-    force: bool = False,
-    on_checked: Callable[[], None] | None = None,
-) -> dict:
-    """Run (or resume) a sweep end to end; returns its report. The sweep holds one lease
-    on its folder throughout (its trials write under it and take none of their own);
-    `force` takes over another writer's lease; `on_checked` is called once every check has
-    passed, before anything is written."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class PreparedSweep:
+    """A sweep whose every check passed, nothing written yet."""
+
+    sweep: SweepSpec
+    checked: CheckedSweep
+    folder: Folder
+    tracking: TrackingSpec
+
+
+def prepare_sweep(sweep: SweepSpec, output: str | None = None) -> PreparedSweep:
+    """Every check of `distill tune`, before anything is written and before Ray: the sweep
+    and every combination of its space, the folder (reachable, the same sweep as one already
+    there), the tracking settings."""
     checked = check_sweep(sweep)
     base_spec = JobSpec.model_validate(checked.base)  # checked: valid
     field = "--output" if output else "base.output.dir"
@@ -117,82 +118,90 @@ def run_sweep(
         tracking = with_tracking(base_spec.model_copy(update={"output": named}), storage).tracking
     except SpecError as exc:
         raise SpecError(f"base.{exc}") from None
-    if on_checked is not None:
-        on_checked()
-    with contextlib.ExitStack() as held:  # the lease before the first write
-        take_lease(held, storage, force=force, field=field)
-        return _run_checked_sweep(
-            sweep,
-            checked,
-            storage,
-            started,
-            tracking=tracking,
-            max_params=max_params,
-            min_speedup=min_speedup,
-        )
-
-
-def _run_checked_sweep(
-    sweep: SweepSpec,
-    checked: CheckedSweep,
-    storage: Storage,
-    started: float,
-    *,
-    tracking: TrackingSpec,
-    max_params: int | None,
-    min_speedup: float | None,
-) -> dict:
-    """`run_sweep` once its checks passed, holding the sweep folder's lease."""
-    first = checked.combinations[0][1].spec
-    try:
-        storage.write_text(
-            SWEEP_FILE, yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
-        )
-    except OSError as exc:
-        raise SpecError(
-            f"--output {storage.uri}: cannot create the sweep folder ({exc.strerror})"
-        ) from None
-
-    # Ray and the heavy imports only after every check has passed.
-    from distill.cluster.cache_store import build_cache, cache_summary, resolve_cache
-    from distill.cluster.launch import ensure_ray
-    from distill.cluster.tracking import local_root, tune_callbacks
-    from distill.cluster.tune_sweep import (
-        TRIALS_DIR,
-        max_concurrent_trials,
-        resumable,
-        run_tuner,
-        saved_statuses,
+    text = yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
+    return PreparedSweep(
+        sweep, checked, Folder(storage, field, SWEEP_FILE, text, "sweep"), tracking
     )
-    from distill.jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
 
-    request, bypass = None, _data_in_space(sweep)
+
+def run_sweep(
+    sweep: SweepSpec,
+    output: str | None = None,
+    *,
+    max_params: int | None = None,
+    min_speedup: float | None = None,
+    force: bool = False,
+    on_checked: Callable[[], None] | None = None,
+) -> dict:
+    """Run (or resume) a sweep end to end; returns its report (`jobs/driver.py`: prepare,
+    lease, folder, cluster, launch, report). The sweep holds one lease on its folder
+    throughout (its trials write under it and take none of their own); `force` takes over
+    another writer's lease; `on_checked` is called once every check has passed, before
+    anything is written."""
+    started = time.perf_counter()
+    prepared = prepare_sweep(sweep, output)
+    choose = (
+        max_params if max_params is not None else sweep.choose.max_params,
+        min_speedup if min_speedup is not None else sweep.choose.min_speedup,
+    )
+    return drive(
+        prepared.folder,
+        lambda: _launch_sweep(prepared, started, choose),
+        force=force,
+        on_checked=on_checked,
+    )
+
+
+def _sweep_cache_request(prepared: PreparedSweep):
+    """One teacher-output cache for every trial (the union of what their objectives read),
+    or why the teacher runs live in each trial."""
+    from distill.cluster.cache_store import resolve_cache
+
+    sweep, checked = prepared.sweep, prepared.checked
+    bypass = _data_in_space(sweep)
     if not sweep.teacher_cache:
         bypass = "teacher_cache: false in the sweep file"
-    if bypass is None:  # one cache for every trial: the union of what their objectives read
-        mode = first.teacher.cache.mode if first.teacher.cache.mode != "off" else "auto"
-        cache_spec = first.model_copy(
-            update={
-                "teacher": first.teacher.model_copy(
-                    update={"cache": first.teacher.cache.model_copy(update={"mode": mode})}
-                )
-            }
-        )
-        trials = tuple(stage.spec for _, stage in checked.combinations)
-        request, bypass = resolve_cache(cache_spec, storage, trials)
+    if bypass is not None:
+        return None, bypass
+    first = checked.combinations[0][1].spec
+    mode = first.teacher.cache.mode if first.teacher.cache.mode != "off" else "auto"
+    cache = first.teacher.cache.model_copy(update={"mode": mode})
+    cache_spec = first.model_copy(
+        update={"teacher": first.teacher.model_copy(update={"cache": cache})}
+    )
+    trials = tuple(stage.spec for _, stage in checked.combinations)
+    return resolve_cache(cache_spec, prepared.folder.storage, trials)
+
+
+def _trial_order(prepared: PreparedSweep) -> list[dict] | None:
+    """The trials' order when `search.order: init_quality` (best student at initialisation
+    first); None otherwise, and for a resumed sweep (Tune saved its order)."""
+    from distill.cluster.tune_sweep import resumable
+
+    if prepared.sweep.search.order != "init_quality" or resumable(prepared.folder.storage):
+        return None
+    from distill.jobs.sweep_order import init_quality_order
+
+    combinations = prepared.checked.combinations
+    ranked = init_quality_order([(p, stage.spec) for p, stage in combinations])
+    for params, quality in ranked:
+        print(f"[distill] quality at initialisation {quality:.4f}: {params}", flush=True)
+    return [params for params, _ in ranked]
+
+
+def _launch_sweep(prepared: PreparedSweep, started: float, choose: tuple) -> dict:
+    """The cluster and the shared cache, the Tune experiment, then the sweep's report."""
+    from distill.cluster.cache_store import cache_summary
+    from distill.cluster.tracking import local_root, tune_callbacks
+    from distill.cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner
+
+    sweep, checked, storage = prepared.sweep, prepared.checked, prepared.folder.storage
+    first = checked.combinations[0][1].spec
+    request, bypass = _sweep_cache_request(prepared)
     if bypass:
         print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
-    points = None
-    # A resumed sweep keeps the space Tune saved (already in this order): no second ranking.
-    if sweep.search.order == "init_quality" and not resumable(storage):
-        from distill.jobs.sweep_order import init_quality_order
-
-        ranked = init_quality_order([(p, stage.spec) for p, stage in checked.combinations])
-        for params, quality in ranked:
-            print(f"[distill] quality at initialisation {quality:.4f}: {params}", flush=True)
-        points = [params for params, _ in ranked]
-    ensure_ray(first)
-    cache = build_cache(request) if request is not None else None
+    points = _trial_order(prepared)
+    cache = start_cluster(first, request)
     concurrency = max_concurrent_trials(first, sweep.max_concurrent_trials)
     print(
         f"[distill] sweep: {len(checked.combinations)} valid combinations checked; "
@@ -214,9 +223,24 @@ def _run_checked_sweep(
         run_trial,
         context,
         concurrency,
-        callbacks=tune_callbacks(tracking, local_root(storage)),
+        callbacks=tune_callbacks(prepared.tracking, local_root(storage)),
         points=points,
     )
+    return _report_sweep(
+        prepared, results, concurrency, cache_summary(cache, bypass), started, choose
+    )
+
+
+def _report_sweep(
+    prepared: PreparedSweep, results, concurrency: int, cache: dict, started: float, choose
+) -> dict:
+    """`sweep_report.json`, `pareto.png` and the chosen student, written last."""
+    from distill.cluster.tune_sweep import saved_statuses
+    from distill.jobs.sweep_report import build_sweep_report, trial_rows, write_sweep_outputs
+
+    sweep, storage = prepared.sweep, prepared.folder.storage
+    first = prepared.checked.combinations[0][1].spec
+    max_params, min_speedup = choose
     report = build_sweep_report(
         trial_rows(results, saved_statuses(results)),
         {
@@ -230,11 +254,11 @@ def _run_checked_sweep(
             "max_concurrent_trials": concurrency,
             "steps_per_trial": first.training.steps,
             "teacher": first.teacher.name,
-            "teacher_cache": cache_summary(cache, bypass),
+            "teacher_cache": cache,
             "wall_time_s": None,
         },
-        max_params=max_params if max_params is not None else sweep.choose.max_params,
-        min_speedup=min_speedup if min_speedup is not None else sweep.choose.min_speedup,
+        max_params=max_params,
+        min_speedup=min_speedup,
     )
     report["sweep"]["wall_time_s"] = time.perf_counter() - started
     write_sweep_outputs(storage, report)

@@ -435,8 +435,45 @@ def _run_case(case: Case, folder: Path, hf_cache: Path) -> Outcome:
     return Outcome(proc.returncode, proc.stdout, proc.stderr, folder, before)
 
 
+# Bad input found in round 3 of reliability (issue 33): each one line, and nothing on stdout
+# either (no teacher-placement note before the error).
+ISSUE33: dict[str, Case] = {
+    "inference-gpu-without-a-gpu": exact(
+        run_args("teacher.cache.mode=auto", "teacher.inference.gpus_per_actor=1"),
+        "teacher.inference.gpus_per_actor: > 0 but no GPU is visible on this machine",
+    ),
+    "inference-actors-beyond-the-cpus": exact(
+        run_args("teacher.inference.actors=8", "teacher.inference.cpus_per_actor=2"),
+        f"teacher.inference.actors: 8 actors x 2 CPUs needs 16 CPUs, this machine has "
+        f"{os.cpu_count()}",
+    ),
+    "yaml-duplicate-key": Case(
+        ("run", "dup.yaml"),
+        "dup.yaml",
+        "key 'steps' appears twice in one mapping (lines 2 and 3)",
+        files={"dup.yaml": "training:\n  steps: 1\n  steps: 2\n"},
+    ),
+    "cache-required-with-nothing-cached": Case(
+        run_args("teacher.cache.mode=required"), "teacher.cache", "required"
+    ),
+    "cache-location-a-regular-file": Case(
+        run_args("teacher.cache.mode=auto", "teacher.cache.location=afile"),
+        "teacher.cache.location",
+        "afile",
+        files={"afile": "not a folder\n"},
+    ),
+    "output-under-a-file-prints-no-note": Case(
+        run_args("student.layers=2", output="afile/run"),
+        "--output",
+        "afile/run",
+        files={"afile": "not a folder\n"},
+        run_folder="afile/run",
+    ),
+}
+
+
 def _all_cases() -> dict[str, Case]:
-    return {**CASES, **ISSUE17, **{name: case for name, (case, _) in GAPS.items()}}
+    return {**CASES, **ISSUE17, **ISSUE33, **{name: case for name, (case, _) in GAPS.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -532,6 +569,15 @@ def test_runs_list_shows_a_damaged_run_and_lists_the_others(tmp_path):
     assert rows["cut"].split()[1] == "damaged" and rows["yaml"].split()[1] == "damaged"
     assert "cut: damaged: report.json: not valid JSON at line 1 column 25 (truncated?)" in lines
     assert "yaml: damaged: config.yaml: invalid YAML (while parsing a flow node)" in lines
+
+
+@pytest.mark.parametrize("name", ISSUE33)
+def test_round3_bad_inputs_are_one_line_and_no_note(name, outcomes):
+    case, out = ISSUE33[name], outcomes[name]
+    check_rejected(case, out)
+    check_one_line(out)
+    check_no_ray(case, out)
+    assert out.stdout == "", out.stdout[-2000:]
 
 
 @pytest.mark.parametrize("name", GAPS)

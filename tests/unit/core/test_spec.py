@@ -13,6 +13,7 @@ from distill.core.spec import (
     explicit_fields,
     load_spec,
     parse_overrides,
+    parse_yaml_mapping,
     redacted,
 )
 from distill.core.teacher import PACKAGED_TEACHER
@@ -276,3 +277,21 @@ def test_teacher_cache_mode_off_survives_yaml_booleans():
     assert load_spec(None, ["teacher.cache.mode=off"]).teacher.cache.mode == "off"
     with pytest.raises(SpecError, match="teacher.cache.mode"):
         load_spec(None, ["teacher.cache.mode=on"])
+
+
+def test_a_key_written_twice_in_one_mapping_is_one_line_naming_both_lines(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("training:\n  steps: 1\n  batch_size: 8\n  steps: 2\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value) == (
+        f"config {path}: key 'steps' appears twice in one mapping (lines 2 and 4)"
+    )
+
+
+def test_merge_keys_may_be_overridden_and_equal_keys_in_different_mappings_are_fine():
+    text = (
+        "base: &b {steps: 1}\ntraining: {<<: *b, steps: 2}\nlist: [{x: 1}, {x: 2}]\n1: a\n'1': b\n"
+    )
+    raw = parse_yaml_mapping(text, "config t.yaml")
+    assert raw["training"] == {"steps": 2} and raw[1] == "a" and raw["1"] == "b"

@@ -171,3 +171,38 @@ def test_an_unreachable_ray_address_is_one_line_before_ray(monkeypatch):
     message = str(err.value)
     assert message.startswith(f"RAY_ADDRESS: cannot reach a Ray cluster at 127.0.0.1:{port}")
     assert "\n" not in message
+
+
+def test_cache_actors_beyond_this_machine_are_refused_naming_the_field(teacher_dir, corpus):
+    cpus = os.cpu_count()
+    spec = load_spec(
+        None,
+        [
+            f"teacher.name={teacher_dir}",
+            f"data.train.path={corpus}",
+            "student.layers=2",
+            f"teacher.inference.actors={cpus}",
+            "teacher.inference.cpus_per_actor=2",
+        ],
+    )
+    with pytest.raises(SpecError) as err:
+        preflight(spec)
+    assert str(err.value) == (
+        f"teacher.inference.actors: {cpus} actors x 2 CPUs needs {2 * cpus} CPUs, "
+        f"this machine has {cpus}"
+    )
+
+
+def test_a_cache_actor_gpu_without_a_gpu_is_refused_before_ray(teacher_dir, corpus, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    spec = load_spec(
+        None,
+        [
+            f"teacher.name={teacher_dir}",
+            f"data.train.path={corpus}",
+            "student.layers=2",
+            "teacher.inference.gpus_per_actor=1",
+        ],
+    )
+    with pytest.raises(SpecError, match=r"^teacher.inference.gpus_per_actor: > 0 but no GPU"):
+        preflight(spec)
