@@ -34,7 +34,7 @@ from distill.core.evaluation import sts_spearman
 from distill.core.export import SentenceEncoder
 from distill.core.family_registry import FAMILIES
 from distill.core.outputs import TaskHead, forward_outputs
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import PACKAGED_TEACHER, load_teacher, resolve_teacher
 from distill.jobs.preflight import preflight
 

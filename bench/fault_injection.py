@@ -65,7 +65,7 @@ def train_worker_pids(address: str) -> list[int]:
 def one_attempt(run_dir: Path, kill_step: int | None, delay: float, rng: random.Random) -> dict:
     import ray
 
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
     from distill.jobs.run import run_job
 
     outcome: dict = {}

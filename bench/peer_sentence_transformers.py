@@ -38,7 +38,7 @@ from quality import SHARED, heldout_scores, retention  # noqa: E402
 from distill.core.data import load_sts_pairs  # noqa: E402
 from distill.core.evaluation import measure_throughput, sts_spearman  # noqa: E402
 from distill.core.export import load_encoder  # noqa: E402
-from distill.core.spec import load_spec  # noqa: E402
+from distill.core.spec_loading import load_spec  # noqa: E402
 from distill.core.teacher import resolve_teacher  # noqa: E402
 
 

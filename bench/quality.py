@@ -40,7 +40,7 @@ import yaml
 from distill.core.data import load_source, load_sts_pairs
 from distill.core.evaluation import measure_throughput, sts_spearman
 from distill.core.export import SentenceEncoder, load_encoder
-from distill.core.spec import load_spec, merge
+from distill.core.spec_loading import load_spec, merge
 from distill.core.teacher import resolve_teacher
 
 HERE = Path(__file__).resolve().parent

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from distill.cluster.job_data import train_eval_texts
 from distill.core.data import collate, tokenize
 from distill.core.family_registry import FAMILIES
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import load_teacher
 from distill.jobs.preflight import preflight
 

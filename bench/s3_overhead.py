@@ -26,7 +26,7 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def _job(steps: int, extra: list[str]):
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
 
     return load_spec(
         None,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from distill.core.data import BUILTIN_STS, load_sts_pairs
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import PACKAGED_TEACHER, resolve_teacher
 from distill.jobs.serving import latency_section
 

@@ -43,7 +43,7 @@ def _inference_layouts(args, layouts: dict) -> tuple[dict, int]:
 
     from distill.cluster.cache_store import build_cache, resolve_cache
     from distill.cluster.storage import LocalStorage
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
 
     rows = {}
     for name, (actors, cpus) in layouts.items():
@@ -120,7 +120,8 @@ def train(args) -> None:
     import ray
 
     from distill.cluster.launch import worker_env
-    from distill.core.spec import JobSpec, load_spec
+    from distill.core.spec import JobSpec
+    from distill.core.spec_loading import load_spec
     from distill.jobs.run import run_job
 
     ray.init(num_cpus=2, runtime_env={"env_vars": worker_env(JobSpec())}, logging_level="ERROR")
@@ -204,7 +205,7 @@ def lm(args) -> None:
         tokenize_generative,
     )
     from distill.core.generative_eval import perplexity
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
     from distill.core.student import StudentSize, build_student
     from distill.core.teacher import resolve_teacher
 

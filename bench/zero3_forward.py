@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 def _zero3_config() -> dict:
     from distill.cluster.teacher_on_worker import teacher_deepspeed_config
-    from distill.core.spec import load_spec_dict
+    from distill.core.spec_loading import load_spec_dict
 
     spec = load_spec_dict({}, ["teacher.partition=zero3", "training.batch_size=2"])
     return teacher_deepspeed_config(spec)
@@ -180,7 +180,7 @@ def main() -> None:
         "one_copy_of_gathered_bytes_s": floor,
         "rows": results,
         "ratio_to_replicate": {
-            row: results[row]["median_s"] / results["replicate"]["median_s"]
+            row: results[row]["median_s"] / results[_baseline(row)]["median_s"]
             for row in results
             if row.startswith("zero3") and _baseline(row) in results
         },

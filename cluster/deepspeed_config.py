@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from distill.core.spec import JobSpec, SpecError, parse_yaml_mapping
+from distill.core.spec import JobSpec, SpecError
+from distill.core.spec_loading import parse_yaml_mapping
 
 # DeepSpeed config field (dotted) -> the spec field that sets it.
 OWNED = {

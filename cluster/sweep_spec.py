@@ -21,18 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from distill.core.spec import (
-    JobSpec,
-    PositiveInt,
-    Seed,
-    SpecError,
-    Strict,
-    format_error,
-    merge,
-    nested,
-    parse_overrides,
-    read_yaml_mapping,
-)
+from distill.core.spec import JobSpec, PositiveInt, Seed, SpecError, Strict, format_error
+from distill.core.spec_loading import merge, nested, parse_overrides, read_yaml_mapping
 
 # Every combination of the space's values is checked before a sweep starts: at most this many.
 MAX_CHECKED = 5000

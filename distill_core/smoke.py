@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from distill.core.spec import JobSpec, field_value, with_value
+from distill.core.spec import JobSpec
+from distill.core.spec_loading import field_value, with_value
 
 SMOKE_STEPS = 20
 _TRAINING_LENGTH = ("training.steps", "training.epochs")

@@ -12,15 +12,8 @@ from dataclasses import dataclass, replace
 from pydantic import ValidationError
 
 from distill.core.smoke import SmokePlan, apply_smoke, smoke_plan
-from distill.core.spec import (
-    STAGE_SECTIONS,
-    STAGE_TEACHER_PREFIX,
-    JobSpec,
-    SpecError,
-    format_error,
-    merge,
-    nested,
-)
+from distill.core.spec import STAGE_SECTIONS, STAGE_TEACHER_PREFIX, JobSpec, SpecError, format_error
+from distill.core.spec_loading import merge, nested
 
 SINGLE_STAGE = "train"
 

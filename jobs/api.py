@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.cluster.sweep_spec import SweepSpec
-from distill.core.spec import JobSpec, load_spec_dict, override_fields
-from distill.core.spec import load_spec as _load_spec_file
+from distill.core.spec import JobSpec
+from distill.core.spec_loading import load_spec as _load_spec_file
+from distill.core.spec_loading import load_spec_dict, override_fields
 from distill.core.stages import smoke_pipeline
 
 

@@ -23,7 +23,8 @@ import os
 import sys
 
 from distill.core.smoke import SmokePlan
-from distill.core.spec import SpecError, load_spec, override_fields
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec, override_fields
 from distill.core.stages import smoke_pipeline_planned
 from distill.jobs import runs, submit
 from distill.jobs.cluster_client import run_address

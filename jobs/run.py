@@ -34,7 +34,8 @@ from distill.cluster.run_files import DIVERGED_FILE, PROBE_FILE, STATE_FILE, STU
 from distill.cluster.storage import Storage, is_s3_uri
 from distill.cluster.tracking import with_tracking
 from distill.cluster.worker_env import in_job_working_dir
-from distill.core.spec import JobSpec, SpecError, dump_spec
+from distill.core.spec import JobSpec, SpecError
+from distill.core.spec_loading import dump_spec
 from distill.core.stages import Stage, plan_stages
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.curves import write_curves
@@ -181,7 +182,7 @@ def prepare_run(
 ) -> PreparedRun:
     """Every check of `distill run`, before anything is written and before Ray: the spec
     and its stages (preflight), the folder (reachable, same model as a run already there),
-    the teacher-output cache. Prints the teacher placement of each stage once all passed."""
+    the teacher-output cache."""
     spec = in_job_working_dir(spec)  # a submitted job: its bundled files on this node
     stages = preflight_stages(spec)
     field = "--output" if output else "output.dir"
@@ -200,9 +201,6 @@ def prepare_run(
     request = None
     if teacher_cache is None and cache_bypass is None:  # a sweep trial brings its own
         request, cache_bypass = _cache_request(spec, stages, storage)
-    for stage in stages:  # notes only once every check has passed
-        where = f"stage {stage.name}: " if len(stages) > 1 else ""
-        print(f"[distill] {where}{stage.placement.describe(spec.scaling.num_workers)}", flush=True)
     folder = Folder(storage, field, CONFIG_FILE, dump_spec(spec))
     return PreparedRun(spec, stages, folder, request, teacher_cache, cache_bypass)
 
@@ -260,6 +258,10 @@ def _cache_request(
 def _launch_run(run: PreparedRun, started: float, callbacks: list | None) -> dict:
     """The cluster and the cache, every stage not done yet, then the report."""
     storage = run.folder.storage
+    for stage in run.stages:  # notes only once every check passed and the folder is made
+        where = f"stage {stage.name}: " if len(run.stages) > 1 else ""
+        workers = run.spec.scaling.num_workers
+        print(f"[distill] {where}{stage.placement.describe(workers)}", flush=True)
     teacher_cache = run.teacher_cache
     if run.cache_request is not None:
         teacher_cache = start_cluster(run.spec, run.cache_request)

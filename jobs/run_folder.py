@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distill.cluster.storage import Storage, StorageError, StorageNotFound, open_storage
-from distill.core.spec import SpecError, parse_yaml_mapping
+from distill.core.spec import SpecError
+from distill.core.spec_loading import parse_yaml_mapping
 
 CONFIG_FILE = "config.yaml"
 REPORT_FILE = "report.json"

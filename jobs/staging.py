@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from distill.cluster.worker_env import BUNDLED_DIR, JOB_MARKER, SUBMITTED_JOB_ENV
-from distill.core.spec import SECRET_KEY, SpecError, map_spec_paths
+from distill.core.spec import SpecError, map_spec_paths
+from distill.core.spec_loading import SECRET_KEY
 
 BUNDLE_LIMIT_BYTES = 100 * 2**20  # Ray caps a working_dir package at a few hundred MiB
 JOB_DIR = "job"

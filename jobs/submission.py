@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from distill.cluster.worker_env import worker_env
-from distill.core.spec import JobSpec, SpecError, load_spec, merge, parse_overrides
+from distill.core.spec import JobSpec, SpecError
+from distill.core.spec_loading import load_spec, merge, parse_overrides
 from distill.jobs import cluster_client
 from distill.jobs.cluster_client import cluster_address
 from distill.jobs.staging import (
@@ -63,7 +64,7 @@ def validate(config: str | None, overrides: list[str], smoke: bool, output: str 
     """Load and preflight the spec here, without Ray; returns the spec."""
     import datasets
 
-    from distill.core.spec import override_fields
+    from distill.core.spec_loading import override_fields
     from distill.core.stages import smoke_pipeline
     from distill.jobs.preflight import preflight_stages
 
@@ -140,7 +141,7 @@ def submit_sweep(args: argparse.Namespace) -> str:
     without this machine's CPU count), stage it with its relative data, submit `distill tune`.
     Returns the submission id."""
     from distill.cluster.sweep_spec import load_sweep
-    from distill.core.spec import override_fields
+    from distill.core.spec_loading import override_fields
     from distill.jobs.sweep_check import check_sweep
     from distill.jobs.tune import smoke_sweep
 

@@ -20,7 +20,8 @@ from distill.cluster.storage import Storage
 from distill.cluster.sweep_spec import SweepSpec, apply_params, trial_params
 from distill.cluster.tracking import with_tracking
 from distill.core.smoke import SmokePlan, apply_smoke, plan_changes, smoke_plan
-from distill.core.spec import JobSpec, SpecError, TrackingSpec, redacted
+from distill.core.spec import JobSpec, SpecError, TrackingSpec
+from distill.core.spec_loading import redacted
 from distill.jobs.driver import Folder, drive, start_cluster
 from distill.jobs.preflight import check_storage
 from distill.jobs.run import run_dir_for, run_job

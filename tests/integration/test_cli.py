@@ -25,7 +25,7 @@ import torch
 from helpers.reports import GOOD_REPORT
 from safetensors.torch import save as safetensors_save
 
-from distill.core.spec import dump_spec, load_spec
+from distill.core.spec_loading import dump_spec, load_spec
 from distill.core.teacher import PACKAGED_TEACHER, resolve_teacher
 
 ERROR_PREFIX = "distill: error: "

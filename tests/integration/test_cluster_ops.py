@@ -254,7 +254,7 @@ def assert_self_contained_package(package: Path, cwd: Path) -> None:
 
 
 def test_submit_stages_the_config_and_its_relative_files(captured, tmp_path, monkeypatch, capsys):
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
     from distill.jobs.cli import main
 
     work = tmp_path / "work"
@@ -353,7 +353,7 @@ def test_bundled_paths_resolve_in_each_nodes_copy_of_the_working_dir(tmp_path, m
     workers' cwd: relative paths, and absolute ones resolved on the driver's node, are
     rebased onto this node's copy (found on PYTHONPATH by its marker)."""
     from distill.cluster.worker_env import in_job_working_dir
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
 
     node = tmp_path / "node2" / "_ray_pkg_abc"
     (node / "job" / "files").mkdir(parents=True)

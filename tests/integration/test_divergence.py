@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import TrainingDiverged, run_job
 
 pytestmark = pytest.mark.ray

@@ -23,7 +23,7 @@ from distill.cluster.run_files import PROBE_FILE
 from distill.core.export import PROBE_TEXTS, load_encoder
 from distill.core.generative import probe_logits
 from distill.core.lstm_student import BiLSTMModel
-from distill.core.spec import load_spec, override_fields
+from distill.core.spec_loading import load_spec, override_fields
 from distill.core.stages import expand_stages, smoke_pipeline_planned
 from distill.jobs.run import run_job
 

@@ -19,7 +19,7 @@ from helpers.family_zoo import AUTO, MODEL_TYPES, REPRESENTATIVE, family_name, s
 from transformers import AutoTokenizer
 
 from distill.core.packaged_teacher import packaged_teacher_path
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

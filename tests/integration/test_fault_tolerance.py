@@ -19,7 +19,7 @@ import time
 import pytest
 
 from distill.cluster.report_log import REPORTS_FILE, read_reports, retries
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers.tensorboard import scalars
 
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

@@ -10,7 +10,7 @@ import pytest
 
 from distill.core.export import load_encoder
 from distill.core.outputs import TaskHead
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

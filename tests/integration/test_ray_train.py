@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.core.export import load_encoder
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

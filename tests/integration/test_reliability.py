@@ -27,7 +27,7 @@ from distill.cluster.checkpoints import complete_checkpoints
 from distill.cluster.s3_storage import S3Options, S3Storage
 from distill.cluster.storage import LocalStorage, Storage
 from distill.cluster.storage_protocol import LEASE_FILE
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

@@ -25,7 +25,8 @@ from test_ray_train import SMALL
 from distill.cluster.checkpoints import COMPLETE, TRAIN_DIR, complete_checkpoints
 from distill.cluster.s3_storage import S3Options, S3Storage
 from distill.core.export import load_encoder
-from distill.core.spec import S3Spec, load_spec
+from distill.core.spec import S3Spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 from distill.jobs.run_folder import read_run_report
 from distill.jobs.runs import export_run, list_runs

@@ -18,7 +18,8 @@ from distill.cluster.cache_store import CACHE_DIR, build_cache, resolve_cache
 from distill.cluster.storage import LocalStorage, open_storage
 from distill.cluster.teacher_inference import TeacherInference
 from distill.core.cache_format import MANIFEST_FILE
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.jobs.run import run_job
 
 pytestmark = pytest.mark.ray

@@ -24,7 +24,7 @@ from test_fault_tolerance import TINY, kill_worker_after
 from distill.cluster.report_log import REPORTS_FILE, read_reports
 from distill.cluster.teacher_on_worker import place_teacher
 from distill.core.family_registry import family_of
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import resolve_teacher
 from distill.jobs.preflight import preflight
 from distill.jobs.run import run_job

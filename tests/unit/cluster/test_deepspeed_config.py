@@ -9,7 +9,8 @@ import json
 import pytest
 
 from distill.cluster.deepspeed_config import deepspeed_config, generated_config
-from distill.core.spec import SpecError, load_spec, load_spec_dict
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec, load_spec_dict
 from distill.jobs import cli
 from distill.jobs.preflight import preflight, resolve_deepspeed
 

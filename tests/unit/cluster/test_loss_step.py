@@ -8,7 +8,7 @@ import torch
 
 from distill.cluster.worker_loop import loss_step
 from distill.core.family_registry import FAMILIES
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 
 TEXTS = ["the cat sat on the mat", "a dog ran far away", "birds sing at dawn"]
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from distill.cluster.sweep_spec import SweepSpec, apply_params, load_sweep
-from distill.core.spec import SpecError, override_fields
+from distill.core.spec import SpecError
+from distill.core.spec_loading import override_fields
 from distill.jobs.sweep_check import check_sweep
 from distill.jobs.tune import smoke_sweep, smoke_sweep_planned
 

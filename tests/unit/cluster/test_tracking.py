@@ -12,7 +12,8 @@ import pytest
 from distill.cluster.live_metrics import LiveMetrics
 from distill.cluster.storage import LocalStorage
 from distill.cluster.tracking import Trackers, flat_params, resolve_tracking, tune_callbacks
-from distill.core.spec import SpecError, TrackingSpec, load_spec
+from distill.core.spec import SpecError, TrackingSpec
+from distill.core.spec_loading import load_spec
 
 needs_mlflow = pytest.mark.skipif(
     importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (test extra)"

@@ -4,7 +4,7 @@ working dir, in the job and in its stages (`JobSpec.map_paths`)."""
 from __future__ import annotations
 
 from distill.cluster.worker_env import in_job_working_dir
-from distill.core.spec import load_spec_dict
+from distill.core.spec_loading import load_spec_dict
 
 
 def test_bundled_paths_are_rebased_in_the_job_and_its_stages(tmp_path, monkeypatch):
@@ -30,10 +30,11 @@ def test_bundled_paths_are_rebased_in_the_job_and_its_stages(tmp_path, monkeypat
 
 def test_a_partitioned_teacher_gets_freed_blocks_returned_to_the_os():
     from distill.cluster.worker_env import worker_env
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
 
     zero3 = worker_env(load_spec(None, ["teacher.partition=zero3"]))
     assert zero3["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
+    assert zero3["THP_MEM_ALLOC_ENABLE"] == "1"
     assert "MALLOC_MMAP_THRESHOLD_" not in worker_env(
         load_spec(None, ["teacher.partition=replicate"])
     )

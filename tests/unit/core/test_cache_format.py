@@ -271,7 +271,8 @@ def test_driver_finds_the_cache_by_key_before_ray(tmp_path, teacher_dir):
     location that cannot be written."""
     from distill.cluster.cache_store import CACHE_DIR, resolve_cache
     from distill.cluster.storage import LocalStorage
-    from distill.core.spec import SpecError, load_spec
+    from distill.core.spec import SpecError
+    from distill.core.spec_loading import load_spec
 
     data = tmp_path / "texts.txt"
     data.write_text("\n".join(TEXTS * 5) + "\n")

@@ -24,7 +24,8 @@ from distill.core.export import PROBE_TEXTS, load_encoder
 from distill.core.family_registry import FAMILIES
 from distill.core.generative import causal_targets, probe_logits
 from distill.core.generative_eval import shared_prefixes
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import freeze
 from distill.core.token_losses import IGNORE_INDEX, uld_distance
 

@@ -17,7 +17,8 @@ from transformers import AutoConfig
 from distill.core.family_registry import FAMILIES
 from distill.core.internals import attention_projections, capture_qkv
 from distill.core.losses import relation_kl_per_query
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import freeze
 
 TEXTS = ["the cat sat on the mat and looked out", "a good movie", "it was a dark night"]

@@ -11,7 +11,8 @@ from transformers import AutoConfig, AutoTokenizer, BartConfig, BertConfig, GPT2
 
 from distill.core.family_interface import ModelFamily
 from distill.core.family_registry import FAMILIES, family_of, model_family
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.core.teacher import freeze, resolve_teacher
 
 WEIGHTS = {

@@ -284,7 +284,7 @@ def text_file(tmp_path):
 
 
 def _preflight(teacher, text_file, overrides):
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
     from distill.jobs.preflight import preflight_stages
 
     base = [
@@ -340,7 +340,7 @@ def test_weightless_architecture_must_be_pretrained_first(text_file):
     ):
         _preflight("builtin:tiny-gpt2", text_file, [])
     # A pretrain stage trains it; a later stage may then name it as its teacher.
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
     from distill.jobs.preflight import preflight_stages
 
     spec = load_spec(
@@ -363,7 +363,7 @@ def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
 ):
     import distill.cluster.teacher_generations as tg
     from distill.cluster.storage import LocalStorage
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
 
     teacher = tmp_path / "bart-teacher"
     bart.save_pretrained(teacher)
@@ -404,7 +404,8 @@ def test_sequence_kd_generations_are_cached_in_storage_and_replace_targets(
 def test_sequence_kd_takes_a_causal_teacher_and_prefix_fraction_only_there(
     teacher_dir, text_file, gpt2, bart
 ):
-    from distill.core.spec import SpecError, load_spec
+    from distill.core.spec import SpecError
+    from distill.core.spec_loading import load_spec
 
     kd = "objective.sequence_kd={num_beams: 1, prefix_fraction: 0.25}"
     (stage,) = _preflight(teacher_dir, text_file, [kd])
@@ -475,7 +476,7 @@ def test_causal_sequence_kd_continuations_are_cached_and_replace_the_texts(
 ):
     import distill.cluster.teacher_generations as tg
     from distill.cluster.storage import LocalStorage
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
 
     spec = load_spec(
         None,
@@ -512,7 +513,7 @@ def test_config_yaml_keeps_every_generative_loss_and_field():
     import yaml
 
     from distill.core.generative import TOKEN_LOSSES
-    from distill.core.spec import dump_spec, load_spec
+    from distill.core.spec_loading import dump_spec, load_spec
 
     weights = dict.fromkeys(TOKEN_LOSSES, 1.0)
     spec = load_spec(

@@ -27,7 +27,8 @@ from transformers import AutoConfig, AutoTokenizer
 from distill.core.family_registry import family_of
 from distill.core.internals import capture_qkv, qkv_problem, qkv_widths
 from distill.core.model_types import MODEL_TYPES as TABLE
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.core.student import architecture_size
 from distill.core.teacher import freeze
 

@@ -6,9 +6,8 @@ import pytest
 import yaml
 
 from distill.core.smoke import apply_smoke, smoke, smoke_plan
-from distill.core.spec import (
-    JobSpec,
-    SpecError,
+from distill.core.spec import JobSpec, SpecError
+from distill.core.spec_loading import (
     dump_spec,
     explicit_fields,
     load_spec,

@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from distill.cluster.sweep_spec import SweepSpec, validate_sweep
-from distill.core.spec import JobSpec, SpecError, load_spec, load_spec_dict
+from distill.core.spec import JobSpec, SpecError
+from distill.core.spec_loading import load_spec, load_spec_dict
 
 NOT_FINITE = [math.inf, -math.inf, math.nan]
 KEY = "k"  # the key used for dict-valued fields (objective.weights.k, space.k)

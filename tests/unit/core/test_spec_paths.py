@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import copy
 
-from distill.core.spec import JobSpec, load_spec_dict, map_spec_paths
+from distill.core.spec import JobSpec, map_spec_paths
+from distill.core.spec_loading import load_spec_dict
 from distill.core.teacher import PACKAGED_TEACHER
 
 RAW = {

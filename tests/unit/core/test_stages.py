@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from distill.core.spec import SpecError, load_spec, override_fields
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec, override_fields
 from distill.core.stages import SINGLE_STAGE, expand_stages, smoke_pipeline_planned
 from distill.core.teacher import PACKAGED_TEACHER
 from distill.jobs.preflight import preflight_stages

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModel
 
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.core.teacher_plan import (
     COMFORT,
     ZERO3_SHARE,

@@ -3,7 +3,7 @@ absolute, in the job and in its stages; hub names and `builtin:` names are left 
 
 from __future__ import annotations
 
-from distill.core.spec import load_spec_dict
+from distill.core.spec_loading import load_spec_dict
 from distill.jobs.preflight import absolute_paths
 
 

@@ -141,7 +141,7 @@ def test_kuberay_rayjob_manifest_runs_a_valid_distill_job():
     yaml.safe_load(spec["runtimeEnvYAML"])
 
     # The entrypoint is a distill command line that parses and whose spec validates.
-    from distill.core.spec import load_spec
+    from distill.core.spec_loading import load_spec
     from distill.jobs.cli import build_parser
 
     argv = shlex.split(spec["entrypoint"])

@@ -7,7 +7,7 @@ import copy
 
 from helpers.reports import GOOD_REPORT
 
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.jobs.model_card import model_card, write_model_card
 
 REPORT = copy.deepcopy(GOOD_REPORT)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.jobs.preflight import preflight
 
 

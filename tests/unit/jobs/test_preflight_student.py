@@ -8,7 +8,8 @@ import pytest
 from helpers.family_zoo import build_teacher, lm_tokenizer
 from transformers import AutoTokenizer
 
-from distill.core.spec import SpecError, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec
 from distill.jobs.preflight import preflight
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers.reports import GOOD_REPORT
 
-from distill.core.spec import SpecError, dump_spec, load_spec
+from distill.core.spec import SpecError
+from distill.core.spec_loading import dump_spec, load_spec
 from distill.jobs.report import format_table
 from distill.jobs.run_folder import REPORT_SHAPE, DamagedFile, read_run_report, shape_problem
 from distill.jobs.runs import export_run, format_runs, list_runs

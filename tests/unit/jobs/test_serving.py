@@ -21,7 +21,7 @@ from distill.core.onnx_export import (
     OnnxEncoder,
     onnx_files,
 )
-from distill.core.spec import load_spec
+from distill.core.spec_loading import load_spec
 from distill.core.student import StudentSize, build_student
 from distill.jobs import cli
 from distill.jobs.report import format_table

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 import distill
-from distill.core.spec import SpecError, load_spec_dict
+from distill.core.spec import SpecError
+from distill.core.spec_loading import load_spec_dict
 from distill.jobs import staging
 from distill.jobs.staging import (
     bundle_local_paths,
