@@ -171,7 +171,7 @@ def run(
         *(
             ["teacher.cache.mode=auto", f"teacher.cache.location={out.parent / 'cache'}"]
             if partition == "cache"
-            else [f"teacher.partition={partition}"]
+            else [f"teacher.placement={partition}"]
         ),
         *extra,
     ]

@@ -5,8 +5,8 @@ frozen teacher of `bench/teacher_memory.py` (a random 1.1B GPT-2-style decoder, 
 to `bench/.cache/`) on the same batch shape as that benchmark (2 x 32 tokens), a few steps,
 and report the median per-step forward time of the steps after the first. Rows:
 
-- `replicate`: every process holds the whole teacher (`teacher.partition: replicate`).
-- `zero3`: `teacher.partition: zero3`, DeepSpeed's parameter fetch: every rank packs its
+- `replicate`: every process holds the whole teacher (`teacher.placement: replicate`).
+- `zero3`: `teacher.placement: zero3`, DeepSpeed's parameter fetch: every rank packs its
   partitions into one buffer, all-gathers, then unpacks each parameter with `torch.cat`
   into a fresh tensor: the whole teacher is allocated, written and freed every forward.
 - `-thp` rows: the same with `THP_MEM_ALLOC_ENABLE=1`, PyTorch's CPU allocator asking for
@@ -47,7 +47,7 @@ def _zero3_config() -> dict:
     from distill.cluster.teacher_on_worker import teacher_deepspeed_config
     from distill.core.spec_loading import load_spec_dict
 
-    spec = load_spec_dict({}, ["teacher.partition=zero3", "training.batch_size=2"])
+    spec = load_spec_dict({}, ["teacher.placement=zero3", "training.batch_size=2"])
     return teacher_deepspeed_config(spec)
 
 

@@ -37,6 +37,8 @@ class WorkerInputs:
     at its own latest checkpoint while a new invocation starts at `start`;
     st_teacher: the sentence-transformers folder of the root teacher (export layout);
     teacher_cache: the teacher-output cache a sweep built for this single-stage job;
+    teacher_service: the Ray Serve deployment that runs the teacher (`teacher.placement:
+    service`), started by the driver or its sweep;
     damaged: names of the run's checkpoints the driver found damaged (`checkpoint_<time>`):
     when Ray restores one of them, the workers resume from `resume_from` instead, the
     newest intact checkpoint (relative to the run folder; None: none left, from step 0)."""
@@ -48,6 +50,7 @@ class WorkerInputs:
     attempt: str = ""
     st_teacher: str | None = None
     teacher_cache: dict | None = None
+    teacher_service: object | None = None  # `cluster.teacher_service.ServiceRef` (service)
     damaged: tuple[str, ...] = ()
     resume_from: str | None = None
 

@@ -34,7 +34,7 @@ from distill.core.data import load_sts_pairs, tokenizers_differ
 from distill.core.family_interface import ModelFamily
 from distill.core.family_registry import family_of
 from distill.core.lazy_teacher import skeleton_teacher
-from distill.core.outputs import TaskHead
+from distill.core.outputs import TaskHead, has_task_head
 from distill.core.spec import JobSpec
 from distill.core.stages import Stage
 from distill.core.student import no_gather
@@ -105,8 +105,11 @@ class LiveStage:
     teacher_before: str = ""
 
     @property
-    def teacher(self) -> torch.nn.Module:
-        return self.models.teacher
+    def teacher(self):
+        """What the family runs as the teacher: the module on this rank, or the service
+        that answers for it (`distill.core.outputs.RemoteTeacher`)."""
+        placed = self.models.placed
+        return placed.service if placed.service is not None else placed.module
 
 
 def set_up_stage(
@@ -127,7 +130,15 @@ def set_up_stage(
     cache = open_cache(
         inputs.teacher_cache, spec, scratch.enter_context(tempfile.TemporaryDirectory())
     )
-    models = _load_models(spec, plan, storage, scratch, memory, cached=cache is not None)
+    models = _load_models(
+        spec,
+        plan,
+        storage,
+        scratch,
+        memory,
+        cached=cache is not None,
+        service=inputs.teacher_service,
+    )
     train_ds, eval_ds, collate = _shard_data(spec, plan, models, storage, cache, rank, world)
     if cache is not None:
         config = models.teacher.config
@@ -179,6 +190,7 @@ def _load_models(
     memory: MemoryRecorder,
     *,
     cached: bool = False,
+    service=None,
 ) -> Models:
     """The frozen teacher (the spec's, or an earlier stage's export), its family and the
     stage's trainable model (fresh, a teacher copy, or an earlier stage's student).
@@ -186,7 +198,10 @@ def _load_models(
     cached: a teacher-output cache serves every teacher output, so the teacher is never
     loaded: its module is a weightless skeleton whose weights are read from its files only
     while the student copies them (`distill.core.lazy_teacher`). A `width_slice` student
-    ranks the teacher's channels by their weights, so it still loads the teacher whole."""
+    ranks the teacher's channels by their weights, so it still loads the teacher whole.
+    service: the Ray Serve deployment answering for the teacher (`teacher.placement:
+    service`); the module is a skeleton as with a cache (a whole teacher only when its
+    folder has no safetensors weights to read lazily, for the student's initialisation)."""
     teacher_dir = _stage_export(storage, plan.teacher_stage, scratch) or resolve_teacher(
         spec.teacher.name
     )
@@ -200,9 +215,15 @@ def _load_models(
     if not tokenizers_differ(tokenizer, teacher_tokenizer):
         teacher_tokenizer = None
     lazy = None
-    if cached and spec.student.init != "width_slice":
+    if (cached or service is not None) and spec.student.init != "width_slice":
         lazy = skeleton_teacher(teacher_dir, family.auto_class)
-    if lazy is not None:
+    if service is not None:
+        from distill.cluster.teacher_service import ServedTeacher
+
+        served = ServedTeacher(service, has_head=has_task_head(teacher_dir))
+        module, gather = lazy if lazy is not None else (family.load_model(teacher_dir), no_gather)
+        placed, teacher_head = PlacedTeacher(module, "service", service=served), None
+    elif lazy is not None:
         placed, teacher_head = PlacedTeacher(lazy[0], "cache"), None
         gather = lazy[1]
     else:

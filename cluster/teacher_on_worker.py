@@ -43,9 +43,11 @@ class PlacedTeacher:
 
     module: torch.nn.Module
     # replicate | zero3 | cache (not loaded: a teacher-output cache serves its outputs and
-    # `module` is a weightless skeleton, `distill.core.lazy_teacher`)
+    # `module` is a weightless skeleton, `distill.core.lazy_teacher`) | service (not loaded
+    # either: `service`, a Ray Serve deployment, answers; `module` is a skeleton)
     partition: str
     engine: object | None = None  # the stage-3 inference engine (zero3); keeps the hooks alive
+    service: object | None = None  # `cluster.teacher_service.ServedTeacher` (service)
     # How the weights were read: "whole" (replicate: from_pretrained, memory-mapped),
     # "slices" (zero3: each rank its own slices) or "transformers" (zero3 from a .bin).
     loader: str = "whole"
@@ -56,7 +58,7 @@ class PlacedTeacher:
 
     def local_parameters(self) -> int:
         """Teacher parameters resident on this rank (its partition under ZeRO-3)."""
-        if self.partition == "cache":
+        if self.partition in ("cache", "service"):
             return 0
         if self.partitioned:
             return sum(p.ds_tensor.numel() for p in self.module.parameters())
@@ -72,6 +74,8 @@ class PlacedTeacher:
         order): proves the teacher was never modified. A collective under ZeRO-3."""
         if self.partition == "cache":
             return "not loaded (teacher-output cache)"
+        if self.service is not None:  # the deployment's weights, hashed where they live
+            return self.service.info()["fingerprint"]
         digest = hashlib.sha256()
         for name, param in sorted(self.module.named_parameters()):
             data = param.ds_tensor if self.partitioned else param
@@ -113,9 +117,9 @@ def teacher_deepspeed_config(spec: JobSpec) -> dict:
 def place_teacher(
     spec: JobSpec, family: ModelFamily, folder: str, device: torch.device
 ) -> PlacedTeacher:
-    """Load the frozen teacher in `folder` as the resolved `teacher.partition` says."""
+    """Load the frozen teacher in `folder` as the resolved `teacher.placement` says."""
     dtype = TORCH_DTYPES[spec.teacher.dtype]
-    if spec.teacher.partition == "replicate":
+    if spec.teacher.placement == "replicate":
         module = family.load_model(folder, seed=spec.training.seed, dtype=dtype)
         module.to(device=device, dtype=dtype).eval().requires_grad_(False)
         release_freed_memory()

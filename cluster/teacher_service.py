@@ -211,6 +211,7 @@ class ServedTeacher:
     replica lost (Serve restarts it) with a bounded backoff."""
 
     ref: ServiceRef
+    has_head: bool = False  # the teacher folder has a task head: the replica applies it
     calls: int = 0
     retries: int = 0
     wait_s: float = 0.0  # time spent waiting for answers (queueing + the teacher's forward)
@@ -333,16 +334,21 @@ def start_or_attach(spec: JobSpec) -> ServiceRef:
 def _applications() -> dict[str, str]:
     """Serve applications running on the cluster: {name: status}; none before Serve starts."""
     try:
-        return {name: str(app.status) for name, app in serve.status().applications.items()}
+        return {name: _status(app) for name, app in serve.status().applications.items()}
     except Exception:  # noqa: BLE001 - Serve not started on this cluster
         return {}
+
+
+def _status(app) -> str:
+    """An application's status as its plain name (`RUNNING`, `DEPLOYING`, ...)."""
+    return str(getattr(app.status, "value", app.status))
 
 
 def _wait_running(name: str, timeout_s: float = _START_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         app = serve.status().applications.get(name)
-        status = str(app.status) if app is not None else "NOT_STARTED"
+        status = _status(app) if app is not None else "NOT_STARTED"
         if status == "RUNNING":
             return
         if status in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:

@@ -23,7 +23,7 @@ def worker_env(spec: JobSpec) -> dict[str, str]:
     }
     if spec.scaling.gpus_per_worker == 0:
         env["DS_ACCELERATOR"] = "cpu"
-    if spec.teacher.partition == "zero3":
+    if spec.teacher.placement == "zero3":
         # A partitioned teacher allocates and frees every layer it gathers, every forward.
         # glibc serves blocks below its mmap threshold (which grows to 32 MiB) from the heap
         # and keeps them when freed; between the partitions and the gathered layers the heap

@@ -261,8 +261,9 @@ def loss_step(model, batch: dict, targets, mixed=None) -> tuple[torch.Tensor, di
 
 def teacher_targets(stage: LiveStage, batch: dict, index, split: str):
     """The teacher's outputs for a prepared batch: read from the teacher-output cache
-    (rows `index` of `split`), else a forward of the live teacher, replicated or
-    ZeRO-3-partitioned (then a collective: every rank calls it together)."""
+    (rows `index` of `split`), else a forward of the live teacher, replicated,
+    ZeRO-3-partitioned (then a collective: every rank calls it together) or served by a Ray
+    Serve deployment."""
     if stage.data.cache is not None:
         dtype = TORCH_DTYPES[stage.spec.deepspeed.precision]
         return stage.models.family.cached_outputs(stage.data.cache, split, index, batch, dtype)
@@ -565,9 +566,20 @@ def _teacher_state(stage: LiveStage) -> dict:
             "parameters": stage.models.placed.total_parameters(),
             "parameters_per_rank": local,
             "loader": stage.models.placed.loader,
+            **_service_calls(stage),
             "memory": memory,  # per rank: phases and whole-life peaks (cluster.worker_memory)
         },
     }
+
+
+def _service_calls(stage: LiveStage) -> dict:
+    """Per rank, a service teacher's calls, retries (a replica lost) and seconds waited."""
+    service = stage.models.placed.service
+    if service is None:
+        return {}
+    calls = [None] * stage.run.world
+    dist.all_gather_object(calls, service.record())
+    return {"service_calls": calls}
 
 
 def _quiet_report_logging() -> None:

@@ -59,6 +59,7 @@ from distill.core.objective import (
 from distill.core.outputs import (
     MlmHead,
     MlmMasking,
+    RemoteTeacher,
     TaskHead,
     forward_outputs,
     mask_tokens,
@@ -299,6 +300,12 @@ class EncoderFamily(ModelFamily):
     def teacher_outputs(self, model, teacher, teacher_head, batch, inputs_embeds=None):
         if not model.objective.needs_teacher:
             return None
+        if isinstance(teacher, RemoteTeacher):  # `teacher.placement: service`
+            return teacher.outputs(
+                teacher_view(batch),
+                qkv_layers=model.objective.teacher_qkv_layers,
+                head=teacher.has_head,
+            )
         return forward_outputs(
             teacher,
             teacher_view(batch),
@@ -316,12 +323,25 @@ class EncoderFamily(ModelFamily):
         n = batch["input_ids"].shape[0]
         perm = torch.randperm(n, generator=generator).to(batch["input_ids"].device)
         lam = float(sample_lambda(setting.alpha, generator))
-        with torch.no_grad():
-            own = teacher.get_input_embeddings()(batch["input_ids"])
-            t_embeds, mask = mixup(own, batch["attention_mask"], perm, lam)
         mixed = {k: v for k, v in batch.items() if k != "labels"}
-        mixed["attention_mask"] = mask
-        teacher_out = self.teacher_outputs(model, teacher, teacher_head, mixed, t_embeds)
+        if isinstance(teacher, RemoteTeacher):  # the service mixes its own embeddings
+            mixed["attention_mask"] = torch.maximum(
+                batch["attention_mask"], batch["attention_mask"][perm]
+            )
+            teacher_out = None
+            if model.objective.needs_teacher:
+                teacher_out = teacher.outputs(
+                    teacher_view(batch),
+                    qkv_layers=model.objective.teacher_qkv_layers,
+                    head=teacher.has_head,
+                    mix=(perm, lam),
+                )
+        else:
+            with torch.no_grad():
+                own = teacher.get_input_embeddings()(batch["input_ids"])
+                t_embeds, mask = mixup(own, batch["attention_mask"], perm, lam)
+            mixed["attention_mask"] = mask
+            teacher_out = self.teacher_outputs(model, teacher, teacher_head, mixed, t_embeds)
         soft = None
         if "labels" in batch and spec.task is not None:
             classes = spec.task.num_labels if spec.task.type == "classification" else None

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +24,18 @@ from distill.core.losses import masked_mean_pool
 from distill.core.lstm_student import masked_max_pool
 
 TASK_HEAD_DIR = "task_head"
+
+
+@runtime_checkable
+class RemoteTeacher(Protocol):
+    """A teacher that runs elsewhere (a Ray Serve deployment, `cluster/teacher_service.py`)
+    and answers with the `ModelOutputs` the local forward would give. `has_head`: it
+    applies the teacher folder's task head; `mix`: MixKD's (partner permutation, ratio),
+    applied to the teacher's own token embeddings as `distill.core.mixup.mixup` does."""
+
+    has_head: bool
+
+    def outputs(self, view, *, qkv_layers=(), head: bool = False, mix=None) -> ModelOutputs: ...
 
 
 @dataclass

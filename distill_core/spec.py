@@ -10,11 +10,20 @@ a `JobSpec`, and writing one back, is `distill_core/spec_loading.py`; the smoke 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from distill.core.packaged_teacher import PACKAGED_TEACHER
 
@@ -89,18 +98,54 @@ class TeacherCacheSpec(Strict):
     topk: Annotated[int, Field(ge=1, le=4096)] = 64
 
 
+class TeacherServiceSpec(Strict):
+    """The teacher as one shared Ray Serve deployment (`teacher.placement: service`,
+    `cluster/teacher_service.py`): every worker of the run, and every trial of a sweep,
+    queries it; requests from all of them are batched together."""
+
+    # Attach to this running deployment (another run's or sweep's, same teacher) instead of
+    # starting one; None: the run (or sweep) starts its own and deletes it at the end.
+    name: (
+        Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")] | None
+    ) = None
+    replicas: Annotated[int, Field(gt=0, le=1024)] = 1
+    # Fractions allowed; 0 reserves none (the replica shares the workers' CPUs: a laptop).
+    cpus_per_replica: Annotated[float, Field(ge=0, le=1024)] = 1.0
+    gpus_per_replica: Annotated[float, Field(ge=0, le=64)] = 0.0
+    max_batch_size: PositiveInt = 256  # rows per teacher forward, gathered across callers
+    batch_wait_timeout_s: Annotated[float, Field(ge=0, le=10)] = 0.01  # for a fuller batch
+
+
 class TeacherSpec(Strict):
     name: str = PACKAGED_TEACHER
     # Teacher weights' precision; None: the run's (deepspeed.precision: fp32 on the CPU).
     dtype: Literal["fp32", "bf16", "fp16"] | None = None
-    # replicate: every worker holds the whole teacher; zero3: each of N workers holds 1/N
-    # of its parameters (DeepSpeed ZeRO-3) and gathers a layer at a time in the forward;
-    # auto: replicate when it fits comfortably in a worker's memory, else zero3 (see
+    # Where the teacher runs. replicate: every worker holds the whole teacher; zero3: each of
+    # N workers holds 1/N of its parameters (DeepSpeed ZeRO-3) and gathers a layer at a time
+    # in the forward; service: one shared Ray Serve deployment that every worker (and every
+    # trial of a sweep) queries (`teacher.service`); auto: replicate when it fits
+    # comfortably in a worker's memory, else zero3, never service (see
     # `distill.core.teacher_plan`). Resolved before Ray starts; report.json records it.
-    partition: Literal["auto", "replicate", "zero3"] = "auto"
+    placement: Literal["auto", "replicate", "zero3", "service"] = "auto"
     zero3: Zero3TeacherSpec = Zero3TeacherSpec()
+    service: TeacherServiceSpec = TeacherServiceSpec()
     inference: TeacherInferenceSpec = TeacherInferenceSpec()
     cache: TeacherCacheSpec = TeacherCacheSpec()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partition_is_placement(cls, data):
+        """`teacher.partition` (the name before `service` existed) is read as
+        `teacher.placement`, with a one-line note."""
+        if isinstance(data, dict) and "partition" in data:
+            if "placement" in data:
+                raise ValueError("give teacher.placement only (teacher.partition is its old name)")
+            data = {("placement" if k == "partition" else k): v for k, v in data.items()}
+            print(RENAMED_NOTE, file=sys.stderr, flush=True)
+        return data
+
+
+RENAMED_NOTE = "distill: note: teacher.partition is now teacher.placement (read as such)"
 
 
 class LstmSpec(Strict):

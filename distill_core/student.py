@@ -563,7 +563,7 @@ def copy_width_sliced(
     if gather is not no_gather:
         raise ValueError(
             "student.init: width_slice ranks the whole teacher's channels; it needs "
-            "teacher.partition: replicate"
+            "teacher.placement: replicate"
         )
     (teacher_layers,) = teacher_layers
     stats = None if calibration is None else activation_stats(teacher, calibration, teacher_layers)

@@ -4,8 +4,10 @@
 - `zero3`: each of the N workers holds 1/N of the teacher's parameters (DeepSpeed ZeRO-3,
   `cluster/teacher_on_worker.py`); the forward gathers one layer at a time, prefetching the
   next, so a worker needs its partition plus about one gathered layer.
+- `service`: no worker holds it; one Ray Serve deployment (`cluster/teacher_service.py`)
+  answers every worker's (and every sweep trial's) requests. Only ever chosen explicitly.
 
-`teacher.partition: auto` replicates a teacher whose parameters take at most half of a
+`teacher.placement: auto` replicates a teacher whose parameters take at most half of a
 worker's memory (`COMFORT`; the other half is for the student, its optimizer state,
 activations and the framework) and partitions a bigger one over more than one worker; a
 partition plus one gathered layer may take up to `ZERO3_SHARE` (80%) of a worker's memory. A
@@ -90,6 +92,8 @@ def estimate_worker_peak(
     workers = spec.scaling.num_workers
     if partition == "replicate":
         teacher_bytes = teacher.parameters * size
+    elif partition == "service":  # the workers hold none of it (a Ray Serve deployment does)
+        teacher_bytes = 0
     else:
         window = teacher.largest_gather + min(
             spec.teacher.zero3.prefetch_bucket_size, spec.teacher.zero3.max_live_parameters
@@ -107,7 +111,7 @@ def estimate_worker_peak(
 
 @dataclass(frozen=True)
 class Placement:
-    partition: str  # replicate | zero3
+    partition: str  # replicate | zero3 | service
     dtype: str  # fp32 | bf16 | fp16
     parameter_bytes: int  # the whole teacher at `dtype`
     per_worker_bytes: int  # resident teacher parameter bytes per worker (+ one gathered unit)
@@ -116,11 +120,11 @@ class Placement:
     estimate: PeakEstimate | None = None  # the worker's whole peak, by term
 
     def describe(self, workers: int) -> str:
-        where = (
-            "every worker holds it whole"
-            if self.partition == "replicate"
-            else (f"partitioned over {workers} workers with ZeRO-3")
-        )
+        where = {
+            "replicate": "every worker holds it whole",
+            "zero3": f"partitioned over {workers} workers with ZeRO-3",
+            "service": "one Ray Serve deployment the workers query; none in the workers",
+        }[self.partition]
         return (
             f"teacher: {self.partition} ({where}), {self.dtype}, {gb(self.per_worker_bytes)} "
             f"of parameters per worker (whole teacher {gb(self.parameter_bytes)}; {self.reason})"
@@ -203,7 +207,7 @@ def resolve_placement(
     whole = teacher.parameters * size
     partitioned = math.ceil(teacher.parameters / workers) * size + teacher.largest_gather * size
     budget = None if worker_memory is None else COMFORT * worker_memory
-    mode, reason = t.partition, "as set in teacher.partition"
+    mode, reason = t.placement, "as set in teacher.placement"
     if mode == "auto":
         if budget is None or whole <= budget:
             mode = "replicate"
@@ -218,9 +222,9 @@ def resolve_placement(
             mode, reason = "zero3", f"more than half of a worker's {gb(worker_memory)}"
     if budget is not None and mode == "replicate" and whole > budget:
         raise SpecError(
-            f"teacher.partition: replicate puts the whole teacher ({gb(whole)} at {dtype}) on "
+            f"teacher.placement: replicate puts the whole teacher ({gb(whole)} at {dtype}) on "
             f"every worker, more than half of a worker's {gb(worker_memory)}; use "
-            "teacher.partition: zero3 (with scaling.num_workers > 1) or a smaller teacher.dtype"
+            "teacher.placement: zero3 (with scaling.num_workers > 1) or a smaller teacher.dtype"
         )
     if worker_memory is not None and mode == "zero3" and partitioned > ZERO3_SHARE * worker_memory:
         raise SpecError(
@@ -236,18 +240,18 @@ def resolve_placement(
         field = (
             "scaling.memory_per_worker_gb"
             if spec.scaling.memory_per_worker_gb is not None
-            else "teacher.partition"
+            else "teacher.placement"
         )
         raise SpecError(
             f"{field}: a worker's peak is estimated at {estimate.describe()} with teacher "
             f"{mode} at {dtype}, more than its {gb(worker_memory)}; add workers or memory, "
-            "use teacher.partition: zero3, or a smaller student or batch"
+            "use teacher.placement: zero3, or a smaller student or batch"
         )
     return Placement(
         partition=mode,
         dtype=dtype,
         parameter_bytes=whole,
-        per_worker_bytes=whole if mode == "replicate" else partitioned,
+        per_worker_bytes={"replicate": whole, "zero3": partitioned}.get(mode, 0),
         worker_memory_bytes=worker_memory,
         reason=reason,
         estimate=estimate,

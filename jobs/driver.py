@@ -4,7 +4,8 @@
     prepare  every check, nothing written, no Ray (the command's own `prepare_*`)
     lease    the folder's lease, held to the end (`take_lease`)
     folder   the folder's config file, the first write (`write_folder_config`)
-    cluster  Ray, then the teacher-output cache the job reads (`start_cluster`)
+    cluster  Ray, then the teacher-output cache the job reads (`start_cluster`) or the
+             teacher's Ray Serve deployment (`start_service`, stopped by `stop_service`)
     launch   Ray Train (a run) or Ray Tune (a sweep) (the command's `launch`)
     report   written last: its presence means the job is done (the command's `launch`)
 
@@ -74,3 +75,21 @@ def start_cluster(spec: JobSpec, cache_request=None) -> dict | None:
 
     ensure_ray(spec)
     return build_cache(cache_request) if cache_request is not None else None
+
+
+def start_service(spec: JobSpec):
+    """Ray, then the teacher's Ray Serve deployment (`teacher.placement: service`): started
+    for this run or sweep, or attached to by `teacher.service.name`. Its `ServiceRef`."""
+    from distill.cluster.launch import ensure_ray
+    from distill.cluster.teacher_service import start_or_attach
+
+    ensure_ray(spec)
+    return start_or_attach(spec)
+
+
+def stop_service(ref) -> None:
+    """Delete the deployment `start_service` started (one attached to is left running)."""
+    if ref is not None:
+        from distill.cluster.teacher_service import stop
+
+        stop(ref)

@@ -127,12 +127,71 @@ def _check_scaling(spec: JobSpec, local_resources: bool = True) -> None:
             f"teacher.inference.actors: {inference.actors} actors x {inference.cpus_per_actor} "
             f"CPUs needs {need} CPUs, this machine has {cpus}"
         )
+    _check_service_resources(spec, cpus)
     for field, gpus in (
         ("scaling.gpus_per_worker", sc.gpus_per_worker),
         ("teacher.inference.gpus_per_actor", inference.gpus_per_actor),
+        ("teacher.service.gpus_per_replica", spec.teacher.service.gpus_per_replica),
     ):
         if gpus > 0 and not _gpu_visible():
             raise SpecError(f"{field}: > 0 but no GPU is visible on this machine")
+
+
+def _check_placement(spec: JobSpec, stage: Stage, mode: str, family, stages: int) -> None:
+    """What each teacher placement cannot do, in one line naming the field."""
+    if mode in ("zero3", "service") and stage.kind != "distill":
+        raise SpecError(
+            f"teacher.placement: {mode} applies to distill stages; a {stage.kind} stage "
+            "trains a full copy of its teacher (use replicate)"
+        )
+    if mode in ("zero3", "service") and spec.student.init == "width_slice":
+        raise SpecError(
+            "student.init: width_slice ranks the whole teacher's channels; with "
+            f"teacher.placement {mode} use a layer-choice init (uniform_map, first_k, ...)"
+        )
+    if mode != "service":
+        return
+    if family.name != "encoder":
+        raise SpecError(
+            f"teacher.placement: service serves encoder teachers; this {family.name} teacher "
+            "runs in the workers (replicate or zero3) or from the teacher-output cache"
+        )
+    if stages > 1 or stage.teacher_stage is not None:
+        raise SpecError(
+            "teacher.placement: service serves the teacher of a single-stage job; a "
+            "pipeline's teachers run in the workers"
+        )
+    if spec.teacher.cache.mode != "off":
+        raise SpecError(
+            f"teacher.cache.mode: {spec.teacher.cache.mode} with teacher.placement service; "
+            "the service answers every step (set teacher.cache.mode: off)"
+        )
+    service = spec.teacher.service
+    if service.max_batch_size < spec.training.batch_size:
+        raise SpecError(
+            f"teacher.service.max_batch_size: {service.max_batch_size} rows is less than one "
+            f"worker's batch (training.batch_size {spec.training.batch_size})"
+        )
+
+
+def _check_service_resources(spec: JobSpec, cpus: int) -> None:
+    """A local run's service replicas and workers must fit this machine together."""
+    if spec.teacher.placement != "service" or spec.teacher.service.name is not None:
+        return  # attached: the deployment already runs
+    service, sc = spec.teacher.service, spec.scaling
+    if service.cpus_per_replica > cpus:
+        raise SpecError(
+            f"teacher.service.cpus_per_replica: {service.cpus_per_replica:g} CPUs, this "
+            f"machine has {cpus}"
+        )
+    need = sc.num_workers * sc.cpus_per_worker + service.replicas * service.cpus_per_replica
+    if need > cpus:
+        raise SpecError(
+            f"teacher.service.cpus_per_replica: {service.replicas} replica(s) x "
+            f"{service.cpus_per_replica:g} CPUs beside {sc.num_workers} workers x "
+            f"{sc.cpus_per_worker} CPUs needs {need:g} CPUs, this machine has {cpus} "
+            "(fractions of a CPU are allowed)"
+        )
 
 
 def _gpu_visible() -> bool:
@@ -340,18 +399,9 @@ def preflight_stages(
                 if student_config is not None
                 else 0,
             )
-            if placement.partition == "zero3" and stage.kind != "distill":
-                raise SpecError(
-                    f"teacher.partition: zero3 applies to distill stages; a {stage.kind} stage "
-                    "trains a full copy of its teacher (use replicate)"
-                )
-            if placement.partition == "zero3" and s.student.init == "width_slice":
-                raise SpecError(
-                    "student.init: width_slice ranks the whole teacher's channels; with "
-                    "teacher.partition zero3 use a layer-choice init (uniform_map, first_k, ...)"
-                )
+            _check_placement(s, stage, placement.partition, family, len(stages))
             teacher = s.teacher.model_copy(
-                update={"partition": placement.partition, "dtype": placement.dtype}
+                update={"placement": placement.partition, "dtype": placement.dtype}
             )
             s = s.model_copy(update={"teacher": teacher})
             s = resolve_deepspeed(s)

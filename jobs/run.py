@@ -39,7 +39,7 @@ from distill.core.spec_loading import dump_spec
 from distill.core.stages import Stage, plan_stages
 from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.curves import write_curves
-from distill.jobs.driver import Folder, drive, start_cluster
+from distill.jobs.driver import Folder, drive, start_cluster, start_service, stop_service
 from distill.jobs.model_card import write_model_card
 from distill.jobs.preflight import check_storage, preflight_stages
 from distill.jobs.report import build_report
@@ -64,7 +64,7 @@ def run_dir_for(spec: JobSpec, output: str | None) -> Path | str:
 def _model_shape(key: str, value):
     """The part of a spec section that decides what the trained model is. A stage's
     `training` and `data` may change between invocations (e.g. more steps): Ray resumes;
-    so may where the teacher lives (`teacher.partition`, `dtype`, `zero3`): only its name
+    so may where the teacher lives (`teacher.placement`, `dtype`, `zero3`): only its name
     decides what is distilled."""
     if key == "teacher" and isinstance(value, dict):
         return value.get("name")
@@ -108,7 +108,13 @@ def _diverged_line(record: dict, checkpoint) -> str:
     )
 
 
-def _run_stages(plans: tuple[Stage, ...], storage: Storage, teacher_cache: dict | None, callbacks):
+def _run_stages(
+    plans: tuple[Stage, ...],
+    storage: Storage,
+    teacher_cache: dict | None,
+    callbacks,
+    teacher_service=None,
+):
     """Run the stages that are not done yet, all in one Ray Train run; the final stage's
     final checkpoint. A finished job (every stage done with this very spec) runs nothing.
     Damaged checkpoints (a file truncated, missing or altered) are passed over, with one
@@ -142,6 +148,7 @@ def _run_stages(plans: tuple[Stage, ...], storage: Storage, teacher_cache: dict 
         attempt=uuid.uuid4().hex,
         st_teacher=resolve_teacher(root) if is_sentence_transformer(root) else None,
         teacher_cache=teacher_cache,
+        teacher_service=teacher_service,
         damaged=damaged,
         resume_from=checkpoints.intact["path"] if checkpoints.intact else None,
     )
@@ -171,6 +178,7 @@ class PreparedRun:
     cache_request: CacheRequest | None
     teacher_cache: dict | None
     cache_bypass: str | None
+    teacher_service: object | None = None  # a sweep's deployment (`teacher.placement: service`)
 
 
 def prepare_run(
@@ -179,6 +187,7 @@ def prepare_run(
     *,
     teacher_cache: dict | None = None,
     cache_bypass: str | None = None,
+    teacher_service=None,
 ) -> PreparedRun:
     """Every check of `distill run`, before anything is written and before Ray: the spec
     and its stages (preflight), the folder (reachable, same model as a run already there),
@@ -202,7 +211,7 @@ def prepare_run(
     if teacher_cache is None and cache_bypass is None:  # a sweep trial brings its own
         request, cache_bypass = _cache_request(spec, stages, storage)
     folder = Folder(storage, field, CONFIG_FILE, dump_spec(spec))
-    return PreparedRun(spec, stages, folder, request, teacher_cache, cache_bypass)
+    return PreparedRun(spec, stages, folder, request, teacher_cache, cache_bypass, teacher_service)
 
 
 def run_job(
@@ -211,6 +220,7 @@ def run_job(
     *,
     teacher_cache: dict | None = None,
     cache_bypass: str | None = None,
+    teacher_service=None,
     callbacks: list | None = None,
     force: bool = False,
     lease: bool = True,
@@ -221,14 +231,21 @@ def run_job(
 
     teacher_cache: a cache `distill.cluster.cache_store.prepare_cache` found or built for this
     single-stage job (a sweep shares one across trials), or `cache_bypass` says why the
-    teacher runs on the fly (both land in the report); callbacks: extra Ray Train
+    teacher runs on the fly (both land in the report); teacher_service: a sweep's teacher
+    deployment (`teacher.placement: service`; else the run starts its own); callbacks: extra Ray Train
     callbacks, e.g. Tune's `TuneReportCallback` when the job is a sweep trial.
     The run holds its folder's lease throughout (a second writer is refused with a
     SpecError naming the holder, before Ray starts); `force` takes over another writer's
     lease; lease=False for sweep trials, whose sweep holds the lease of the whole folder;
     on_checked: called once every check has passed, before anything is written."""
     started = time.perf_counter()
-    run = prepare_run(spec, output, teacher_cache=teacher_cache, cache_bypass=cache_bypass)
+    run = prepare_run(
+        spec,
+        output,
+        teacher_cache=teacher_cache,
+        cache_bypass=cache_bypass,
+        teacher_service=teacher_service,
+    )
     return drive(
         run.folder,
         lambda: _launch_run(run, started, callbacks),
@@ -262,16 +279,25 @@ def _launch_run(run: PreparedRun, started: float, callbacks: list | None) -> dic
         where = f"stage {stage.name}: " if len(run.stages) > 1 else ""
         workers = run.spec.scaling.num_workers
         print(f"[distill] {where}{stage.placement.describe(workers)}", flush=True)
-    teacher_cache = run.teacher_cache
+    teacher_cache, service, started_service = run.teacher_cache, run.teacher_service, None
     if run.cache_request is not None:
         teacher_cache = start_cluster(run.spec, run.cache_request)
-    plans = plan_stages(run.stages)
-    for plan in plans:  # what each DeepSpeed engine is given, next to the results
-        where = f"{stage_dir(plan.name)}/" if len(plans) > 1 else ""
-        config = deepspeed_config(plan.spec, plan.spec.training.steps)
-        storage.write_text(f"{where}{DEEPSPEED_FILE}", json.dumps(config, indent=2))
-    checkpoint = _run_stages(plans, storage, teacher_cache, callbacks)
-    report = _report_run(run, plans, checkpoint, started)
+    if service is None and run.spec.teacher.placement == "service":
+        service = started_service = start_service(run.spec)
+    try:
+        plans = plan_stages(run.stages)
+        for plan in plans:  # what each DeepSpeed engine is given, next to the results
+            where = f"{stage_dir(plan.name)}/" if len(plans) > 1 else ""
+            config = deepspeed_config(plan.spec, plan.spec.training.steps)
+            storage.write_text(f"{where}{DEEPSPEED_FILE}", json.dumps(config, indent=2))
+        checkpoint = _run_stages(plans, storage, teacher_cache, callbacks, service)
+        report = _report_run(run, plans, checkpoint, started)
+        if service is not None:
+            from distill.cluster.teacher_service import service_record
+
+            report["teacher"]["placement"]["service"] = service_record(service)
+    finally:
+        stop_service(started_service)
     report["teacher_cache"] = cache_summary(teacher_cache, run.cache_bypass)
     write_curves(storage)
     storage.write_text(REPORT_FILE, json.dumps(report, indent=2))  # last: the run is done

@@ -22,7 +22,7 @@ from distill.cluster.tracking import with_tracking
 from distill.core.smoke import SmokePlan, apply_smoke, plan_changes, smoke_plan
 from distill.core.spec import JobSpec, SpecError, TrackingSpec
 from distill.core.spec_loading import redacted
-from distill.jobs.driver import Folder, drive, start_cluster
+from distill.jobs.driver import Folder, drive, start_cluster, start_service, stop_service
 from distill.jobs.preflight import check_storage
 from distill.jobs.run import run_dir_for, run_job
 from distill.jobs.run_folder import check_same_as_existing
@@ -159,12 +159,14 @@ def _sweep_cache_request(prepared: PreparedSweep):
     from distill.cluster.cache_store import resolve_cache
 
     sweep, checked = prepared.sweep, prepared.checked
+    first = checked.combinations[0][1].spec
     bypass = _data_in_space(sweep)
     if not sweep.teacher_cache:
         bypass = "teacher_cache: false in the sweep file"
+    if first.teacher.placement == "service":
+        bypass = "teacher.placement: service (one deployment answers every trial)"
     if bypass is not None:
         return None, bypass
-    first = checked.combinations[0][1].spec
     mode = first.teacher.cache.mode if first.teacher.cache.mode != "off" else "auto"
     cache = first.teacher.cache.model_copy(update={"mode": mode})
     cache_spec = first.model_copy(
@@ -191,18 +193,29 @@ def _trial_order(prepared: PreparedSweep) -> list[dict] | None:
 
 
 def _launch_sweep(prepared: PreparedSweep, started: float, choose: tuple) -> dict:
-    """The cluster and the shared cache, the Tune experiment, then the sweep's report."""
+    """The cluster, then the shared cache or teacher deployment, the Tune experiment and
+    the sweep's report; a deployment the sweep started is deleted at the end."""
+    first = prepared.checked.combinations[0][1].spec
+    request, bypass = _sweep_cache_request(prepared)
+    if bypass:
+        print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
+    points = _trial_order(prepared)
+    cache = start_cluster(first, request)
+    service = start_service(first) if first.teacher.placement == "service" else None
+    try:
+        return _run_trials(prepared, started, choose, cache, bypass, points, service)
+    finally:
+        stop_service(service)
+
+
+def _run_trials(prepared: PreparedSweep, started, choose, cache, bypass, points, service) -> dict:
+    """The Tune experiment (every trial through `run_trial`), then the sweep's report."""
     from distill.cluster.cache_store import cache_summary
     from distill.cluster.tracking import local_root, tune_callbacks
     from distill.cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner
 
     sweep, checked, storage = prepared.sweep, prepared.checked, prepared.folder.storage
     first = checked.combinations[0][1].spec
-    request, bypass = _sweep_cache_request(prepared)
-    if bypass:
-        print(f"[distill] teacher cache bypassed: {bypass}", flush=True)
-    points = _trial_order(prepared)
-    cache = start_cluster(first, request)
     concurrency = max_concurrent_trials(first, sweep.max_concurrent_trials)
     print(
         f"[distill] sweep: {len(checked.combinations)} valid combinations checked; "
@@ -215,6 +228,7 @@ def _launch_sweep(prepared: PreparedSweep, started: float, choose: tuple) -> dic
         "trials_uri": storage.child(TRIALS_DIR).uri,
         "cache": cache,
         "bypass": bypass,
+        "service": service,
     }
     results = run_tuner(
         sweep,
@@ -227,13 +241,18 @@ def _launch_sweep(prepared: PreparedSweep, started: float, choose: tuple) -> dic
         callbacks=tune_callbacks(prepared.tracking, local_root(storage)),
         points=points,
     )
-    return _report_sweep(
-        prepared, results, concurrency, cache_summary(cache, bypass), started, choose
-    )
+    summary = cache_summary(cache, bypass)
+    return _report_sweep(prepared, results, concurrency, summary, started, choose, service)
 
 
 def _report_sweep(
-    prepared: PreparedSweep, results, concurrency: int, cache: dict, started: float, choose
+    prepared: PreparedSweep,
+    results,
+    concurrency: int,
+    cache: dict,
+    started: float,
+    choose,
+    service=None,
 ) -> dict:
     """`sweep_report.json`, `pareto.png` and the chosen student, written last."""
     from distill.cluster.tune_sweep import saved_statuses
@@ -261,6 +280,10 @@ def _report_sweep(
         max_params=max_params,
         min_speedup=min_speedup,
     )
+    if service is not None:  # where the teacher ran, and how its forwards were batched
+        from distill.cluster.teacher_service import service_record
+
+        report["sweep"]["teacher_service"] = service_record(service)
     report["sweep"]["wall_time_s"] = time.perf_counter() - started
     write_sweep_outputs(storage, report)
     return report
@@ -297,6 +320,7 @@ def run_trial(params: dict, context: dict) -> None:
         f"{context['trials_uri']}/{trial_id}",
         teacher_cache=context["cache"],
         cache_bypass=context["bypass"],
+        teacher_service=context.get("service"),
         callbacks=[TuneReportCallback()],
         lease=False,  # the sweep holds the lease of its whole folder
     )

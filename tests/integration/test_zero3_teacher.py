@@ -1,4 +1,4 @@
-"""A teacher partitioned across the training workers with ZeRO-3 (`teacher.partition:
+"""A teacher partitioned across the training workers with ZeRO-3 (`teacher.placement:
 zero3`), on real 2-worker Ray Train jobs (gloo on the CPU):
 
 - the partitioned teacher gives the replicated teacher's outputs on the same batch (an
@@ -51,7 +51,7 @@ def _compare_placements(config: dict) -> None:
             spec = spec.model_copy(
                 update={
                     "teacher": spec.teacher.model_copy(
-                        update={"partition": partition, "dtype": "fp32"}
+                        update={"placement": partition, "dtype": "fp32"}
                     )
                 }
             )
@@ -121,12 +121,12 @@ def test_partitioned_teacher_matches_the_replicated_one(ray_session, tmp_path, g
 
 # The fault-tolerance job (12 steps, a checkpoint every 3, max_failures 1), its teacher
 # partitioned and its student a little deeper.
-ZERO3_RUN = [*TINY, "teacher.partition=zero3", "student.layers=2"]
+ZERO3_RUN = [*TINY, "teacher.placement=zero3", "student.layers=2"]
 
 
 def test_zero3_teacher_job_trains_survives_a_killed_worker_and_reports(ray_session, tmp_path):
     spec = load_spec(None, ZERO3_RUN)
-    assert preflight(spec).teacher.partition == "zero3"
+    assert preflight(spec).teacher.placement == "zero3"
     run_dir = tmp_path / "zero3-teacher"
     result: dict = {}
 

@@ -32,9 +32,9 @@ def test_a_partitioned_teacher_gets_freed_blocks_returned_to_the_os():
     from distill.cluster.worker_env import worker_env
     from distill.core.spec_loading import load_spec
 
-    zero3 = worker_env(load_spec(None, ["teacher.partition=zero3"]))
+    zero3 = worker_env(load_spec(None, ["teacher.placement=zero3"]))
     assert zero3["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
     assert zero3["THP_MEM_ALLOC_ENABLE"] == "1"
     assert "MALLOC_MMAP_THRESHOLD_" not in worker_env(
-        load_spec(None, ["teacher.partition=replicate"])
+        load_spec(None, ["teacher.placement=replicate"])
     )

@@ -65,20 +65,20 @@ def test_auto_replicates_what_fits_and_partitions_what_does_not():
     assert unknown.partition == "replicate" and "unknown" in unknown.reason
     one = resolve_placement(_spec("scaling.num_workers=1"), TEACHER, worker_memory=8 * MB)
     assert one.partition == "replicate"
-    with pytest.raises(SpecError, match="^teacher.partition: replicate puts the whole teacher"):
+    with pytest.raises(SpecError, match="^teacher.placement: replicate puts the whole teacher"):
         resolve_placement(_spec("scaling.num_workers=1"), TEACHER, worker_memory=MB)
 
 
 def test_a_placement_that_cannot_fit_is_one_line_naming_the_field():
-    with pytest.raises(SpecError, match=r"^teacher.partition: replicate puts the whole teacher"):
-        resolve_placement(_spec("teacher.partition=replicate"), TEACHER, worker_memory=6 * MB)
-    zero3 = resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=3 * MB)
+    with pytest.raises(SpecError, match=r"^teacher.placement: replicate puts the whole teacher"):
+        resolve_placement(_spec("teacher.placement=replicate"), TEACHER, worker_memory=6 * MB)
+    zero3 = resolve_placement(_spec("teacher.placement=zero3"), TEACHER, worker_memory=3 * MB)
     assert zero3.per_worker_bytes == 2_400_000 <= ZERO3_SHARE * 3 * MB  # below the teacher's 4 MB
     with pytest.raises(SpecError, match=r"^scaling.num_workers: 2 workers leave each") as err:
-        resolve_placement(_spec("teacher.partition=zero3"), TEACHER, worker_memory=2 * MB)
+        resolve_placement(_spec("teacher.placement=zero3"), TEACHER, worker_memory=2 * MB)
     assert "\n" not in str(err.value)
     four = resolve_placement(
-        _spec("teacher.partition=zero3", "scaling.num_workers=4"), TEACHER, worker_memory=2 * MB
+        _spec("teacher.placement=zero3", "scaling.num_workers=4"), TEACHER, worker_memory=2 * MB
     )
     assert four.per_worker_bytes == (250_000 + 100_000) * 4
 
@@ -114,7 +114,7 @@ def test_the_worker_peak_estimate_adds_its_terms_and_refuses_what_cannot_fit():
     )
 
     config = GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=1000)
-    spec = _spec("teacher.partition=zero3", "data.max_length=16", "training.batch_size=2")
+    spec = _spec("teacher.placement=zero3", "data.max_length=16", "training.batch_size=2")
     teacher = TeacherFootprint(
         parameters=10_000_000, largest_gather=1_000_000, largest_layer=500_000
     )
@@ -133,7 +133,7 @@ def test_the_worker_peak_estimate_adds_its_terms_and_refuses_what_cannot_fit():
     assert fits.estimate == z3
     with pytest.raises(SpecError) as err:  # the teacher's share fits, the whole worker not
         resolve_placement(
-            _spec("teacher.partition=zero3", "scaling.memory_per_worker_gb=1"),
+            _spec("teacher.placement=zero3", "scaling.memory_per_worker_gb=1"),
             teacher,
             2**30,
             config=config,
