@@ -7,10 +7,16 @@ controller register it and rewrite `checkpoint_manager_snapshot.json` (one PUT, 
 whole or absent); resume restores the snapshot's latest checkpoint. An upload cut off
 halfway leaves an unregistered folder that nothing reads and that never replaces a good one.
 
-On top of that, `CheckpointManifest` (cluster/manifest_callback.py) writes `COMPLETE.json`
-into each registered checkpoint (`build_manifest`): every file with its size and sha256.
-A checkpoint is *complete* when its files have the manifest's sizes (or, without a
-manifest yet, when Ray's snapshot lists it), and *intact* when their checksums match too.
+On top of that, every rank hashes the files it is about to upload (`write_sent`:
+`.sent/rank_<r>.json`, uploaded with them), and `CheckpointManifest`
+(cluster/manifest_callback.py) writes `COMPLETE.json` into each registered checkpoint
+(`build_manifest`: every file with its size and sha256, read back from where it was stored)
+only when those stored hashes equal the hashes the ranks sent (`transit_problem`): a file
+damaged during the upload itself leaves its checkpoint without a manifest. A checkpoint is
+*complete* when its files have the manifest's sizes, and *intact* when their checksums
+match too; one without `COMPLETE.json` never is (Ray may have registered it, but its
+manifest was never written: the run stopped in between, or the upload was damaged), and is
+passed over with one line like a damaged one.
 `newest_intact` checks the newest checkpoints until one is intact, so resume, `distill
 export` and `distill runs list` never take a damaged checkpoint (a truncated, missing or
 altered file) for a good one.
@@ -33,6 +39,7 @@ from distill.cluster.run_files import TRAIN_DIR
 from distill.cluster.storage import Storage
 
 COMPLETE = "COMPLETE.json"
+SENT_DIR = ".sent"  # per rank: the files it uploaded, hashed before the upload
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 MANIFEST_VERSION = 2
 _STAGING = f".{COMPLETE}.tmp"  # the manifest before it is moved into place
@@ -49,6 +56,39 @@ def file_sha256(fs: pyarrow.fs.FileSystem, path: str) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def write_sent(folder: str, rank: int) -> None:
+    """Before a rank uploads its checkpoint folder: `.sent/rank_<rank>.json`, every file in
+    `folder` with its size and sha256, read from the local disk it was just written to."""
+    import os
+
+    fs, files = pyarrow.fs.LocalFileSystem(), {}
+    for base, _, names in os.walk(folder):
+        for name in sorted(names):
+            path = os.path.join(base, name)
+            rel = os.path.relpath(path, folder)
+            if not rel.startswith(SENT_DIR + os.sep):
+                files[rel] = {"size": os.path.getsize(path), "sha256": file_sha256(fs, path)}
+    os.makedirs(os.path.join(folder, SENT_DIR), exist_ok=True)
+    with open(os.path.join(folder, SENT_DIR, f"rank_{rank}.json"), "w") as f:
+        json.dump(files, f)
+
+
+def transit_problem(fs: pyarrow.fs.FileSystem, root: str, manifest: dict) -> str | None:
+    """Which file the ranks sent (`.sent/rank_*.json`) is missing or different in the stored
+    checkpoint `root` whose files `manifest` lists (as `build_manifest` read them); None
+    when every file arrived as sent (or no rank recorded what it sent: older runs)."""
+    stored = manifest["files"]
+    for rel in sorted(r for r in stored if r.startswith(SENT_DIR + "/")):
+        with fs.open_input_stream(f"{root}/{rel}") as f:
+            sent = json.loads(f.read().decode())
+        for name, entry in sorted(sent.items()):
+            if name not in stored:
+                return f"{name}: sent by {rel.rsplit('/', 1)[-1][:-5]}, missing after the upload"
+            if stored[name]["sha256"] != entry["sha256"]:
+                return f"{name}: changed in the upload (sha256 differs from what was sent)"
+    return None
 
 
 def build_manifest(fs: pyarrow.fs.FileSystem, root: str, *, step, ranks: int) -> dict:
@@ -116,7 +156,8 @@ def _ray_registered(storage: Storage, folder: str) -> list[str]:
 def _checkpoints(storage: Storage, folder: str) -> list[dict]:
     """Every checkpoint of `folder` that Ray finished (it has a manifest, or Ray's snapshot
     lists it), newest first: {"name", "path", "step", "manifest", "problem"}, where
-    `problem` says why its files do not match the manifest's sizes (None: they do)."""
+    `problem` says why its files do not match the manifest's sizes, or that it has no
+    manifest (None: they match)."""
     registered = set(_ray_registered(storage, folder))
     listed = [n for n in storage.list(folder) if n.startswith("checkpoint_")]
     found = [  # registered by Ray, yet gone: Ray would restore it and fail
@@ -141,6 +182,8 @@ def _checkpoints(storage: Storage, folder: str) -> list[dict]:
                 manifest, problem = None, f"{COMPLETE}: unreadable"
         elif name not in registered:
             continue  # an upload that never finished (or whose run died before registering it)
+        else:  # registered, yet no manifest: stopped before it, or damaged in the upload
+            problem = f"{COMPLETE} missing (never verified after its upload)"
         step = manifest.get("step") if manifest else None
         found.append(
             {"name": name, "path": path, "step": step, "manifest": manifest, "problem": problem}

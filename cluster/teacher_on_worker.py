@@ -47,10 +47,10 @@ class PlacedTeacher:
     # either: `service`, a Ray Serve deployment, answers; `module` is a skeleton)
     partition: str
     engine: object | None = None  # the stage-3 inference engine (zero3); keeps the hooks alive
-    service: object | None = None  # `cluster.teacher_service.ServedTeacher` (service)
     # How the weights were read: "whole" (replicate: from_pretrained, memory-mapped),
     # "slices" (zero3: each rank its own slices) or "transformers" (zero3 from a .bin).
     loader: str = "whole"
+    service: object | None = None  # `cluster.teacher_service.ServedTeacher` (service)
 
     @property
     def partitioned(self) -> bool:
@@ -138,7 +138,7 @@ def place_teacher(
     engine, _, _, _ = deepspeed.initialize(model=module, config=config)
     engine.eval()
     release_freed_memory()
-    return PlacedTeacher(engine.module, "zero3", engine, loader)
+    return PlacedTeacher(engine.module, "zero3", engine, loader=loader)
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from distill.cluster.checkpoints import write_sent
 from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
 from distill.cluster.pipeline import (
     METRICS_FILE,
@@ -51,6 +52,7 @@ from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_memory import MemoryRecorder, read_memory
 from distill.core.cache_format import INDEX_COLUMN
 from distill.core.spec import JobSpec
+from distill.core.spike_guard import SpikeGuard
 from distill.core.stages import Stage
 from distill.core.teacher_plan import TORCH_DTYPES
 
@@ -109,12 +111,17 @@ def run_stage(
             ):  # never export a non-finite state
                 stop_diverged(stage, progress, step)
                 return None
+            if _spiked(stage, progress, loss, parts):  # finite, but far above its median
+                stop_diverged(stage, progress, step, spike=progress.spike.last)
+                return None
             if _due(stage.spec, step) or step == total:
                 metrics = step_metrics(stage, progress, step, loss, parts)
                 if step == total:
                     finish_stage(stage, progress, metrics, inputs)
-                elif step % stage.spec.training.checkpoint_every == 0 and _finite_state(
-                    stage, progress
+                elif (
+                    step % stage.spec.training.checkpoint_every == 0
+                    and not (progress.spike and progress.spike.streak)  # no spiking state
+                    and _finite_state(stage, progress)
                 ):
                     save_and_report(stage, step, metrics, progress.history)
                 else:  # no checkpoint of a non-finite state: the last finite one stays newest
@@ -144,6 +151,7 @@ class Progress:
     tokens: int = 0  # real (non-padding) tokens of the timed steps
     timed_steps: int = 0
     loss_sum: float = 0.0
+    spike: SpikeGuard | None = None  # training.stop_on_spike, made at the first step
     loss_n: int = 0
     started: float = field(default_factory=time.perf_counter)
     previous_end: float | None = None  # the previous stage's end (stage switch timing)
@@ -403,25 +411,33 @@ def save_and_report(
                 stage.run.storage.put_dir(
                     os.path.join(tmp, STUDENT_DIR), stage_student(stage.plan.name)
                 )
+        write_sent(tmp, stage.run.rank)  # what this rank uploads, hashed before the upload
         dist.barrier()
         ray.train.report(
             {**metrics, **_placement()}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
         )
 
 
-def stop_diverged(stage: LiveStage, progress: Progress, step: int) -> None:
-    """Stop a diverging stage: record why in the run's storage (`DIVERGED_FILE`, read by the
-    driver), report without a checkpoint (so the newest checkpoint stays the last finite
-    state) and export nothing. Every rank reports, as Ray Train requires."""
+def stop_diverged(stage: LiveStage, progress: Progress, step: int, spike=None) -> None:
+    """Stop a diverging stage (non-finite values, or a loss `spike` that stayed up): record
+    why in the run's storage (`DIVERGED_FILE`, read by the driver), report without a
+    checkpoint (so the newest checkpoint stays the last healthy state) and export nothing.
+    Every rank reports, as Ray Train requires."""
     record = {
         "attempt": stage.run.attempt,
         "step": step,
         **({"stage": stage.plan.name} if stage.run.multi_stage else {}),
-        "nonfinite": list(progress.nonfinite_parts or ("trained parameters",)),
-        "nonfinite_steps": progress.nonfinite_streak,
     }
+    if spike is not None:
+        setting = stage.spec.training.stop_on_spike
+        record["spike"] = {**spike, "factor": setting.factor, "steps": setting.steps}
+        why = f"loss {spike['loss']:.4g} above {setting.factor:g}x its median {spike['median']:.4g}"
+    else:
+        record["nonfinite"] = list(progress.nonfinite_parts or ("trained parameters",))
+        record["nonfinite_steps"] = progress.nonfinite_streak
+        why = f"{', '.join(record['nonfinite'])} not finite"
     if stage.run.rank == 0:
-        print(f"[distill] stopping at step {step}: {', '.join(record['nonfinite'])} not finite")
+        print(f"[distill] stopping at step {step}: {why}")
         stage.run.storage.write_text(DIVERGED_FILE, json.dumps(record))
     dist.barrier()
     ray.train.report({**record, "diverged": True, **_placement()})
@@ -447,6 +463,20 @@ def finish_stage(stage: LiveStage, progress: Progress, metrics: dict, inputs: Wo
 def _due(spec: JobSpec, step: int) -> bool:
     t = spec.training
     return not (step % t.log_every and step % t.eval_every and step % t.checkpoint_every)
+
+
+def _spiked(stage: LiveStage, progress: Progress, loss, parts: dict) -> bool:
+    """Feed the spike guard this step's loss averaged over the ranks (so every rank decides
+    alike) and this rank's loss parts; True once it says stop."""
+    setting = stage.spec.training.stop_on_spike
+    if setting is None:
+        return False
+    if progress.spike is None:
+        progress.spike = SpikeGuard(setting.factor, setting.steps, setting.window)
+    mean = _mean_across_ranks(float(loss))
+    if not math.isfinite(mean):
+        return False  # the non-finite guard's case
+    return progress.spike.update(mean, {k: float(v) for k, v in parts.items()})
 
 
 def _finite_state(stage: LiveStage, progress: Progress) -> bool:

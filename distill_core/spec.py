@@ -301,6 +301,17 @@ class ObjectiveSpec(Strict):
     sequence_kd: SequenceKdSpec | None = None  # train on the teacher's generations
 
 
+class SpikeSpec(Strict):
+    """`training.stop_on_spike` (`distill.core.spike_guard`): stop when the loss (averaged
+    over the ranks) stays above `factor` x its running median of the last `window` healthy
+    steps for `steps` steps in a row. The defaults only catch a loss two orders of magnitude
+    above its usual value for 20 steps: no healthy run does that, a diverged one does."""
+
+    factor: Annotated[float, Field(gt=1)] = 100.0
+    steps: PositiveInt = 20
+    window: Annotated[int, Field(ge=2, le=100_000)] = 50
+
+
 class TrainingSpec(Strict):
     steps: PositiveInt | None = 100
     epochs: Annotated[float, Field(gt=0)] | None = None  # overrides steps when set
@@ -321,6 +332,7 @@ class TrainingSpec(Strict):
     # gradient norm is not finite; those steps update nothing, and the newest checkpoint
     # stays the last finite state.
     stop_after_nonfinite: PositiveInt = 3
+    stop_on_spike: SpikeSpec | None = SpikeSpec()  # null: off
 
 
 class ScalingSpec(Strict):

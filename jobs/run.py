@@ -100,6 +100,15 @@ def _diverged_line(record: dict, checkpoint) -> str:
         if checkpoint is not None
         else "no checkpoint was written"
     )
+    if "spike" in record:
+        spike = record["spike"]
+        return (
+            f"training diverged at {stage}step {record['step']}: the loss stayed above "
+            f"{spike['factor']:g}x its running median ({spike['median']:.4g}) for "
+            f"{spike['steps']} consecutive steps, {', '.join(spike['parts'])} exploding "
+            f"(training.stop_on_spike); {kept.replace('finite', 'healthy')}; nothing was "
+            "exported (lower training.learning_rate or the loss weights)"
+        )
     return (
         f"training diverged at {stage}step {record['step']}: {', '.join(record['nonfinite'])} "
         f"not finite for {record['nonfinite_steps']} consecutive steps "

@@ -76,15 +76,77 @@ def test_no_intact_checkpoint_left_says_so(run):
     assert choice.damaged[1][1] == f"{COMPLETE}: unreadable"
 
 
-def test_partial_uploads_are_ignored_and_registered_unmanifested_checkpoints_count(run):
+def test_partial_uploads_are_ignored_and_registered_unmanifested_checkpoints_fall_back(run):
     # Newest: an upload cut off before Ray registered it (no manifest, not in the snapshot).
     partial = "checkpoint_2026-11-30_10-10-00.000000"
     make_checkpoint(run, partial, 12, manifest=False)
     assert newest_intact(run).intact["name"] == NEWER and newest_intact(run).damaged == []
-    # Registered by Ray, manifest not yet written (the callback's window): it counts.
+    # Registered by Ray, but no manifest (the run stopped before the callback wrote it, or
+    # the upload was damaged): never verified, so passed over with one line.
     snapshot = {"checkpoint_results": [{"checkpoint_dir_name": partial}]}
     run.write_text(f"train/{RAY_SNAPSHOT}", json.dumps(snapshot))
-    assert newest_intact(run).intact == {"name": partial, "path": f"train/{partial}", "step": None}
+    choice = newest_intact(run)
+    assert choice.intact["name"] == NEWER
+    assert choice.notice("resuming from", none_left="-") == (
+        f"distill: checkpoint train/{partial} is damaged ({COMPLETE} missing (never verified "
+        f"after its upload)); resuming from train/{NEWER} (step 8)"
+    )
+    assert [c["name"] for c in complete_checkpoints(run)] == [NEWER, OLDER]
+
+
+def _sent_and_uploaded(tmp_path, damage: bool):
+    """A rank's checkpoint folder hashed before its upload, then 'uploaded' (copied) into the
+    run, with one byte flipped on the way when `damage`; (filesystem, stored root)."""
+    import shutil
+
+    import pyarrow.fs
+
+    from distill.cluster.checkpoints import build_manifest, write_sent
+
+    local = tmp_path / "rank0"
+    (local / "engine").mkdir(parents=True)
+    (local / "engine" / "shard.pt").write_bytes(bytes(range(256)) * 64)
+    (local / "train_state.json").write_text('{"step": 4}')
+    write_sent(str(local), 0)
+    stored = tmp_path / "run" / "train" / "checkpoint_x"
+    shutil.copytree(local, stored)
+    if damage:
+        shard = stored / "engine" / "shard.pt"
+        data = bytearray(shard.read_bytes())
+        data[7] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    fs = pyarrow.fs.LocalFileSystem()
+    return fs, str(stored), build_manifest(fs, str(stored), step=4, ranks=1)
+
+
+def test_a_file_damaged_in_the_upload_is_caught_against_what_the_rank_sent(tmp_path):
+    from distill.cluster.checkpoints import SENT_DIR, transit_problem
+
+    fs, root, manifest = _sent_and_uploaded(tmp_path, damage=False)
+    assert f"{SENT_DIR}/rank_0.json" in manifest["files"]
+    assert transit_problem(fs, root, manifest) is None
+    fs, root, manifest = _sent_and_uploaded(tmp_path / "again", damage=True)
+    assert transit_problem(fs, root, manifest) == (
+        "engine/shard.pt: changed in the upload (sha256 differs from what was sent)"
+    )
+
+
+def test_the_manifest_callback_leaves_a_damaged_upload_without_a_manifest(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from distill.cluster.manifest_callback import CheckpointManifest
+
+    fs, root, _ = _sent_and_uploaded(tmp_path, damage=True)
+    checkpoint = SimpleNamespace(filesystem=fs, path=root)
+    CheckpointManifest().after_report(None, [{"step": 4}], checkpoint)
+    assert not (tmp_path / "run" / "train" / "checkpoint_x" / COMPLETE).exists()
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("distill: checkpoint checkpoint_x (step 4) was damaged in its upload")
+    fs, root, _ = _sent_and_uploaded(tmp_path / "good", damage=False)
+    CheckpointManifest().after_report(
+        None, [{"step": 4}], SimpleNamespace(filesystem=fs, path=root)
+    )
+    assert (tmp_path / "good" / "run" / "train" / "checkpoint_x" / COMPLETE).exists()
 
 
 def test_sizes_only_manifests_of_older_runs_still_verify(run):
