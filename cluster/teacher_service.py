@@ -64,7 +64,7 @@ def app_name(spec: JobSpec, digest: str) -> str:
     return spec.teacher.service.name or f"{APP_PREFIX}{digest[:12]}"
 
 
-def _rows(requests: list[dict]) -> int:
+def request_rows(requests: list[dict]) -> int:
     return sum(int(r["input_ids"].shape[0]) for r in requests)
 
 
@@ -122,7 +122,7 @@ class TeacherService:
             "max_rows": max(rows, default=0),
         }
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=_rows)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.01, batch_size_fn=request_rows)
     async def outputs(self, requests: list[dict]) -> list[dict]:
         self.requests += len(requests)
         # The forward runs off the event loop, which meanwhile queues the next batch.

@@ -92,7 +92,7 @@ class TrainingDiverged(RuntimeError):
     checkpoint is the last finite state and nothing was exported."""
 
 
-def _diverged_line(record: dict, checkpoint) -> str:
+def diverged_line(record: dict, checkpoint) -> str:
     stage = f"stage {record['stage']}, " if "stage" in record else ""
     kept = (
         f"the newest checkpoint ({checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}) is the "
@@ -169,7 +169,7 @@ def _run_stages(
     if storage.exists(DIVERGED_FILE):
         record = json.loads(storage.read_text(DIVERGED_FILE))
         if record.get("attempt") == inputs.attempt:
-            raise TrainingDiverged(_diverged_line(record, result.checkpoint))
+            raise TrainingDiverged(diverged_line(record, result.checkpoint))
     mark_done(storage, plans[-1], checkpoint=result.checkpoint.path)
     return result.checkpoint
 

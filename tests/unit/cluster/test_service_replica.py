@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.cluster.teacher_service import TeacherService, _rows
+from distill.cluster.teacher_service import TeacherService, request_rows
 from distill.core.mixup import mixup
 from distill.core.outputs import TaskHead, forward_outputs
 from distill.core.teacher import PACKAGED_TEACHER, freeze, resolve_teacher
@@ -96,4 +96,4 @@ def test_the_task_head_answers_only_when_asked():
 
 
 def test_batches_are_sized_by_rows_not_requests():
-    assert _rows([_request(2, 4, 0), _request(5, 3, 1)]) == 7
+    assert request_rows([_request(2, 4, 0), _request(5, 3, 1)]) == 7
