@@ -76,18 +76,11 @@ class PlacedTeacher:
             return "not loaded (teacher-output cache)"
         if self.service is not None:  # the deployment's weights, hashed where they live
             return self.service.info()["fingerprint"]
-        digest = hashlib.sha256()
-        for name, param in sorted(self.module.named_parameters()):
-            data = param.ds_tensor if self.partitioned else param
-            digest.update(name.encode())
-            digest.update(_tensor_bytes(data))
-        for name, buffer in sorted(self.module.named_buffers()):
-            digest.update(name.encode())
-            digest.update(_tensor_bytes(buffer))
+        digest = state_digest(self.module, partitioned=self.partitioned)
         if not self.partitioned:
-            return digest.hexdigest()
+            return digest
         parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, digest.hexdigest())
+        dist.all_gather_object(parts, digest)
         return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
@@ -214,6 +207,19 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc: nothing to do
         pass
+
+
+def state_digest(module: torch.nn.Module, *, partitioned: bool = False) -> str:
+    """sha256 over every parameter's bytes (this rank's ZeRO-3 partition when
+    `partitioned`) and every buffer's, in name order."""
+    digest = hashlib.sha256()
+    for name, param in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(_tensor_bytes(param.ds_tensor if partitioned else param))
+    for name, buffer in sorted(module.named_buffers()):
+        digest.update(name.encode())
+        digest.update(_tensor_bytes(buffer))
+    return digest.hexdigest()
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:

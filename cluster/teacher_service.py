@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 from ray import serve
 
+from distill.cluster.teacher_on_worker import state_digest
 from distill.core.cache_format import folder_digest
 from distill.core.mixup import mixup
 from distill.core.outputs import ModelOutputs, TaskHead, forward_outputs
@@ -68,17 +69,6 @@ def request_rows(requests: list[dict]) -> int:
     return sum(int(r["input_ids"].shape[0]) for r in requests)
 
 
-def module_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over every parameter's and buffer's bytes, in name order."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, tensor in [*sorted(module.named_parameters()), *sorted(module.named_buffers())]:
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 class TeacherService:
     """One replica: the frozen teacher at `dtype` (and its task head, when the folder has
     one), answering batched requests for its outputs."""
@@ -98,7 +88,7 @@ class TeacherService:
         self.head = None if head is None else freeze(head).to(dtype=TORCH_DTYPES[dtype])
         self.info_ = {
             "digest": folder_digest(folder),
-            "fingerprint": module_fingerprint(self.teacher),
+            "fingerprint": state_digest(self.teacher),  # as the in-worker teacher's
             "family": family.name,
             "dtype": dtype,
             "pid": os.getpid(),
