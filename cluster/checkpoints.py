@@ -21,8 +21,13 @@ passed over with one line like a damaged one.
 export` and `distill runs list` never take a damaged checkpoint (a truncated, missing or
 altered file) for a good one.
 
-    COMPLETE.json = {"version": 2, "step": 8, "ranks": 2,
+    COMPLETE.json = {"version": 2, "step": 8, "ranks": 2, "generation": 3,
                      "files": {"engine/mp_rank_00_model_states.pt": {"size": 5678, "sha256": "..."}, ...}}
+
+`generation` is the fencing generation of the run folder's lease the checkpoint was written
+under (cluster/lease.py; absent without a lease). Readers rank checkpoints by generation,
+then time: a checkpoint finished by a writer that had already lost the folder to another
+never outranks the other writer's.
 
 (Version 1 manifests, written before checksums, list sizes only: `{"files": {path: size}}`.)
 """
@@ -188,8 +193,23 @@ def _checkpoints(storage: Storage, folder: str) -> list[dict]:
         found.append(
             {"name": name, "path": path, "step": step, "manifest": manifest, "problem": problem}
         )
-    # Names are `checkpoint_<YYYY-mm-dd_HH-MM-SS.ffffff>`: sorting them sorts by time.
-    return sorted(found, key=lambda c: c["name"], reverse=True)
+    return sorted(found, key=_recency(found), reverse=True)
+
+
+def _recency(found: list[dict]):
+    """Sort key, newest first: the lease generation that wrote the checkpoint, then time
+    (names are `checkpoint_<YYYY-mm-dd_HH-MM-SS.ffffff>`). A checkpoint a fenced-out writer
+    finished after another writer took the folder over ranks below every checkpoint of the
+    writer that took over. Without a manifest the generation is unknown: ranked with the
+    newest generation, so the line about it is not lost."""
+    known = [c["manifest"].get("generation", 0) for c in found if c["manifest"]]
+    newest = max(known, default=0)
+
+    def key(c: dict) -> tuple[int, str]:
+        manifest = c["manifest"]
+        return (manifest.get("generation", 0) if manifest else newest, c["name"])
+
+    return key
 
 
 def _public(checkpoint: dict) -> dict:

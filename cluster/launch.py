@@ -14,7 +14,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from distill.cluster.manifest_callback import CheckpointManifest
+from distill.cluster.manifest_callback import CheckpointManifest, ControllerFence
 from distill.cluster.pipeline import WorkerInputs
 from distill.cluster.report_log import ReportLog
 from distill.cluster.run_files import TRAIN_DIR
@@ -120,7 +120,12 @@ def fit(
             ),
             failure_config=ray.train.FailureConfig(max_failures=sc.max_failures),
             # COMPLETE.json, written once all ranks uploaded; reports.jsonl: steps, failures
-            callbacks=[CheckpointManifest(), ReportLog(), *(callbacks or [])],
+            callbacks=[
+                ControllerFence(inputs.fence, spec.output.s3),  # first: stops a fenced-out run
+                CheckpointManifest(inputs.fence, spec.output.s3),
+                ReportLog(),
+                *(callbacks or []),
+            ],
         ),
     )
     return trainer.fit()

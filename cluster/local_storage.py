@@ -16,6 +16,8 @@ import os
 import shutil
 import socket
 import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from distill.cluster.storage_protocol import (
@@ -24,7 +26,9 @@ from distill.cluster.storage_protocol import (
     LeaseHeld,
     StorageError,
     StorageNotFound,
+    check_fenced,
     may_take_over,
+    replaced,
 )
 
 _LEASE_LOCK = ".lease.lock"
@@ -64,7 +68,16 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise StorageNotFound(f"{self.path(relpath)}: no such file") from None
 
+    def _fenced(self, relpath: str) -> None:
+        """Before any write: `LeaseLost` if `relpath` lies in a folder this process writes
+        under a lease it no longer holds (storage_protocol.check_fenced)."""
+        check_fenced(f"{self.uri}/{relpath}".rstrip("/"))
+
     def put(self, relpath: str, data: bytes) -> None:
+        self._fenced(relpath)
+        self._write_atomic(relpath, data)
+
+    def _write_atomic(self, relpath: str, data: bytes) -> None:
         target = self.path(relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -79,6 +92,7 @@ class LocalStorage:
         self.put(relpath, text.encode())
 
     def append_text(self, relpath: str, text: str) -> None:
+        self._fenced(relpath)
         target = self.path(relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "a", encoding="utf-8") as f:
@@ -88,6 +102,7 @@ class LocalStorage:
 
     def put_dir(self, local_dir: str | Path, relpath: str) -> None:
         """Copy a folder in, replacing any previous one only once the copy is complete."""
+        self._fenced(relpath)
         target = self.path(relpath)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.new."))
@@ -124,6 +139,7 @@ class LocalStorage:
         }
 
     def delete(self, relpath: str) -> None:
+        self._fenced(relpath)
         target = self.path(relpath)
         if target.is_dir():
             shutil.rmtree(target)
@@ -149,28 +165,32 @@ class LocalStorage:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                held = self._read_lease()
-                if not (may_take_over(held, lease, force=force) or _holder_gone(held)):
+                held, age = self.read_lease()
+                if not (may_take_over(held, lease, force=force, age_s=age) or _holder_gone(held)):
                     raise LeaseHeld(self.uri, held) from None
-                self.put(LEASE_FILE, lease.to_json().encode())
-                return held if held is not None and held.token != lease.token else None
+                written = held.successor(lease) if held is not None else lease
+                self._write_atomic(LEASE_FILE, written.to_json().encode())
+                return replaced(held, lease)
             with os.fdopen(fd, "w") as f:
-                f.write(lease.to_json())
+                f.write(replace(lease, generation=1).to_json())
             return None
 
     def release_lease(self, lease: Lease) -> None:
         if not self.root.is_dir():
             return
         with self._lease_lock():
-            held = self._read_lease()
-            if held is not None and held.token == lease.token:
-                self.path(LEASE_FILE).unlink(missing_ok=True)
+            held, _ = self.read_lease()
+            if held is not None and held.token == lease.token and not held.released:
+                self._write_atomic(LEASE_FILE, replace(held, released=True).to_json().encode())
 
-    def _read_lease(self) -> Lease | None:
+    def read_lease(self) -> tuple[Lease | None, float | None]:
+        """The lease and its age: now minus the file's mtime, both read on this host."""
+        path = self.path(LEASE_FILE)
         try:
-            return Lease.from_json(self.path(LEASE_FILE).read_bytes())
+            data, mtime = path.read_bytes(), path.stat().st_mtime
         except FileNotFoundError:
-            return None
+            return None, None
+        return Lease.from_json(data), max(0.0, time.time() - mtime)
 
     @contextlib.contextmanager
     def _lease_lock(self):

@@ -41,7 +41,9 @@ class WorkerInputs:
     service`), started by the driver or its sweep;
     damaged: names of the run's checkpoints the driver found damaged (`checkpoint_<time>`):
     when Ray restores one of them, the workers resume from `resume_from` instead, the
-    newest intact checkpoint (relative to the run folder; None: none left, from step 0)."""
+    newest intact checkpoint (relative to the run folder; None: none left, from step 0);
+    fence: the lease the driver (or its sweep) writes the run folder under: every write a
+    worker makes there checks it first (cluster/lease.py), None for a job without one."""
 
     stages: tuple[Stage, ...]
     run_uri: str
@@ -53,6 +55,7 @@ class WorkerInputs:
     teacher_service: object | None = None  # `cluster.teacher_service.ServiceRef` (service)
     damaged: tuple[str, ...] = ()
     resume_from: str | None = None
+    fence: object | None = None  # `cluster.lease.FenceRef`
 
     @property
     def multi_stage(self) -> bool:

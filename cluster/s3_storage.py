@@ -24,7 +24,8 @@ import functools
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -46,7 +47,9 @@ from distill.cluster.storage_protocol import (
     LeaseHeld,
     StorageError,
     StorageNotFound,
+    check_fenced,
     may_take_over,
+    replaced,
 )
 from distill.core.spec import url_problem
 
@@ -229,8 +232,14 @@ class S3Storage:
             raise
         return body.read()
 
+    def _fenced(self, relpath: str) -> None:
+        """Before any write: `LeaseLost` if `relpath` lies in a folder this process writes
+        under a lease it no longer holds (storage_protocol.check_fenced)."""
+        check_fenced(f"{self.uri}/{relpath}".rstrip("/"))
+
     def put(self, relpath: str, data: bytes) -> None:
         # One PUT: the object appears whole or not at all.
+        self._fenced(relpath)
         self.client.put_object(Bucket=self.bucket, Key=self.key(relpath), Body=data)
 
     def read_text(self, relpath: str) -> str:
@@ -280,6 +289,7 @@ class S3Storage:
 
     def delete(self, relpath: str) -> None:
         """Delete a file or a whole folder (with any `folder/` marker objects in it)."""
+        self._fenced(relpath)
         prefix = self.key(relpath)
         keys = [prefix] + [
             obj["Key"]
@@ -298,6 +308,7 @@ class S3Storage:
     def put_dir(self, local_dir: str | Path, relpath: str) -> None:
         """Upload a folder; its manifest goes last, so readers never take a half-upload
         (or a half-replaced folder) for a complete one."""
+        self._fenced(relpath)
         local_dir = Path(local_dir)
         files = {
             p.relative_to(local_dir).as_posix(): p.stat().st_size
@@ -340,49 +351,65 @@ class S3Storage:
 
     # -- lease --------------------------------------------------------------------------
     def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:
-        key, body = self.key(LEASE_FILE), lease.to_json().encode()
+        key = self.key(LEASE_FILE)
+        first = replace(lease, generation=1).to_json().encode()
         for _ in range(_LEASE_ATTEMPTS):
             try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=first, IfNoneMatch="*")
                 return None
             except ClientError as exc:
                 if _error_code(exc) not in _LOST_RACE:
                     raise
-            held, etag = self._read_lease()
+            held, age, etag = self._lease_object()
             if etag is None:
-                continue  # released meanwhile: create it again
-            if not may_take_over(held, lease, force=force):
+                continue  # removed meanwhile: create it again
+            if not may_take_over(held, lease, force=force, age_s=age):
                 raise LeaseHeld(self.uri, held)
+            written = held.successor(lease) if held is not None else lease
             try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfMatch=etag)
+                self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=written.to_json().encode(), IfMatch=etag
+                )
             except ClientError as exc:
                 if _error_code(exc) not in _LOST_RACE:
                     raise
                 continue  # another writer replaced it first: look again
-            return held if held is not None and held.token != lease.token else None
+            return replaced(held, lease)
         raise StorageError(f"{self.uri}: the lease changed hands while taking it; try again")
 
     def release_lease(self, lease: Lease) -> None:
-        held, etag = self._read_lease()
-        if held is None or held.token != lease.token:
+        held, _, etag = self._lease_object()
+        if held is None or held.token != lease.token or held.released:
             return
+        body = replace(held, released=True).to_json().encode()
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(LEASE_FILE), IfMatch=etag)
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.key(LEASE_FILE), Body=body, IfMatch=etag
+            )
         except ClientError as exc:
-            if _error_code(exc) in ("NotImplemented", "InvalidArgument"):  # no conditional delete
-                self.client.delete_object(Bucket=self.bucket, Key=self.key(LEASE_FILE))
-            elif _error_code(exc) not in _LOST_RACE:  # lost: a writer took over, theirs stays
+            if _error_code(exc) not in _LOST_RACE:  # lost: a writer took over, theirs stays
                 raise
 
-    def _read_lease(self) -> tuple[Lease | None, str | None]:
-        """(the lease, its ETag); (None, None) when there is none."""
+    def read_lease(self) -> tuple[Lease | None, float | None]:
+        """The lease and its age: the response's `Date` minus the object's `Last-Modified`,
+        both S3's clock (whole seconds), so no host's clock enters the expiry."""
+        held, age, _ = self._lease_object()
+        return held, age
+
+    def _lease_object(self) -> tuple[Lease | None, float | None, str | None]:
+        """(the lease, its age on S3's clock, its ETag); all None when there is none."""
         try:
             obj = self.client.get_object(Bucket=self.bucket, Key=self.key(LEASE_FILE))
         except ClientError as exc:
             if _error_code(exc) in ("404", "NoSuchKey"):
-                return None, None
+                return None, None, None
             raise
-        return Lease.from_json(obj["Body"].read()), obj["ETag"]
+        body = obj["Body"].read()
+        date = obj["ResponseMetadata"]["HTTPHeaders"].get("date")
+        age = None
+        if date:
+            age = max(0.0, (parsedate_to_datetime(date) - obj["LastModified"]).total_seconds())
+        return Lease.from_json(body), age, obj["ETag"]
 
     # -- preflight ----------------------------------------------------------------------
     def probe(self) -> None:

@@ -12,6 +12,7 @@ from distill.cluster.local_storage import LocalStorage
 from distill.cluster.storage_protocol import (
     Lease,
     LeaseHeld,
+    LeaseLost,
     Storage,
     StorageError,
     StorageNotFound,
@@ -21,6 +22,7 @@ from distill.cluster.storage_protocol import (
 __all__ = [
     "Lease",
     "LeaseHeld",
+    "LeaseLost",
     "LocalStorage",
     "Storage",
     "StorageError",

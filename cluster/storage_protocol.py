@@ -10,6 +10,18 @@ appears whole or not at all, and a folder written with `put_dir` reads as comple
 One writer per run folder: a run holds a `Lease` on its folder (`LEASE_FILE` at its root,
 created only if absent, renewed while the run lives, released when it ends); a second
 writer is refused with `LeaseHeld`, which names the holder.
+
+Fencing: every lease carries a `generation`, one more than the lease it replaced (a
+released lease stays in the file, marked `released`, so the count never restarts). Each
+process that writes a run folder under a lease registers a `Fence` for it (`fence_writes`);
+every write an implementation makes under that folder first calls `check_fenced(uri)`,
+which reads the lease back and raises `LeaseLost` when its holder is no longer this
+writer. A writer that lost its lease therefore stops at its next write, one read later.
+
+Expiry never compares two hosts' clocks: `read_lease` returns the lease with its *age* as
+the storage measures it (local disk: now minus the file's mtime, both on this host; S3: the
+response's `Date` minus the object's `Last-Modified`, both S3's clock), and a lease is
+expired once that age reaches its `ttl_s`: the time since its holder last renewed it.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -41,13 +53,19 @@ LEASE_FILE = ".lease.json"
 @dataclass(frozen=True)
 class Lease:
     """Who writes a run folder, until when: the content of `LEASE_FILE`. `token` tells
-    one holder from another (a renewal keeps it); times are Unix seconds (UTC)."""
+    one holder from another (a renewal keeps it); `generation` is the fencing number (the
+    storage sets it: one more than the lease replaced); `ttl_s` how long it lasts after its
+    last renewal; `released` marks a lease its holder gave back (kept for the count).
+    `started` and `expires` are the holder's clock (Unix seconds), shown to people only."""
 
     token: str
     host: str
     pid: int
     started: float
     expires: float
+    ttl_s: float = 0.0  # 0: a lease written before ttl_s was recorded (expiry by `expires`)
+    generation: int = 0
+    released: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -63,12 +81,28 @@ class Lease:
                 pid=int(raw["pid"]),
                 started=float(raw["started"]),
                 expires=float(raw["expires"]),
+                ttl_s=float(raw.get("ttl_s", 0.0)),
+                generation=int(raw.get("generation", 0)),
+                released=bool(raw.get("released", False)),
             )
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
-    def expired(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) >= self.expires
+    def expired(self, age_s: float | None = None) -> bool:
+        """Whether the lease ran out: `age_s` (seconds since it was last written, measured
+        by the storage) reached `ttl_s`. Without an age, or for a lease that records no
+        `ttl_s`, its holder's `expires` against this host's clock (skew counts then)."""
+        if self.released:
+            return True
+        if age_s is not None and self.ttl_s:
+            return age_s >= self.ttl_s
+        return time.time() >= self.expires
+
+    def successor(self, new: Lease) -> Lease:
+        """`new` as written over this lease: a renewal (same token) keeps this generation,
+        a new holder gets the next one."""
+        same = new.token == self.token
+        return replace(new, generation=self.generation if same else self.generation + 1)
 
     def describe(self) -> str:
         """`host H, pid P, since 2026-11-30 15:44:01 UTC, lease until 15:46:01 UTC`."""
@@ -88,6 +122,65 @@ class LeaseHeld(StorageError):
         )
 
 
+class LeaseLost(StorageError):
+    """This writer's lease on a run folder is gone: another writer (`holder`) took it over
+    (or the lease file was removed). The writer stops: it must not write there again."""
+
+    def __init__(self, uri: str, holder: Lease | None) -> None:
+        self.holder = holder
+        if holder is None or holder.released:
+            whom = "nobody (the lease file was removed)"
+        else:
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(holder.started))
+            whom = f"{holder.host}/{holder.pid} at {since}"
+        super().__init__(f"lost the lease on {uri} to {whom}; stopped writing")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The lease this process writes a folder under: the folder's storage (`root`), and the
+    holder's `token` and `generation`."""
+
+    root: Storage
+    token: str
+    generation: int
+
+    def check(self) -> None:
+        """Raise `LeaseLost` unless the folder's lease is still this writer's."""
+        held, _ = self.root.read_lease()
+        if held is None or held.token != self.token or held.released:
+            raise LeaseLost(self.root.uri, held)
+
+
+# Folders this process writes under a lease: {root uri: Fence} (`fence_writes`).
+_FENCES: dict[str, Fence] = {}
+
+
+def fence_writes(fence: Fence) -> None:
+    """From now on every write under `fence.root` checks the lease first."""
+    _FENCES[fence.root.uri.rstrip("/")] = fence
+
+
+def unfence(uri: str) -> None:
+    """Writes under `uri` are no longer checked (its lease was released)."""
+    _FENCES.pop(uri.rstrip("/"), None)
+
+
+def fence_covering(uri: str) -> Fence | None:
+    """The fence of the leased folder `uri` lies in (the innermost), or None."""
+    uri = uri.rstrip("/")
+    found = [r for r in list(_FENCES) if uri == r or uri.startswith(r + "/")]
+    return _FENCES.get(max(found, key=len)) if found else None
+
+
+def check_fenced(uri: str) -> None:
+    """Called by a storage before it writes anything at `uri`: `LeaseLost` when `uri` lies
+    in a folder this process writes under a lease that is no longer its own."""
+    fence = fence_covering(uri)
+    if fence is not None:
+        fence.check()
+
+
 # Tokens of the leases this process holds now (`distill.cluster.lease.hold_lease` adds each
 # when it takes a lease and removes it when its block ends).
 HELD_HERE: set[str] = set()
@@ -105,17 +198,28 @@ def left_by_this_process(held: Lease | None) -> bool:
     )
 
 
-def may_take_over(held: Lease | None, new: Lease, *, force: bool) -> bool:
+def may_take_over(
+    held: Lease | None, new: Lease, *, force: bool, age_s: float | None = None
+) -> bool:
     """Whether `new` may replace the lease `held` in the folder: it is `new`'s own (a
-    renewal), unreadable (a writer died while creating it), expired, left behind by an
-    ended holder in this process, or `force` says so."""
+    renewal), unreadable (a writer died while creating it), released, expired (`age_s`:
+    seconds since it was last written, on the storage's clock), left behind by an ended
+    holder in this process, or `force` says so."""
     return (
         held is None
         or held.token == new.token
-        or held.expired()
+        or held.expired(age_s)
         or left_by_this_process(held)
         or force
     )
+
+
+def replaced(held: Lease | None, new: Lease) -> Lease | None:
+    """What `acquire_lease` returns after writing `new` over `held`: the other holder's
+    lease it replaced, or None (there was none, `new` renewed its own, or it was released)."""
+    if held is None or held.token == new.token or held.released:
+        return None
+    return held
 
 
 def is_s3_uri(uri: str | Path) -> bool:
@@ -207,11 +311,19 @@ class Storage(Protocol):
         ...
 
     def acquire_lease(self, lease: Lease, *, force: bool = False) -> Lease | None:
-        """Make `lease` the folder's lease: created atomically when there is none, or
-        replacing one that `may_take_over` allows (the same token renews it). Returns the
-        other holder's lease it replaced, else None; raises `LeaseHeld` naming the holder."""
+        """Make `lease` the folder's lease (its generation set by `Lease.successor`):
+        created atomically when there is none, or replacing one that `may_take_over` allows
+        (the same token renews it). Returns the other holder's lease it replaced (None for
+        none, a renewal or a released one); raises `LeaseHeld` naming the holder. Never
+        fenced: the lease file is how fencing is decided."""
         ...
 
     def release_lease(self, lease: Lease) -> None:
-        """Remove the folder's lease if it is still `lease` (a writer that took over keeps its own)."""
+        """Mark the folder's lease released if it is still `lease` (a writer that took over
+        keeps its own); the file stays, so the next holder's generation follows it."""
+        ...
+
+    def read_lease(self) -> tuple[Lease | None, float | None]:
+        """(the folder's lease, its age in seconds on the storage's own clock); (None,
+        None) when there is none, (None, age) when the file is not a lease."""
         ...

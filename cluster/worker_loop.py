@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from distill.cluster.checkpoints import write_sent
+from distill.cluster.lease import enter_fence
 from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
 from distill.cluster.pipeline import (
     METRICS_FILE,
@@ -48,6 +49,7 @@ from distill.cluster.pipeline import (
 from distill.cluster.run_files import DIVERGED_FILE, ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
 from distill.cluster.stage_setup import LiveStage, set_up_stage
 from distill.cluster.storage import open_storage
+from distill.cluster.storage_protocol import check_fenced
 from distill.cluster.tracking import Trackers, local_root
 from distill.cluster.worker_memory import MemoryRecorder, read_memory
 from distill.core.cache_format import INDEX_COLUMN
@@ -67,6 +69,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Run the job's stages from where it stands (Ray Train's entry point on every rank)."""
     _quiet_report_logging()
     inputs: WorkerInputs = config["inputs"]
+    enter_fence(inputs.fence, inputs.s3)  # every write into the run folder checks the lease
     limit = inputs.stages[0].spec.scaling.memory_per_worker_gb
     memory = MemoryRecorder(limit_bytes=None if limit is None else int(limit * 2**30)).start()
     memory.mark("started")
@@ -413,6 +416,7 @@ def save_and_report(
                 )
         write_sent(tmp, stage.run.rank)  # what this rank uploads, hashed before the upload
         dist.barrier()
+        check_fenced(stage.run.storage.uri)  # a writer that lost its lease uploads nothing
         ray.train.report(
             {**metrics, **_placement()}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
         )

@@ -461,6 +461,9 @@ class OutputSpec(Strict):
     dir: str = "runs"  # a local folder or s3://bucket/prefix
     s3: S3Spec = S3Spec()
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # How long the folder's lease lasts after each renewal (renewed every quarter of it): a
+    # driver that dies, or pauses this long, loses the folder to the next writer.
+    lease_ttl_s: float = Field(120.0, ge=4.0, le=86400.0)
 
 
 STAGE_TEACHER_PREFIX = "stage:"  # teacher.name "stage:NAME": the model a previous stage made

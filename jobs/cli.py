@@ -22,6 +22,7 @@ import json
 import os
 import sys
 
+from distill.cluster.storage_protocol import LeaseLost
 from distill.core.smoke import SmokePlan
 from distill.core.spec import SpecError
 from distill.core.spec_loading import load_spec, override_fields
@@ -306,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except LeaseLost as exc:  # another writer took the folder over: this one stopped writing
+        _quiet_ray()
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

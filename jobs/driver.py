@@ -33,6 +33,7 @@ class Folder:
     config_file: str
     config_text: str
     what: str = "run"  # "run" | "sweep", for the one line when the folder cannot be made
+    lease_ttl_s: float = 120.0  # `output.lease_ttl_s`
 
 
 def drive(
@@ -50,7 +51,9 @@ def drive(
         on_checked()
     with contextlib.ExitStack() as held:
         if lease:
-            take_lease(held, folder.storage, force=force, field=folder.field)
+            take_lease(
+                held, folder.storage, force=force, field=folder.field, ttl_s=folder.lease_ttl_s
+            )
         write_folder_config(folder)
         return launch()
 

@@ -297,16 +297,23 @@ def check_storage(uri, spec: JobSpec, field: str = "output.dir"):
 
 
 def take_lease(
-    held: contextlib.ExitStack, storage, *, force: bool, field: str = "--output"
+    held: contextlib.ExitStack,
+    storage,
+    *,
+    force: bool,
+    field: str = "--output",
+    ttl_s: float = 120.0,
 ) -> None:
     """Hold the run (or sweep) folder's lease until `held` closes (renewed meanwhile,
-    released at the end). Another writer's valid lease is a one-line SpecError naming it
-    (host, pid, since), before Ray starts; `force` takes it over."""
+    released at the end, lasting `ttl_s` after each renewal; every write under the folder
+    fenced by it, see cluster/lease.py).
+    Another writer's valid lease is a one-line SpecError naming it (host, pid, since),
+    before Ray starts; `force` takes it over."""
     from distill.cluster.lease import hold_lease
     from distill.cluster.storage import LeaseHeld
 
     try:
-        held.enter_context(hold_lease(storage, force=force))
+        held.enter_context(hold_lease(storage, force=force, ttl_s=ttl_s))
     except LeaseHeld as exc:
         raise SpecError(f"{field}: {exc}") from None
     except OSError as exc:  # the folder cannot be created (a file in the way, no permission)

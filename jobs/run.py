@@ -23,6 +23,7 @@ from distill.cluster.cache_store import CacheRequest, cache_summary, resolve_cac
 from distill.cluster.checkpoints import newest_intact
 from distill.cluster.deepspeed_config import deepspeed_config
 from distill.cluster.job_data import train_eval_texts
+from distill.cluster.lease import check_fence, fence_of
 from distill.cluster.pipeline import (
     WorkerInputs,
     mark_done,
@@ -160,11 +161,17 @@ def _run_stages(
         teacher_service=teacher_service,
         damaged=damaged,
         resume_from=checkpoints.intact["path"] if checkpoints.intact else None,
+        fence=fence_of(storage.uri),  # the run's lease, or its sweep's
     )
     if storage.exists(DIVERGED_FILE):  # an earlier invocation's; this one starts afresh
         storage.delete(DIVERGED_FILE)
-    result = fit(inputs, storage, callbacks=callbacks)
+    try:
+        result = fit(inputs, storage, callbacks=callbacks)
+    except Exception:
+        check_fence(inputs.fence, inputs.s3)  # fenced out: that is the one line to print
+        raise
     if getattr(result, "error", None):
+        check_fence(inputs.fence, inputs.s3)
         raise result.error
     if storage.exists(DIVERGED_FILE):
         record = json.loads(storage.read_text(DIVERGED_FILE))
@@ -219,7 +226,9 @@ def prepare_run(
     request = None
     if teacher_cache is None and cache_bypass is None:  # a sweep trial brings its own
         request, cache_bypass = _cache_request(spec, stages, storage)
-    folder = Folder(storage, field, CONFIG_FILE, dump_spec(spec))
+    folder = Folder(
+        storage, field, CONFIG_FILE, dump_spec(spec), lease_ttl_s=spec.output.lease_ttl_s
+    )
     return PreparedRun(spec, stages, folder, request, teacher_cache, cache_bypass, teacher_service)
 
 

@@ -120,9 +120,9 @@ def prepare_sweep(sweep: SweepSpec, output: str | None = None) -> PreparedSweep:
     except SpecError as exc:
         raise SpecError(f"base.{exc}") from None
     text = yaml.safe_dump(redacted(sweep.model_dump(mode="json")), sort_keys=False)
-    return PreparedSweep(
-        sweep, checked, Folder(storage, field, SWEEP_FILE, text, "sweep"), tracking
-    )
+    ttl_s = base_spec.output.lease_ttl_s
+    folder = Folder(storage, field, SWEEP_FILE, text, "sweep", lease_ttl_s=ttl_s)
+    return PreparedSweep(sweep, checked, folder, tracking)
 
 
 def run_sweep(
@@ -211,6 +211,7 @@ def _launch_sweep(prepared: PreparedSweep, started: float, choose: tuple) -> dic
 def _run_trials(prepared: PreparedSweep, started, choose, cache, bypass, points, service) -> dict:
     """The Tune experiment (every trial through `run_trial`), then the sweep's report."""
     from distill.cluster.cache_store import cache_summary
+    from distill.cluster.lease import fence_of
     from distill.cluster.tracking import local_root, tune_callbacks
     from distill.cluster.tune_sweep import TRIALS_DIR, max_concurrent_trials, run_tuner
 
@@ -229,6 +230,7 @@ def _run_trials(prepared: PreparedSweep, started, choose, cache, bypass, points,
         "cache": cache,
         "bypass": bypass,
         "service": service,
+        "fence": fence_of(storage.uri),  # every trial writes under the sweep's lease
     }
     results = run_tuner(
         sweep,
@@ -311,10 +313,13 @@ def run_trial(params: dict, context: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from distill.cluster.lease import enter_fence
+
     spec = JobSpec.model_validate(apply_params(context["base"], trial_params(params)))
     # The sweep's Tune logger callbacks track every trial; its workers log no second copy.
     spec = spec.model_copy(update={"tracking": TrackingSpec()})
     trial_id = tune.get_context().get_trial_id()
+    enter_fence(context.get("fence"), spec.output.s3)
     report = run_job(
         spec,
         f"{context['trials_uri']}/{trial_id}",

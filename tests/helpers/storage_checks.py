@@ -16,13 +16,28 @@ from distill.cluster.storage_protocol import LEASE_FILE
 
 
 def lease(token: str, *, host: str = "node-a", pid: int = 4242, ttl_s: float = 60.0) -> Lease:
-    """A lease of another (made-up) writer, valid for `ttl_s` seconds (negative: expired)."""
+    """A lease of another (made-up) writer, valid for `ttl_s` seconds after it is written
+    (negative: expired)."""
     now = time.time()
-    return Lease(token=token, host=host, pid=pid, started=now - 5, expires=now + ttl_s)
+    return Lease(token=token, host=host, pid=pid, started=now - 5, expires=now + ttl_s, ttl_s=ttl_s)
 
 
 def _held(store: Storage) -> Lease | None:
-    return Lease.from_json(store.get(LEASE_FILE)) if store.exists(LEASE_FILE) else None
+    """The folder's holder (None: no lease, or a released one), without the generation
+    the storage added, to compare with the lease that was taken."""
+    held, _ = store.read_lease()
+    return None if held is None or held.released else dataclasses.replace(held, generation=0)
+
+
+def lease_free(store: Storage) -> bool:
+    """Nobody holds the folder: no lease, or one its holder released (kept for the count)."""
+    held, _ = store.read_lease()
+    return held is None or held.released
+
+
+def _generation(store: Storage) -> int:
+    held, _ = store.read_lease()
+    return held.generation
 
 
 def _local_folder(root: Path, files: dict[str, bytes]) -> Path:
@@ -135,7 +150,7 @@ def check_lease_has_one_holder(store: Storage, scratch: Path) -> None:
     assert store.acquire_lease(first) is None and _held(store) == first
     with pytest.raises(LeaseHeld) as refused:
         store.acquire_lease(lease("second", host="node-b", pid=7))
-    assert refused.value.holder == first
+    assert refused.value.holder.token == first.token
     message = str(refused.value)
     assert (
         "\n" not in message and "host node-a, pid 4242, since " in message and "--force" in message
@@ -147,30 +162,56 @@ def check_lease_has_one_holder(store: Storage, scratch: Path) -> None:
 
     store.release_lease(lease("second"))  # not the holder: nothing happens
     assert _held(store) == renewed
+    assert _generation(store) == 1  # the first holder; a renewal keeps its generation
     store.release_lease(first)
-    assert _held(store) is None and not store.exists(LEASE_FILE)
+    assert _held(store) is None
+    released, _ = store.read_lease()  # kept, marked released, so the count goes on
+    assert released.released and released.token == "first"
     second = lease("second", host="node-b", pid=7)
     assert store.acquire_lease(second) is None and _held(store) == second
+    assert _generation(store) == 2
 
 
 def check_expired_or_forced_leases_are_taken_over(store: Storage, scratch: Path) -> None:
     stale = lease("stale", ttl_s=-1)  # its writer stopped renewing a second ago
     store.acquire_lease(stale)
     fresh = lease("fresh", host="node-b")
-    assert store.acquire_lease(fresh) == stale and _held(store) == fresh
+    assert store.acquire_lease(fresh).token == stale.token and _held(store) == fresh
 
     forced = lease("forced", host="node-c")
     with pytest.raises(LeaseHeld):
         store.acquire_lease(forced)
-    assert store.acquire_lease(forced, force=True) == fresh and _held(store) == forced
+    assert store.acquire_lease(forced, force=True).token == fresh.token and _held(store) == forced
     # The writer that lost its lease can neither renew nor release it.
     with pytest.raises(LeaseHeld):
         store.acquire_lease(dataclasses.replace(fresh, expires=time.time() + 60))
     store.release_lease(fresh)
     assert _held(store) == forced
 
+    assert _generation(store) == 3  # stale 1, fresh 2, forced 3
+
     store.put(LEASE_FILE, b'{"token": "half-wr')  # a writer died while creating it
     assert store.acquire_lease(fresh) is None and _held(store) == fresh
+
+
+def check_lease_expiry_uses_the_storages_clock(store: Storage, scratch: Path) -> None:
+    """A lease whose holder's clock runs an hour fast (its `expires` far ahead) still
+    expires `ttl_s` after its last write as the storage measures it, and one whose holder's
+    clock runs an hour slow (`expires` long past) is still valid within its ttl."""
+    now = time.time()
+    fast = Lease("fast", "node-a", 1, now + 3600, now + 3600 + 1.5, ttl_s=1.5)
+    store.acquire_lease(fast)
+    _, age = store.read_lease()
+    assert age is not None and 0 <= age < 1.5
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease(lease("next", host="node-b"))
+    time.sleep(2.6)  # S3 dates have whole seconds: past ttl_s on any rounding
+    assert store.acquire_lease(lease("next", host="node-b")).token == "fast"
+
+    slow = Lease("slow", "node-c", 2, now - 3600, now - 3600 + 60, ttl_s=60)
+    store.acquire_lease(slow, force=True)
+    with pytest.raises(LeaseHeld):
+        store.acquire_lease(lease("other", host="node-d"))
 
 
 CHECKS = [
@@ -183,4 +224,5 @@ CHECKS = [
     check_delete,
     check_lease_has_one_holder,
     check_expired_or_forced_leases_are_taken_over,
+    check_lease_expiry_uses_the_storages_clock,
 ]

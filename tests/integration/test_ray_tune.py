@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.s3_fixtures import list_keys, s3_client
+from helpers.storage_checks import lease_free
 from test_cli import cli_env
 from transformers import AutoModel
 
@@ -122,7 +123,7 @@ def test_s3_sweep_interrupted_and_resumed(tmp_path, moto_endpoint, bucket):
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     out, _ = first.communicate(timeout=180)
     assert first.returncode == 130, out[-3000:]
-    assert not storage.exists(LEASE_FILE)  # released on Ctrl-C too
+    assert lease_free(storage)  # released on Ctrl-C too
     interrupted = json.loads(storage.read_text("sweep_report.json"))
     assert interrupted["counts"]["completed"] == len(done_first) >= 1
     assert interrupted["counts"]["interrupted"] == 2 - len(done_first)

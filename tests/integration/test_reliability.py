@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from helpers.s3_fixtures import list_keys
+from helpers.storage_checks import lease_free
 from test_ray_train import SMALL
 
 from distill.cluster.checkpoints import complete_checkpoints
@@ -114,7 +114,7 @@ def test_a_second_writer_is_refused_while_the_first_runs(contested_run):
     # The first run was not disturbed, and released its lease when it ended.
     assert "error" not in contested_run, contested_run.get("error")
     assert contested_run["report"]["training"]["steps"] == 8
-    assert not run.exists(LEASE_FILE)
+    assert lease_free(run)
 
 
 def test_resume_passes_over_a_damaged_newest_checkpoint(contested_run, capfd):
@@ -127,7 +127,7 @@ def test_resume_passes_over_a_damaged_newest_checkpoint(contested_run, capfd):
     report = run_job(load_spec(None, SMALL + ["training.steps=12"]), run.uri)
     _check_fallback(run, first, capfd.readouterr().err, newest, older, size)
     assert report["training"]["steps"] == 12
-    assert not run.exists(LEASE_FILE)
+    assert lease_free(run)
 
 
 @pytest.mark.slow(
@@ -148,4 +148,4 @@ def test_resume_passes_over_a_damaged_newest_checkpoint_in_s3(
     capfd.readouterr()
     run_job(load_spec(None, SMALL + s3 + ["training.steps=12"]), uri)
     _check_fallback(run, first, capfd.readouterr().err, newest, older, size)
-    assert f"runs/damaged/{LEASE_FILE}" not in list_keys(moto_endpoint, bucket, "runs/damaged/")
+    assert lease_free(run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.storage_checks import lease_free
 
 from distill.cluster.storage import open_storage
 from distill.cluster.storage_protocol import LEASE_FILE
@@ -35,7 +36,7 @@ def test_steps_run_in_order_with_the_lease_held_while_launching(tmp_path):
     )
     assert report == {"done": True}
     assert seen == [("checked", False), ("launch", "a: 1\n", True)]
-    assert not (run / LEASE_FILE).exists()  # released at the end
+    assert lease_free(open_storage(run))  # released at the end
 
 
 def test_a_second_writer_is_refused_before_its_config_or_launch(tmp_path):
