@@ -5,33 +5,12 @@ from __future__ import annotations
 
 import datasets
 
-from distill.core.data import load_examples, load_text_pairs, load_texts, split_eval
+from distill.core.data import DataSource, load_examples, load_text_pairs, load_texts, split_eval
 from distill.core.spec import JobSpec, SourceSpec
 
 
 def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
-    if spec.task is not None and spec.task.type == "seq2seq":
-        return load_text_pairs(
-            source.path,
-            target_column=spec.task.target_column,
-            fmt=source.format,
-            split=source.split,
-            config_name=source.config_name,
-            text_columns=spec.data.text_columns,
-            where=where,
-        )
-    if spec.task is not None:
-        return load_examples(
-            source.path,
-            label_column=spec.task.label_column,
-            task_type=spec.task.type,
-            fmt=source.format,
-            split=source.split,
-            config_name=source.config_name,
-            text_columns=spec.data.text_columns,
-            where=where,
-        )
-    return load_texts(
+    rows = DataSource(
         source.path,
         fmt=source.format,
         split=source.split,
@@ -39,6 +18,11 @@ def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
         text_columns=spec.data.text_columns,
         where=where,
     )
+    if spec.task is not None and spec.task.type == "seq2seq":
+        return load_text_pairs(rows, target_column=spec.task.target_column)
+    if spec.task is not None:
+        return load_examples(rows, label_column=spec.task.label_column, task_type=spec.task.type)
+    return load_texts(rows)
 
 
 def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]:

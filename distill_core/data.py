@@ -61,15 +61,23 @@ def source_format(path: str, fmt: str = "auto") -> str:
 
 
 def tokenized_batches(
-    tokenizer, texts: Sequence[str], batch_size: int, max_length: int, **options
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int,
+    max_length: int,
+    *,
+    pairs: Sequence[str] | None = None,
+    **options,
 ) -> list[dict[str, torch.Tensor]]:
     """`texts` in order, `batch_size` at a time, each batch tokenized as PyTorch tensors,
-    padded to its longest row and truncated to `max_length` (`options`: more tokenizer
-    arguments)."""
+    padded to its longest row and truncated to `max_length`. `pairs`: each row's second
+    text (sentence-pair tasks), encoded together with its first; `options`: more tokenizer
+    arguments."""
     return [
         dict(
             tokenizer(
                 list(texts[i : i + batch_size]),
+                None if pairs is None else list(pairs[i : i + batch_size]),
                 padding=True,
                 truncation=True,
                 max_length=max_length,
@@ -252,46 +260,45 @@ def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
     )
 
 
-def _load_named(path: str, fmt: str, split: str, config_name: str | None, where: str):
-    """`load_source` whose errors name the spec field (`where`)."""
-    try:
-        return load_source(path, fmt, split, config_name)
-    except DataError as exc:
-        raise DataError(f"{where}: {exc}") from None
+@dataclass(frozen=True)
+class DataSource:
+    """One source of rows as the readers (`load_texts`, `load_examples`, `load_text_pairs`)
+    take it: `path` (a file, a hub dataset name or a `builtin:` corpus), `fmt` (see
+    `source_format`; `auto` guesses from the path), `split` and `config_name` of a hub
+    dataset, `text_columns` (None: `pick_text_columns` guesses) and `where`, the spec field
+    that every error about the source names."""
+
+    path: str
+    fmt: str = "auto"
+    split: str = "train"
+    config_name: str | None = None
+    text_columns: Sequence[str] | None = None
+    where: str = "data.train"
+
+    def load(self) -> datasets.Dataset:
+        """`load_source` of this source (all its columns), its errors naming `where`."""
+        try:
+            return load_source(self.path, self.fmt, self.split, self.config_name)
+        except DataError as exc:
+            raise DataError(f"{self.where}: {exc}") from None
 
 
-def load_texts(
-    path: str,
-    *,
-    fmt: str = "auto",
-    split: str = "train",
-    config_name: str | None = None,
-    text_columns: Sequence[str] | None = None,
-    where: str = "data.train",
-) -> datasets.Dataset:
+def load_texts(source: DataSource) -> datasets.Dataset:
     """Load a source and return a dataset with a single non-empty `text` column."""
-    ds = _load_named(path, fmt, split, config_name, where)
-    texts = as_texts(ds, pick_text_columns(ds, text_columns, where))
+    ds, where = source.load(), source.where
+    texts = as_texts(ds, pick_text_columns(ds, source.text_columns, where))
     if len(texts) == 0:
-        raise DataError(f"{where}: {path} has no non-empty text rows")
+        raise DataError(f"{where}: {source.path} has no non-empty text rows")
     return texts
 
 
 def load_examples(
-    path: str,
-    *,
-    label_column: str,
-    task_type: str = "classification",
-    fmt: str = "auto",
-    split: str = "train",
-    config_name: str | None = None,
-    text_columns: Sequence[str] | None = None,
-    where: str = "data.train",
+    source: DataSource, *, label_column: str, task_type: str = "classification"
 ) -> datasets.Dataset:
     """Labelled rows for a task: columns `text`, `text_pair` (sentence-pair tasks, when two
     text columns are chosen) and `label`."""
-    ds = _load_named(path, fmt, split, config_name, where)
-    columns = pick_text_columns(ds, text_columns, where)
+    ds, path, where = source.load(), source.path, source.where
+    columns = pick_text_columns(ds, source.text_columns, where)
     if len(columns) > 2:
         raise DataError(f"{where}: a task takes one or two text columns, got {columns}")
     if label_column not in ds.column_names:
@@ -321,25 +328,16 @@ def load_examples(
         raise DataError(f"{where}: label column {label_column!r} must hold {kind}") from None
 
 
-def load_text_pairs(
-    path: str,
-    *,
-    target_column: str = "target",
-    fmt: str = "auto",
-    split: str = "train",
-    config_name: str | None = None,
-    text_columns: Sequence[str] | None = None,
-    where: str = "data.train",
-) -> datasets.Dataset:
+def load_text_pairs(source: DataSource, *, target_column: str = "target") -> datasets.Dataset:
     """Source/target text pairs for a seq2seq task: columns `text` and `target`."""
-    ds = _load_named(path, fmt, split, config_name, where)
+    ds, path, where = source.load(), source.path, source.where
     if target_column not in ds.column_names:
         raise DataError(
             f"{where}: target column {target_column!r} not found; columns are {ds.column_names}"
             " (set task.target_column)"
         )
     sources = [
-        c for c in pick_text_columns(ds.remove_columns([target_column]), text_columns, where)
+        c for c in pick_text_columns(ds.remove_columns([target_column]), source.text_columns, where)
     ]
     if len(sources) != 1:
         raise DataError(f"{where}: a seq2seq task takes one source text column, got {sources}")

@@ -74,6 +74,7 @@ from distill.core.student import (
 from distill.core.student_resolution import (
     PRETRAINED,
     SEQUENCE_KD_NEEDS,
+    STUDENT_PREFIX,
     as_teacher_copy,
     check_layer_choice,
     load_pretrained_student,
@@ -85,7 +86,6 @@ from distill.core.student_resolution import (
     used_losses,
 )
 
-_STUDENT = "student."
 # Losses that compare whole sentences, so student and teacher may tokenize differently.
 SENTENCE_LEVEL_LOSSES = POOLED_LOSSES | TASK_LOSSES
 _POOLED = "objective.projections.pooled."
@@ -422,7 +422,7 @@ class EncoderFamily(ModelFamily):
         if projection is not None:
             objective.projections["pooled"] = projection
         model = DistillationModel(student, objective)
-        keep = {k: v for k, v in state.items() if k.startswith((_STUDENT, _POOLED))}
+        keep = {k: v for k, v in state.items() if k.startswith((STUDENT_PREFIX, _POOLED))}
         load_state(model, keep)
         return model
 

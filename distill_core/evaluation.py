@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-from distill.core.data import StsPairs
+from distill.core.data import StsPairs, tokenized_batches
 from distill.core.export import SentenceEncoder
 from distill.core.losses import pairwise_cosines
 
@@ -79,18 +79,12 @@ def task_scores(folder, rows, *, max_length: int = 128, batch_size: int = 64) ->
         raise ValueError(f"{folder}: no task head to evaluate")
     head.eval()
     preds = []
-    pairs = "text_pair" in rows.column_names
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        batch = encoder.tokenizer(
-            chunk["text"],
-            chunk["text_pair"] if pairs else None,
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-        logits = forward_outputs(encoder.model, dict(batch), head=head).logits
+    pairs = rows["text_pair"] if "text_pair" in rows.column_names else None
+    batches = tokenized_batches(
+        encoder.tokenizer, rows["text"], batch_size, max_length, pairs=pairs
+    )
+    for batch in batches:
+        logits = forward_outputs(encoder.model, batch, head=head).logits
         preds.append(logits.argmax(-1) if head.task_type == "classification" else logits[:, 0])
     predicted = torch.cat(preds)
     labels = torch.tensor(rows["label"])

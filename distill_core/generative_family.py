@@ -73,6 +73,7 @@ from distill.core.student import (
 from distill.core.student_resolution import (
     PRETRAINED,
     SEQUENCE_KD_NEEDS,
+    STUDENT_PREFIX,
     as_teacher_copy,
     check_layer_choice,
     load_pretrained_student,
@@ -83,8 +84,6 @@ from distill.core.student_resolution import (
     student_size,
     used_losses,
 )
-
-_STUDENT = "student."
 
 
 class GenerativeFamily(ModelFamily):
@@ -354,7 +353,8 @@ class GenerativeFamily(ModelFamily):
     def student_from_state(self, spec, teacher_config, state):
         student = self.auto_class.from_config(student_model_config(spec, teacher_config))
         load_state(
-            student, {k[len(_STUDENT) :]: v for k, v in state.items() if k.startswith(_STUDENT)}
+            student,
+            {k[len(STUDENT_PREFIX) :]: v for k, v in state.items() if k.startswith(STUDENT_PREFIX)},
         )
         settings = TokenSettings()
         ids = BatchIds(seq2seq=self.name == "seq2seq", pad=0)

@@ -222,7 +222,7 @@ def repeat_kv_heads(kv: torch.Tensor, num_heads: int, num_kv_heads: int) -> torc
     return heads.repeat_interleave(num_heads // num_kv_heads, dim=-2).flatten(-2)
 
 
-def relation_kl_per_query(
+def relation_kl(
     student_a: torch.Tensor,
     student_b: torch.Tensor,
     teacher_a: torch.Tensor,
@@ -231,9 +231,21 @@ def relation_kl_per_query(
     *,
     num_heads: int,
     causal: bool = False,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """`relation_kl` before its mean over queries: [batch, seq] float32, the KL of each
-    query's relation row summed over keys and averaged over heads (0 at padded queries)."""
+    """KL(teacher relation || student relation) for scaled dot-product relations.
+
+    The generic MiniLM (Wang et al., 2020) / MiniLMv2 (Wang et al., 2021) loss. Each input is
+    [batch, seq, width]; student and teacher widths may differ but each must be divisible by
+    `num_heads`. Per head h, relation = softmax(a_h b_hᵀ / sqrt(d_head)) over keys, with
+    padded keys (mask [batch, seq], 1 for real tokens) and, when `causal`, future keys
+    excluded (a decoder's query t sees keys 0..t only). The KL is summed over keys and
+    averaged over heads; `reduction="mean"` (the loss) averages it over real query tokens
+    too (0 when no token is real), `reduction="none"` returns each query's row [batch, seq]
+    float32 (0 at padded queries), as `torch.nn.functional.kl_div` names its reductions.
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction: unknown {reduction!r}; choose mean or none")
     if student_a.shape[:2] != teacher_a.shape[:2] or mask.shape != student_a.shape[:2]:
         raise ValueError(
             f"student {tuple(student_a.shape)}, teacher {tuple(teacher_a.shape)} and mask "
@@ -249,32 +261,8 @@ def relation_kl_per_query(
     log_pt = _log_relation(teacher_a, teacher_b, allowed, num_heads, "teacher")
     terms = torch.where(allowed, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_ps))
     per_query = terms.sum(-1).mean(1)  # summed over keys, averaged over heads
-    return torch.where(real, per_query, torch.zeros_like(per_query))
-
-
-def relation_kl(
-    student_a: torch.Tensor,
-    student_b: torch.Tensor,
-    teacher_a: torch.Tensor,
-    teacher_b: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    num_heads: int,
-    causal: bool = False,
-) -> torch.Tensor:
-    """KL(teacher relation || student relation) for scaled dot-product relations.
-
-    The generic MiniLM (Wang et al., 2020) / MiniLMv2 (Wang et al., 2021) loss. Each input is
-    [batch, seq, width]; student and teacher widths may differ but each must be divisible by
-    `num_heads`. Per head h, relation = softmax(a_h b_hᵀ / sqrt(d_head)) over keys, with
-    padded keys (mask [batch, seq], 1 for real tokens) and, when `causal`, future keys
-    excluded (a decoder's query t sees keys 0..t only). The KL is summed over keys and
-    averaged over heads and real query tokens; 0 when no token is real.
-    """
-    per_query = relation_kl_per_query(
-        student_a, student_b, teacher_a, teacher_b, mask, num_heads=num_heads, causal=causal
-    )
-    return _masked_mean(per_query, mask)
+    per_query = torch.where(real, per_query, torch.zeros_like(per_query))
+    return per_query if reduction == "none" else _masked_mean(per_query, mask)
 
 
 def attention_kl(

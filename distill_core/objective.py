@@ -97,29 +97,30 @@ class DistillView:
         return self.student.qkv[s.student_layer], self.teacher.qkv[s.teacher_layer]
 
 
-def _hidden_mse(view: DistillView) -> torch.Tensor:
-    terms = [
-        losses.hidden_mse(
-            view.project(f"hidden_{s}", view.student.hidden[s]), view.teacher.hidden[t], view.mask
-        )
-        for s, t in view.pairs
-    ]
-    return torch.stack(terms).mean()
+def _over_layer_pairs(
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[DistillView], torch.Tensor]:
+    """The term that averages `loss(student hidden, teacher hidden, mask)` over the mapped
+    (student, teacher) layer pairs, each student layer read through its `hidden_<i>`
+    projection (TinyBERT's per-layer hidden-state transfer)."""
+
+    def term(view: DistillView) -> torch.Tensor:
+        terms = [
+            loss(
+                view.project(f"hidden_{s}", view.student.hidden[s]),
+                view.teacher.hidden[t],
+                view.mask,
+            )
+            for s, t in view.pairs
+        ]
+        return torch.stack(terms).mean()
+
+    return term
 
 
 def _embedding_mse(view: DistillView) -> torch.Tensor:
     student = view.project("hidden_0", view.student.hidden[0])
     return losses.hidden_mse(student, view.teacher.hidden[0], view.mask)
-
-
-def _hidden_cosine(view: DistillView) -> torch.Tensor:
-    terms = [
-        losses.hidden_cosine(
-            view.project(f"hidden_{s}", view.student.hidden[s]), view.teacher.hidden[t], view.mask
-        )
-        for s, t in view.pairs
-    ]
-    return torch.stack(terms).mean()
 
 
 def _pooled_mse(view: DistillView) -> torch.Tensor:
@@ -171,9 +172,9 @@ def _attention(name: str) -> Callable[[DistillView], torch.Tensor]:
 
 
 LOSSES: dict[str, Callable[[DistillView], torch.Tensor]] = {
-    "hidden_mse": _hidden_mse,
+    "hidden_mse": _over_layer_pairs(losses.hidden_mse),
     "embedding_mse": _embedding_mse,
-    "hidden_cosine": _hidden_cosine,
+    "hidden_cosine": _over_layer_pairs(losses.hidden_cosine),
     "pooled_mse": _pooled_mse,
     "pooled_cosine": _pooled_cosine,
     "pooled_similarity": _pooled_similarity,

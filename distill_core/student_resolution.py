@@ -143,6 +143,11 @@ def student_model_config(spec: JobSpec, teacher_config: PretrainedConfig) -> Pre
     return student_config(teacher_config, size, chosen[0])
 
 
+# The student's keys in a consolidated state dict of a family's trainable model: every
+# family's trainable model holds its student as `.student`.
+STUDENT_PREFIX = "student."
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a consolidated state dict into `model`, tolerating only missing persistent
     buffers (ZeRO checkpoints hold parameters)."""

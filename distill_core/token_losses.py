@@ -21,6 +21,7 @@ Distillation Loss" (ULD).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -120,8 +121,11 @@ def _chunked_mean(
     chunk_sum, tensors: tuple[torch.Tensor, ...], num_chunks: int, checkpoint: bool, n: int
 ) -> torch.Tensor:
     """`chunk_sum` over aligned row chunks of `tensors` (the first is the student's hidden
-    states), summed and divided by `n` rows; with `checkpoint` each chunk's activations are
-    recomputed in backward, so one chunk's [tokens, vocab] logits are alive at a time."""
+    states), summed and divided by `n` rows (0, still attached to the graph, when `n` is 0);
+    with `checkpoint` each chunk's activations are recomputed in backward, so one chunk's
+    [tokens, vocab] logits are alive at a time."""
+    if n == 0:
+        return tensors[0].sum() * 0.0
     total = tensors[0].new_zeros((), dtype=torch.float32)
     for chunk in zip(*(_chunks(t, num_chunks) for t in tensors)):
         if checkpoint and torch.is_grad_enabled() and chunk[0].requires_grad:
@@ -129,6 +133,26 @@ def _chunked_mean(
         else:
             total = total + chunk_sum(*chunk)
     return total / n
+
+
+def _live_teacher_sum(
+    per_token: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The `_chunked_mean` chunk sum of a loss between the student and a live teacher:
+    each model's logits built from its own hidden rows by its own head, then
+    `per_token(student logits, teacher logits)` ([rows]) summed. Shared by every chunked
+    loss that reads the teacher's hidden states (`chunked_token_kd`, `chunked_uld`)."""
+
+    def chunk_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
+        # The teacher's logits are rebuilt inside the chunk too: keeping them for the
+        # backward pass would hold [tokens, vocab] for the whole batch again.
+        with torch.no_grad():
+            t_logits = teacher_head(t_hidden)
+        return per_token(student_head(s_hidden), t_logits).sum()
+
+    return chunk_sum
 
 
 def chunked_token_kd(
@@ -149,23 +173,11 @@ def chunked_token_kd(
     rows of the target tokens only (padding and ignore_index already dropped); heads map
     [n, width] -> [n, vocab] logits. Equal to `token_kd` on the full logits.
     """
+    per_token = functools.partial(
+        token_divergence, divergence=divergence, temperature=temperature, beta=beta
+    )
+    chunk_sum = _live_teacher_sum(per_token, student_head, teacher_head)
     n = student_hidden.shape[0]
-    if n == 0:
-        return student_hidden.sum() * 0.0
-
-    def chunk_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
-        # The teacher's logits are rebuilt inside the chunk too: keeping them for the
-        # backward pass would hold [tokens, vocab] for the whole batch again.
-        with torch.no_grad():
-            t_logits = teacher_head(t_hidden)
-        return token_divergence(
-            student_head(s_hidden),
-            t_logits,
-            divergence=divergence,
-            temperature=temperature,
-            beta=beta,
-        ).sum()
-
     return _chunked_mean(chunk_sum, (student_hidden, teacher_hidden), num_chunks, checkpoint, n)
 
 
@@ -179,10 +191,7 @@ def chunked_lm_cross_entropy(
 ) -> torch.Tensor:
     """`lm_cross_entropy` from hidden states [tokens, width] and targets [tokens], logits
     built per chunk (targets may hold `IGNORE_INDEX`)."""
-    keep = targets != IGNORE_INDEX
-    n = int(keep.sum())
-    if n == 0:
-        return hidden.sum() * 0.0
+    n = int((targets != IGNORE_INDEX).sum())
 
     def chunk_sum(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -264,9 +273,6 @@ def chunked_sparse_token_kd(
     """Mean `sparse_token_divergence` over target tokens given as the student's final hidden
     states [tokens, width] and the cached teacher top-k ([tokens, k], [tokens, k],
     [tokens]); the student's logits are built one chunk at a time (see `chunked_token_kd`)."""
-    n = student_hidden.shape[0]
-    if n == 0:
-        return student_hidden.sum() * 0.0
 
     def chunk_sum(h, ids, logits, lse) -> torch.Tensor:
         return sparse_token_divergence(
@@ -275,7 +281,7 @@ def chunked_sparse_token_kd(
         ).sum()  # fmt: skip
 
     tensors = (student_hidden, topk_ids, topk_logits, teacher_lse)
-    return _chunked_mean(chunk_sum, tensors, num_chunks, checkpoint, n)
+    return _chunked_mean(chunk_sum, tensors, num_chunks, checkpoint, student_hidden.shape[0])
 
 
 def teacher_topk(
@@ -368,13 +374,7 @@ def chunked_uld(
     student_hidden: [n, student width], teacher_hidden: [n, teacher width], row i of each
     one aligned pair (`first_aligned`); heads map [m, width] -> [m, own vocabulary].
     """
+    per_token = functools.partial(uld_divergence, temperature=temperature)
+    chunk_sum = _live_teacher_sum(per_token, student_head, teacher_head)
     n = student_hidden.shape[0]
-    if n == 0:
-        return student_hidden.sum() * 0.0
-
-    def chunk_sum(s_hidden: torch.Tensor, t_hidden: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            t_logits = teacher_head(t_hidden)
-        return uld_divergence(student_head(s_hidden), t_logits, temperature=temperature).sum()
-
     return _chunked_mean(chunk_sum, (student_hidden, teacher_hidden), num_chunks, checkpoint, n)

@@ -30,8 +30,14 @@ def builtin_path(name: str) -> str | None:
     return str(folder) if (folder / "config.json").is_file() else None
 
 
-def _train_tokenizer(specials: list[str]):
+def _write_tokenizer(folder: Path, special_tokens: dict[str, str], post_processor=None):
+    """Train the byte-level BPE tokenizer on the built-in docstring corpus and save it to
+    `folder` as a fast tokenizer whose roles (`bos_token`, `pad_token`, ...) are
+    `special_tokens`; the special tokens take the first ids, in the order the roles name
+    them. `post_processor`: the template that adds them around a text (BART's <s> ... </s>).
+    Returns the trained `tokenizers.Tokenizer`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     from distill.core.corpus import docstring_sentences
 
@@ -40,27 +46,25 @@ def _train_tokenizer(specials: list[str]):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=specials,
+        special_tokens=list(dict.fromkeys(special_tokens.values())),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(docstring_sentences(), trainer)
+    if post_processor is not None:
+        tok.post_processor = post_processor
+    PreTrainedTokenizerFast(tokenizer_object=tok, **special_tokens).save_pretrained(folder)
     return tok
 
 
 def _gpt2(folder: Path) -> None:
-    from transformers import GPT2Config, PreTrainedTokenizerFast
+    from transformers import GPT2Config
 
-    tok = _train_tokenizer(["<|endoftext|>"])
-    eos = tok.token_to_id("<|endoftext|>")
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>",  # GPT-2 has no pad token; padding is masked out anyway
-    )
-    fast.save_pretrained(folder)
+    end = "<|endoftext|>"
+    # GPT-2 has one special token for every role, padding too (padding is masked out).
+    roles = ("bos_token", "eos_token", "unk_token", "pad_token")
+    tok = _write_tokenizer(folder, dict.fromkeys(roles, end))
+    eos = tok.token_to_id(end)
     config = GPT2Config(
         vocab_size=VOCAB_SIZE,
         n_positions=MAX_POSITIONS,
@@ -76,24 +80,21 @@ def _gpt2(folder: Path) -> None:
 
 def _bart(folder: Path) -> None:
     from tokenizers import processors
-    from transformers import BartConfig, PreTrainedTokenizerFast
+    from transformers import BartConfig
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tok = _train_tokenizer(specials)
-    tok.post_processor = processors.TemplateProcessing(
+    special_tokens = {
+        "bos_token": "<s>",  # ids 0-4, in this order
+        "pad_token": "<pad>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+    }
+    template = processors.TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
         special_tokens=[("<s>", 0), ("</s>", 2)],
     )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
-    fast.save_pretrained(folder)
+    _write_tokenizer(folder, special_tokens, template)
     config = BartConfig(
         vocab_size=VOCAB_SIZE,
         max_position_embeddings=MAX_POSITIONS,

@@ -11,7 +11,15 @@ import torch
 from transformers import BertTokenizerFast
 
 import distill.core.data
-from distill.core.data import DataError, collate, load_examples, load_texts, split_eval, tokenize
+from distill.core.data import (
+    DataError,
+    DataSource,
+    collate,
+    load_examples,
+    load_texts,
+    split_eval,
+    tokenize,
+)
 
 SST2_TRAIN = Path(__file__).resolve().parents[4] / "shared/data/sst2/train.tsv"
 ROWS = ["the cat sat on the mat", 'it \'s a "good" movie', "not bad"]
@@ -38,7 +46,7 @@ def _write(tmp_path: Path, fmt: str) -> Path:
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "txt"])
 def test_each_format_loads_its_text_column(tmp_path, fmt):
-    texts = load_texts(str(_write(tmp_path, fmt)))
+    texts = load_texts(DataSource(str(_write(tmp_path, fmt))))
     assert texts.column_names == ["text"]
     assert texts["text"] == ROWS  # blank txt lines are dropped, quotes kept verbatim
 
@@ -46,28 +54,28 @@ def test_each_format_loads_its_text_column(tmp_path, fmt):
 def test_guesses_the_only_string_column(tmp_path):
     path = tmp_path / "reviews.csv"
     path.write_text("stars,review\n5,great film\n1,awful plot\n")
-    assert load_texts(str(path))["text"] == ["great film", "awful plot"]
+    assert load_texts(DataSource(str(path)))["text"] == ["great film", "awful plot"]
 
 
 def test_explicit_columns_flatten_and_drop_empty_texts(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("title,body,n\na cat,the dog,1\nan end,,2\n")
-    texts = load_texts(str(path), text_columns=["title", "body"])["text"]
+    texts = load_texts(DataSource(str(path), text_columns=["title", "body"]))["text"]
     assert sorted(texts) == ["a cat", "an end", "the dog"]
-    assert load_texts(str(path), text_columns=["body"])["text"] == ["the dog"]
+    assert load_texts(DataSource(str(path), text_columns=["body"]))["text"] == ["the dog"]
 
 
 def test_ambiguous_columns_ask_for_text_columns(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("title,body\na,b\n")
     with pytest.raises(DataError, match="set data.text_columns"):
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
 
 
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.csv"
     with pytest.raises(DataError, match="not found") as err:
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
     assert str(path) in str(err.value)
 
 
@@ -75,13 +83,13 @@ def test_unknown_extension(tmp_path):
     path = tmp_path / "corpus.xlsx"
     path.write_text("x")
     with pytest.raises(DataError, match="unknown extension"):
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
 
 
 def test_missing_column_names_it_and_lists_the_columns(tmp_path):
     path = _write(tmp_path, "csv")
     with pytest.raises(DataError) as err:
-        load_texts(str(path), text_columns=["sentence"], where="data.eval")
+        load_texts(DataSource(str(path), text_columns=["sentence"], where="data.eval"))
     message = str(err.value)
     assert message.startswith("data.eval:") and "'sentence'" in message
     assert "['text', 'label']" in message
@@ -91,7 +99,7 @@ def test_only_empty_texts_is_an_error(tmp_path):
     path = tmp_path / "blank.csv"
     path.write_text("text,label\n,1\n   ,2\n")
     with pytest.raises(DataError, match="no non-empty text rows"):
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
 
 
 @pytest.mark.parametrize(("name", "content"), [("header.csv", "text,label\n"), ("empty.txt", "")])
@@ -99,7 +107,7 @@ def test_file_without_rows_is_a_data_error(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(DataError, match=name):
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
 
 
 @pytest.mark.parametrize(
@@ -121,7 +129,7 @@ def test_an_unreadable_file_gets_its_reason_not_a_generic_one(tmp_path, name, co
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DataError) as err:
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
     assert str(err.value).startswith(f"data.train: data file {path}: {reason}"), str(err.value)
     assert "An error occurred while generating the dataset" not in str(err.value)
 
@@ -130,18 +138,18 @@ def test_datasets_logs_nothing_for_an_unreadable_file(tmp_path, capfd):
     path = tmp_path / "broken.jsonl"
     path.write_text('{"text": "a"}\n{bad json\n')
     with pytest.raises(DataError):
-        load_texts(str(path))
+        load_texts(DataSource(str(path)))
     out, err = capfd.readouterr()
     assert "Failed to load JSON" not in out + err
 
 
 def test_an_unknown_builtin_corpus_lists_the_known_ones():
     with pytest.raises(DataError, match=r"builtin:nope: no such built-in corpus; choose from"):
-        load_texts("builtin:nope")
+        load_texts(DataSource("builtin:nope"))
 
 
 def test_the_packaged_wiki_sentences_are_general_domain_english_with_their_notice():
-    texts = load_texts("builtin:wiki-sentences")["text"]
+    texts = load_texts(DataSource("builtin:wiki-sentences"))["text"]
     assert len(texts) == 6472 and len(set(texts)) == 6472  # deduplicated
     assert all(4 <= len(t.split()) <= 64 for t in texts)
     notice = (Path(distill.core.data.__file__).parent / "samples" / "LICENSE.txt").read_text()
@@ -151,7 +159,7 @@ def test_the_packaged_wiki_sentences_are_general_domain_english_with_their_notic
 def test_a_folder_is_not_a_data_file(tmp_path):
     (tmp_path / "corpus.csv").mkdir()
     with pytest.raises(DataError, match=r"corpus\.csv: is a folder, expected a file"):
-        load_texts(str(tmp_path / "corpus.csv"))
+        load_texts(DataSource(str(tmp_path / "corpus.csv")))
 
 
 def test_a_hub_dataset_while_the_hub_is_unreachable_fails_at_once(monkeypatch):
@@ -162,7 +170,7 @@ def test_a_hub_dataset_while_the_hub_is_unreachable_fails_at_once(monkeypatch):
     monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     started = time.monotonic()
     with pytest.raises(DataError, match=r"^data\.train: 'nosuchorg/nosuchdata' is not a local"):
-        load_texts("nosuchorg/nosuchdata")
+        load_texts(DataSource("nosuchorg/nosuchdata"))
     assert time.monotonic() - started < 5
 
 
@@ -199,7 +207,7 @@ def test_tokenize_cache_tells_tokenizers_apart(tmp_path, tiny_tokenizer):
     other = BertTokenizerFast(vocab=str(vocab))
     path = tmp_path / "corpus.csv"
     path.write_text("text\nthe cat sat\n")
-    ds = load_texts(str(path))  # file-backed, so `map` results are cached on disk
+    ds = load_texts(DataSource(str(path)))  # file-backed, so `map` results are cached on disk
     want = other("the cat sat")["input_ids"]
     assert want != tiny_tokenizer("the cat sat")["input_ids"]
     tokenize(ds, tiny_tokenizer, max_length=16)
@@ -222,7 +230,7 @@ def test_split_eval_is_deterministic_per_seed():
 
 @pytest.mark.skipif(not SST2_TRAIN.is_file(), reason=f"SST-2 not present at {SST2_TRAIN}")
 def test_real_sst2_train_file():
-    texts = load_texts(str(SST2_TRAIN))
+    texts = load_texts(DataSource(str(SST2_TRAIN)))
     assert len(texts) == 67_349
     assert texts[0]["text"] == "hide new secretions from the parental units"
     assert all(t.strip() and not t.endswith("\r") for t in texts["text"])  # the file is CRLF
@@ -237,7 +245,9 @@ def test_labelled_pairs_from_an_sts_file_tokenize_as_pairs(tmp_path, tiny_tokeni
         "genre\tf\t2012\t0001\t4.5\tthe cat sat\ta cat sat on the mat\n"
         "genre\tf\t2012\t0002\t0.5\tthe dog ran\tthe car is red\textra\tfields\n"
     )
-    rows = load_examples(str(path), label_column="label", task_type="regression", fmt="sts")
+    rows = load_examples(
+        DataSource(str(path), fmt="sts"), label_column="label", task_type="regression"
+    )
     assert set(rows.column_names) == {"text", "text_pair", "label"}
     assert rows["label"] == [4.5, 0.5] and rows["text_pair"][0] == "a cat sat on the mat"
     encoded = tokenize(rows, tiny_tokenizer, max_length=32)
@@ -254,6 +264,6 @@ def test_classification_labels_must_be_class_ids(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("sentence,label\ngood film,positive\nbad film,negative\n")
     with pytest.raises(DataError, match="label column 'label' must hold integer class ids"):
-        load_examples(str(path), label_column="label", task_type="classification")
+        load_examples(DataSource(str(path)), label_column="label", task_type="classification")
     with pytest.raises(DataError, match="label column 'stars' not found"):
-        load_examples(str(path), label_column="stars", task_type="classification")
+        load_examples(DataSource(str(path)), label_column="stars", task_type="classification")

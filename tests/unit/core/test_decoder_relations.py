@@ -16,7 +16,7 @@ from transformers import AutoConfig
 
 from distill.core.family_registry import FAMILIES
 from distill.core.internals import attention_projections, capture_qkv
-from distill.core.losses import relation_kl_per_query
+from distill.core.losses import relation_kl
 from distill.core.spec import SpecError
 from distill.core.spec_loading import load_spec
 from distill.core.teacher import freeze
@@ -117,7 +117,9 @@ def _rows(model, teacher, ids, mask) -> torch.Tensor:
         model.student(input_ids=ids, attention_mask=mask)
         teacher(input_ids=ids, attention_mask=mask)
     rows = [
-        relation_kl_per_query(sx, sx, tx, tx, mask, num_heads=s.relation_heads, causal=s.causal)
+        relation_kl(
+            sx, sx, tx, tx, mask, num_heads=s.relation_heads, causal=s.causal, reduction="none"
+        )
         for sx, tx in zip(student[s.student_layer - 1], teach[s.teacher_layer - 1])
     ]
     return torch.stack(rows).mean(0)

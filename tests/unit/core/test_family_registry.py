@@ -6,7 +6,7 @@ packaged `builtin:` architectures with random weights."""
 from __future__ import annotations
 
 import pytest
-import torch
+from helpers.family_steps import train_on_one_batch
 from transformers import AutoConfig, AutoTokenizer, BartConfig, BertConfig, GPT2Config
 
 from distill.core.family_interface import ModelFamily
@@ -20,7 +20,6 @@ WEIGHTS = {
     "causal": "objective.weights={lm: 1.0, lm_kl: 1.0}",
     "seq2seq": "objective.weights={lm: 1.0, lm_jsd: 1.0}",
 }
-TEXTS = ["the cat sat on the mat", "a good movie and a great story", "it was a dark night"]
 
 
 def test_registry_maps_configs_to_families():
@@ -63,22 +62,7 @@ def test_every_family_resolves_trains_exports_and_reloads(
     )
     assert spec.student.hidden == family.size(teacher.config).hidden  # filled in
     model = family.trainable(spec, teacher, tokenizer)
-    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in model.parameters()}
-
-    tokenize, collate = family.batch_functions(tokenizer)
-    import datasets
-
-    rows = tokenize(datasets.Dataset.from_dict({"text": TEXTS}), tokenizer, 32)
-    batch = family.prepare_batch(model, collate(list(rows)), torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(5):
-        loss, parts = model(batch, family.teacher_outputs(model, teacher, None, batch))
-        assert set(parts) == {k for k, w in spec.objective.weights.items() if w > 0}
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_on_one_batch(family, spec, model, teacher, tokenizer)
     assert losses[-1] < losses[0]  # one batch, five steps: the loss must fall
 
     out = tmp_path / "export"

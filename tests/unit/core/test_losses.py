@@ -19,7 +19,6 @@ from distill.core.losses import (
     pooled_cosine,
     pooled_mse,
     relation_kl,
-    relation_kl_per_query,
     repeat_kv_heads,
     self_attention_relation_kl,
     similarity_mse,
@@ -428,7 +427,7 @@ def test_relation_kl_averages_heads_and_scales_by_head_width():
 def test_relation_kl_is_the_mean_of_its_per_query_rows(qkv):
     (sq, sk, _), (tq, tk, _), mask = qkv
     for causal in (False, True):
-        rows = relation_kl_per_query(sq, sk, tq, tk, mask, num_heads=2, causal=causal)
+        rows = relation_kl(sq, sk, tq, tk, mask, num_heads=2, causal=causal, reduction="none")
         assert rows.shape == mask.shape and torch.all(rows[mask == 0] == 0)
         want = rows.sum() / mask.sum()
         got = relation_kl(sq, sk, tq, tk, mask, num_heads=2, causal=causal)
@@ -444,8 +443,8 @@ def test_causal_relation_rows_ignore_later_tokens(qkv):
     for x in late:
         x[:, -1] = torch.randn(x[:, -1].shape, generator=torch.Generator().manual_seed(5))
     for causal in (True, False):
-        before = relation_kl_per_query(sq, sk, tq, tk, mask, num_heads=2, causal=causal)
-        after = relation_kl_per_query(*late, mask, num_heads=2, causal=causal)
+        before = relation_kl(sq, sk, tq, tk, mask, num_heads=2, causal=causal, reduction="none")
+        after = relation_kl(*late, mask, num_heads=2, causal=causal, reduction="none")
         assert torch.equal(before[:, :-1], after[:, :-1]) is causal
         assert not torch.equal(before[:, -1], after[:, -1])
 
@@ -593,7 +592,7 @@ def test_relation_kl_computes_in_float32(qkv, dtype):
     torch.testing.assert_close(got, relation_kl(*[x.float() for x in low], mask, num_heads=2))
 
 
-def test_relation_kl_rejects_head_count_that_does_not_divide_width(qkv):
+def test_relation_kl_rejects_bad_heads_shapes_and_reduction(qkv):
     (sq, sk, _), (tq, tk, _), mask = qkv
     with pytest.raises(ValueError, match="num_heads=3"):
         relation_kl(sq, sk, tq, tk, mask, num_heads=3)  # 8 % 3
@@ -601,6 +600,8 @@ def test_relation_kl_rejects_head_count_that_does_not_divide_width(qkv):
         relation_kl(sq, sk, tq, tk, mask, num_heads=8)  # 12 % 8
     with pytest.raises(ValueError, match="share"):
         relation_kl(sq, sk, tq[:, :4], tk[:, :4], mask, num_heads=2)
+    with pytest.raises(ValueError, match="reduction: unknown 'sum'"):
+        relation_kl(sq, sk, tq, tk, mask, num_heads=2, reduction="sum")
 
 
 def test_attention_kl_matches_models_own_attention_maps(tiny_bert):

@@ -8,9 +8,9 @@ are refused in one line by the family's preflight."""
 
 from __future__ import annotations
 
-import datasets
 import pytest
 import torch
+from helpers.family_steps import TEXTS, train_on_one_batch
 from helpers.family_zoo import (
     AUTO,
     DECODERS,
@@ -32,7 +32,6 @@ from distill.core.spec_loading import load_spec
 from distill.core.student import architecture_size
 from distill.core.teacher import freeze
 
-TEXTS = ["the cat sat on the mat", "a good movie and a great story", "it was a dark night"]
 DEFAULTS = {
     "encoder": {"hidden_mse": 1.0, "pooled_cosine": 1.0},
     "causal": {"lm_kl": 1.0, "lm": 1.0},
@@ -51,19 +50,7 @@ def _resolve(folder: str, teacher, overrides: list[str]):
 def _train_export_reload(family, spec, teacher, tokenizer, out):
     """Five steps on one batch; the losses, and the max |probe - reloaded export's probe|."""
     model = family.trainable(spec, teacher, tokenizer).eval()  # no dropout: one batch must fit
-    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in model.parameters()}
-    tokenize, collate = family.batch_functions(tokenizer)
-    rows = tokenize(datasets.Dataset.from_dict({"text": TEXTS}), tokenizer, 32)
-    batch = family.prepare_batch(model, collate(list(rows)), torch.Generator().manual_seed(0))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(5):
-        loss, parts = model(batch, family.teacher_outputs(model, teacher, None, batch))
-        assert set(parts) == {k for k, w in spec.objective.weights.items() if w > 0}
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_on_one_batch(family, spec, model, teacher, tokenizer)
     probe = family.export(model, tokenizer, out, max_length=32, st_teacher=None)
     reloaded = AUTO[family.name].from_pretrained(out).eval()
     assert type(reloaded).__name__ == type(model.student).__name__

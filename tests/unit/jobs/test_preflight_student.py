@@ -33,19 +33,21 @@ def corpus(tmp_path):
     return path
 
 
+def _preflight_with_student(teacher_dir, corpus, student, *more: str):
+    """Preflight of a stage distilling `teacher_dir` on `corpus` into the pretrained
+    student folder `student` (`more`: further overrides)."""
+    overrides = [
+        f"teacher.name={teacher_dir}",
+        f"data.train.path={corpus}",
+        "student.init=pretrained",
+        f"student.name={student}",
+        *more,
+    ]
+    return preflight(load_spec(None, overrides))
+
+
 def test_preflight_resolves_a_cross_tokenizer_student(teacher_dir, bpe_student, corpus):
-    spec = preflight(
-        load_spec(
-            None,
-            [
-                f"teacher.name={teacher_dir}",
-                f"data.train.path={corpus}",
-                "student.init=pretrained",
-                f"student.name={bpe_student}",
-                "data.max_length=32",
-            ],
-        )
-    )
+    spec = _preflight_with_student(teacher_dir, corpus, bpe_student, "data.max_length=32")
     assert spec.objective.weights == {"pooled_mse": 1.0, "pooled_cosine": 1.0}
 
 
@@ -53,30 +55,10 @@ def test_preflight_refuses_a_student_folder_without_tokenizer(teacher_dir, corpu
     folder = tmp_path / "bare"
     build_teacher("bert", _wordpiece(teacher_dir)).save_pretrained(folder)
     with pytest.raises(SpecError, match=r"^student.name: .*bare: no tokenizer") as err:
-        preflight(
-            load_spec(
-                None,
-                [
-                    f"teacher.name={teacher_dir}",
-                    f"data.train.path={corpus}",
-                    "student.init=pretrained",
-                    f"student.name={folder}",
-                ],
-            )
-        )
+        _preflight_with_student(teacher_dir, corpus, folder)
     assert "\n" not in str(err.value)
 
 
 def test_preflight_refuses_a_missing_student_folder(teacher_dir, corpus, tmp_path):
     with pytest.raises(SpecError, match=r"^student.name: folder .*/nowhere does not exist"):
-        preflight(
-            load_spec(
-                None,
-                [
-                    f"teacher.name={teacher_dir}",
-                    f"data.train.path={corpus}",
-                    "student.init=pretrained",
-                    f"student.name={tmp_path / 'nowhere'}",
-                ],
-            )
-        )
+        _preflight_with_student(teacher_dir, corpus, tmp_path / "nowhere")
