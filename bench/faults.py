@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers.fault_runs import (  # noqa: E402
+    CHECKPOINT_DIR,
     CHECKPOINT_EVERY,
     JOB,
     STEPS,
@@ -51,7 +53,8 @@ from distill.cluster.checkpoints import COMPLETE  # noqa: E402
 from distill.cluster.report_log import retries  # noqa: E402
 from distill.cluster.storage import Storage, open_storage  # noqa: E402
 
-TTL_S = 8.0
+TTL_S = 8.0  # the paused writer's lease
+HOLDER_TTL_S = 45.0  # longer than a command's start-up, so the refusal shows
 RUN_TIMEOUT_S = 900
 
 
@@ -85,8 +88,13 @@ def _after_first_checkpoint(run: Run, storage: Storage, extra_steps: int = 2) ->
     """Wait for the first complete checkpoint and `extra_steps` more reports; the last step."""
     wait_for(lambda: len(checkpoint_steps(storage)) >= 1, RUN_TIMEOUT_S, run)
     first = checkpoint_steps(storage)[0]
-    wait_for(lambda: reported_steps(storage)[-1] >= first + extra_steps, RUN_TIMEOUT_S, run)
-    return reported_steps(storage)[-1]
+    wait_for(lambda: _last_step(storage) >= first + extra_steps, RUN_TIMEOUT_S, run)
+    return _last_step(storage)
+
+
+def _last_step(storage: Storage) -> int:
+    steps = reported_steps(storage)  # written just after a checkpoint's manifest
+    return steps[-1] if steps else 0
 
 
 def _train_worker_pids(session: int) -> list[int]:
@@ -152,7 +160,7 @@ def driver_kill(base: Path, settings: list[str], **_) -> dict:
 def holder_kill(base: Path, settings: list[str], s3: list[str], bucket_uri: str, **_) -> dict:
     uri, started = f"{bucket_uri}/holder", time.time()
     storage = open_storage(uri, _s3_spec(s3))
-    settings = [*settings, *s3, f"output.lease_ttl_s={TTL_S}"]
+    settings = [*settings, *s3, f"output.lease_ttl_s={HOLDER_TTL_S}"]
     first = Run(uri, settings, base / "logs", "holder-1")
     attempts: dict[str, Run] = {"killed": first}
     try:
@@ -170,7 +178,7 @@ def holder_kill(base: Path, settings: list[str], s3: list[str], bucket_uri: str,
                 took_over_s = round(time.time() - killed_at, 1)
                 attempt.wait(RUN_TIMEOUT_S)
                 break
-            time.sleep(1)
+            time.sleep(5)
     finally:
         first.kill_group()
     return _row(
@@ -181,7 +189,8 @@ def holder_kill(base: Path, settings: list[str], s3: list[str], bucket_uri: str,
         killed_after_step=killed_after,
         resumed_from_step=resumed_from,
         lost_steps=killed_after - resumed_from,
-        lease_ttl_s=TTL_S,
+        lease_ttl_s=HOLDER_TTL_S,
+        refused=sum(a.proc.returncode == 2 for a in attempts.values()),
         took_over_after_s=took_over_s,
         stale_checkpoints=[],
     )
@@ -224,10 +233,10 @@ def paused_writer(base: Path, settings: list[str], **_) -> dict:
         paused_after = _after_first_checkpoint(first, storage, extra_steps=0)
         first.signal(signal.SIGSTOP)
         time.sleep(TTL_S + 2)
-        taken_at = time.time()
         second = Run(uri, settings, base / "logs", "paused-2")
         wait_for(lambda: "took over the lease" in second.stderr(), RUN_TIMEOUT_S, second)
-        generation = storage.read_lease()[0].generation
+        held, _ = storage.read_lease()
+        generation, taken_at = held.generation, held.started  # the takeover (this host's clock)
         resumed_from = max(checkpoint_steps(storage))
         wait_for(lambda: len(reported_steps(storage)) > 0, RUN_TIMEOUT_S, second)
         first.signal(signal.SIGCONT)
@@ -268,7 +277,7 @@ def transit_damage(
     unmarked = [
         n
         for n in storage.list("train")
-        if n.startswith("checkpoint_") and not storage.exists(f"train/{n}/{COMPLETE}")
+        if CHECKPOINT_DIR.fullmatch(n) and not storage.exists(f"train/{n}/{COMPLETE}")
     ]
     return _row(
         "transit",
@@ -308,6 +317,7 @@ def main() -> None:
     from helpers.s3_fixtures import s3_client  # sets fake AWS keys for the children
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

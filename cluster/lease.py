@@ -70,10 +70,25 @@ class FenceRef:
 
 
 def stop_writer(exc: LeaseLost) -> None:
-    """What a process does when it finds its lease taken: one line, then exit 1 at once
-    (no cleanup that could write into the folder the other writer now owns)."""
-    print(f"distill: error: {exc}", file=sys.stderr, flush=True)
+    """What a process does when it finds its lease taken: one line (one write, so no other
+    thread's output lands inside it), then exit 1 at once (no cleanup that could write into
+    the folder the other writer now owns)."""
+    sys.stderr.flush()
+    os.write(2, f"distill: error: {exc}\n".encode())
     os._exit(1)
+
+
+def stop_driver(exc: LeaseLost) -> None:
+    """`stop_writer` for the driver: first disconnect from Ray (a local Ray it started
+    stops, with the workers still training for it; on a cluster, the actors it owns end),
+    which also flushes Ray's buffered worker logs, so the error stays the last line. At
+    most 10 s: a hung shutdown does not keep the stale writer alive."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        done = threading.Thread(target=ray.shutdown, name="distill-fenced-out", daemon=True)
+        done.start()
+        done.join(timeout=10)
+    stop_writer(exc)
 
 
 @contextlib.contextmanager
@@ -82,14 +97,14 @@ def hold_lease(
     *,
     force: bool = False,
     ttl_s: float = LEASE_TTL_S,
-    on_lost: Callable[[LeaseLost], None] = stop_writer,
+    on_lost: Callable[[LeaseLost], None] = stop_driver,
 ) -> Iterator[FenceRef]:
     """Hold the folder's lease for the block (renewed in the background, released at the
     end), every write under the folder fenced by it; yields the `FenceRef` to hand to the
     processes that write for this one. Raises `LeaseHeld` before the block when another
     writer holds it; prints one line when it takes over another writer's lease (expired,
     its process gone, or `force`). When a renewal finds the lease taken, `on_lost` is
-    called (by default: one line, exit 1)."""
+    called (by default `stop_driver`: Ray disconnected, one line, exit 1)."""
     lease = new_lease(ttl_s)
     replaced = storage.acquire_lease(lease, force=force)
     held, _ = storage.read_lease()

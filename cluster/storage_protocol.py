@@ -146,8 +146,14 @@ class Fence:
     generation: int
 
     def check(self) -> None:
-        """Raise `LeaseLost` unless the folder's lease is still this writer's."""
-        held, _ = self.root.read_lease()
+        """Raise `LeaseLost` unless the folder's lease is still this writer's. A lease that
+        cannot be read (the storage unreachable) is not a lost one: the write that follows
+        fails or succeeds on its own, as it would without a fence, so an outage shorter
+        than the storage's retries does not stop a run."""
+        try:
+            held, _ = self.root.read_lease()
+        except Exception:  # noqa: BLE001 - an outage, not a verdict (see above)
+            return
         if held is None or held.token != self.token or held.released:
             raise LeaseLost(self.root.uri, held)
 

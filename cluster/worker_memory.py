@@ -23,6 +23,7 @@ the process's RSS exceeds it: Ray's `memory` resource only reserves.
 from __future__ import annotations
 
 import threading
+import time
 
 PHASES = (
     "started",
@@ -93,6 +94,7 @@ class MemoryRecorder:
         with self._lock:
             record = {
                 "phase": phase,
+                "time": round(time.time(), 3),  # for the run's phase record (jobs/phases.py)
                 **now,
                 "peak_anon": max(self._peak_anon, now["anon"]),
                 "peak_pss": max(self._peak_pss, now["pss"]),

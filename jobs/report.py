@@ -15,6 +15,7 @@ from transformers import AutoConfig
 from distill.core.family_registry import family_of
 from distill.core.spec import JobSpec
 from distill.core.teacher import resolve_teacher
+from distill.jobs.phases import phase_line
 
 SCHEMA_VERSION = 1
 
@@ -57,16 +58,20 @@ def build_report(
     student_dir: Path | None = None,
     teacher_dir: str | None = None,
     stages: list[dict] | None = None,
+    timeline=None,
 ) -> dict:
     """Evaluate teacher and exported student in this process and assemble the report; the
     teacher's family supplies the quality, task, speed, size and export-check sections.
     `run_dir` is the run's location as written in the report (a path or an s3:// URI);
     `student_dir` a local copy of the export when the run folder is not local;
-    eval_rows: the held-out `datasets.Dataset` (`text`, and `label` or `target`)."""
+    eval_rows: the held-out `datasets.Dataset` (`text`, and `label` or `target`); timeline:
+    the run's `jobs.phases.Timeline`, marked after the evaluation and the latency rounds."""
     teacher_dir = teacher_dir or resolve_teacher(spec.teacher.name)
     student_dir = student_dir or Path(run_dir) / "student"
     family = family_of(AutoConfig.from_pretrained(teacher_dir))
     sections = family.evaluate(spec, teacher_dir, student_dir, eval_rows, probe)
+    if timeline is not None:
+        timeline.mark("evaluate")
     report = {
         "schema_version": SCHEMA_VERSION,
         "run": {
@@ -94,6 +99,8 @@ def build_report(
         latency = latency_section(spec, teacher_dir, student_dir, eval_rows)
         if latency is not None:
             report["latency"] = latency
+    if timeline is not None:
+        timeline.mark("latency")
     report["run"]["wall_time_s"] = time.perf_counter() - started
     return report
 
@@ -186,6 +193,8 @@ def format_table(report: dict) -> str:
         f"(ZeRO-{tr['zero_stage']}, {tr['precision']}), wall {report['run']['wall_time_s']:.0f}s",
         f"student: {report['paths']['student']}",
     ]
+    if line := phase_line(report["run"].get("phases")):
+        lines.append(line)
     lines += memory_lines((report.get("teacher") or {}).get("placement"))
     if len(report.get("stages", [])) > 1:
         lines.append(

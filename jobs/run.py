@@ -42,6 +42,7 @@ from distill.core.teacher import is_sentence_transformer, resolve_teacher
 from distill.jobs.curves import write_curves
 from distill.jobs.driver import Folder, drive, start_cluster, start_service, stop_service
 from distill.jobs.model_card import write_model_card
+from distill.jobs.phases import Timeline
 from distill.jobs.preflight import check_storage, preflight_stages
 from distill.jobs.report import build_report
 from distill.jobs.run_folder import (
@@ -257,6 +258,8 @@ def run_job(
     lease; lease=False for sweep trials, whose sweep holds the lease of the whole folder;
     on_checked: called once every check has passed, before anything is written."""
     started = time.perf_counter()
+    timeline = Timeline()  # from this process's start (jobs/phases.py)
+    timeline.mark("startup")
     run = prepare_run(
         spec,
         output,
@@ -264,9 +267,10 @@ def run_job(
         cache_bypass=cache_bypass,
         teacher_service=teacher_service,
     )
+    timeline.mark("preflight")
     return drive(
         run.folder,
-        lambda: _launch_run(run, started, callbacks),
+        lambda: _launch_run(run, started, callbacks, timeline),
         lease=lease,
         force=force,
         on_checked=on_checked,
@@ -290,18 +294,24 @@ def _cache_request(
     return resolve_cache(stages[0].spec, storage)
 
 
-def _launch_run(run: PreparedRun, started: float, callbacks: list | None) -> dict:
-    """The cluster and the cache, every stage not done yet, then the report."""
+def _launch_run(
+    run: PreparedRun, started: float, callbacks: list | None, timeline: Timeline
+) -> dict:
+    """The cluster and the cache, every stage not done yet, then the report (`timeline`
+    marks each phase)."""
     storage = run.folder.storage
     for stage in run.stages:  # notes only once every check passed and the folder is made
         where = f"stage {stage.name}: " if len(run.stages) > 1 else ""
         workers = run.spec.scaling.num_workers
         print(f"[distill] {where}{stage.placement.describe(workers)}", flush=True)
     teacher_cache, service, started_service = run.teacher_cache, run.teacher_service, None
+    start_cluster(run.spec)  # Ray
+    timeline.mark("ray")
     if run.cache_request is not None:
         teacher_cache = start_cluster(run.spec, run.cache_request)
     if service is None and run.spec.teacher.placement == "service":
         service = started_service = start_service(run.spec)
+    timeline.mark("teacher_cache")
     try:
         plans = plan_stages(run.stages)
         for plan in plans:  # what each DeepSpeed engine is given, next to the results
@@ -309,7 +319,8 @@ def _launch_run(run: PreparedRun, started: float, callbacks: list | None) -> dic
             config = deepspeed_config(plan.spec, plan.spec.training.steps)
             storage.write_text(f"{where}{DEEPSPEED_FILE}", json.dumps(config, indent=2))
         checkpoint = _run_stages(plans, storage, teacher_cache, callbacks, service)
-        report = _report_run(run, plans, checkpoint, started)
+        timeline.mark("final_checkpoint")
+        report = _report_run(run, plans, checkpoint, started, timeline)
         if service is not None:
             from distill.cluster.teacher_service import service_record
 
@@ -318,11 +329,20 @@ def _launch_run(run: PreparedRun, started: float, callbacks: list | None) -> dic
         stop_service(started_service)
     report["teacher_cache"] = cache_summary(teacher_cache, run.cache_bypass)
     write_curves(storage)
+    timeline.mark("report")
+    memory = (report["teacher"].get("placement") or {}).get("memory")
+    report["run"]["phases"] = timeline.record(memory)
     storage.write_text(REPORT_FILE, json.dumps(report, indent=2))  # last: the run is done
     return report
 
 
-def _report_run(run: PreparedRun, plans: tuple[Stage, ...], checkpoint, started: float) -> dict:
+def _report_run(
+    run: PreparedRun,
+    plans: tuple[Stage, ...],
+    checkpoint,
+    started: float,
+    timeline: Timeline | None = None,
+) -> dict:
     """The run's report from its final checkpoint; writes metrics.jsonl and the export
     (with its model card) into the run folder."""
     spec, storage = run.spec, run.folder.storage
@@ -351,6 +371,7 @@ def _report_run(run: PreparedRun, plans: tuple[Stage, ...], checkpoint, started:
             stages=[
                 {"name": p.name, "kind": p.kind, "steps": p.spec.training.steps} for p in plans
             ],
+            timeline=timeline,
         )
         if report["teacher"]["placement"] is not None:  # what preflight decided, and why
             report["teacher"]["placement"]["preflight"] = _preflight_record(run.stages[-1])
@@ -360,6 +381,8 @@ def _report_run(run: PreparedRun, plans: tuple[Stage, ...], checkpoint, started:
         shutil.copytree(folder / STUDENT_DIR, staging / STUDENT_DIR)
         write_model_card(staging / STUDENT_DIR, report, final_spec)
         storage.put_dir(staging / STUDENT_DIR, STUDENT_DIR)
+    if timeline is not None:
+        timeline.mark("export")
     return report
 
 

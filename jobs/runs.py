@@ -23,7 +23,6 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from distill.cluster.checkpoints import newest_intact
 from distill.cluster.pipeline import stage_dir
 from distill.cluster.run_files import STATE_FILE, STUDENT_DIR, TRAIN_DIR
 from distill.cluster.storage import Storage, StorageError
@@ -39,6 +38,15 @@ from distill.jobs.run_folder import (
 )
 
 DAMAGED = "damaged"
+
+
+def _newest_intact(run: Storage):
+    """cluster.checkpoints.newest_intact of the run's Train folder, imported here: it
+    brings pyarrow, which `distill --help` and the commands that never read a checkpoint
+    should not pay for."""
+    from distill.cluster.checkpoints import newest_intact
+
+    return newest_intact(run, TRAIN_DIR)
 
 
 def _quality(q: dict) -> str | None:
@@ -67,7 +75,7 @@ def _run_row(run: Storage) -> dict | None:
                 speedup=sp.get("speedup"),
             )
             return row
-        checkpoints = newest_intact(run, TRAIN_DIR)
+        checkpoints = _newest_intact(run)
     except DamagedFile as exc:
         return {**row, "status": DAMAGED, "reason": f"{exc.relpath}: {exc.reason}"}
     except (StorageError, OSError) as exc:
@@ -196,7 +204,7 @@ def _export(run: Storage, out: Path) -> dict:
         return {"source": "student", "run": run.uri}
     if not run.exists(CONFIG_FILE):
         raise SpecError(f"export: {run.uri} is not a run folder (no {CONFIG_FILE})")
-    checkpoints = newest_intact(run, TRAIN_DIR)
+    checkpoints = _newest_intact(run)
     newest = checkpoints.intact
     if newest is None:
         damaged = "".join(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +50,9 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
+_RAY_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?\(\w+ pid=\d+(, ip=[\d.]+)?\)(\x1b\[0m)? ")
+
+
 class Run:
     """One `distill run --output URI` process (stdout and stderr to files in `logs`)."""
 
@@ -74,7 +78,10 @@ class Run:
         return self.err_path.read_text(errors="replace")
 
     def error_lines(self) -> list[str]:
-        return [line for line in self.stderr().splitlines() if line.startswith("distill: ")]
+        """Every `distill: ...` line, the driver's own and those Ray forwarded from its
+        actors (`(TrainController pid=N) distill: ...`, colour codes dropped)."""
+        lines = (_RAY_PREFIX.sub("", line) for line in self.stderr().splitlines())
+        return [line for line in lines if line.startswith("distill: ")]
 
     def signal(self, sig: int, *, group: bool = False) -> None:
         (os.killpg if group else os.kill)(self.pid, sig)
@@ -122,6 +129,9 @@ def checkpoint_steps(storage: Storage) -> list[int]:
     return [c["step"] for c in complete_checkpoints(storage)]
 
 
+CHECKPOINT_DIR = re.compile(r"checkpoint_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d+")
+
+
 def checkpoint_time(name: str) -> float:
     """When Ray named a checkpoint folder (`checkpoint_<local time>`), as Unix seconds."""
     stamp = name.removeprefix("checkpoint_")
@@ -133,7 +143,7 @@ def stale_checkpoints(storage: Storage, since: float, generation: int) -> list[s
     lease `generation` did not complete: anything a fenced-out writer left there."""
     stale = []
     for name in storage.list("train"):
-        if not name.startswith("checkpoint_") or checkpoint_time(name) < since:
+        if not CHECKPOINT_DIR.fullmatch(name) or checkpoint_time(name) < since:
             continue
         try:
             manifest = json.loads(storage.read_text(f"train/{name}/{COMPLETE}"))
@@ -207,17 +217,22 @@ class Proxy:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def _maybe_flip(self, seen: bytearray, data: bytearray, flip_at: int | None):
-        """Track the upload stream; once the request naming `damage` has sent 4 KiB of body,
-        flip one byte of it."""
+        """Track the upload stream; once the request naming `damage` (one with a body of
+        8 KiB or more, so not a multipart upload's start) has sent 4 KiB of its body, flip
+        one byte of it."""
         if flip_at is None:
             seen += data
-            name = self.damage
-            line_at = seen.find(name.encode()) if name else -1
-            body_at = seen.find(b"\r\n\r\n", line_at) if line_at >= 0 else -1
-            if body_at < 0:
-                if line_at < 0:  # keep enough to find a request line split across reads
-                    del seen[: max(0, len(seen) - 16384)]
-                return data, None
+            while True:
+                name = self.damage
+                line_at = seen.find(name.encode()) if name else -1
+                body_at = seen.find(b"\r\n\r\n", line_at) if line_at >= 0 else -1
+                if body_at < 0:
+                    if line_at < 0:  # keep enough to find a request line split across reads
+                        del seen[: max(0, len(seen) - 16384)]
+                    return data, None
+                if _body_length(bytes(seen[line_at:body_at])) >= 8192:
+                    break
+                del seen[: body_at + 4]  # a request without a big body: look further
             flip_at = len(data) - (len(seen) - (body_at + 4)) + 4096  # offset in `data`
             self.damage = None
             seen.clear()
@@ -226,6 +241,16 @@ class Proxy:
             self.damaged.append(time.strftime("%H:%M:%S"))
             return data, None
         return data, flip_at - len(data)
+
+
+def _body_length(head: bytes) -> int:
+    """The decoded body length a request's headers announce (0 when none)."""
+    length = 0
+    for line in head.split(b"\r\n"):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() in (b"content-length", b"x-amz-decoded-content-length"):
+            length = max(length, int(value.strip() or 0))
+    return length
 
 
 class _quiet:

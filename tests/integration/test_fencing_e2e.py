@@ -45,11 +45,10 @@ def test_a_paused_writer_stops_and_the_run_that_took_over_finishes(tmp_path):
         wait_for(lambda: len(checkpoint_steps(storage)) >= 1, 600, first)
         first.signal(signal.SIGSTOP)  # the driver only: its controller and workers go on
         time.sleep(TTL_S + 2)
-        taken_at = time.time()
         second = Run(uri, settings, tmp_path / "logs", "second")
         wait_for(lambda: "took over the lease" in second.stderr(), 300, second)
         held, _ = storage.read_lease()
-        generation = held.generation
+        generation, taken_at = held.generation, held.started  # the takeover, this host's clock
         assert held.pid == second.pid and generation == 2
         wait_for(lambda: len(reported_steps(storage)) > 0, 300, second)
         first.signal(signal.SIGCONT)

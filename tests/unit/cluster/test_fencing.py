@@ -196,3 +196,25 @@ def test_the_cli_turns_a_lost_lease_into_exit_1_and_one_line(monkeypatch, capsys
     assert cli.main(["run"]) == cli.EXIT_FAILED
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert LINE.fullmatch(line[len("distill: error: ") :]).group("uri") == "/runs/a"
+
+
+def test_an_unreadable_lease_is_an_outage_not_a_lost_lease(tmp_path):
+    """The fence reads the lease before each write; when the storage cannot answer (an S3
+    outage), the write goes ahead and fails or succeeds on its own, as without a fence: a
+    short outage must not stop a run that still holds its lease."""
+    from distill.cluster.storage_protocol import Fence
+
+    store = LocalStorage(tmp_path / "run")
+    with hold_lease(store, on_lost=lambda exc: None) as ref:
+        fence = Fence(store, ref.token, ref.generation)
+
+        def unreachable():
+            raise OSError("Connection was closed before we received a valid response")
+
+        store.read_lease = unreachable
+        fence.check()
+        store.write_text("report.json", "{}")
+        del store.read_lease
+        _take_over(store)
+        with pytest.raises(LeaseLost):
+            fence.check()
