@@ -22,12 +22,14 @@ def _load(source: SourceSpec, spec: JobSpec, where: str) -> datasets.Dataset:
         return load_text_pairs(rows, target_column=spec.task.target_column)
     if spec.task is not None:
         return load_examples(rows, label_column=spec.task.label_column, task_type=spec.task.type)
-    return load_texts(rows)
+    # On-policy distillation reads each row's prompt too (a `prompt` column, or "").
+    return load_texts(rows, prompts=spec.objective.on_policy_fraction > 0)
 
 
 def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(train, eval) datasets, capped by the spec's sample limits: one `text` column, or
-    `text` (+ `text_pair`) and `label` when the spec has a task."""
+    """(train, eval) datasets, capped by the spec's sample limits: one `text` column (and
+    `prompt` with `objective.on_policy`), or `text` (+ `text_pair`) and `label` when the
+    spec has a task."""
     d = spec.data
     sources = d.train_sources
     parts = [

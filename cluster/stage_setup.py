@@ -33,9 +33,10 @@ from distill.core.cache_format import INDEX_COLUMN, folder_digest
 from distill.core.data import load_sts_pairs, tokenizers_differ
 from distill.core.family_interface import ModelFamily
 from distill.core.family_registry import family_of
+from distill.core.generative import with_prompts
 from distill.core.lazy_teacher import skeleton_teacher
 from distill.core.outputs import TaskHead, has_task_head
-from distill.core.spec import JobSpec
+from distill.core.spec import JobSpec, SequenceKdSpec
 from distill.core.stages import Stage
 from distill.core.student import no_gather
 from distill.core.student_resolution import PRETRAINED
@@ -251,6 +252,13 @@ def _shard_data(spec: JobSpec, plan: Stage, models: Models, storage, cache, rank
     train_texts, eval_texts = train_eval_texts(spec)
     if spec.objective.sequence_kd is not None:  # train on the teacher's generations
         train_texts = _with_generations(spec, storage, plan, models.teacher_dir, train_texts, rank)
+    if spec.objective.on_policy_fraction > 0:  # the prompts the student continues
+        train_texts = with_prompts(
+            train_texts,
+            tokenizer,
+            prefix_fraction=(spec.objective.sequence_kd or SequenceKdSpec()).prefix_fraction,
+            max_length=max_length,
+        )
     tokenize, collate = models.family.batch_functions(tokenizer, models.teacher_tokenizer)
     train_ds = tokenize(train_texts, tokenizer, max_length)
     if cache is not None:  # rows keep their index into the cache (built on the whole set)

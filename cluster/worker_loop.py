@@ -12,9 +12,9 @@ used to check the export); a stage that later stages read also leaves its export
 run's storage (`cluster.pipeline`).
 
 The steps, each a short function: `resume_point`, `set_up_stage` (`cluster/stage_setup.py`:
-teacher, student, data, engine), `restore`, `train_step` (`next_batch`, `teacher_targets`, `loss_step`, the
-non-finite guard, DeepSpeed's backward and step), `evaluate`, `save_and_report`,
-`finish_stage`.
+teacher, student, data, engine), `restore`, `train_step` (`next_batch`, `student_samples`,
+`teacher_targets`, `loss_step`, the non-finite guard, DeepSpeed's backward and step),
+`evaluate`, `save_and_report`, `finish_stage`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ from distill.core.stages import Stage
 from distill.core.teacher_plan import TORCH_DTYPES
 
 _UNTIMED_STEPS = 2  # first steps of a stage warm up allocators and communication
-_PHASES = ("teacher", "forward", "backward", "step")  # per-step time breakdown in metrics
+# Per-step time breakdown in metrics; `generate`: the student's samples (objective.on_policy).
+_PHASES = ("generate", "teacher", "forward", "backward", "step")
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -103,8 +104,8 @@ def run_stage(
         progress.previous_end = previous_end
         total = stage.spec.training.steps
         for step in range(progress.step + 1, total + 1):
-            for _ in range(stage.spec.training.gradient_accumulation_steps):
-                loss, parts = train_step(stage, progress, step)  # DeepSpeed steps on the last
+            for micro in range(stage.spec.training.gradient_accumulation_steps):
+                loss, parts = train_step(stage, progress, step, micro)  # steps on the last
             stage.run.memory.check()  # over scaling.memory_per_worker_gb: stop, keep checkpoints
             if step == total:
                 stage.run.memory.mark("steady")
@@ -222,13 +223,15 @@ def restore(stage: LiveStage, checkpoint) -> Progress:
     return progress
 
 
-def train_step(stage: LiveStage, progress: Progress, step: int):
-    """One forward and backward on the next batch, and DeepSpeed's step (an optimizer
-    update at the end of `training.gradient_accumulation_steps` micro-batches); returns
-    (loss, loss parts)."""
+def train_step(stage: LiveStage, progress: Progress, step: int, micro: int = 0):
+    """One forward and backward on the next batch (micro-batch `micro` of optimizer step
+    `step`), and DeepSpeed's step (an optimizer update at the end of
+    `training.gradient_accumulation_steps` micro-batches); returns (loss, loss parts)."""
     engine = stage.engine
     batch, index = next_batch(stage, progress)
     marks = [time.perf_counter()]
+    batch = student_samples(stage, batch, step, micro)
+    marks.append(time.perf_counter())
     targets = teacher_targets(stage, batch, index, "train")
     stage.run.memory.mark_once("first_teacher_forward")
     mixed = stage.models.family.mixed_batch(
@@ -268,6 +271,23 @@ def loss_step(model, batch: dict, targets, mixed=None) -> tuple[torch.Tensor, di
     Ray and no process group: a unit test drives it with a plain module."""
     loss, parts = model(batch, targets, mixed)
     return loss, parts, _nonfinite({"loss": loss, **parts})
+
+
+def student_samples(stage: LiveStage, batch: dict, step: int, micro: int) -> dict:
+    """`objective.on_policy`: on a step drawn on-policy (from the seed and the step, so
+    every rank takes the same branch and a ZeRO-3 teacher's forward stays a collective they
+    all call), the batch of the student's own continuations of its prompts; else the batch
+    itself. The teacher-output cache is never on with it (preflight)."""
+    m = stage.models
+    return m.family.on_policy_batch(
+        m.model,
+        batch,
+        stage.spec,
+        step=step,
+        stream=(stage.run.rank, micro),
+        tokenizer=m.tokenizer,
+        teacher_tokenizer=m.teacher_tokenizer,
+    )
 
 
 def teacher_targets(stage: LiveStage, batch: dict, index, split: str):

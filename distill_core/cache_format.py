@@ -132,7 +132,12 @@ def lm_plan_for(weights: dict[str, float], topk: int, temperature: float) -> Cac
 
 
 def bypass_reason(
-    weights: dict[str, float], *, mixup: bool, infilling: bool = False, sequence_kd: bool = False
+    weights: dict[str, float],
+    *,
+    mixup: bool,
+    infilling: bool = False,
+    sequence_kd: bool = False,
+    on_policy: bool = False,
 ) -> str | None:
     """Why this objective must run the teacher on the fly, or None when the cache serves it."""
     used = {name for name, w in weights.items() if w > 0}
@@ -146,6 +151,8 @@ def bypass_reason(
         return "seq2seq text infilling noises the teacher's inputs anew every step"
     if sequence_kd:
         return "sequence-level KD trains on the teacher's generations, not fixed rows"
+    if on_policy:
+        return "objective.on_policy: the teacher scores the student's new samples, not fixed rows"
     if "uld" in used:
         return "uld sorts the teacher's whole next-token distribution (a top-k cache lacks it)"
     return None

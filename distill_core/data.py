@@ -245,18 +245,30 @@ def dataset_fingerprint(ds: datasets.Dataset, *parts: object) -> str:
     return hashlib.sha256(repr((ds._fingerprint, *parts)).encode()).hexdigest()[:32]
 
 
-def as_texts(ds: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
-    """One `text` column: each text column contributes its own rows; empty texts are dropped."""
+def as_texts(
+    ds: datasets.Dataset, columns: Sequence[str], carry: str | None = None
+) -> datasets.Dataset:
+    """One `text` column: each text column contributes its own rows; empty texts are dropped.
+    `carry`: a column kept beside each text, its row's value ("" when not a string)."""
 
     def flatten(batch: dict) -> dict:
-        texts = [t for c in columns for t in batch[c] if isinstance(t, str) and t.strip()]
-        return {"text": texts}
+        if carry is None:
+            texts = [t for c in columns for t in batch[c] if isinstance(t, str) and t.strip()]
+            return {"text": texts}
+        rows = [
+            (t, p if isinstance(p, str) else "")
+            for c in columns
+            for t, p in zip(batch[c], batch[carry])
+            if isinstance(t, str) and t.strip()
+        ]
+        return {"text": [t for t, _ in rows], carry: [p for _, p in rows]}
 
+    parts = (tuple(columns),) if carry is None else (tuple(columns), carry)
     return ds.map(
         flatten,
         batched=True,
         remove_columns=ds.column_names,
-        new_fingerprint=dataset_fingerprint(ds, "as_texts", tuple(columns)),
+        new_fingerprint=dataset_fingerprint(ds, "as_texts", *parts),
     )
 
 
@@ -283,12 +295,24 @@ class DataSource:
             raise DataError(f"{self.where}: {exc}") from None
 
 
-def load_texts(source: DataSource) -> datasets.Dataset:
-    """Load a source and return a dataset with a single non-empty `text` column."""
+PROMPT_COLUMN = "prompt"  # on-policy distillation: the prompt the student continues
+
+
+def load_texts(source: DataSource, *, prompts: bool = False) -> datasets.Dataset:
+    """Load a source and return a dataset with a single non-empty `text` column; with
+    `prompts` (on-policy distillation) also a `prompt` column: the source's own `prompt`
+    column when it has one besides its text columns, else "" (the text's prefix is the
+    prompt, `distill.core.generative.with_prompts`)."""
     ds, where = source.load(), source.where
-    texts = as_texts(ds, pick_text_columns(ds, source.text_columns, where))
+    columns = pick_text_columns(ds, source.text_columns, where)
+    carry = None
+    if prompts and PROMPT_COLUMN in ds.column_names and PROMPT_COLUMN not in columns:
+        carry = PROMPT_COLUMN
+    texts = as_texts(ds, columns, carry)
     if len(texts) == 0:
         raise DataError(f"{where}: {source.path} has no non-empty text rows")
+    if prompts and carry is None:
+        texts = texts.add_column(PROMPT_COLUMN, [""] * len(texts))
     return texts
 
 
@@ -427,13 +451,17 @@ def tokenize_for_both(
 ) -> datasets.Dataset:
     """`by` (the family's tokenize, `tokenize` for encoders) with the student's tokenizer,
     plus the teacher's own token ids of the same text under `teacher_*` columns (student
-    and teacher with different tokenizers). Labels are the student's only."""
+    and teacher with different tokenizers). Labels and prompts are the student's only."""
     student = by(ds, tokenizer, max_length)
     teacher = by(ds, teacher_tokenizer, max_length)
     for column in teacher.column_names:
-        if column != "labels":
+        if column not in STUDENT_ONLY_COLUMNS:
             student = student.add_column(TEACHER_PREFIX + column, teacher[column])
     return student
+
+
+# Columns only the student reads: its labels, and the prompts it continues (on-policy).
+STUDENT_ONLY_COLUMNS = ("labels", "prompt_ids")
 
 
 def collate_for_both(tokenizer, teacher_tokenizer, by=collate):
@@ -461,13 +489,14 @@ def collate_for_both(tokenizer, teacher_tokenizer, by=collate):
 
 def teacher_view(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch as the teacher reads it: its own `teacher_*` token ids when the student
-    tokenizes differently, else the shared ones."""
+    tokenizes differently, else the shared ones. Labels: the teacher's own when the batch
+    has them (an on-policy batch across tokenizers), else the student's."""
     if TEACHER_PREFIX + "input_ids" not in batch:
         return batch
     view = {
         k.removeprefix(TEACHER_PREFIX): v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)
     }
-    if "labels" in batch:
+    if "labels" in batch and "labels" not in view:  # the teacher's own (`teacher_labels`) win
         view["labels"] = batch["labels"]
     return view
 

@@ -190,6 +190,11 @@ class EncoderFamily(ModelFamily):
             raise SpecError("task.type: seq2seq needs an encoder-decoder (seq2seq) teacher")
         if o.sequence_kd is not None:
             raise SpecError(f"objective.sequence_kd: {SEQUENCE_KD_NEEDS}")
+        if o.on_policy_fraction > 0:
+            raise SpecError(
+                "objective.on_policy: the student samples text to be scored token by token; "
+                f"needs a causal or seq2seq teacher, not an encoder ({tc.model_type})"
+            )
         student_depth = s.lstm.layers if s.kind == "lstm" else s.layers
         try:
             layer_pairs(o.layer_map, student_depth, tc.num_hidden_layers)

@@ -10,7 +10,7 @@ A family answers, for one stage:
   model the stage makes (a later stage's teacher);
 - training: `trainable` (student + objective as one `nn.Module`; the teacher stays out),
   `batch_functions` (tokenize, collate), `prepare_batch` (masking / text infilling),
-  `teacher_outputs`, `mixed_batch` (MixKD), `eval_counts` (accuracy) and
+  `on_policy_batch` (the student's own samples, GKD), `teacher_outputs`, `mixed_batch` (MixKD), `eval_counts` (accuracy) and
   `in_training_quality` (STS Spearman for Tune schedulers);
 - export: `export` writes the trained student as a Hugging Face folder and returns the
   probe outputs the report compares against the reloaded export; `student_from_state`
@@ -130,6 +130,23 @@ class ModelFamily(ABC):
 
     def prepare_batch(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
         """The step's inputs from a collated batch (masks drawn from `generator`)."""
+        return batch
+
+    def on_policy_batch(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        spec: JobSpec,
+        *,
+        step: int,
+        stream: tuple[int, ...] = (),
+        tokenizer=None,
+        teacher_tokenizer=None,
+    ) -> Batch:
+        """`objective.on_policy`: on an optimizer `step` drawn on-policy (alike on every
+        rank), the batch of the student's own samples for its prompts (`stream`: the rank
+        and micro-batch, which seed the sampling); else `batch` itself. Families without
+        on-policy distillation refuse it in `resolve_stage`."""
         return batch
 
     @abstractmethod

@@ -14,11 +14,13 @@ decoders (`causal`) and BART-style encoder-decoders (`seq2seq`). Students are bu
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from distill.core import token_losses
@@ -127,6 +129,8 @@ class TokenView:
     student_qkv: Qkv | None = None
     teacher_qkv: Qkv | None = None
     attention_mask: torch.Tensor | None = None
+    # The targets are the student's own samples (`objective.on_policy`), not the data's.
+    sampled: bool = False
 
 
 def _lm(view: TokenView) -> torch.Tensor:
@@ -207,6 +211,10 @@ TEACHERLESS_TOKEN_LOSSES = {"lm"}
 # tokenization: they need the teacher's tokenizer too.)
 SHARED_VOCABULARY_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
 CROSS_TOKENIZER_LOSSES = {"lm", "uld"}
+# What trains on the student's own samples (`objective.on_policy`): the divergences from
+# the teacher. `lm` learns the data's tokens, so a sampled batch leaves it out.
+ON_POLICY_LOSSES = SHARED_VOCABULARY_LOSSES | {"uld"}
+DATA_TOKEN_LOSSES = {"lm"}
 
 
 class TokenObjective(ReadsQkv, nn.Module):
@@ -235,7 +243,10 @@ class TokenObjective(ReadsQkv, nn.Module):
         return "uld" in self.weights
 
     def forward(self, view: TokenView) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {name: TOKEN_LOSSES[name](view) for name in self.weights}
+        """(weighted sum, its parts); a view of sampled targets leaves out (and does not
+        report) the terms that learn the data's tokens (`DATA_TOKEN_LOSSES`)."""
+        names = [n for n in self.weights if not (view.sampled and n in DATA_TOKEN_LOSSES)]
+        parts = {name: TOKEN_LOSSES[name](view) for name in names}
         return sum(self.weights[n] * v for n, v in parts.items()), parts
 
 
@@ -290,6 +301,7 @@ class GenerativeDistillationModel(nn.Module):
             student_qkv=captured[layers[0] - 1] if layers else None,
             teacher_qkv=t_qkv,
             attention_mask=batch["attention_mask"],
+            sampled=SAMPLED in batch,
         )
         return self.objective(view)
 
@@ -430,10 +442,12 @@ def _pad_rows(rows: list[list[int]], pad: int) -> torch.Tensor:
 
 
 def tokenize_generative(ds, tokenizer, max_length: int):
-    """Token ids without padding: `text` (and `target` -> `labels` for seq2seq pairs)."""
+    """Token ids without padding: `text` (and `target` -> `labels` for seq2seq pairs); the
+    prompts of on-policy distillation (`prompt_ids`, `with_prompts`) pass through."""
     from distill.core.data import dataset_fingerprint, tokenizer_digest
 
     pairs = "target" in ds.column_names
+    prompts = PROMPT_IDS in ds.column_names
 
     def encode(batch: dict) -> dict:
         out = tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -441,6 +455,8 @@ def tokenize_generative(ds, tokenizer, max_length: int):
             out["labels"] = tokenizer(batch["target"], truncation=True, max_length=max_length)[
                 "input_ids"
             ]
+        if prompts:
+            out[PROMPT_IDS] = batch[PROMPT_IDS]
         return out
 
     tok_id = (type(tokenizer).__name__, tokenizer_digest(tokenizer), max_length, "generative")
@@ -450,24 +466,248 @@ def tokenize_generative(ds, tokenizer, max_length: int):
         remove_columns=ds.column_names,
         new_fingerprint=dataset_fingerprint(ds, "tokenize", tok_id),
     )
-    keep = ["input_ids", "attention_mask", "labels"]
+    keep = ["input_ids", "attention_mask", "labels", PROMPT_IDS]
     return out.remove_columns([c for c in out.column_names if c not in keep])
 
 
 def generative_collate(tokenizer):
-    """Pad `input_ids`/`attention_mask` with the pad id and `labels` with `IGNORE_INDEX`."""
+    """Pad `input_ids`/`attention_mask` with the pad id and `labels` with `IGNORE_INDEX`;
+    prompts (`prompt_ids`) are padded on the left, so every prompt ends where the student's
+    continuation starts (`prompt_input_ids`, `prompt_attention_mask`)."""
 
     def _collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         labels = [r.pop("labels") for r in rows] if "labels" in rows[0] else None
+        prompts = [r.pop(PROMPT_IDS) for r in rows] if PROMPT_IDS in rows[0] else None
         batch = dict(tokenizer.pad(rows, padding=True, return_tensors="pt"))
         if labels is not None:
             width = max(len(x) for x in labels)
             batch["labels"] = torch.tensor(
                 [x + [token_losses.IGNORE_INDEX] * (width - len(x)) for x in labels]
             )
+        if prompts is not None:
+            pad = tokenizer.pad_token_id
+            width = max(len(p) for p in prompts)
+            batch[PROMPT_INPUT_IDS] = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            batch[PROMPT_MASK] = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+            )
         return batch
 
     return _collate
+
+
+# --- on-policy distillation (GKD) ------------------------------------------------------------
+
+PROMPT_IDS = "prompt_ids"  # a tokenized row's prompt (on-policy distillation)
+PROMPT_INPUT_IDS, PROMPT_MASK = "prompt_input_ids", "prompt_attention_mask"  # left-padded
+SAMPLED = "sampled"  # a batch key: the targets are the student's own samples
+
+
+def text_prefixes(
+    tokenizer, texts: list[str], *, prefix_fraction: float, max_length: int
+) -> list[tuple[list[int], int] | None]:
+    """Each text cut to its first `prefix_fraction` of tokens (of its first `max_length`, at
+    least one; special tokens such as BOS are kept but not counted, a trailing EOS or [SEP]
+    dropped): (its token ids, the character where the prefix ends), or None for a text
+    without tokens. The prompts of sequence-level KD (`generative_eval.continue_texts`)
+    and of on-policy distillation (`with_prompts`)."""
+    enc = tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    out: list[tuple[list[int], int] | None] = []
+    for ids, offsets, special in zip(
+        enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    ):
+        real = [i for i, flag in enumerate(special) if not flag]
+        if not real:
+            out.append(None)
+            continue
+        last = real[max(1, int(len(real) * prefix_fraction)) - 1]
+        out.append((ids[: last + 1], offsets[last][1]))
+    return out
+
+
+def with_prompts(ds, tokenizer, *, prefix_fraction: float, max_length: int):
+    """Plain text (`text`, and `prompt`: "" where a row has none) with each row's prompt as
+    token ids (`prompt_ids`): its `prompt`, else its text's first `prefix_fraction`
+    (`text_prefixes`); a row with neither starts from BOS (or EOS). Seq2seq pairs come back
+    as they are: the source is the prompt."""
+    from distill.core.data import PROMPT_COLUMN, dataset_fingerprint, tokenizer_digest
+
+    if "target" in ds.column_names:
+        return ds
+    start = [t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None][:1]
+
+    def encode(batch: dict) -> dict:
+        given = batch.get(PROMPT_COLUMN) or [""] * len(batch["text"])
+        own = text_prefixes(tokenizer, given, prefix_fraction=1.0, max_length=max_length)
+        cut = text_prefixes(
+            tokenizer, batch["text"], prefix_fraction=prefix_fraction, max_length=max_length
+        )
+        return {PROMPT_IDS: [(o or c or (start, 0))[0] for o, c in zip(own, cut)]}
+
+    settings = (tokenizer_digest(tokenizer), prefix_fraction, max_length)
+    return ds.map(
+        encode,
+        batched=True,
+        new_fingerprint=dataset_fingerprint(ds, "prompts", settings),
+    )
+
+
+@dataclass(frozen=True)
+class OnPolicySettings:
+    """How the student samples (`objective.on_policy`): `max_new_tokens` per prompt at
+    `temperature` and nucleus `top_p`; a causal prompt keeps its last `max_length -
+    max_new_tokens` tokens, so prompt and sample fit the positions the data uses."""
+
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_length: int = 64
+
+
+def on_policy_step(seed: int, step: int, fraction: float) -> bool:
+    """Whether optimizer step `step` trains on the student's own samples (probability
+    `fraction`): a uniform number hashed from (seed, step) alone, so every rank draws the
+    same (a ZeRO-3 teacher's forward stays a collective they all call), a resumed stage
+    continues the same sequence, and no random state is read or advanced."""
+    if fraction <= 0.0:
+        return False
+    return _uniform("on-policy", seed, step) < fraction
+
+
+def sampling_seed(seed: int, step: int, *stream: int) -> int:
+    """The seed of one micro-batch's sampling: from (seed, step) and its `stream` (rank,
+    micro-batch), so ranks sample independently and a resumed step samples the same."""
+    return int(_uniform("sample", seed, step, *stream) * 2**63)
+
+
+def _uniform(*key: object) -> float:
+    digest = hashlib.sha256("/".join(map(str, key)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@torch.no_grad()
+def sample_continuations(
+    student: nn.Module, batch: dict, ids: BatchIds, settings: OnPolicySettings, *, seed: int
+) -> dict:
+    """The batch of the student's own continuations of `batch`'s prompts, to train on.
+
+    The student samples (KV cache, no grad, eval mode, the global RNG untouched) up to
+    `settings.max_new_tokens` tokens per prompt; a row stops at its first EOS (kept as a
+    target). Causal: the prompt is `prompt_input_ids` (left-padded); the result is a
+    right-padded batch like the data's (`input_ids`, `attention_mask`) whose `labels` are
+    the sampled tokens, `IGNORE_INDEX` on the prompt and padding. Seq2seq: the source is
+    the prompt and the samples are the `labels` (with their decoder inputs). With several
+    ranks, every rank runs as many decoding steps as the longest (`synced_gpus`: a
+    partitioned student's forward is a collective), and the samples are padded to
+    `max_new_tokens` on every rank. `SAMPLED` marks the batch.
+    """
+    if ids.seq2seq:
+        prompt, mask = batch["input_ids"], batch["attention_mask"]
+    else:  # the last tokens of each prompt: the ones next to the continuation
+        room = max(1, settings.max_length - settings.max_new_tokens)
+        prompt, mask = batch[PROMPT_INPUT_IDS][:, -room:], batch[PROMPT_MASK][:, -room:]
+    new = _sample(student, prompt, mask, ids, settings, seed)
+    new = new[:, 1:] if ids.seq2seq else new[:, prompt.shape[1] :]  # drop the decoder start
+    new = new[:, : settings.max_new_tokens]
+    kept = torch.ones_like(new, dtype=torch.bool)
+    if ids.eos is not None:  # up to and with the first EOS
+        eos = (new == ids.eos).long()
+        kept = (eos.cumsum(1) - eos) == 0
+    short = settings.max_new_tokens - new.shape[1]  # every rank: max_new_tokens columns
+    new, kept = (
+        nn.functional.pad(new, (0, short), value=ids.pad),
+        nn.functional.pad(kept, (0, short)),
+    )
+    targets = new.masked_fill(~kept, token_losses.IGNORE_INDEX)
+    if ids.seq2seq:
+        sampled = {"input_ids": prompt, "attention_mask": mask, "labels": targets}
+        return {**prepare_seq2seq_batch(sampled, ids, torch.Generator()), SAMPLED: kept.any(1)}
+    ignore = torch.full_like(prompt, token_losses.IGNORE_INDEX)
+    rows = (
+        torch.cat([prompt, new], 1),
+        torch.cat([mask, kept.long()], 1),
+        torch.cat([ignore, targets], 1),
+    )
+    # Move each row's left padding to its end: positions count from its first token, as in
+    # the data's batches (and in generation, whose positions skip the padding).
+    width = rows[0].shape[1]
+    shift = (mask == 0).sum(1, keepdim=True)
+    order = (torch.arange(width, device=prompt.device)[None] + shift) % width
+    input_ids, attention_mask, labels = (r.gather(1, order) for r in rows)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        SAMPLED: kept.any(1),
+    }
+
+
+def _sample(student, prompt, mask, ids: BatchIds, settings: OnPolicySettings, seed: int):
+    """`student.generate` sampling from its own distribution (no top-k cut), in eval mode
+    (no dropout), under a forked RNG seeded with `seed`."""
+    training = student.training
+    devices = [prompt.device] if prompt.device.type == "cuda" else []
+    synced = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    student.eval()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            return student.generate(
+                input_ids=prompt,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                top_k=0,
+                max_new_tokens=settings.max_new_tokens,
+                pad_token_id=ids.pad,
+                synced_gpus=synced,
+            )
+    finally:
+        student.train(training)
+
+
+def with_teacher_tokens(batch: dict, tokenizer, teacher_tokenizer, max_length: int) -> dict:
+    """A sampled causal batch (`sample_continuations`) with the teacher's own tokenization
+    of the same text (`teacher_*`, as the data's batches carry it across tokenizers): each
+    row decoded by the student's tokenizer and re-tokenized by the teacher's (up to
+    `max_length` tokens); `teacher_labels` mark the teacher's tokens that start inside the
+    sampled continuation, so `uld` pairs the two models' sampled positions in order."""
+    targets = batch["labels"] != token_losses.IGNORE_INDEX
+    prompt_lengths = targets.long().argmax(1).tolist()  # every row's first sample is kept
+    heads, texts = [], []
+    for row, n, p in zip(
+        batch["input_ids"].tolist(), batch["attention_mask"].sum(1).tolist(), prompt_lengths
+    ):
+        heads.append(tokenizer.decode(row[:p], skip_special_tokens=True))
+        texts.append(tokenizer.decode(row[: int(n)], skip_special_tokens=True))
+    enc = teacher_tokenizer(
+        texts,
+        truncation=True,
+        max_length=max_length,
+        padding=True,
+        padding_side="right",
+        return_offsets_mapping=True,
+        return_tensors="pt",
+    )
+    device = batch["input_ids"].device
+    starts, ends = enc["offset_mapping"][..., 0], enc["offset_mapping"][..., 1]
+    boundary = torch.tensor([len(h) for h in heads])[:, None]
+    sampled = (starts >= boundary) & (ends > starts) & enc["attention_mask"].bool()
+    return {
+        **batch,
+        TEACHER_PREFIX + "input_ids": enc["input_ids"].to(device),
+        TEACHER_PREFIX + "attention_mask": enc["attention_mask"].to(device),
+        TEACHER_PREFIX + "labels": enc["input_ids"]
+        .masked_fill(~sampled, token_losses.IGNORE_INDEX)
+        .to(device),
+    }
 
 
 # --- probes and export checks ----------------------------------------------------------------

@@ -16,6 +16,7 @@ from distill.core.generative import (
     lm_head,
     prepare_seq2seq_batch,
     target_hidden,
+    text_prefixes,
 )
 from distill.core.student import is_encoder_decoder
 from distill.core.token_losses import IGNORE_INDEX
@@ -138,33 +139,17 @@ def continue_texts(
     max_length: int = 64,
 ) -> list[str]:
     """Sequence-level KD for a decoder teacher on plain text (Kim & Rush 2016): each text
-    cut to its first `prefix_fraction` of tokens (of its first `max_length`, at least one;
-    special tokens such as BOS are kept but not counted) and continued by the model's beam
-    search (greedy at `num_beams=1`) for up to `max_new_tokens`. Returns text, in order:
+    cut to its first `prefix_fraction` of tokens (`generative.text_prefixes`: of its first
+    `max_length`, at least one; special tokens such as BOS are kept but not counted) and
+    continued by the model's beam search (greedy at `num_beams=1`) for up to
+    `max_new_tokens`. Returns text, in order:
     the row's own characters up to the prefix's last token followed by the decoded
     continuation, so a student with another tokenizer can read it. A text without tokens
     comes back as it is."""
     model.eval()
-    enc = tokenizer(
-        texts,
-        truncation=True,
-        max_length=max_length,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    prefixes: list[list[int] | None] = []
-    ends: list[int] = []
-    for ids, offsets, special in zip(
-        enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
-    ):
-        real = [i for i, flag in enumerate(special) if not flag]
-        if not real:
-            prefixes.append(None)
-            ends.append(0)
-            continue
-        last = real[max(1, int(len(real) * prefix_fraction)) - 1]
-        prefixes.append(ids[: last + 1])
-        ends.append(offsets[last][1])
+    cuts = text_prefixes(tokenizer, texts, prefix_fraction=prefix_fraction, max_length=max_length)
+    prefixes = [cut[0] if cut else None for cut in cuts]
+    ends = [cut[1] if cut else 0 for cut in cuts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     todo = [i for i, p in enumerate(prefixes) if p is not None]
     out = list(texts)

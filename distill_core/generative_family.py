@@ -37,19 +37,25 @@ from distill.core.export import PROBE_TEXTS
 from distill.core.family_interface import ModelFamily
 from distill.core.generative import (
     CROSS_TOKENIZER_LOSSES,
+    ON_POLICY_LOSSES,
     TOKEN_LOSSES,
     BatchIds,
     GenerativeDistillationModel,
+    OnPolicySettings,
     TokenObjective,
     TokenSettings,
     causal_targets,
     generative_collate,
     lm_head,
     num_chunks,
+    on_policy_step,
     prepare_seq2seq_batch,
     probe_logits,
+    sample_continuations,
+    sampling_seed,
     target_hidden,
     tokenize_generative,
+    with_teacher_tokens,
 )
 from distill.core.generative_eval import (
     bleu_chrf,
@@ -171,6 +177,8 @@ class GenerativeFamily(ModelFamily):
                 "objective.sequence_kd.prefix_fraction: only for causal teachers (a seq2seq "
                 "teacher generates the whole target from the source)"
             )
+        if o.on_policy_fraction > 0:
+            self._check_on_policy(spec, kind, used, teacher_has_head)
         if kind in ("pretrain", "finetune") and used != {"lm"}:
             raise SpecError(
                 f"objective.weights: a {kind} stage trains on the LM loss only: {{lm: 1.0}}"
@@ -214,6 +222,45 @@ class GenerativeFamily(ModelFamily):
         )
         check_attention_objective(spec, used, tc, student_model_config(spec, tc))
         return spec
+
+    def _check_on_policy(self, spec, kind: str, used: set[str], teacher_has_head: bool) -> None:
+        """Where `objective.on_policy` applies: a distill stage whose objective has a
+        divergence to train the samples on, prompts to sample from, room for the samples,
+        and a live teacher to score them."""
+        o, family = spec.objective, self.name
+        if kind != "distill":
+            raise SpecError(
+                f"objective.on_policy: needs a distill stage (a {kind} stage trains on its data)"
+            )
+        if teacher_has_head:
+            raise SpecError(
+                "objective.on_policy: the teacher has a task head; on-policy distillation "
+                "scores the student's samples with a language-model teacher"
+            )
+        if not used & ON_POLICY_LOSSES:
+            raise SpecError(
+                f"objective.on_policy: trains the student's samples on a divergence from the "
+                f"teacher; objective.weights {sorted(used)} has none (add one of "
+                f"{sorted(ON_POLICY_LOSSES)})"
+            )
+        if family == "seq2seq" and spec.task is None:
+            raise SpecError(
+                "objective.on_policy: no prompts: a seq2seq teacher needs a seq2seq task (each "
+                "source is a prompt); plain text trains by text infilling, which has none"
+            )
+        n, length = o.on_policy.max_new_tokens, spec.data.max_length
+        if n >= length + (family == "seq2seq"):
+            where = "its target" if family == "seq2seq" else "prompt and sample together"
+            raise SpecError(
+                f"objective.on_policy.max_new_tokens: {n} does not fit data.max_length "
+                f"{length} ({where})"
+            )
+        if spec.teacher.cache.mode == "required":
+            raise SpecError(
+                "teacher.cache.mode: required, but objective.on_policy scores the student's "
+                "new samples with the live teacher every on-policy step (no cache holds "
+                "them); use mode auto (the run then bypasses the cache) or off"
+            )
 
     def _check_cross_tokenizer(self, spec, used: set[str]) -> None:
         """The student tokenizes the text itself: a causal student trains on the LM loss and
@@ -299,6 +346,29 @@ class GenerativeFamily(ModelFamily):
             return prepare_seq2seq_batch(batch, model.batch_ids, generator)
         return batch
 
+    def on_policy_batch(
+        self, model, batch, spec, *, step, stream=(), tokenizer=None, teacher_tokenizer=None
+    ):
+        """GKD: on a step drawn on-policy (`generative.on_policy_step`, from the seed and the
+        step) the student's own continuations of the batch's prompts
+        (`generative.sample_continuations`), re-tokenized for a teacher with another
+        tokenizer (`with_teacher_tokens`); else the batch itself."""
+        seed, o = spec.training.seed, spec.objective
+        if not on_policy_step(seed, step, o.on_policy_fraction):
+            return batch
+        p = o.on_policy
+        settings = OnPolicySettings(p.max_new_tokens, p.temperature, p.top_p, spec.data.max_length)
+        sampled = sample_continuations(
+            model.student,
+            batch,
+            model.batch_ids,
+            settings,
+            seed=sampling_seed(seed, step, *stream),
+        )
+        if teacher_tokenizer is None:
+            return sampled
+        return with_teacher_tokens(sampled, tokenizer, teacher_tokenizer, spec.data.max_length)
+
     @torch.no_grad()
     def teacher_outputs(self, model, teacher, teacher_head, batch):
         """The teacher's final hidden states on its own token ids (`teacher_view`) and its
@@ -321,6 +391,7 @@ class GenerativeFamily(ModelFamily):
             mixup=False,
             infilling=self.name == "seq2seq" and "labels" not in columns,
             sequence_kd=o.sequence_kd is not None,
+            on_policy=o.on_policy_fraction > 0,
         )
         if reason:
             return None, reason
@@ -408,6 +479,7 @@ class GenerativeFamily(ModelFamily):
                 "ffn": s_size.ffn,
                 "init": spec.student.init,
                 "kind": spec.student.kind,
+                **on_policy_record(spec),
             },
             "size": {
                 "teacher_parameters": t_params,
@@ -498,3 +570,22 @@ class GenerativeFamily(ModelFamily):
             else None,
             "chrf": {who: s["chrf"] for who, s in scores.items()},
         }
+
+
+def on_policy_record(spec) -> dict:
+    """The report's `student.on_policy` (with `objective.on_policy`): its settings and the
+    steps that trained on the student's samples (the draw is a function of the seed and
+    the step, so this is what every rank did)."""
+    p = spec.objective.on_policy
+    if p is None:
+        return {}
+    steps = spec.training.steps or 0
+    drawn = sum(on_policy_step(spec.training.seed, s, p.fraction) for s in range(1, steps + 1))
+    return {
+        "on_policy": {
+            **p.model_dump(),
+            "steps": drawn,
+            "of_steps": steps,
+            "fraction_of_steps": drawn / steps if steps else None,
+        }
+    }

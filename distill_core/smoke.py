@@ -44,6 +44,8 @@ def smoke_targets(spec: JobSpec) -> dict[str, Any]:
         targets["objective.sequence_kd.num_beams"] = 1
         targets["objective.sequence_kd.max_new_tokens"] = min(o.sequence_kd.max_new_tokens, 24)
         targets["objective.sequence_kd.batch_size"] = 64
+    if o.on_policy is not None:  # the student samples every on-policy step
+        targets["objective.on_policy.max_new_tokens"] = min(o.on_policy.max_new_tokens, 16)
     return targets
 
 

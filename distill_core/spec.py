@@ -279,6 +279,20 @@ class SequenceKdSpec(Strict):
     prefix_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5  # causal teachers only
 
 
+class OnPolicySpec(Strict):
+    """On-policy distillation (GKD, Agarwal et al. 2024; MiniLLM, Gu et al. 2024): on a
+    `fraction` of the steps (drawn from the seed and the step, alike on every rank) the
+    student samples continuations of the batch's prompts and trains on the objective's
+    divergences over its own tokens, scored by the teacher; the other steps train on the
+    data as without it. Prompts: a `prompt` column, else each text's first
+    `sequence_kd.prefix_fraction` (0.5); a seq2seq task's source."""
+
+    fraction: Annotated[float, Field(ge=0, le=1)] = 0.0  # GKD's lambda; 0: off
+    temperature: Annotated[float, Field(gt=0)] = 1.0  # of the student's sampling
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0  # nucleus sampling; 1: the whole vocabulary
+    max_new_tokens: PositiveInt = 32  # sampled per prompt (the same on every rank)
+
+
 class ObjectiveSpec(Strict):
     # Loss name -> weight. None: the teacher family's default (encoders: hidden_mse +
     # pooled_cosine; causal and seq2seq: lm_kl + lm; a causal teacher's student with another
@@ -299,6 +313,12 @@ class ObjectiveSpec(Strict):
     logit_chunk: PositiveInt = 2048  # tokens per chunk of [tokens, vocab] logits
     noise_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.3  # seq2seq text infilling (BART)
     sequence_kd: SequenceKdSpec | None = None  # train on the teacher's generations
+    on_policy: OnPolicySpec | None = None  # train on the student's own samples (GKD)
+
+    @property
+    def on_policy_fraction(self) -> float:
+        """The fraction of steps that sample from the student (0 without `on_policy`)."""
+        return self.on_policy.fraction if self.on_policy is not None else 0.0
 
 
 class SpikeSpec(Strict):
