@@ -20,6 +20,10 @@ The deployment is versioned by the teacher folder's content hash (as the teacher
 is): a run attaching to a deployment by name (`teacher.service.name`) is refused before any
 trial starts when that deployment serves another teacher.
 
+What the replicas served is counted in one named actor per deployment (`ServiceStats`):
+each replica reports its totals after every batch, so the report sums every replica that
+served, including one Serve replaced (a handle call would reach one replica at random).
+
 Encoder teachers (the families whose objectives read hidden states, attentions and pooled
 vectors) are served; a causal or seq2seq teacher runs in the workers or from the cache.
 """
@@ -31,6 +35,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import ray
 import torch
 from ray import serve
 
@@ -44,6 +49,31 @@ from distill.core.teacher_plan import TORCH_DTYPES
 
 DEPLOYMENT = "TeacherService"
 APP_PREFIX = "distill-teacher-"
+STATS_NAMESPACE = "distill"
+
+
+@ray.remote(num_cpus=0)
+class ServiceStats:
+    """The totals every replica of one deployment served, by replica process."""
+
+    def __init__(self) -> None:
+        self.by_replica: dict[int, dict] = {}
+
+    def put(self, stats: dict) -> None:
+        self.by_replica[stats["pid"]] = stats
+
+    def all(self) -> list[dict]:
+        return list(self.by_replica.values())
+
+
+def stats_actor(app: str):
+    """The deployment's `ServiceStats` (created by whoever asks first; it lives as long as
+    the deployment: `stop` ends both)."""
+    return ServiceStats.options(
+        name=f"stats:{app}", namespace=STATS_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()
+
+
 _TRIES = 8  # calls a lost replica may cost one request before the step fails
 _BACKOFF_S = (0.5, 30.0)  # first wait, longest wait between tries (doubling)
 _START_TIMEOUT_S = 600.0  # a deployment not running by then is refused
@@ -74,7 +104,13 @@ class TeacherService:
     one), answering batched requests for its outputs."""
 
     def __init__(
-        self, teacher_name: str, dtype: str, threads: int, max_rows: int, wait_s: float
+        self,
+        teacher_name: str,
+        dtype: str,
+        threads: int,
+        max_rows: int,
+        wait_s: float,
+        app: str | None = None,
     ) -> None:
         from transformers import AutoConfig
 
@@ -95,6 +131,7 @@ class TeacherService:
         }
         self.batch_rows: list[int] = []  # rows of every teacher forward, in order
         self.requests = 0
+        self.sink = None if app is None else stats_actor(app)  # the deployment's counts
         self.outputs.set_max_batch_size(max_rows)
         self.outputs.set_batch_wait_timeout_s(wait_s)
 
@@ -116,7 +153,10 @@ class TeacherService:
     async def outputs(self, requests: list[dict]) -> list[dict]:
         self.requests += len(requests)
         # The forward runs off the event loop, which meanwhile queues the next batch.
-        return await asyncio.to_thread(self._answer, requests)
+        answers = await asyncio.to_thread(self._answer, requests)
+        if self.sink is not None:
+            self.sink.put.remote(self.stats())  # not awaited: counting never slows a caller
+        return answers
 
     def _answer(self, requests: list[dict]) -> list[dict]:
         groups: dict[tuple, list[int]] = {}
@@ -306,6 +346,7 @@ def start_or_attach(spec: JobSpec) -> ServiceRef:
         max(1, int(settings.cpus_per_replica)),
         settings.max_batch_size,
         settings.batch_wait_timeout_s,
+        name,
     )
     # Created, not awaited: a deployment that cannot be placed would otherwise wait forever.
     serve.run_many(
@@ -352,11 +393,7 @@ def _wait_running(name: str, timeout_s: float = _START_TIMEOUT_S) -> None:
 def service_record(ref: ServiceRef) -> dict:
     """What the report keeps of the service: where the teacher ran, its replicas, the rows
     of the teacher forwards they ran (the batching across callers)."""
-    handle = serve.get_deployment_handle(DEPLOYMENT, app_name=ref.app)
-    replicas = {}
-    for _ in range(4 * ref.replicas):  # requests reach replicas at random: ask a few times
-        stats = handle.stats.remote().result()
-        replicas[stats["pid"]] = stats
+    replicas = {s["pid"]: s for s in ray.get(stats_actor(ref.app).all.remote())}
     forwards = sum(s["forwards"] for s in replicas.values())
     rows = sum(s["rows"] for s in replicas.values())
     return {
@@ -376,3 +413,4 @@ def stop(ref: ServiceRef | None) -> None:
     """Delete the deployment if this driver started it."""
     if ref is not None and ref.started_here:
         serve.delete(ref.app)
+        ray.kill(stats_actor(ref.app))
