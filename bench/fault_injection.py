@@ -30,25 +30,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers.fault_runs import small_job  # noqa: E402
 
 from distill.cluster.report_log import REPORTS_FILE, read_reports, retries  # noqa: E402
 
 STEPS, CHECKPOINT_EVERY = 20, 5
-JOB = [
-    "student.layers=1",
-    f"training.steps={STEPS}",
-    "training.batch_size=8",
-    "training.log_every=1",
-    f"training.eval_every={STEPS}",
-    f"training.checkpoint_every={CHECKPOINT_EVERY}",
-    "training.warmup_steps=1",
-    "data.max_length=32",
-    "data.max_train_samples=400",
-    "data.max_eval_samples=16",
-    "evaluation.throughput_texts=16",
-    "evaluation.throughput_rounds=1",
-    "scaling.max_failures=1",
-]
+JOB = [*small_job(STEPS, CHECKPOINT_EVERY), "scaling.max_failures=1"]
 
 
 def train_worker_pids(address: str) -> list[int]:

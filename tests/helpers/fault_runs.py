@@ -25,22 +25,28 @@ from pathlib import Path
 from distill.cluster.checkpoints import COMPLETE, complete_checkpoints
 from distill.cluster.storage import Storage
 
-# A small job that checkpoints often: packaged teacher, 1-layer student, 2 workers.
+
+def small_job(steps: int, checkpoint_every: int) -> list[str]:
+    """`--set` values of a small job that checkpoints often: packaged teacher, 1-layer
+    student, 2 workers, a report every step (also bench/fault_injection.py's job)."""
+    return [
+        "student.layers=1",
+        f"training.steps={steps}",
+        "training.batch_size=8",
+        "training.log_every=1",
+        f"training.eval_every={steps}",
+        f"training.checkpoint_every={checkpoint_every}",
+        "training.warmup_steps=1",
+        "data.max_length=32",
+        "data.max_train_samples=400",
+        "data.max_eval_samples=16",
+        "evaluation.throughput_texts=16",
+        "evaluation.throughput_rounds=1",
+    ]
+
+
 STEPS, CHECKPOINT_EVERY = 40, 5
-JOB = [
-    "student.layers=1",
-    f"training.steps={STEPS}",
-    "training.batch_size=8",
-    "training.log_every=1",
-    f"training.eval_every={STEPS}",
-    f"training.checkpoint_every={CHECKPOINT_EVERY}",
-    "training.warmup_steps=1",
-    "data.max_length=32",
-    "data.max_train_samples=400",
-    "data.max_eval_samples=16",
-    "evaluation.throughput_texts=16",
-    "evaluation.throughput_rounds=1",
-]
+JOB = small_job(STEPS, CHECKPOINT_EVERY)
 
 
 def cli_env(**extra: str) -> dict:
