@@ -192,8 +192,16 @@ def test_the_cli_turns_a_lost_lease_into_exit_1_and_one_line(monkeypatch, capsys
     def fenced_out(args):
         raise LeaseLost("/runs/a", lease("other", host="node-b", pid=99))
 
+    # The CLI shuts Ray down before its line (Ray flushes buffered worker logs at shutdown);
+    # record that instead of shutting down the Ray instance other tests in this process share.
+    import ray
+
+    shutdowns = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(capsys.readouterr().err))
     monkeypatch.setattr(cli, "_run", fenced_out)
     assert cli.main(["run"]) == cli.EXIT_FAILED
+    assert shutdowns == [""], "Ray must be shut down before the error line is printed"
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert LINE.fullmatch(line[len("distill: error: ") :]).group("uri") == "/runs/a"
 
