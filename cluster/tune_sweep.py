@@ -12,8 +12,10 @@ workers for (more would wait on placement groups forever on a small machine).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
+import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -102,18 +104,31 @@ def param_space(sweep: SweepSpec, points: list[dict] | None = None) -> dict:
     return space
 
 
+class _PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """NSGA-II as Tune can save it: Tune pickles the searcher into the experiment state
+    (`Tuner.__init__`, every checkpoint), and optuna >= 5's genetic samplers hold a
+    `threading.Lock` without a `__getstate__` (TypeError: cannot pickle '_thread.lock')."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
 def searcher(sweep: SweepSpec, concurrency: int | None = None):
     s = sweep.search
     if s.algorithm != "optuna":
         # Tune ignores TuneConfig.max_concurrent_trials for a variant generator: it takes
         # its own limit.
         return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency or 0)
-    import optuna
-
     modes = [TRIAL_METRICS[m] for m in s.objectives]
     multi = len(s.objectives) > 1
     sampler = (
-        optuna.samplers.NSGAIISampler(seed=s.seed)
+        _PicklableNSGAII(seed=s.seed)
         if multi
         else optuna.samplers.TPESampler(seed=s.seed)
     )

@@ -4,7 +4,7 @@ the concurrency that keeps trials from waiting forever on their Train workers.""
 from __future__ import annotations
 
 import pytest
-from ray import tune
+from ray import cloudpickle, tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
@@ -48,6 +48,12 @@ def test_searchers_and_schedulers():
         SweepSpec(space=SPACE, search={"algorithm": "optuna", "objectives": ["quality", "params"]})
     )
     assert multi.metric == ["quality", "params"] and multi.mode == ["max", "min"]
+    # Tune pickles the searcher into its experiment state (Tuner.__init__ and every save):
+    # optuna >= 5's NSGA-II sampler holds a lock that must not stop that.
+    restored = cloudpickle.loads(cloudpickle.dumps(multi))
+    assert restored.metric == multi.metric
+    with restored._sampler._thread_lock:  # a working lock again after the round trip
+        pass
     single = tune_sweep.searcher(SweepSpec(space=SPACE, search={"algorithm": "optuna"}))
     assert single.metric == "quality" and single.mode == "max"
     # In-training results lack the final metrics: the searcher must ignore them, not fail.
