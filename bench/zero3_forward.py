@@ -6,16 +6,22 @@ to `bench/.cache/`) on the same batch shape as that benchmark (2 x 32 tokens), a
 and report the median per-step forward time of the steps after the first. Rows:
 
 - `replicate`: every process holds the whole teacher (`teacher.placement: replicate`).
-- `zero3`: `teacher.placement: zero3`, DeepSpeed's parameter fetch: every rank packs its
-  partitions into one buffer, all-gathers, then unpacks each parameter with `torch.cat`
-  into a fresh tensor: the whole teacher is allocated, written and freed every forward.
+- `zero3`: `teacher.placement: zero3` with the spec's default fetch (`teacher.zero3.fetch:
+  auto`, all_reduce on CPU): every rank writes its partitions into one zeroed buffer the
+  gathered parameters are views of, and all-reduces it.
+- `-allgather` rows: `teacher.zero3.fetch: all_gather`, DeepSpeed's default fetch: every rank
+  packs its partitions into one buffer, all-gathers, then unpacks each parameter with
+  `torch.cat` into a fresh tensor, so the largest gathered tensor is briefly held twice.
+Either way the whole teacher is allocated, written and freed every forward.
 - `-thp` rows: the same with `THP_MEM_ALLOC_ENABLE=1`, PyTorch's CPU allocator asking for
   transparent huge pages for its large blocks (as `cluster/worker_env.py` sets for workers
   holding a zero3 teacher): a fresh 2 MiB page faults once where 512 small pages fault
   one by one, and the fetch path allocates the whole teacher every forward.
 
-Also reported: the bytes each rank gathers per step (the whole teacher) and the time to copy
-them once through memory on this machine, the floor of any partitioned forward on CPU.
+Also reported per rank: RSS once the teacher is loaded, and the peak RSS during the forwards
+(the kernel's high-water mark, reset after the load): what the gathers add on top of the
+partition. Also the bytes each rank gathers per step (the whole teacher) and the time to
+copy them once through memory on this machine, the floor of any partitioned forward on CPU.
 
     python bench/zero3_forward.py --out bench/results/zero3_forward.json
 """
@@ -35,6 +41,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_TEACHER = ROOT / "bench" / ".cache" / "teacher-gpt2-36x1536-fp32"
 ROWS = ("replicate", "zero3", "replicate-thp", "zero3-thp")
+# `-allgather` rows: `teacher.zero3.fetch=all_gather` (DeepSpeed's default fetch); the plain
+# zero3 rows take the spec's default, `auto`, which on CPU workers is all_reduce.
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
 
 
 def _free_port() -> int:
@@ -43,11 +58,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _zero3_config() -> dict:
+def _zero3_config(row: str) -> dict:
     from distill.cluster.teacher_on_worker import teacher_deepspeed_config
     from distill.core.spec_loading import load_spec_dict
 
-    spec = load_spec_dict({}, ["teacher.placement=zero3", "training.batch_size=2"])
+    sets = ["teacher.placement=zero3", "training.batch_size=2"]
+    if "-allgather" in row:
+        sets.append("teacher.zero3.fetch=all_gather")
+    spec = load_spec_dict({}, sets)
     return teacher_deepspeed_config(spec)
 
 
@@ -77,12 +95,16 @@ def _worker(
     if row.startswith("replicate"):
         model = family.load_model(teacher, dtype=torch.float32).eval().requires_grad_(False)
     else:
-        config = _zero3_config()
+        config = _zero3_config(row)
         module = load_partitioned(family, teacher, config, torch.float32)
         module.eval().requires_grad_(False)
         model, *_ = deepspeed.initialize(model=module, config=config)
         model.eval()
     ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    # The forwards' own peak: reset the kernel's high-water mark once the teacher is loaded
+    # (`clear_refs` 5), so VmHWM afterwards is the peak of the gathers, not of the load.
+    loaded_kib = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
     times, first = [], None
     profiler = None
     with torch.no_grad():
@@ -105,14 +127,18 @@ def _worker(
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
         print(f"--- {row}, rank 0, last step ---\n{text.getvalue()}", flush=True)
-    if rank == 0:
-        out.put({"row": row, "step_s": times, "logits": first})
+    memory = {
+        "rank": rank,
+        "rss_after_load_gib": loaded_kib / 2**20,
+        "peak_rss_forwards_gib": _status_kib("VmHWM") / 2**20,
+    }
+    out.put({"row": row, "step_s": times, "logits": first, **memory} if rank == 0 else memory)
     dist.barrier()
     dist.destroy_process_group()
 
 
 def _baseline(row: str) -> str:
-    return row.replace("zero3", "replicate")
+    return row.replace("zero3", "replicate").replace("-allgather", "")
 
 
 def _copy_floor(nbytes: int) -> float:
@@ -157,14 +183,24 @@ def main() -> None:
             os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
         for p in procs:
             p.start()
-        got = queue.get()
+        answers = [queue.get() for _ in procs]
         for p in procs:
             p.join()
+        got = next(a for a in answers if a["rank"] == 0)
+        got["peak_rss_forwards_gib_per_rank"] = [
+            round(a["peak_rss_forwards_gib"], 3) for a in sorted(answers, key=lambda a: a["rank"])
+        ]
+        got["rss_after_load_gib_per_rank"] = [
+            round(a["rss_after_load_gib"], 3) for a in sorted(answers, key=lambda a: a["rank"])
+        ]
         steady = got["step_s"][1:] or got["step_s"]
         got["median_s"] = statistics.median(steady)
         results[row] = got
         print(
-            f"{row:>16}: {got['median_s']:.2f} s per forward (steps {[round(t, 2) for t in got['step_s']]})",
+            f"{row:>20}: {got['median_s']:.2f} s per forward (steps "
+            f"{[round(t, 2) for t in got['step_s']]}); RSS after load "
+            f"{max(got['rss_after_load_gib_per_rank']):.2f} GiB, peak during the forwards "
+            f"{max(got['peak_rss_forwards_gib_per_rank']):.2f} GiB (worst rank)",
             flush=True,
         )
     config = AutoConfig.from_pretrained(args.teacher)
