@@ -6,13 +6,13 @@ to `bench/.cache/`) on the same batch shape as that benchmark (2 x 32 tokens), a
 and report the median per-step forward time of the steps after the first. Rows:
 
 - `replicate`: every process holds the whole teacher (`teacher.placement: replicate`).
-- `zero3`: `teacher.placement: zero3` with the spec's default fetch (`teacher.zero3.fetch:
-  auto`, all_reduce on CPU): every rank writes its partitions into one zeroed buffer the
-  gathered parameters are views of, and all-reduces it.
-- `-allgather` rows: `teacher.zero3.fetch: all_gather`, DeepSpeed's default fetch: every rank
-  packs its partitions into one buffer, all-gathers, then unpacks each parameter with
-  `torch.cat` into a fresh tensor, so the largest gathered tensor is briefly held twice.
-Either way the whole teacher is allocated, written and freed every forward.
+- `zero3`: `teacher.placement: zero3`, DeepSpeed's parameter fetch: every rank packs its
+  partitions into one buffer, all-gathers, then unpacks each parameter with `torch.cat`
+  into a fresh tensor: the whole teacher is allocated, written and freed every forward.
+- `-allreduce` rows: DeepSpeed's `stage3_use_all_reduce_for_fetch_params`: every rank writes
+  its partitions into one zeroed buffer per fetch, the gathered parameters are views of it,
+  and all-reduces it (no unpacking copy). The buffer lives as long as any parameter of that
+  fetch is still gathered, so it is not what workers use (see docs/benchmarks.md).
 - `-thp` rows: the same with `THP_MEM_ALLOC_ENABLE=1`, PyTorch's CPU allocator asking for
   transparent huge pages for its large blocks (as `cluster/worker_env.py` sets for workers
   holding a zero3 teacher): a fresh 2 MiB page faults once where 512 small pages fault
@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEFAULT_TEACHER = ROOT / "bench" / ".cache" / "teacher-gpt2-36x1536-fp32"
 ROWS = ("replicate", "zero3", "replicate-thp", "zero3-thp")
-# `-allgather` rows: `teacher.zero3.fetch=all_gather` (DeepSpeed's default fetch); the plain
-# zero3 rows take the spec's default, `auto`, which on CPU workers is all_reduce.
+# `-allreduce` rows: DeepSpeed's `stage3_use_all_reduce_for_fetch_params` (not what workers
+# use: see the module docstring).
 
 
 def _status_kib(field: str) -> int:
@@ -62,11 +62,11 @@ def _zero3_config(row: str) -> dict:
     from distill.cluster.teacher_on_worker import teacher_deepspeed_config
     from distill.core.spec_loading import load_spec_dict
 
-    sets = ["teacher.placement=zero3", "training.batch_size=2"]
-    if "-allgather" in row:
-        sets.append("teacher.zero3.fetch=all_gather")
-    spec = load_spec_dict({}, sets)
-    return teacher_deepspeed_config(spec)
+    spec = load_spec_dict({}, ["teacher.placement=zero3", "training.batch_size=2"])
+    config = teacher_deepspeed_config(spec)
+    if "-allreduce" in row:
+        config["zero_optimization"]["stage3_use_all_reduce_for_fetch_params"] = True
+    return config
 
 
 def _worker(
@@ -138,7 +138,7 @@ def _worker(
 
 
 def _baseline(row: str) -> str:
-    return row.replace("zero3", "replicate").replace("-allgather", "")
+    return row.replace("zero3", "replicate").replace("-allreduce", "")
 
 
 def _copy_floor(nbytes: int) -> float:

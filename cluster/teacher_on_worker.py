@@ -84,14 +84,6 @@ class PlacedTeacher:
         return hashlib.sha256("".join(parts).encode()).hexdigest()
 
 
-def zero3_fetch(spec: JobSpec) -> str:
-    """`teacher.zero3.fetch` resolved: `auto` is all_reduce on CPU workers, else all_gather."""
-    fetch = spec.teacher.zero3.fetch
-    if fetch != "auto":
-        return fetch
-    return "all_gather" if spec.scaling.gpus_per_worker > 0 else "all_reduce"
-
-
 def teacher_deepspeed_config(spec: JobSpec) -> dict:
     """Stage 3, no optimizer: the partitioned teacher's inference engine."""
     dtype, z = spec.teacher.dtype, spec.teacher.zero3
@@ -103,7 +95,6 @@ def teacher_deepspeed_config(spec: JobSpec) -> dict:
             "stage3_max_live_parameters": z.max_live_parameters,
             "stage3_max_reuse_distance": z.max_reuse_distance,
             "stage3_param_persistence_threshold": z.param_persistence_threshold,
-            "stage3_use_all_reduce_for_fetch_params": zero3_fetch(spec) == "all_reduce",
             **(
                 {"offload_param": {"device": "cpu", "pin_memory": True}}
                 if z.offload and spec.scaling.gpus_per_worker > 0

@@ -65,14 +65,6 @@ class Zero3TeacherSpec(Strict):
     # The partitions live in CPU memory and only the gathered layers visit the GPU
     # (DeepSpeed `offload_param`): a teacher larger than the GPUs' memory. No effect on CPU.
     offload: bool = False
-    # How a gathered layer set is fetched (`stage3_use_all_reduce_for_fetch_params`).
-    # all_gather: DeepSpeed's default; a coalesced fetch receives the ranks' partitions into one
-    # buffer and unpacks each parameter with `torch.cat` into a second, fresh tensor, so the
-    # largest gathered tensor is briefly held twice. all_reduce: each rank writes its partition
-    # into a zeroed buffer the parameters are views of and all-reduces it, one copy. auto:
-    # all_reduce on CPU workers (gloo), where the second copy is what a worker's peak pays for,
-    # all_gather on GPUs (NCCL's all-gather moves half the bytes of an all-reduce).
-    fetch: Literal["auto", "all_gather", "all_reduce"] = "auto"
 
 
 class TeacherInferenceSpec(Strict):

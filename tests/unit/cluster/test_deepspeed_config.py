@@ -152,24 +152,3 @@ def test_run_refuses_a_conflicting_config_before_ray(tmp_path, capsys):
     assert cli.main(["run", "--set", f"deepspeed.config={path}"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("distill: error: deepspeed.config.fp16.enabled: True conflicts")
-
-
-@pytest.mark.parametrize(
-    "sets, all_reduce",
-    [
-        ([], True),  # auto on CPU workers: one buffer, no unpacking copy of each tensor
-        (["scaling.gpus_per_worker=1"], False),  # auto on GPUs: NCCL's all-gather
-        (["teacher.zero3.fetch=all_gather"], False),
-        (["teacher.zero3.fetch=all_reduce", "scaling.gpus_per_worker=1"], True),
-    ],
-)
-def test_the_partitioned_teachers_fetch_follows_the_spec(sets, all_reduce):
-    from distill.cluster.teacher_on_worker import teacher_deepspeed_config
-
-    spec = load_spec(None, ["teacher.placement=zero3", *sets])
-    zero = teacher_deepspeed_config(spec)["zero_optimization"]
-    assert zero["stage3_use_all_reduce_for_fetch_params"] is all_reduce
-    # DeepSpeed reads the key under that name (its config model's alias).
-    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-
-    assert DeepSpeedZeroConfig(**zero).use_all_reduce_for_fetch_params is all_reduce
