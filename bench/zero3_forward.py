@@ -66,6 +66,8 @@ def _zero3_config(row: str) -> dict:
     config = teacher_deepspeed_config(spec)
     if "-allreduce" in row:
         config["zero_optimization"]["stage3_use_all_reduce_for_fetch_params"] = True
+    if "-sequential" in row:
+        config["zero_optimization"]["stage3_allgather_sequential"] = True
     return config
 
 
@@ -138,7 +140,7 @@ def _worker(
 
 
 def _baseline(row: str) -> str:
-    return row.replace("zero3", "replicate").replace("-allreduce", "")
+    return row.replace("zero3", "replicate").replace("-allreduce", "").replace("-sequential", "")
 
 
 def _copy_floor(nbytes: int) -> float:
