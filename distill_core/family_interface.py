@@ -212,6 +212,9 @@ class ModelFamily(ABC):
         student_dir: str | Path,
         eval_rows,
         probe: torch.Tensor,
+        speed: dict | None = None,
     ) -> dict:
         """The report's family sections: teacher, student, size, quality, task, speed,
-        export_check (docs/report.md)."""
+        export_check (docs/report.md). `speed`: the teacher's and student's throughput
+        already measured by the report's latency rounds (`jobs/serving.py`, same threads,
+        texts and batch size), used as the speed section instead of timing them again."""

@@ -433,7 +433,9 @@ class GenerativeFamily(ModelFamily):
 
     # -- report -----------------------------------------------------------------------------
 
-    def evaluate(self, spec, teacher_dir, student_dir, eval_rows, probe):
+    def evaluate(self, spec, teacher_dir, student_dir, eval_rows, probe, speed=None):
+        # `speed` is an encoder's (sentences/s from the latency rounds): generation is
+        # timed here, in new tokens/s.
         teacher = self.load_model(teacher_dir).eval()
         student = self.auto_class.from_pretrained(student_dir).eval()
         tokenizer = AutoTokenizer.from_pretrained(student_dir)

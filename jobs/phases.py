@@ -36,7 +36,8 @@ WORKER_MARKS = (  # (phase ended by the mark, the workers' memory phase that mar
     ("first_step", "first_teacher_forward"),
     ("train", "steady"),
 )
-END_PHASES = ("final_checkpoint", "evaluate", "latency", "export", "report")
+# The latency rounds come before the evaluation, which reuses their PyTorch throughput.
+END_PHASES = ("final_checkpoint", "latency", "evaluate", "export", "report")
 
 
 def process_start_time() -> float:

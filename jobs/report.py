@@ -69,7 +69,17 @@ def build_report(
     teacher_dir = teacher_dir or resolve_teacher(spec.teacher.name)
     student_dir = student_dir or Path(run_dir) / "student"
     family = family_of(AutoConfig.from_pretrained(teacher_dir))
-    sections = family.evaluate(spec, teacher_dir, student_dir, eval_rows, probe)
+    latency = None
+    if family.name == "encoder":
+        from distill.jobs.serving import latency_section
+
+        latency = latency_section(spec, teacher_dir, student_dir, eval_rows)
+    if timeline is not None:
+        timeline.mark("latency")
+    # The latency rounds timed PyTorch's batch throughput already: not measured twice.
+    sections = family.evaluate(
+        spec, teacher_dir, student_dir, eval_rows, probe, speed=pytorch_speed(latency)
+    )
     if timeline is not None:
         timeline.mark("evaluate")
     report = {
@@ -93,16 +103,32 @@ def build_report(
         "teacher_check": train_state.get("teacher_fingerprint"),
         "paths": paths_section(run_dir, checkpoint_path),
     }
-    if family.name == "encoder":
-        from distill.jobs.serving import latency_section
-
-        latency = latency_section(spec, teacher_dir, student_dir, eval_rows)
-        if latency is not None:
-            report["latency"] = latency
-    if timeline is not None:
-        timeline.mark("latency")
+    if latency is not None:
+        report["latency"] = latency
     report["run"]["wall_time_s"] = time.perf_counter() - started
     return report
+
+
+def pytorch_speed(latency: dict | None) -> dict | None:
+    """The speed section's figures from the latency rounds' PyTorch backend (sentences/s at
+    `evaluation.batch_size`, measured interleaved with the other backends), or None when
+    there are none to reuse (no latency section, or its threads differ from the run's)."""
+    import torch
+
+    if not latency or "pytorch" not in (latency.get("backends") or {}):
+        return None
+    settings = latency["settings"]
+    if settings["threads"] != torch.get_num_threads():  # evaluation.latency_threads set
+        return None
+    rates = latency["backends"]["pytorch"]
+    (key,) = (k for k in rates["teacher"] if k.startswith("batch") and k.endswith("_per_s"))
+    return {
+        "teacher": rates["teacher"][key],
+        "student": rates["student"][key],
+        "texts": settings["throughput_texts"],
+        "threads": settings["threads"],
+        "measured_in": "latency",
+    }
 
 
 def format_number(value, digits: int = 4) -> str:

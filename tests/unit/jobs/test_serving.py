@@ -24,7 +24,7 @@ from distill.core.onnx_export import (
 from distill.core.spec_loading import load_spec
 from distill.core.student import StudentSize, build_student
 from distill.jobs import cli
-from distill.jobs.report import format_table
+from distill.jobs.report import format_table, pytorch_speed
 from distill.jobs.serving import latency_section
 
 
@@ -114,3 +114,47 @@ def test_latency_section_times_teacher_and_student_on_every_backend(
 
     off = load_spec(None, ["evaluation.latency=none"])
     assert latency_section(off, str(teacher_dir), student_dir, rows) is None
+
+    # The report's speed section takes these PyTorch rates instead of timing both models
+    # again, unless the rounds ran at other threads than the run's.
+    speed = pytorch_speed(section)
+    assert speed["teacher"] == section["backends"]["pytorch"]["teacher"]["batch32_per_s"]
+    assert speed["student"] == section["backends"]["pytorch"]["student"]["batch32_per_s"]
+    assert speed["texts"] == 16 and speed["measured_in"] == "latency"
+    other = {**section, "settings": {**section["settings"], "threads": speed["threads"] + 1}}
+    assert pytorch_speed(other) is None and pytorch_speed(None) is None
+
+
+def test_the_speed_section_reuses_the_latency_rounds(
+    teacher_dir, student_dir, tmp_path, monkeypatch
+):
+    """build_report times the latency rounds first; the family's speed section is their
+    PyTorch batch throughput, not a second measurement of the same thing."""
+    from transformers import AutoConfig
+
+    from distill.core.export import PROBE_TEXTS
+    from distill.core.family_registry import family_of
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    spec = load_spec(
+        None,
+        ["data.max_length=32", "evaluation.latency_rounds=4", "evaluation.throughput_texts=16"],
+    )
+    rows = Dataset.from_dict({"text": ["the cat sat on the mat", "a good movie", "no"]})
+    family = family_of(AutoConfig.from_pretrained(teacher_dir))
+    timed = []
+    monkeypatch.setattr(
+        "distill.core.encoder_family.measure_throughput",
+        lambda *a, **k: timed.append(1) or {"teacher": 1.0, "student": 2.0},
+    )
+    probe = load_encoder(student_dir).encode(PROBE_TEXTS, max_length=32)
+    latency = latency_section(spec, str(teacher_dir), student_dir, rows)
+    sections = family.evaluate(
+        spec, str(teacher_dir), student_dir, rows, probe, speed=pytorch_speed(latency)
+    )
+    assert not timed and sections["speed"]["measured_in"] == "latency"
+    assert sections["speed"]["speedup"] == pytest.approx(
+        sections["speed"]["student"] / sections["speed"]["teacher"]
+    )
+    without = family.evaluate(spec, str(teacher_dir), student_dir, rows, probe)
+    assert timed == [1] and without["speed"]["teacher"] == 1.0  # no latency: timed here
