@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer
 
@@ -59,7 +59,7 @@ class CacheRequest:
             "key": self.key,
             "hit": self.hit,
             "rows": {split: len(rows) for split, rows in self.rows.items()},
-            "plan": asdict(self.plan),
+            "plan": self.plan.as_dict(),
             **extra,
         }
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -138,7 +137,7 @@ def run_inference(
     started = time.perf_counter()
     out = ds.map_batches(
         actor_class,
-        fn_constructor_args=(spec.model_dump_json(), teacher_dir, cache_uri, asdict(plan)),
+        fn_constructor_args=(spec.model_dump_json(), teacher_dir, cache_uri, plan.as_dict()),
         batch_size=inf.rows_per_shard,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=inf.actors),

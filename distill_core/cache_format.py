@@ -7,10 +7,17 @@ same teacher on the same rows, so the teacher forward is the same work each time
 holds only what the objective reads (`CachePlan`):
 - encoders: hidden states of the mapped layers (float16, only the real tokens of each row),
   the pooled sentence vector and the task logits (float32; they are small);
-- causal and seq2seq LMs: for every target token, the teacher's top-k token ids (int32) and
-  raw logits (float32), and the logsumexp of its full logits at the job's temperature
-  (float32), from which the probability outside the top-k follows exactly
-  (`distill.core.token_losses.sparse_token_divergence`): 8k + 4 bytes per target token.
+- causal and seq2seq LMs, `targets: topk` (the default): for every target token, the
+  teacher's top-k token ids (int32) and raw logits (float32), and the logsumexp of its full
+  logits at the job's temperature (float32), from which the probability outside the top-k
+  follows exactly (`distill.core.token_losses.sparse_token_divergence`): 8k + 4 bytes per
+  target token. Biased: the KD loss sees the tail as one bucket.
+- causal and seq2seq LMs, `targets: sampled`: for every target token, S token ids drawn
+  with replacement from the teacher's distribution at the job's temperature (int32) and
+  the teacher's log-probability of each draw (float32), from which the forward KL and its
+  gradient are estimated without bias (`token_losses.sampled_token_divergence`): 8S bytes
+  per target token (S = 12: 96 bytes). The draws come from uniforms seeded by the row's
+  own tokens (`row_seeds`), so a rebuild draws the same ids whatever the batching.
 Objectives that read the teacher's attention internals, or feed it inputs that change every
 step (MixKD's mixed embeddings, MLM masks, seq2seq text infilling), bypass the cache
 (`bypass_reason`).
@@ -24,7 +31,8 @@ shards holding its rows, one slice per row, never a whole shard into memory.
 
 The cache's key is a content hash of everything that decides its values (`cache_key`), so a
 change in teacher weights, data, tokenizer settings, requested tensors, k or temperature
-misses.
+misses; so does a change of target kind or sample count (a top-k cache never serves a run
+that asked for sampled targets, nor the reverse).
 """
 
 from __future__ import annotations
@@ -53,41 +61,60 @@ SPLITS = ("train", "eval")
 INDEX_COLUMN = "cache_index"  # each row's position in its cached split
 ROW_KEYS = ("pooled", "logits")  # one entry per row; every other tensor is per token
 TOPK_KEYS = ("topk_ids", "topk_logits", "topk_lse")
+SAMPLED_KEYS = ("sampled_ids", "sampled_logp")
+LM_TARGETS = ("topk", "sampled")  # what an LM cache keeps per target token
 _LOGIT_LOSSES = {"logit_kl", "logit_mse"}
 _LM_KD_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
 _HIDDEN_DTYPE = torch.float16  # hidden states of BERT-family teachers stay far below 65504
 _LM_CHUNK_TOKENS = 1024  # teacher LM logits are built this many target tokens at a time
+# Sampling sums a float64 CDF over the vocabulary: fewer tokens per chunk keep it near the
+# size of the top-k path's float32 logits.
+_LM_SAMPLE_CHUNK_TOKENS = 256
+_SEED_SALT = b"distill.sampled-targets.v1"
 
 
 @dataclass(frozen=True)
 class CachePlan:
     """Which teacher tensors to keep: `hidden_states` indices, pooled vector, task logits
-    (encoders); or `topk` logits per target token with the logsumexp at `temperature` (LMs)."""
+    (encoders); or, per target token (LMs), `targets` "topk": the `topk` largest logits with
+    the logsumexp at `temperature`, or "sampled": `samples` draws from the teacher at
+    `temperature` with their log-probabilities."""
 
     layers: tuple[int, ...] = ()
     pooled: bool = False
     logits: bool = False
     topk: int = 0
     temperature: float = 1.0
+    targets: str = "topk"
+    samples: int = 0
+
+    def __post_init__(self) -> None:
+        if self.targets not in LM_TARGETS:
+            raise ValueError(f"teacher cache: targets {self.targets!r}; choose from {LM_TARGETS}")
+
+    @property
+    def lm(self) -> bool:
+        """Whether the plan keeps LM targets (of either kind)."""
+        return bool(self.topk or self.samples)
+
+    def _lm_key(self) -> tuple:
+        return (self.targets, self.topk, self.samples, self.temperature)
 
     def union(self, other: CachePlan) -> CachePlan:
-        if (
-            self.topk
-            and other.topk
-            and (self.topk, self.temperature)
-            != (
-                other.topk,
-                other.temperature,
+        if self.lm and other.lm and self._lm_key() != other._lm_key():
+            raise ValueError(
+                "teacher cache: one cache holds one kind of LM targets (top-k or sampled, one "
+                "k or sample count) at one temperature"
             )
-        ):
-            raise ValueError("teacher cache: one cache holds one top-k and one temperature")
-        lm = self if self.topk else other
+        lm = self if self.lm else other
         return CachePlan(
             tuple(sorted(set(self.layers) | set(other.layers))),
             self.pooled or other.pooled,
             self.logits or other.logits,
             lm.topk,
             lm.temperature,
+            lm.targets,
+            lm.samples,
         )
 
     def covers(self, other: CachePlan) -> bool:
@@ -95,21 +122,33 @@ class CachePlan:
             set(other.layers) <= set(self.layers)
             and (self.pooled or not other.pooled)
             and (self.logits or not other.logits)
-            and (not other.topk or (self.topk, self.temperature) == (other.topk, other.temperature))
+            and (not other.lm or self._lm_key() == other._lm_key())
         )
 
     @property
     def empty(self) -> bool:
-        return not (self.layers or self.pooled or self.logits or self.topk)
+        return not (self.layers or self.pooled or self.logits or self.lm)
+
+    def as_dict(self) -> dict:
+        """The plan as plain data for the key and the manifest. A top-k plan leaves out
+        `targets` and `samples`, so it reads and hashes exactly as before sampled targets
+        existed: caches built then keep their key."""
+        raw = asdict(self)
+        if self.targets == "topk":
+            del raw["targets"], raw["samples"]
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict) -> CachePlan:
+        """The plan of a manifest or `as_dict`; one without `targets` holds top-k targets."""
         return cls(
             tuple(raw.get("layers", ())),
             bool(raw.get("pooled")),
             bool(raw.get("logits")),
             int(raw.get("topk", 0)),
             float(raw.get("temperature", 1.0)),
+            str(raw.get("targets", "topk")),
+            int(raw.get("samples", 0)),
         )
 
 
@@ -125,10 +164,22 @@ def plan_for(weights: dict[str, float], pairs: Iterable[tuple[int, int]]) -> Cac
     return CachePlan(tuple(sorted(layers)), bool(used & POOLED_LOSSES), bool(used & _LOGIT_LOSSES))
 
 
-def lm_plan_for(weights: dict[str, float], topk: int, temperature: float) -> CachePlan:
-    """The cache an LM objective reads: top-k targets when it has a teacher KD loss."""
+def lm_plan_for(
+    weights: dict[str, float],
+    topk: int,
+    temperature: float,
+    *,
+    targets: str = "topk",
+    samples: int = 0,
+) -> CachePlan:
+    """The cache an LM objective reads when it has a teacher KD loss: top-k targets
+    (`topk` logits) or sampled targets (`samples` draws), per `targets`."""
     used = {name for name, w in weights.items() if w > 0}
-    return CachePlan(topk=topk, temperature=temperature) if used & _LM_KD_LOSSES else CachePlan()
+    if not used & _LM_KD_LOSSES:
+        return CachePlan()
+    if targets == "sampled":
+        return CachePlan(temperature=temperature, targets="sampled", samples=samples)
+    return CachePlan(topk=topk, temperature=temperature)
 
 
 def bypass_reason(
@@ -195,7 +246,7 @@ def cache_key(*, teacher: str, rows: str, plan: CachePlan, settings: dict) -> st
     """A short hash naming one cache: teacher folder digest, rows digest, requested tensors
     and any setting that changes the values (e.g. max_length, precision)."""
     blob = json.dumps(
-        {"teacher": teacher, "rows": rows, "plan": asdict(plan), "settings": settings},
+        {"teacher": teacher, "rows": rows, "plan": plan.as_dict(), "settings": settings},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -222,20 +273,66 @@ def encoder_rows(
     return rows
 
 
+def row_seeds(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+) -> list[int]:
+    """One seed per row of a batch for its sampled targets: a hash of the row's real input
+    ids (`attention_mask`) and target ids (IGNORE_INDEX skipped), so it does not depend on
+    the padding, the batch the row lands in, its shard or its position in the data (two
+    identical rows draw the same ids). input_ids, attention_mask, targets: [batch, seq]."""
+    seeds = []
+    for ids, mask, target in zip(input_ids.cpu(), attention_mask.cpu(), targets.cpu()):
+        digest = hashlib.sha256(_SEED_SALT)
+        digest.update(ids[mask.bool()].to(torch.int64).numpy().tobytes())
+        digest.update(b"|")
+        digest.update(target[target != token_losses.IGNORE_INDEX].to(torch.int64).numpy().tobytes())
+        seeds.append(int.from_bytes(digest.digest()[:8], "little") >> 1)  # < 2**63
+    return seeds
+
+
+def sample_uniforms(seeds: Sequence[int], counts: Sequence[int], samples: int) -> torch.Tensor:
+    """The uniforms [sum(counts), samples] float64 that `token_losses.teacher_samples` turns
+    into draws: row r's `counts[r]` tokens, in order, from a CPU generator seeded with
+    `seeds[r]` (the same on every device)."""
+    parts = [
+        torch.rand(
+            count, samples, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+        for seed, count in zip(seeds, counts, strict=True)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0, samples, dtype=torch.float64)
+
+
 @torch.no_grad()
 def lm_rows(
     hidden: torch.Tensor,
     targets: torch.Tensor,
     head: Callable[[torch.Tensor], torch.Tensor],
     plan: CachePlan,
+    *,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One batch of an LM teacher's cached tensors from its final hidden states [batch, seq,
     width] at the target positions `targets` [batch, seq] (IGNORE_INDEX skipped): `counts`
-    [batch] and, per target token in row order, `topk_ids` [tokens, k] int32, `topk_logits`
-    [tokens, k] float32 and `topk_lse` [tokens] float32 (logsumexp of logits / T). The
+    [batch] and, per target token in row order, for top-k targets `topk_ids` [tokens, k]
+    int32, `topk_logits` [tokens, k] float32 and `topk_lse` [tokens] float32 (logsumexp of
+    logits / T); for sampled targets `sampled_ids` [tokens, S] int32 and `sampled_logp`
+    [tokens, S] float32, drawn with one seed per row (`seeds`, from `row_seeds`). The
     [tokens, vocab] logits exist one chunk at a time."""
     keep = targets != token_losses.IGNORE_INDEX
     flat = hidden[keep]
+    if plan.targets == "sampled":
+        if seeds is None or len(seeds) != targets.shape[0]:
+            raise ValueError("teacher cache: sampled targets need one seed per row (row_seeds)")
+        uniforms = sample_uniforms(seeds, keep.sum(1).tolist(), plan.samples)
+        drawn = [
+            token_losses.teacher_samples(head(chunk), u, plan.temperature)
+            for chunk, u in zip(
+                flat.split(_LM_SAMPLE_CHUNK_TOKENS), uniforms.split(_LM_SAMPLE_CHUNK_TOKENS)
+            )
+        ] or [token_losses.teacher_samples(head(flat), uniforms, plan.temperature)]
+        ids, logp = (torch.cat([d[i] for d in drawn]).cpu() for i in range(2))
+        return {"counts": keep.sum(1).cpu(), "sampled_ids": ids, "sampled_logp": logp}
     parts = [
         token_losses.teacher_topk(head(chunk), plan.topk, plan.temperature)
         for chunk in flat.split(_LM_CHUNK_TOKENS)
@@ -246,7 +343,7 @@ def lm_rows(
 
 # Cached tensors with one entry per token (row r's are `offsets[r]:offsets[r+1]`); every
 # other tensor has one entry per row.
-PER_TOKEN_PREFIXES = ("hidden_", "topk_")
+PER_TOKEN_PREFIXES = ("hidden_", "topk_", "sampled_")
 
 
 def length_buckets(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -317,7 +414,7 @@ def build_manifest(key: str, plan: CachePlan, rows: dict[str, int], shards: list
     return {
         "format": FORMAT,
         "key": key,
-        "plan": asdict(plan),
+        "plan": plan.as_dict(),
         "splits": splits,
         "bytes": sum(s["bytes"] for s in shards),
         "tokens": {
@@ -411,12 +508,16 @@ class ShardedCache:
 
     def lm_outputs(self, split: str, index: torch.Tensor, targets: torch.Tensor) -> ModelOutputs:
         """LM teacher targets for rows `index` [batch] whose target ids are `targets`
-        [batch, seq]: `topk` = (ids, logits, lse) of every target token in row order."""
+        [batch, seq], of every target token in row order: `topk` = (ids, logits, lse) or,
+        for a cache of sampled targets, `samples` = (ids, log-probabilities)."""
         taken = self.take(split, index.tolist())
         if taken["counts"] != (targets != token_losses.IGNORE_INDEX).sum(1).tolist():
             raise ValueError(
                 "teacher cache: cached target-token counts differ from the batch (stale cache?)"
             )
         device = targets.device
+        if self.plan.targets == "sampled":
+            samples = tuple(torch.cat(taken[key]).to(device) for key in SAMPLED_KEYS)
+            return ModelOutputs(hidden=(), pooled=None, samples=samples)
         topk = tuple(torch.cat(taken[key]).to(device) for key in TOPK_KEYS)
         return ModelOutputs(hidden=(), pooled=None, topk=topk)

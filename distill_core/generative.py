@@ -123,6 +123,8 @@ class TokenView:
     settings: TokenSettings
     # A cached teacher: (top-k ids, logits, logsumexp) per target token instead of hidden+head.
     teacher_topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # A cached teacher's sampled targets: (drawn ids, their teacher log-probs) per target token.
+    teacher_samples: tuple[torch.Tensor, torch.Tensor] | None = None
     # (student rows [n, width], teacher rows [n, teacher width]) of the target positions
     # `token_losses.first_aligned` pairs across the two tokenizations (`uld`).
     aligned: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -154,6 +156,20 @@ def _kd(divergence: str) -> Callable[[TokenView], torch.Tensor]:
             "beta": s.jsd_beta,
             "checkpoint": s.checkpoint,
         }
+        if view.teacher_samples is not None:  # a cached teacher: draws from it per token
+            if divergence != "forward_kl":
+                raise ValueError(
+                    f"teacher cache: sampled targets estimate forward KL (lm_kl) only, not "
+                    f"{divergence}"
+                )
+            return token_losses.chunked_sampled_token_kd(
+                view.student_hidden,
+                view.student_head,
+                *view.teacher_samples,
+                num_chunks=s.num_chunks,
+                temperature=s.temperature,
+                checkpoint=s.checkpoint,
+            )
         if view.teacher_topk is not None:  # a cached teacher: its top-k logits per token
             return token_losses.chunked_sparse_token_kd(
                 view.student_hidden, view.student_head, *view.teacher_topk, **options
@@ -210,6 +226,10 @@ TEACHERLESS_TOKEN_LOSSES = {"lm"}
 # (The attention terms, `attention_terms.ATTENTION_LOSSES`, compare positions of one
 # tokenization: they need the teacher's tokenizer too.)
 SHARED_VOCABULARY_LOSSES = {"lm_kl", "lm_reverse_kl", "lm_jsd"}
+# What a cache of sampled teacher targets (`teacher.cache.targets: sampled`) estimates without
+# bias: the forward KL. Reverse KL and JSD weigh tokens by the student's probability, which
+# draws from the teacher do not cover.
+SAMPLED_TARGET_LOSSES = {"lm_kl"}
 CROSS_TOKENIZER_LOSSES = {"lm", "uld"}
 # What trains on the student's own samples (`objective.on_policy`): the divergences from
 # the teacher. `lm` learns the data's tokens, so a sampled batch leaves it out.
@@ -270,8 +290,10 @@ class GenerativeDistillationModel(nn.Module):
         with capture_qkv(self.student, [layer - 1 for layer in layers]) as captured:
             hidden, targets = target_hidden(self.student, batch)
         keep = targets != token_losses.IGNORE_INDEX
-        t_hidden = t_head = t_topk = aligned = t_qkv = None
-        if teacher is not None and teacher.topk is not None:  # from a teacher-output cache
+        t_hidden = t_head = t_topk = t_samples = aligned = t_qkv = None
+        if teacher is not None and teacher.samples is not None:  # a cache of sampled targets
+            t_samples = teacher.samples
+        elif teacher is not None and teacher.topk is not None:  # from a teacher-output cache
             t_topk = teacher.topk
         elif teacher is not None:
             t_all, t_head = teacher.hidden[-1], teacher.head
@@ -297,6 +319,7 @@ class GenerativeDistillationModel(nn.Module):
             teacher_head=t_head,
             settings=self.objective.settings,
             teacher_topk=t_topk,
+            teacher_samples=t_samples,
             aligned=aligned,
             student_qkv=captured[layers[0] - 1] if layers else None,
             teacher_qkv=t_qkv,

@@ -25,7 +25,7 @@ from distill.core.attention_terms import (
     attention_settings,
     check_attention_objective,
 )
-from distill.core.cache_format import bypass_reason, lm_plan_for, lm_rows
+from distill.core.cache_format import bypass_reason, lm_plan_for, lm_rows, row_seeds
 from distill.core.data import (
     BUILTIN_STS,
     collate_for_both,
@@ -38,6 +38,8 @@ from distill.core.family_interface import ModelFamily
 from distill.core.generative import (
     CROSS_TOKENIZER_LOSSES,
     ON_POLICY_LOSSES,
+    SAMPLED_TARGET_LOSSES,
+    SHARED_VOCABULARY_LOSSES,
     TOKEN_LOSSES,
     BatchIds,
     GenerativeDistillationModel,
@@ -179,6 +181,14 @@ class GenerativeFamily(ModelFamily):
             )
         if o.on_policy_fraction > 0:
             self._check_on_policy(spec, kind, used, teacher_has_head)
+        cache = spec.teacher.cache
+        unsampled = sorted(used & (SHARED_VOCABULARY_LOSSES - SAMPLED_TARGET_LOSSES))
+        if kind == "distill" and cache.mode != "off" and cache.targets == "sampled" and unsampled:
+            raise SpecError(
+                f"teacher.cache.targets: sampled estimates the forward KL (lm_kl) only; "
+                f"objective.weights {unsampled} need the teacher's probability wherever the "
+                "student puts mass (use targets: topk, or teacher.cache.mode: off)"
+            )
         if kind in ("pretrain", "finetune") and used != {"lm"}:
             raise SpecError(
                 f"objective.weights: a {kind} stage trains on the LM loss only: {{lm: 1.0}}"
@@ -395,7 +405,8 @@ class GenerativeFamily(ModelFamily):
         )
         if reason:
             return None, reason
-        plan = lm_plan_for(o.weights, spec.teacher.cache.topk, o.temperature)
+        c = spec.teacher.cache
+        plan = lm_plan_for(o.weights, c.topk, o.temperature, targets=c.targets, samples=c.samples)
         return (None, "the objective reads no teacher output") if plan.empty else (plan, None)
 
     def cache_rows(self, teacher, teacher_head, tokenizer, batch, plan):
@@ -403,7 +414,8 @@ class GenerativeFamily(ModelFamily):
             ids = BatchIds.from_model(teacher.config, tokenizer)
             batch = prepare_seq2seq_batch(batch, ids, torch.Generator())
         hidden, targets = target_hidden(teacher, batch)
-        return lm_rows(hidden, targets, lm_head(teacher), plan)
+        seeds = row_seeds(batch["input_ids"], batch["attention_mask"], targets)
+        return lm_rows(hidden, targets, lm_head(teacher), plan, seeds=seeds)
 
     def cached_outputs(self, cache, split, index, batch, dtype):
         targets = batch["labels"] if self.name == "seq2seq" else causal_targets(batch)

@@ -52,6 +52,9 @@ class ModelOutputs:
     # An LM teacher read from a cache: (top-k ids [tokens, k], their logits [tokens, k],
     # logsumexp of the full logits / T [tokens]) of every target token, in row order.
     topk: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # An LM teacher read from a cache of sampled targets: (ids drawn from the teacher at T
+    # [tokens, S] int32, the teacher's log-probability of each draw [tokens, S]).
+    samples: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class TaskHead(nn.Module):

@@ -78,6 +78,10 @@ class TeacherInferenceSpec(Strict):
     rows_per_shard: PositiveInt = 1024  # rows per cache shard (one actor call)
 
 
+TOPK_DEFAULT = 64
+SAMPLES_DEFAULT = 12
+
+
 class TeacherCacheSpec(Strict):
     """The teacher-output cache (`distill.core.cache_format`). off: the teacher runs live
     in every step; auto: use a complete cache of the same key, else build one with Ray Data
@@ -93,9 +97,40 @@ class TeacherCacheSpec(Strict):
     # A folder or s3:// prefix holding caches by key (shared between runs and sweeps);
     # None: the run's or sweep's own storage.
     location: str | None = None
-    # LM teachers: logits kept per target token (8k + 4 bytes per token; 64 is 0.8% of a
+    # LM teachers: what the cache keeps per target token. topk: the teacher's k largest
+    # logits, the rest lumped into one bucket (biased: the tail's shape is lost); sampled:
+    # `samples` token ids drawn from the teacher's distribution with their log-probabilities,
+    # an unbiased estimate of the forward KL and its gradient (Anshumann et al., ACL 2025,
+    # "Sparse Logit Sampling"; lm_kl only).
+    targets: Literal["topk", "sampled"] = "topk"
+    # targets topk: logits kept per target token (8k + 4 bytes per token; 64 is 0.8% of a
     # 32k-vocabulary fp16 distribution).
-    topk: Annotated[int, Field(ge=1, le=4096)] = 64
+    topk: Annotated[int, Field(ge=1, le=4096)] = TOPK_DEFAULT
+    # targets sampled: draws per target token, with replacement (8S bytes per token: 96 at
+    # the default 12).
+    samples: Annotated[int, Field(ge=1, le=4096)] = SAMPLES_DEFAULT
+
+    # Fields are validated in order, so `targets` is known here; a default is never
+    # validated, and a resolved config (every field written out) re-reads without error.
+    @field_validator("topk")
+    @classmethod
+    def _topk_is_for_topk_targets(cls, topk: int, info: ValidationInfo) -> int:
+        if info.data.get("targets") == "sampled" and topk != TOPK_DEFAULT:
+            raise ValueError(
+                f"{topk} logits per token apply to targets: topk; targets: sampled keeps "
+                "teacher.cache.samples draws instead (remove topk, or set targets: topk)"
+            )
+        return topk
+
+    @field_validator("samples")
+    @classmethod
+    def _samples_are_for_sampled_targets(cls, samples: int, info: ValidationInfo) -> int:
+        if info.data.get("targets") == "topk" and samples != SAMPLES_DEFAULT:
+            raise ValueError(
+                f"{samples} draws per token apply to targets: sampled; targets is topk, which "
+                "keeps teacher.cache.topk logits instead (set targets: sampled, or remove samples)"
+            )
+        return samples
 
 
 class TeacherServiceSpec(Strict):

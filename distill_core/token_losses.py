@@ -16,7 +16,7 @@ their order in each tokenization.
 References: Hinton et al. 2015 (temperature, T^2 scaling); Kim & Rush 2016 (word-level KD);
 Gu et al. 2024, MiniLLM (reverse KL); Agarwal et al. 2024, GKD (generalized JSD(beta));
 Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit
-Distillation Loss" (ULD).
+Distillation Loss" (ULD); Anshumann et al. 2025, "Sparse Logit Sampling" (sampled targets).
 """
 
 from __future__ import annotations
@@ -292,6 +292,77 @@ def teacher_topk(
     logits = logits.float()
     values, ids = logits.topk(min(k, logits.shape[-1]), dim=-1)
     return ids.to(torch.int32), values, torch.logsumexp(logits / temperature, dim=-1)
+
+
+# --- sampled targets: a teacher-output cache keeps S draws from the teacher per token -------
+
+
+def teacher_samples(
+    logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws, with replacement, from the teacher's next-token distribution at `temperature`,
+    by inverting its CDF at the given uniforms (so the draws depend only on the uniforms
+    and the logits, not on the device's random generator).
+
+    logits: [n, vocab]; uniforms: [n, S] in [0, 1). Returns (ids [n, S] int32, the
+    teacher's log-probability log p_T(id) of each draw [n, S] float32). A token of
+    probability 0 is never drawn. The CDF is summed in float64 ([n, vocab] of it: callers
+    pass a few hundred tokens at a time), so rounding moves no measurable mass between
+    neighbouring ids.
+    """
+    log_p = F.log_softmax(logits.float() / temperature, dim=-1)
+    cdf = log_p.exp().cumsum(-1, dtype=torch.float64)
+    # Scaled by the total so a sum that rounds below 1 still covers every uniform; `right`
+    # skips zero-probability ids (their CDF step is empty).
+    points = uniforms.to(device=cdf.device, dtype=torch.float64) * cdf[:, -1:]
+    ids = torch.searchsorted(cdf, points, right=True).clamp(max=logits.shape[-1] - 1)
+    return ids.to(torch.int32), log_p.gather(-1, ids)
+
+
+def sampled_token_divergence(
+    student_logits: torch.Tensor,
+    sample_ids: torch.Tensor,
+    sample_logp: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token unbiased estimate of the forward KL(p_T || p_S) from S draws of the teacher.
+
+    student_logits: [n, vocab]; sample_ids: [n, S] (int), tokens drawn with replacement from
+    the teacher's distribution at `temperature` (`teacher_samples`); sample_logp: [n, S],
+    the teacher's log p_T of each draw. Returns [n] float32, scaled by T^2 like
+    `token_divergence`: T^2 * mean_s (log p_T(v_s) - log p_S(v_s)), where log p_S uses the
+    student's full-vocabulary softmax. Its expectation over the draws is the full
+    KL(p_T || p_S), and so is its gradient's: d/dz of -log p_S(v) is (p_S - onehot(v)) / T,
+    whose mean under v ~ p_T is (p_S - p_T) / T, the full loss's gradient. Top-k targets
+    (`sparse_token_divergence`) drop the tail instead and are biased. (Anshumann et al.,
+    ACL 2025, "Sparse Logit Sampling: Accelerating Knowledge Distillation in LLMs": random
+    sampling KD with the teacher as proposal, about 12 draws per token.)
+    """
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    drawn = log_q.gather(-1, sample_ids.long())
+    return (sample_logp.float() - drawn).mean(-1) * temperature**2
+
+
+def chunked_sampled_token_kd(
+    student_hidden: torch.Tensor,
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    sample_ids: torch.Tensor,
+    sample_logp: torch.Tensor,
+    *,
+    num_chunks: int = 1,
+    temperature: float = 1.0,
+    checkpoint: bool = True,
+) -> torch.Tensor:
+    """Mean `sampled_token_divergence` over target tokens given as the student's final
+    hidden states [tokens, width] and the cached teacher draws ([tokens, S], [tokens, S]);
+    the student's logits are built one chunk at a time (see `chunked_token_kd`)."""
+
+    def chunk_sum(h, ids, logp) -> torch.Tensor:
+        return sampled_token_divergence(student_head(h), ids, logp, temperature=temperature).sum()
+
+    tensors = (student_hidden, sample_ids, sample_logp)
+    return _chunked_mean(chunk_sum, tensors, num_chunks, checkpoint, student_hidden.shape[0])
 
 
 # --- across tokenizers: Universal Logit Distillation (Boizard et al. 2024) ------------------
