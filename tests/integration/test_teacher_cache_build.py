@@ -151,9 +151,32 @@ def test_cache_on_s3_is_built_and_streamed(ray_session, moto_endpoint, bucket):
     assert s3_client(moto_endpoint).head_object(Bucket=bucket, Key="runs/cached/report.json")
 
 
-def test_causal_lm_job_streams_top_k_targets(ray_session, tmp_path):
-    """A GPT-2 teacher's top-k targets: built by Ray Data, streamed by 2 workers whose
-    training never loads the teacher, KD loss from the sparse divergence."""
+CACHE_TARGETS = {
+    "topk": ["teacher.cache.topk=8"],
+    "sampled": ["teacher.cache.targets=sampled", "teacher.cache.samples=6"],
+}
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        "topk",
+        pytest.param(
+            "sampled",
+            marks=pytest.mark.slow(
+                reason=(
+                    "the same Ray Data build and 2-worker job with sampled targets (about 75 s); "
+                    "the default suite covers them in unit tests through the real cache shards "
+                    "and the training loss (tests/unit/core/test_sampled_cache_targets.py)"
+                )
+            ),
+        ),
+    ],
+)
+def test_causal_lm_job_streams_top_k_targets(ray_session, tmp_path, targets):
+    """A GPT-2 teacher's top-k (or sampled) targets: built by Ray Data, streamed by 2
+    workers whose training never loads the teacher, KD loss from the sparse divergence (or
+    the sampled estimate of the forward KL)."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     from distill.core.teacher import resolve_teacher
@@ -170,7 +193,7 @@ def test_causal_lm_job_streams_top_k_targets(ray_session, tmp_path):
             "student.layers=1",
             "objective.weights={lm: 0.5, lm_kl: 0.5}",
             "teacher.cache.mode=auto",
-            "teacher.cache.topk=8",
+            *CACHE_TARGETS[targets],
             "teacher.inference.rows_per_shard=64",
             "training.steps=6",
             "training.batch_size=8",
@@ -191,6 +214,17 @@ def test_causal_lm_job_streams_top_k_targets(ray_session, tmp_path):
         and report["teacher"]["placement"]["partition"] == "cache"
     )
     manifest = json.loads((tmp_path / "lm" / CACHE_DIR / cache["key"] / MANIFEST_FILE).read_text())
-    assert manifest["plan"]["topk"] == 8 and manifest["tokens"]["train"] > 128
+    assert manifest["tokens"]["train"] > 128
+    if targets == "topk":
+        assert manifest["plan"]["topk"] == 8 and "targets" not in manifest["plan"]
+    else:
+        assert manifest["plan"]["targets"] == "sampled" and manifest["plan"]["samples"] == 6
+        from safetensors import safe_open
+
+        shard = next((tmp_path / "lm" / CACHE_DIR / cache["key"]).rglob("*.safetensors"))
+        with safe_open(str(shard), "pt") as f:
+            assert {"sampled_ids", "sampled_logp"} <= set(f.keys())
+            assert f.get_tensor("sampled_ids").shape[1] == 6
     history = [json.loads(x) for x in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
+    # The sampled estimate of a random student's KL is positive with overwhelming odds.
     assert all(h["loss_lm_kl"] > 0 for h in history) and history[-1]["loss"] < history[0]["loss"]
