@@ -146,16 +146,32 @@ def quantize_int8(fp32_file: str | Path, int8_file: str | Path) -> Path:
     return Path(int8_file)
 
 
+# Whether onnxruntime's intra-op threads spin-wait after each run (its default) or sleep.
+# Spinning keeps the cores busy for a while after every call, which slows whatever runs next
+# in the process: the latency rounds alternate ONNX and PyTorch calls, and with spinning the
+# PyTorch teacher's batch-1 p50 read 5x its own (142-150 ms vs 27-28 ms; the whole latency
+# phase 47-51 s vs 31-32 s; bench/latency_phase.py, docs/benchmarks.md).
+SPINNING = False
+
+
 class OnnxEncoder:
     """An exported graph behind `SentenceEncoder.encode`'s interface."""
 
-    def __init__(self, onnx_file: str | Path, tokenizer, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        onnx_file: str | Path,
+        tokenizer,
+        threads: int | None = None,
+        spinning: bool | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        spin = SPINNING if spinning is None else spinning
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(
             str(onnx_file), options, providers=["CPUExecutionProvider"]
         )
