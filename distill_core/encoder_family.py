@@ -438,7 +438,7 @@ class EncoderFamily(ModelFamily):
         max_len, e = spec.data.max_length, spec.evaluation
         eval_texts = list(eval_rows["text"])
         export_diff = float((student.encode(PROBE_TEXTS, max_length=max_len) - probe).abs().max())
-        if speed is None:  # no latency rounds measured it (evaluation.latency: none)
+        if speed is None:  # no latency rounds to reuse (latency: none, or other latency_threads)
             speed = _measure_speed(spec, teacher, student, eval_texts)
         t_params, s_params = count_parameters(teacher), count_parameters(student)
         s, t = spec.student, teacher.model.config
