@@ -174,3 +174,20 @@ def _merge(base: dict, update: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def skip_inference_comm_op() -> None:
+    """Keep DeepSpeed from building its CPU shared-memory communication op on this process.
+
+    On the CPU accelerator, every `deepspeed.initialize` (through `deepspeed.comm`'s
+    `TorchBackend`) JIT-compiles `deepspeed_shm_comm` with ninja, or loads it from
+    `~/.cache/torch_extensions`. Only `inference_all_reduce` uses it (DeepSpeed's tensor-
+    parallel inference layers); ZeRO training and a ZeRO-3 teacher's gathers use
+    torch.distributed (gloo) and never call it. The compile took 80 s on 2 cores in the
+    first run on a machine, and again whenever another virtual environment had built it
+    last (its build file names the environment's include paths). Marking the op
+    incompatible makes DeepSpeed skip it, as it does on an accelerator without it.
+    `tests/unit/cluster/test_deepspeed_config.py` checks DeepSpeed then builds nothing."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from distill.cluster.checkpoints import write_sent
+from distill.cluster.deepspeed_config import skip_inference_comm_op
 from distill.cluster.lease import enter_fence
 from distill.cluster.live_metrics import TENSORBOARD_DIR, LiveMetrics
 from distill.cluster.pipeline import (
@@ -69,6 +70,7 @@ _PHASES = ("generate", "teacher", "forward", "backward", "step")
 def train_loop_per_worker(config: dict) -> None:
     """Run the job's stages from where it stands (Ray Train's entry point on every rank)."""
     _quiet_report_logging()
+    skip_inference_comm_op()  # before any DeepSpeed engine: ZeRO never calls the op
     inputs: WorkerInputs = config["inputs"]
     enter_fence(inputs.fence, inputs.s3)  # every write into the run folder checks the lease
     limit = inputs.stages[0].spec.scaling.memory_per_worker_gb

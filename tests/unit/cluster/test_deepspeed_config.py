@@ -152,3 +152,55 @@ def test_run_refuses_a_conflicting_config_before_ray(tmp_path, capsys):
     assert cli.main(["run", "--set", f"deepspeed.config={path}"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("distill: error: deepspeed.config.fp16.enabled: True conflicts")
+
+
+_ENGINE_WITHOUT_THE_OP = """
+import os, sys, torch, torch.distributed as dist
+dist.init_process_group("gloo", rank=0, world_size=1)
+import deepspeed
+from deepspeed.accelerator import get_accelerator
+from distill.cluster.deepspeed_config import skip_inference_comm_op
+assert get_accelerator().create_op_builder("ShareMemCommBuilder") is not None  # CPU: it exists
+if sys.argv[1] == "skip":
+    skip_inference_comm_op()
+model = torch.nn.Linear(4, 2)
+engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config={
+    "train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 2},
+    "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "torch_adam": True}}})
+before = model.weight.detach().clone()
+loss = engine(torch.ones(2, 4)).sum()
+engine.backward(loss)
+engine.step()
+import deepspeed.comm.comm as ds_comm
+print("OP", ds_comm.cdb.shm_comm_op is not None, "MOVED", bool((model.weight != before).any()))
+"""
+
+
+def test_a_worker_engine_trains_without_building_the_shared_memory_op(tmp_path):
+    """skip_inference_comm_op: a ZeRO engine initialises and steps with the op absent, and
+    nothing is compiled into an empty extensions folder (the build itself takes 80 s here,
+    so the opposite case is shown only by the op being available before the skip)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29731",
+        "DS_ACCELERATOR": "cpu",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _ENGINE_WITHOUT_THE_OP, "skip"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "OP False MOVED True" in out.stdout
+    assert not (tmp_path / "ext").exists() or not any((tmp_path / "ext").rglob("*.so"))
