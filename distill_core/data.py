@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 import datasets
 import torch
 from datasets.exceptions import DatasetGenerationError
+
+from distill.core.named_files import FORMATS, data_file_problem, source_format
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"  # data shipped in the package
 
@@ -33,31 +34,11 @@ BUILTIN_DOCSTRINGS = "builtin:docstrings"
 BUILTIN_WIKI = "builtin:wiki-sentences"
 # Offline seq2seq pairs: docstring sentence -> its content words (corpus.keyword_target).
 BUILTIN_KEYWORDS = "builtin:docstring-keywords"
-_FORMATS = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".json": "json",
-    ".jsonl": "json",
-    ".parquet": "parquet",
-    ".txt": "text",
-}
 _PREFERRED_TEXT_COLUMNS = ("text", "sentence", "content", "document")
 
 
 class DataError(ValueError):
     """A data source that cannot be used: missing file, missing column, no rows."""
-
-
-def source_format(path: str, fmt: str = "auto") -> str:
-    """`csv`, `tsv`, `json`, `parquet`, `text`, `hub` or `builtin`."""
-    if fmt != "auto":
-        return {"jsonl": "json", "txt": "text"}.get(fmt, fmt)
-    if path.startswith("builtin:"):
-        return "builtin"
-    suffix = Path(path).suffix.lower()
-    if suffix in _FORMATS:
-        return _FORMATS[suffix]
-    return "local-unknown" if os.path.exists(path) else "hub"
 
 
 def tokenized_batches(
@@ -118,7 +99,7 @@ def load_source(
         return _load_sts(path)
     if kind == "local-unknown":
         _check_file(path)  # a folder is named as one
-        raise DataError(f"data file {path}: unknown extension; expected one of {sorted(_FORMATS)}")
+        raise DataError(f"data file {path}: unknown extension; expected one of {sorted(FORMATS)}")
     if kind == "hub":
         return _load_hub(path, config_name, split)
     _check_file(path)
@@ -135,12 +116,9 @@ def load_source(
 
 
 def _check_file(path: str) -> None:
-    if os.path.isdir(path):
-        raise DataError(f"data file {path}: is a folder, expected a file")
-    if not os.path.isfile(path):
-        raise DataError(f"data file {path}: not found")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"data file {path}: empty file (0 bytes)")
+    problem = data_file_problem(path)
+    if problem:
+        raise DataError(f"data file {path}: {problem}")
 
 
 def _utf8_problem(path: str) -> str | None:

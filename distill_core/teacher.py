@@ -30,11 +30,6 @@ def resolve_teacher(name: str) -> str:
     return os.path.expanduser(name)
 
 
-def looks_like_local_path(name: str) -> bool:
-    """True when `name` is meant as a folder (absolute, relative or home path), not a hub id."""
-    return name.startswith(("/", "./", "../", "~")) or os.path.sep + os.path.sep in name
-
-
 def load_teacher_config(name: str) -> PretrainedConfig:
     """The teacher's config. A hub name while the hub cannot be reached is read from the
     local cache only (an OSError saying so when it is not there), without retries."""

@@ -23,10 +23,12 @@ import os
 import sys
 
 from distill.cluster.storage_protocol import LeaseLost
+from distill.cluster.worker_env import in_job_working_dir
+from distill.core.named_files import check_named_files
 from distill.core.smoke import SmokePlan
 from distill.core.spec import SpecError
 from distill.core.spec_loading import load_spec, override_fields
-from distill.core.stages import smoke_pipeline_planned
+from distill.core.stages import expand_stages, smoke_pipeline_planned
 from distill.jobs import runs, submit
 from distill.jobs.cluster_client import run_address
 from distill.jobs.flags import add_overrides_flag, check_limit
@@ -188,6 +190,8 @@ def _run(args: argparse.Namespace) -> int:
     plan = None
     if args.smoke:
         spec, plan = smoke_pipeline_planned(spec, override_fields(args.overrides))
+    # A mistyped path: one line before ~10 s of imports (in a submitted job, as its nodes see it).
+    check_named_files(expand_stages(in_job_working_dir(spec)))
 
     import datasets
     import transformers

@@ -17,11 +17,17 @@ from distill.core.family_registry import family_of
 from distill.core.hub import HubUnreachable
 from distill.core.model_files import has_weights as teacher_has_weights
 from distill.core.model_files import teacher_folder_problem
+from distill.core.named_files import (
+    absolute_paths,
+    folder_problem,
+    looks_like_local_path,
+    sts_file_problem,
+)
 from distill.core.outputs import has_task_head
 from distill.core.spec import MAX_COUNT, JobSpec, SpecError
 from distill.core.stages import Stage, expand_stages
 from distill.core.student_resolution import PRETRAINED
-from distill.core.teacher import load_teacher_config, looks_like_local_path, resolve_teacher
+from distill.core.teacher import load_teacher_config, resolve_teacher
 from distill.core.teacher_plan import (
     footprint,
     meta_model,
@@ -39,9 +45,9 @@ def _teacher_config(spec: JobSpec, kind: str):
         known = [f"{BUILTIN_PREFIX}{a}" for a in builtin_architectures()]
         raise SpecError(f"teacher.name: {name} is no packaged architecture; choose from {known}")
     path = resolve_teacher(name)
-    if (looks_like_local_path(name) or os.path.isabs(path)) and not os.path.isdir(path):
-        what = "is a file, expected a model folder" if os.path.exists(path) else "does not exist"
-        raise SpecError(f"teacher.name: folder {name} {what}")
+    missing = folder_problem(name, path)
+    if missing:
+        raise SpecError(f"teacher.name: folder {name} {missing}")
     if os.path.isdir(path):
         # A builtin architecture has no weights on purpose: its family says what to do.
         needs_weights = kind != "pretrain" and builtin_path(name) is None
@@ -246,10 +252,9 @@ def _check_data(spec: JobSpec) -> JobSpec:
             sts = sts_file(sts)
         except ValueError as exc:
             raise SpecError(f"evaluation.sts_path: {exc}") from None
-        if os.path.isdir(sts):
-            raise SpecError(f"evaluation.sts_path: {sts} is a folder, expected an STS file")
-        if not os.path.isfile(sts):
-            raise SpecError(f"evaluation.sts_path: file {sts} not found")
+        problem = sts_file_problem(sts)
+        if problem:
+            raise SpecError(f"evaluation.sts_path: {problem}")
         try:
             load_sts_pairs(sts)  # every row: a bad score must not wait for the final report
         except UnicodeDecodeError:
@@ -269,17 +274,6 @@ def resolve_deepspeed(spec: JobSpec) -> JobSpec:
     spec = spec.model_copy(update={"deepspeed": ds.model_copy(update={"config": user})})
     deepspeed_config(spec, spec.training.steps or 1)  # conflicts: one SpecError
     return spec
-
-
-def _absolute(path: str, field: str = "") -> str:
-    expanded = os.path.expanduser(path)
-    return os.path.abspath(expanded) if os.path.exists(expanded) else path
-
-
-def absolute_paths(spec: JobSpec) -> JobSpec:
-    """Local paths made absolute: Ray workers do not share the driver's working directory.
-    Names with nothing on disk (hub models and datasets) are left as they are."""
-    return spec.map_paths(_absolute)
 
 
 def check_storage(uri, spec: JobSpec, field: str = "output.dir"):

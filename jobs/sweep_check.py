@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from distill.cluster.sweep_spec import MAX_CHECKED, SweepSpec, apply_params
+from distill.core.named_files import absolute_paths
 from distill.core.spec import JobSpec, SpecError, format_error
 from distill.core.stages import Stage
-from distill.jobs.preflight import absolute_paths, preflight_stages
+from distill.jobs.preflight import preflight_stages
 
 
 @dataclass(frozen=True)

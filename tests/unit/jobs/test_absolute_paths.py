@@ -1,10 +1,10 @@
-"""Preflight's `absolute_paths` (through `JobSpec.map_paths`): local paths that exist become
+"""`absolute_paths` (distill_core/named_files.py, used by preflight) (through `JobSpec.map_paths`): local paths that exist become
 absolute, in the job and in its stages; hub names and `builtin:` names are left alone."""
 
 from __future__ import annotations
 
+from distill.core.named_files import absolute_paths
 from distill.core.spec_loading import load_spec_dict
-from distill.jobs.preflight import absolute_paths
 
 
 def test_existing_local_paths_become_absolute_and_names_stay(tmp_path, monkeypatch):
