@@ -25,7 +25,7 @@ from distill.core.generative import probe_logits
 from distill.core.lstm_student import BiLSTMModel
 from distill.core.spec_loading import load_spec, override_fields
 from distill.core.stages import expand_stages, smoke_pipeline_planned
-from distill.jobs.run import run_job
+from distill.jobs.run import prepare_run, run_job
 
 pytestmark = pytest.mark.ray
 
@@ -39,6 +39,38 @@ EXAMPLES = sorted(
     for p in (ROOT / "examples").glob("*.yaml")
     if p.name not in GENERATIVE and not p.stem.startswith("sweep_")
 )
+# Examples whose path through the system another example already runs end to end in the
+# default suite: their runs are slow-tier; every example still passes preflight in the
+# default suite (`test_every_example_passes_preflight`).
+COVERED_ELSEWHERE = {
+    "sts_small": pytest.mark.slow(
+        reason="a 1-2 min Ray run of sts_l3's recipe at other sizes (activation importance is "
+        "unit-tested); its preflight runs in the default suite"
+    ),
+    "minilm": pytest.mark.slow(
+        reason="a 1 min Ray run of attention_kl + value_relation_kl, which minilm_assistant's "
+        "first stage runs; its preflight runs in the default suite"
+    ),
+    "minilmv2": pytest.mark.slow(
+        reason="a 1 min Ray run of minilmv2_relations, which minilm_assistant's second stage "
+        "runs; its preflight runs in the default suite"
+    ),
+    "lightpaff_bert": pytest.mark.slow(
+        reason="a 2 min Ray run of a task pipeline with a fine-tuned teacher, which "
+        "ernie_tiny's four stages run; its preflight runs in the default suite"
+    ),
+    "sst2_sts": pytest.mark.slow(
+        reason="a 1 min Ray run of hidden_mse + pooled_cosine on SST-2, which sts_l3 and "
+        "mixkd_sst2 run between them; its preflight runs in the default suite"
+    ),
+}
+
+
+def _example_param(path: Path):
+    slow = COVERED_ELSEWHERE.get(path.stem)
+    return pytest.param(path, id=path.stem, marks=() if slow is None else slow)
+
+
 FAST_EVAL = [
     "evaluation.throughput_texts=16",
     "evaluation.throughput_rounds=1",
@@ -65,9 +97,7 @@ def _needs_task_data(raw: dict) -> bool:
 AFTER_SMOKE = {"bert_to_lstm": {"steps": 8, "eval_every": 4}}
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
-    monkeypatch.chdir(ROOT)  # examples name data relative to the repo root
+def _smoke_overrides(example: Path) -> list[str]:
     raw = yaml.safe_load(example.read_text())
     # Every stage 6 steps too (each stage sets its own length, which smoke keeps).
     overrides = FAST_EVAL + [
@@ -81,7 +111,28 @@ def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
             "data.text_columns=null",
             "evaluation.sts_path=null",
         ]
-    spec = smoke_example(example, overrides)
+    return overrides
+
+
+ALL_EXAMPLES = sorted(
+    p for p in (ROOT / "examples").glob("*.yaml") if not p.stem.startswith("sweep_")
+)
+
+
+@pytest.mark.parametrize("example", ALL_EXAMPLES, ids=[p.stem for p in ALL_EXAMPLES])
+def test_every_example_passes_preflight(tmp_path, monkeypatch, example):
+    """Without Ray: every check `distill run EXAMPLE --smoke` makes before it starts (the
+    spec, each stage's teacher, student and data, the run folder)."""
+    monkeypatch.chdir(ROOT)
+    spec = smoke_example(example, _smoke_overrides(example))
+    prepared = prepare_run(spec, str(tmp_path / example.stem))
+    assert [s.name for s in prepared.stages] == [s.name for s in expand_stages(spec)]
+
+
+@pytest.mark.parametrize("example", [_example_param(p) for p in EXAMPLES])
+def test_example_runs_with_smoke(ray_session, tmp_path, monkeypatch, example):
+    monkeypatch.chdir(ROOT)  # examples name data relative to the repo root
+    spec = smoke_example(example, _smoke_overrides(example))
     if example.stem in AFTER_SMOKE:
         training = spec.training.model_copy(update=AFTER_SMOKE[example.stem])
         spec = spec.model_copy(update={"training": training})
