@@ -141,6 +141,7 @@ def test_the_controller_marks_no_checkpoint_complete_once_fenced_out(tmp_path, m
     from distill.cluster import manifest_callback
 
     stops: list[LeaseLost] = []
+
     def stop(exc: LeaseLost) -> None:  # as the real one: nothing after it runs
         stops.append(exc)
         raise SystemExit(1)
