@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from distill.core.data import tokenized_batches
+from distill.core.data import by_length, tokenized_batches
 from distill.core.hf_classifier import write_sequence_classifier
 from distill.core.lstm_student import BiLSTMConfig, register_lstm_student
 from distill.core.outputs import TaskHead, sentence_pool
@@ -154,13 +154,14 @@ class SentenceEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
         chunks = []
-        for batch in tokenized_batches(self.tokenizer, texts, batch_size, max_length):
+        ordered, places = by_length(texts)  # rows of similar lengths share a batch
+        for batch in tokenized_batches(self.tokenizer, ordered, batch_size, max_length):
             out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             pooled = sentence_pool(self.model, out.last_hidden_state, batch["attention_mask"])
             if self.projection is not None:
                 pooled = self.projection(pooled)
             chunks.append(pooled)
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        return torch.cat(chunks)[places] if chunks else torch.empty(0)
 
 
 def load_encoder(folder: str | Path) -> SentenceEncoder:

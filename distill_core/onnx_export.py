@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.core.data import tokenized_batches
+from distill.core.data import by_length, tokenized_batches
 from distill.core.export import SentenceEncoder, load_encoder
 from distill.core.outputs import sentence_pool
 
@@ -179,13 +179,14 @@ class OnnxEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 64, max_length: int = 128) -> torch.Tensor:
         chunks = []
-        for batch in tokenized_batches(self.tokenizer, texts, batch_size, max_length):
+        ordered, places = by_length(texts)  # as SentenceEncoder.encode
+        for batch in tokenized_batches(self.tokenizer, ordered, batch_size, max_length):
             feeds = {
                 "input_ids": batch["input_ids"].numpy().astype(np.int64),
                 "attention_mask": batch["attention_mask"].numpy().astype(np.int64),
             }
             chunks.append(torch.from_numpy(self.session.run(None, feeds)[0]))
-        return torch.cat(chunks) if chunks else torch.empty(0)
+        return torch.cat(chunks)[places] if chunks else torch.empty(0)
 
 
 def check_export(

@@ -159,3 +159,23 @@ def test_a_regression_student_says_so_in_its_config(tmp_path, student, tiny_toke
     out = export_student(student, tiny_tokenizer, tmp_path / "e", head=_head("regression", 1))
     config = AutoConfig.from_pretrained(out)
     assert (config.problem_type, config.num_labels) == ("regression", 1)
+
+
+def test_encode_batches_by_length_and_returns_rows_in_input_order(tiny_bert, tiny_tokenizer):
+    """Rows of similar length share a batch (less padding); each row's embedding is the one
+    it gets encoded alone, in the order given."""
+    texts = ["not bad", "the cat sat on the mat a very good movie", "zebra", "a very good movie"]
+    encoder = SentenceEncoder(tiny_bert, tiny_tokenizer)
+    widths: list[int] = []
+    model = encoder.model
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        batched = encoder.encode(texts, batch_size=2)
+    finally:
+        hook.remove()
+    alone = torch.cat([encoder.encode([t], batch_size=1) for t in texts])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+    lengths = sorted((len(tiny_tokenizer(t)["input_ids"]) for t in texts), reverse=True)
+    assert widths == [lengths[0], lengths[2]]  # the two longest together, then the two shortest
