@@ -6,6 +6,7 @@ from __future__ import annotations
 import datasets
 
 from distill.core.data import DataSource, load_examples, load_text_pairs, load_texts, split_eval
+from distill.core.named_files import train_field
 from distill.core.spec import JobSpec, SourceSpec
 
 
@@ -32,10 +33,7 @@ def train_eval_texts(spec: JobSpec) -> tuple[datasets.Dataset, datasets.Dataset]
     spec has a task."""
     d = spec.data
     sources = d.train_sources
-    parts = [
-        _load(source, spec, "data.train" if len(sources) == 1 else f"data.train.{i}")
-        for i, source in enumerate(sources)
-    ]
+    parts = [_load(source, spec, train_field(i, len(sources))) for i, source in enumerate(sources)]
     train = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     if d.eval is not None:
         held_out = _load(d.eval, spec, "data.eval")

@@ -75,6 +75,11 @@ def folder_problem(name: str, path: str | None = None) -> str | None:
     return "is a file, expected a model folder" if os.path.exists(path) else "does not exist"
 
 
+def train_field(index: int, count: int) -> str:
+    """The field an error names for train source `index` of `count`."""
+    return "data.train" if count == 1 else f"data.train.{index}"
+
+
 def _absolute(path: str, field: str = "") -> str:
     expanded = os.path.expanduser(path)
     return os.path.abspath(expanded) if os.path.exists(expanded) else path
@@ -98,10 +103,8 @@ def check_named_files(stages: Sequence) -> None:
         if problem:
             raise SpecError(f"{prefix}teacher.name: folder {s.teacher.name} {problem}")
         sources = s.data.train_sources
-        named = [
-            ("data.train" if len(sources) == 1 else f"data.train.{j}", source)
-            for j, source in enumerate(sources)
-        ] + ([("data.eval", s.data.eval)] if s.data.eval is not None else [])
+        named = [(train_field(j, len(sources)), source) for j, source in enumerate(sources)]
+        named += [("data.eval", s.data.eval)] if s.data.eval is not None else []
         for where, source in named:
             if source_format(source.path, source.format) in ("hub", "builtin"):
                 continue
