@@ -21,19 +21,25 @@ def test_read_memory_is_this_process():
 
 
 def test_phases_keep_the_peak_a_temporary_reached_between_marks():
+    # Compared with the process's own reading while the temporary is alive, not with the
+    # `started` mark: in a long test process other threads free memory meanwhile (CI saw the
+    # heap 20 MiB lower after the allocation than before it).
     recorder = MemoryRecorder(interval_s=0.01).start()
     try:
         recorder.mark("started")
         big = torch.ones(64 * 2**20 // 4)  # 64 MiB of heap, touched
-        time.sleep(0.1)  # sampled by the thread while alive
+        alive = read_memory()["anon"]
+        deadline = time.monotonic() + 5.0  # sampled by the thread while alive
+        while recorder._peak_anon < alive - 8 * 2**20 and time.monotonic() < deadline:
+            time.sleep(0.01)
         del big
         time.sleep(0.05)
         record = recorder.mark("teacher_loaded")
     finally:
         recorder.stop()
-    started = recorder.phases[0]
     assert [p["phase"] for p in recorder.phases] == ["started", "teacher_loaded"]
-    assert record["peak_anon"] >= started["anon"] + 60 * 2**20  # seen although freed
+    assert record["anon"] <= alive - 32 * 2**20  # the temporary is gone now ...
+    assert record["peak_anon"] >= alive - 8 * 2**20  # ... and its peak is kept
     summary = recorder.summary()
     assert summary["peak_anon"] >= record["peak_anon"]
     assert summary["peak_rss"] >= record["rss"]
