@@ -222,11 +222,15 @@ def _load_models(
         from distill.cluster.teacher_service import ServedTeacher
 
         served = ServedTeacher(service, has_head=has_task_head(teacher_dir))
-        module, gather = lazy if lazy is not None else (family.load_model(teacher_dir), no_gather)
-        placed, teacher_head = PlacedTeacher(module, "service", service=served), None
+        if lazy is not None:
+            module, gather, keep = lazy
+        else:
+            module, gather, keep = family.load_model(teacher_dir), no_gather, _kept
+        placed = PlacedTeacher(module, "service", service=served)
+        teacher_head = family.served_teacher_head(module, keep)  # an LM's output head
     elif lazy is not None:
-        placed, teacher_head = PlacedTeacher(lazy[0], "cache"), None
-        gather = lazy[1]
+        placed, teacher_head = PlacedTeacher(lazy.module, "cache"), None
+        gather = lazy.gather
     else:
         placed = place_teacher(spec, family, teacher_dir, ray.train.torch.get_device())
         gather = _gatherer(placed)
@@ -244,6 +248,10 @@ def _load_models(
     )
     memory.mark("student_built")
     return Models(teacher_dir, placed, teacher_head, tokenizer, teacher_tokenizer, family, model)
+
+
+def _kept(params) -> None:
+    """`keep` of a teacher loaded whole: its parameters are real already."""
 
 
 def _shard_data(spec: JobSpec, plan: Stage, models: Models, storage, cache, rank, world):

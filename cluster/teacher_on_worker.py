@@ -57,9 +57,10 @@ class PlacedTeacher:
         return self.partition == "zero3"
 
     def local_parameters(self) -> int:
-        """Teacher parameters resident on this rank (its partition under ZeRO-3)."""
+        """Teacher parameters resident on this rank (its partition under ZeRO-3; of a
+        cached or served teacher's skeleton, what was read: a served LM's output head)."""
         if self.partition in ("cache", "service"):
-            return 0
+            return sum(p.numel() for p in self.module.parameters() if not p.is_meta)
         if self.partitioned:
             return sum(p.ds_tensor.numel() for p in self.module.parameters())
         return sum(p.numel() for p in self.module.parameters())

@@ -24,8 +24,11 @@ What the replicas served is counted in one named actor per deployment (`ServiceS
 each replica reports its totals after every batch, so the report sums every replica that
 served, including one Serve replaced (a handle call would reach one replica at random).
 
-Encoder teachers (the families whose objectives read hidden states, attentions and pooled
-vectors) are served; a causal or seq2seq teacher runs in the workers or from the cache.
+What a replica computes is its family's `served_outputs`: an encoder's hidden states,
+pooled vectors, Q/K/V and task-head logits; a causal or seq2seq LM's final hidden states of
+the LM positions (and Q/K/V), which each worker turns into full-vocabulary logits with the
+teacher's LM head, kept alone on the worker (`served_teacher_head`), so no [tokens, vocab]
+tensor travels and on-policy batches (the student's own samples) are served too.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ray import serve
 from distill.cluster.teacher_on_worker import state_digest
 from distill.core.cache_format import folder_digest
 from distill.core.mixup import mixup
-from distill.core.outputs import ModelOutputs, TaskHead, forward_outputs
+from distill.core.outputs import ModelOutputs, TaskHead
 from distill.core.spec import JobSpec, SpecError
 from distill.core.teacher import freeze, resolve_teacher
 from distill.core.teacher_plan import TORCH_DTYPES
@@ -119,6 +122,7 @@ class TeacherService:
         folder = resolve_teacher(teacher_name)  # on this replica's node
         torch.set_num_threads(max(1, threads))
         family = family_of(AutoConfig.from_pretrained(folder))
+        self.family = family
         self.teacher = freeze(family.load_model(folder, dtype=TORCH_DTYPES[dtype]))
         head = TaskHead.load(folder)
         self.head = None if head is None else freeze(head).to(dtype=TORCH_DTYPES[dtype])
@@ -172,9 +176,8 @@ class TeacherService:
 
     @torch.no_grad()
     def _forward(self, requests: list[dict], qkv_layers: tuple, head: bool) -> list[dict]:
-        length = max(int(r["input_ids"].shape[1]) for r in requests)
-        padded = [_pad(r, length) for r in requests]
-        batch = {k: torch.cat([p[k] for p in padded]) for k in padded[0] if k in _TENSORS}
+        padded = _padded(requests)
+        batch = {k: torch.cat([p[k] for p in padded]) for k in padded[0]}
         embeds = None
         if requests[0].get("mix") is not None:  # MixKD: each request mixed within its rows
             table = self.teacher.get_input_embeddings()
@@ -184,10 +187,10 @@ class TeacherService:
             ]
             embeds = torch.cat([m[0] for m in mixed])
             batch["attention_mask"] = torch.cat([m[1] for m in mixed])
-        out = forward_outputs(
+        out = self.family.served_outputs(
             self.teacher,
+            self.head if head else None,
             batch,
-            head=self.head if head else None,
             qkv_layers=qkv_layers,
             inputs_embeds=embeds,
         )
@@ -195,7 +198,8 @@ class TeacherService:
         hidden = torch.stack(out.hidden)  # [layers + 1, rows, length, width]
         answers, start = [], 0
         for r in requests:
-            rows, own = int(r["input_ids"].shape[0]), int(r["input_ids"].shape[1])
+            rows, own = int(r["input_ids"].shape[0]), _positions(r)
+            inputs = int(r["input_ids"].shape[1])  # Q/K/V: encoder blocks of a seq2seq LM
             span = slice(start, start + rows)
             start += rows
             answers.append(  # copies: a view would send the whole batch's storage
@@ -204,7 +208,7 @@ class TeacherService:
                     "pooled": out.pooled[span].clone(),
                     "logits": None if out.logits is None else out.logits[span].clone(),
                     "qkv": {
-                        layer: tuple(t[span, :own].clone() for t in qkv)
+                        layer: tuple(t[span, :inputs].clone() for t in qkv)
                         for layer, qkv in out.qkv.items()
                     },
                 }
@@ -212,17 +216,32 @@ class TeacherService:
         return answers
 
 
-_TENSORS = ("input_ids", "attention_mask", "token_type_ids")
+# The tensors a request carries, by the length they share: the encoder's (or a decoder-only
+# LM's) and, for an encoder-decoder LM, the decoder's.
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_DECODER = ("decoder_input_ids", "decoder_attention_mask")
+_TENSORS = _INPUTS + _DECODER
 
 
-def _pad(request: dict, length: int) -> dict:
-    """The request's tensors right-padded to `length` (padding masked out)."""
-    out = {}
-    for key in _TENSORS:
-        if key in request:
-            value = request[key]
-            extra = length - value.shape[1]
-            out[key] = torch.nn.functional.pad(value, (0, extra)) if extra else value
+def _positions(request: dict) -> int:
+    """The positions of a request's answer: its decoder's length for an encoder-decoder LM,
+    else its input length."""
+    ids = request["decoder_input_ids"] if "decoder_input_ids" in request else request["input_ids"]
+    return int(ids.shape[1])
+
+
+def _padded(requests: list[dict]) -> list[dict]:
+    """Each request's tensors right-padded (padding masked out) to the longest of the batch,
+    inputs and decoder inputs each to their own longest."""
+    out = [{} for _ in requests]
+    for group in (_INPUTS, _DECODER):
+        lengths = [int(r[k].shape[1]) for r in requests for k in group if k in r]
+        for request, padded in zip(requests, out, strict=True):
+            for key in group:
+                if key in request:
+                    value = request[key]
+                    extra = max(lengths) - value.shape[1]
+                    padded[key] = torch.nn.functional.pad(value, (0, extra)) if extra else value
     return out
 
 

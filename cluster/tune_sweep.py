@@ -127,11 +127,7 @@ def searcher(sweep: SweepSpec, concurrency: int | None = None):
         return BasicVariantGenerator(random_state=s.seed, max_concurrent=concurrency or 0)
     modes = [TRIAL_METRICS[m] for m in s.objectives]
     multi = len(s.objectives) > 1
-    sampler = (
-        _PicklableNSGAII(seed=s.seed)
-        if multi
-        else optuna.samplers.TPESampler(seed=s.seed)
-    )
+    sampler = _PicklableNSGAII(seed=s.seed) if multi else optuna.samplers.TPESampler(seed=s.seed)
     return _FinalResultOptuna(
         metric=s.objectives if multi else s.objectives[0],
         mode=modes if multi else modes[0],

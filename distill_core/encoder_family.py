@@ -319,6 +319,11 @@ class EncoderFamily(ModelFamily):
             inputs_embeds=inputs_embeds,
         )
 
+    def served_outputs(self, teacher, teacher_head, view, *, qkv_layers=(), inputs_embeds=None):
+        return forward_outputs(
+            teacher, view, head=teacher_head, qkv_layers=qkv_layers, inputs_embeds=inputs_embeds
+        )
+
     def mixed_batch(self, model, batch, teacher, teacher_head, spec, generator):
         """MixKD: mix each example with a random partner; the teacher runs on its own token
         embeddings mixed the same way, the student does the same inside the engine."""

@@ -153,6 +153,19 @@ class ModelFamily(ABC):
     def teacher_outputs(self, model: nn.Module, teacher: nn.Module, teacher_head, batch: Batch):
         """What the objective reads from the frozen teacher (None when it reads nothing)."""
 
+    def served_outputs(
+        self, teacher: nn.Module, teacher_head, view: Batch, *, qkv_layers=(), inputs_embeds=None
+    ):
+        """What a Ray Serve replica of the teacher (`teacher.placement: service`,
+        `cluster/teacher_service.py`) computes for a batch of requests, as `ModelOutputs`."""
+        raise NotImplementedError(f"the {self.name} family's teachers are not served")
+
+    def served_teacher_head(self, module: nn.Module, keep) -> Any | None:
+        """What a worker keeps of a served teacher (`module`: its skeleton, whose parameters
+        `keep(params)` reads for good), handed to `teacher_outputs` as `teacher_head`; None
+        when the replica applies every head itself."""
+        return None
+
     def mixed_batch(
         self, model, batch: Batch, teacher, teacher_head, spec: JobSpec, generator
     ) -> Any | None:

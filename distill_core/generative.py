@@ -69,10 +69,16 @@ def target_hidden(
     """(hidden [batch, seq, width], targets [batch, seq]) of the model's LM positions.
 
     causal: position t predicts token t+1 (`labels` if given, else `input_ids`), padding
-    and `IGNORE_INDEX` skipped; seq2seq: decoder position t predicts `labels[:, t]`. The
-    encoder and decoder stacks run directly (BART's `model.encoder`, T5's `encoder`), so
-    no [tokens, vocab] logits are made here.
+    and `IGNORE_INDEX` skipped; seq2seq: decoder position t predicts `labels[:, t]`.
     """
+    targets = batch["labels"] if is_encoder_decoder(model.config) else causal_targets(batch)
+    return lm_hidden(model, batch), targets
+
+
+def lm_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The final hidden states [batch, seq, width] of the model's LM positions (a seq2seq
+    model's decoder positions). The encoder and decoder stacks run directly (BART's
+    `model.encoder`, T5's `encoder`), so no [tokens, vocab] logits are made here."""
     if is_encoder_decoder(model.config):
         mask = batch["attention_mask"]
         encoded = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask)
@@ -82,10 +88,11 @@ def target_hidden(
             encoder_hidden_states=encoded.last_hidden_state,
             encoder_attention_mask=mask,
         )
-        return out.last_hidden_state, batch["labels"]
+        return out.last_hidden_state
     base = getattr(model, model.base_model_prefix)
-    out = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out.last_hidden_state, causal_targets(batch)
+    return base(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).last_hidden_state
 
 
 def causal_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:

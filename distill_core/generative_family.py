@@ -49,6 +49,7 @@ from distill.core.generative import (
     causal_targets,
     generative_collate,
     lm_head,
+    lm_hidden,
     num_chunks,
     on_policy_step,
     prepare_seq2seq_batch,
@@ -70,7 +71,7 @@ from distill.core.generative_eval import (
 from distill.core.internals import capture_qkv
 from distill.core.model_files import has_weights
 from distill.core.model_types import model_type_of
-from distill.core.outputs import ModelOutputs
+from distill.core.outputs import ModelOutputs, RemoteTeacher
 from distill.core.spec import SpecError
 from distill.core.student import (
     build_student,
@@ -383,16 +384,36 @@ class GenerativeFamily(ModelFamily):
     def teacher_outputs(self, model, teacher, teacher_head, batch):
         """The teacher's final hidden states on its own token ids (`teacher_view`) and its
         LM head (logits are built per chunk in the loss, so no [tokens, vocab] tensor of
-        the teacher is kept whole), plus the Q/K/V of the layer attention terms read."""
+        the teacher is kept whole), plus the Q/K/V of the layer attention terms read. A
+        served teacher (`teacher.placement: service`) returns the hidden states and Q/K/V;
+        its LM head is `teacher_head`, kept on this worker (`served_teacher_head`)."""
         if not model.objective.needs_teacher:
             return None
         layers = model.objective.teacher_qkv_layers
-        with capture_qkv(teacher, [layer - 1 for layer in layers]) as captured:
-            hidden, _ = target_hidden(teacher, teacher_view(batch))
-        qkv = {layer + 1: value for layer, value in captured.items()}
-        out = ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0), qkv=qkv)
+        if isinstance(teacher, RemoteTeacher):
+            out = teacher.outputs(teacher_view(batch), qkv_layers=layers)
+            out.head = teacher_head
+            return out
+        out = self.served_outputs(teacher, None, teacher_view(batch), qkv_layers=layers)
         out.head = lm_head(teacher)
         return out
+
+    @torch.no_grad()
+    def served_outputs(self, teacher, teacher_head, view, *, qkv_layers=(), inputs_embeds=None):
+        """The final hidden states of the LM positions and the Q/K/V of `qkv_layers`; the
+        [tokens, vocab] logits are left to whoever holds the LM head."""
+        with capture_qkv(teacher, [layer - 1 for layer in qkv_layers]) as captured:
+            hidden = lm_hidden(teacher, view)
+        qkv = {layer + 1: value for layer, value in captured.items()}
+        return ModelOutputs(hidden=(hidden,), pooled=hidden.new_zeros(0), qkv=qkv)
+
+    def served_teacher_head(self, module, keep):
+        """The LM head of a served teacher: its output embeddings (vocabulary x width, tied
+        to the input embeddings in most LMs) read from the checkpoint alone, so each worker
+        turns the hidden states the service returns into full-vocabulary logits per chunk,
+        exactly as with the teacher in the worker, and no [tokens, vocab] tensor travels."""
+        keep(list(module.get_output_embeddings().parameters()))
+        return OutputHead(module)
 
     def cache_plan(self, spec, teacher_config, columns):
         o = self.with_default_objective(spec, "distill").objective
@@ -603,3 +624,16 @@ def on_policy_record(spec) -> dict:
             "fraction_of_steps": drawn / steps if steps else None,
         }
     }
+
+
+class OutputHead(nn.Module):
+    """A teacher's LM head (`lm_head`) as a module of its own: the worker moves and casts it
+    like a task head, while the rest of the teacher stays a weightless skeleton."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.embeddings = model.get_output_embeddings()
+        self.head = lm_head(model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)

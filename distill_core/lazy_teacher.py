@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from accelerate import init_empty_weights
@@ -41,15 +42,25 @@ def weight_index(folder: str | Path) -> dict[str, Path] | None:
         return dict.fromkeys(f.keys(), single)
 
 
-def skeleton_teacher(folder: str | Path, auto_class) -> tuple[nn.Module, Gather] | None:
-    """(the teacher's module with meta parameters, a `gather` that reads them from
-    `folder`), or None when the folder has no safetensors weights to read lazily."""
+class Skeleton(NamedTuple):
+    """module: the teacher with meta parameters; gather(params): a context that reads them
+    from the checkpoint and swaps them out again; keep(params): reads them for good."""
+
+    module: nn.Module
+    gather: Gather
+    keep: Callable[[Sequence[nn.Parameter]], None]
+
+
+def skeleton_teacher(folder: str | Path, auto_class) -> Skeleton | None:
+    """The teacher's module with meta parameters and the functions that read them from
+    `folder`, or None when the folder has no safetensors weights to read lazily."""
     files = weight_index(folder)
     if files is None:
         return None
     config = AutoConfig.from_pretrained(folder)
     with init_empty_weights(include_buffers=False):  # buffers (position ids, biases) stay real
         model = auto_class.from_config(config)
+    model.tie_weights()  # as loading does: a tied LM head is the embeddings' parameter
     model.eval().requires_grad_(False)
     names = {id(p): name for name, p in model.named_parameters()}
     prefix = getattr(model, "base_model_prefix", "")
@@ -77,4 +88,11 @@ def skeleton_teacher(folder: str | Path, auto_class) -> tuple[nn.Module, Gather]
             for p, real in swapped:  # back to meta: the worker keeps no teacher weight
                 torch.utils.swap_tensors(p, real)
 
-    return model, gather
+    def keep(params: Sequence[nn.Parameter]) -> None:
+        """Read `params` for good (a served LM teacher's output head, which each worker
+        applies to the hidden states the service returns)."""
+        for p in params:
+            if p.is_meta:
+                torch.utils.swap_tensors(p, nn.Parameter(read(names[id(p)], p), False))
+
+    return Skeleton(model, gather, keep)

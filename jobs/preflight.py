@@ -157,10 +157,15 @@ def _check_placement(spec: JobSpec, stage: Stage, mode: str, family, stages: int
         )
     if mode != "service":
         return
-    if family.name != "encoder":
+    if family.name not in ("encoder", "causal", "seq2seq"):
         raise SpecError(
-            f"teacher.placement: service serves encoder teachers; this {family.name} teacher "
-            "runs in the workers (replicate or zero3) or from the teacher-output cache"
+            f"teacher.placement: service serves encoder and language-model teachers; this "
+            f"{family.name} teacher runs in the workers (replicate or zero3)"
+        )
+    if spec.objective.sequence_kd is not None:
+        raise SpecError(
+            "objective.sequence_kd: the teacher generates the training targets in the "
+            "workers; with teacher.placement service it is not there (use replicate or zero3)"
         )
     if stages > 1 or stage.teacher_stage is not None:
         raise SpecError(

@@ -75,3 +75,62 @@ def test_attaching_to_a_deployment_that_is_not_running_is_one_line(ray_session, 
     assert line.startswith("teacher.service.name: no running deployment named nobody-runs-this")
     assert "\n" not in line
     assert not (tmp_path / "c" / "train").exists()  # no trial, no worker started
+
+
+@pytest.mark.slow(
+    reason="two more 2-worker Ray Train jobs (about 100 s); the default suite's MixKD run "
+    "covers the deployment, and tests/unit/cluster/test_served_lm_teacher.py the LM answers"
+)
+def test_a_served_causal_teacher_trains_on_policy_as_the_in_worker_teacher_does(
+    ray_session, tmp_path
+):
+    """A GPT-2-style teacher served by the deployment: the replica returns hidden states,
+    each worker applies the LM head it read alone from the checkpoint. With on-policy
+    batches (the student's own samples, made during training), the logged losses equal the
+    in-worker teacher's and no worker holds more of the teacher than its LM head."""
+    from helpers.family_zoo import save_teacher
+
+    teacher = save_teacher("gpt2", tmp_path / "gpt2", wordpiece=None, seed=3)
+    texts = tmp_path / "texts.txt"
+    words = "the cat sat on the mat and the dog ran to the old house by the road".split()
+    texts.write_text("\n".join(" ".join(words[i % 7 :] + words[: i % 5]) for i in range(64)))
+    common = [
+        f"teacher.name={teacher}",
+        f"data.train.path={texts}",
+        "student.layers=2",
+        "data.max_length=24",
+        "data.max_eval_samples=8",
+        "training.steps=3",
+        "training.batch_size=4",
+        "training.log_every=1",
+        "training.eval_every=3",
+        "training.checkpoint_every=3",
+        "training.warmup_steps=1",
+        "objective.weights={lm: 1.0, lm_jsd: 1.0}",
+        "objective.on_policy={fraction: 1.0, max_new_tokens: 6}",
+        "evaluation.generation_length=4",
+        "evaluation.throughput_texts=8",
+        "evaluation.throughput_rounds=1",
+    ]
+    local = run_job(load_spec(None, [*common, "teacher.placement=replicate"]), str(tmp_path / "a"))
+    served = run_job(
+        load_spec(
+            None, [*common, "teacher.placement=service", "teacher.service.cpus_per_replica=0"]
+        ),
+        str(tmp_path / "b"),
+    )
+    want, got = _history(tmp_path / "a"), _history(tmp_path / "b")
+    assert [h["step"] for h in got] == [h["step"] for h in want] == [1, 2, 3]
+    for a, b in zip(want, got, strict=True):  # the same samples and teacher distributions
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5), (a, b)
+    assert local["teacher"]["placement"]["partition"] == "replicate"
+    placement = served["teacher"]["placement"]
+    assert placement["partition"] == "service"
+    # Each worker holds the LM head alone (tied to the token embeddings: vocabulary x width).
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(teacher)
+    head = config.vocab_size * config.n_embd
+    assert placement["parameters_per_rank"] == [head, head] and head < placement["parameters"]
+    assert placement["service"]["requests"] >= 6
+    assert served["teacher_check"]["unchanged"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from distill.cluster.teacher_service import TeacherService, request_rows
+from distill.core.family_registry import FAMILIES
 from distill.core.mixup import mixup
 from distill.core.outputs import TaskHead, forward_outputs
 from distill.core.teacher import PACKAGED_TEACHER, freeze, resolve_teacher
@@ -21,6 +22,7 @@ def _replica(head: TaskHead | None = None) -> TeacherService:
     from transformers import AutoModel
 
     replica = object.__new__(TeacherService)  # the answering code, no Serve
+    replica.family = FAMILIES["encoder"]
     replica.teacher = freeze(AutoModel.from_pretrained(resolve_teacher(PACKAGED_TEACHER)))
     replica.head = head
     replica.batch_rows = []

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("init", ["every_other_layer", "uniform_map", "first_k"])
 def test_student_from_a_skeleton_equals_one_from_the_loaded_teacher(teacher_dir, init):
     teacher = AutoModel.from_pretrained(teacher_dir)
-    skeleton, gather = skeleton_teacher(teacher_dir, AutoModel)
+    skeleton, gather, _ = skeleton_teacher(teacher_dir, AutoModel)
     assert {p.device.type for p in skeleton.parameters()} == {"meta"}
     size = StudentSize(2, 32, 4, 64)
     real = build_student(teacher, size, init=init, seed=3).state_dict()
