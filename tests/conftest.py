@@ -94,10 +94,6 @@ def teacher_dir(tmp_path, tiny_bert, tiny_tokenizer):
 
 # --- Ray integration (tests/test_ray_*.py) ---------------------------------------------------
 
-# Ray Train's controller polls its workers every 2 s; the suite's ~40 short Train runs (and
-# the CLI subprocesses, which inherit this) each finish ~2.5 s sooner polling every 0.5 s.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-
 
 @pytest.fixture(scope="session")
 def ray_session():

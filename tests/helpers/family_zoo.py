@@ -165,3 +165,26 @@ def save_teacher(model_type: str, folder: str | Path, wordpiece, seed: int = 0) 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def tiny_lm_job(folder: Path) -> list[str]:
+    """`--set` values of a small causal-LM job in `folder`: a tiny GPT-2 teacher (safetensors,
+    so a worker can read parts of it alone), 64 short English lines, a 2-layer student, steps
+    logged one by one (the LM service and on-policy resume tests)."""
+    teacher = save_teacher("gpt2", folder / "gpt2", wordpiece=None, seed=3)
+    texts = folder / "texts.txt"
+    words = "the cat sat on the mat and the dog ran to the old house by the road".split()
+    texts.write_text("\n".join(" ".join(words[i % 7 :] + words[: i % 5]) for i in range(64)))
+    return [
+        f"teacher.name={teacher}",
+        f"data.train.path={texts}",
+        "student.layers=2",
+        "data.max_length=24",
+        "data.max_eval_samples=8",
+        "training.batch_size=4",
+        "training.log_every=1",
+        "training.warmup_steps=1",
+        "evaluation.generation_length=4",
+        "evaluation.throughput_texts=8",
+        "evaluation.throughput_rounds=1",
+    ]

@@ -88,29 +88,15 @@ def test_a_served_causal_teacher_trains_on_policy_as_the_in_worker_teacher_does(
     each worker applies the LM head it read alone from the checkpoint. With on-policy
     batches (the student's own samples, made during training), the logged losses equal the
     in-worker teacher's and no worker holds more of the teacher than its LM head."""
-    from helpers.family_zoo import save_teacher
+    from helpers.family_zoo import tiny_lm_job
 
-    teacher = save_teacher("gpt2", tmp_path / "gpt2", wordpiece=None, seed=3)
-    texts = tmp_path / "texts.txt"
-    words = "the cat sat on the mat and the dog ran to the old house by the road".split()
-    texts.write_text("\n".join(" ".join(words[i % 7 :] + words[: i % 5]) for i in range(64)))
     common = [
-        f"teacher.name={teacher}",
-        f"data.train.path={texts}",
-        "student.layers=2",
-        "data.max_length=24",
-        "data.max_eval_samples=8",
+        *tiny_lm_job(tmp_path),
         "training.steps=3",
-        "training.batch_size=4",
-        "training.log_every=1",
         "training.eval_every=3",
         "training.checkpoint_every=3",
-        "training.warmup_steps=1",
         "objective.weights={lm: 1.0, lm_jsd: 1.0}",
         "objective.on_policy={fraction: 1.0, max_new_tokens: 6}",
-        "evaluation.generation_length=4",
-        "evaluation.throughput_texts=8",
-        "evaluation.throughput_rounds=1",
     ]
     local = run_job(load_spec(None, [*common, "teacher.placement=replicate"]), str(tmp_path / "a"))
     served = run_job(
@@ -129,7 +115,7 @@ def test_a_served_causal_teacher_trains_on_policy_as_the_in_worker_teacher_does(
     # Each worker holds the LM head alone (tied to the token embeddings: vocabulary x width).
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(teacher)
+    config = AutoConfig.from_pretrained(tmp_path / "gpt2")
     head = config.vocab_size * config.n_embd
     assert placement["parameters_per_rank"] == [head, head] and head < placement["parameters"]
     assert placement["service"]["requests"] >= 6
