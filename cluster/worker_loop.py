@@ -47,7 +47,14 @@ from distill.cluster.pipeline import (
     stage_dir,
     stage_student,
 )
-from distill.cluster.run_files import DIVERGED_FILE, ENGINE_TAG, PROBE_FILE, STATE_FILE, STUDENT_DIR
+from distill.cluster.run_files import (
+    DIVERGED_FILE,
+    ENGINE_TAG,
+    PROBE_FILE,
+    RNG_FILE,
+    STATE_FILE,
+    STUDENT_DIR,
+)
 from distill.cluster.stage_setup import LiveStage, set_up_stage
 from distill.cluster.storage import open_storage
 from distill.cluster.storage_protocol import check_fenced
@@ -221,8 +228,38 @@ def restore(stage: LiveStage, checkpoint) -> Progress:
     progress.batches = _batches(stage, progress.epoch)
     for _ in range(read % stage.data.steps_per_epoch):  # replay the data position
         next(progress.batches)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            set_random_state(stage, os.path.join(folder, RNG_FILE.format(rank=stage.run.rank)))
     stage.engine.train()
     return progress
+
+
+def random_state(stage: LiveStage) -> dict[str, torch.Tensor]:
+    """This rank's random states as the next step will draw from them: torch's (dropout),
+    the device's, and the stage's own generators (MixKD partners and ratios, MLM masks)."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "mix": stage.data.mix_generator.get_state(),
+        "mask": stage.data.mask_generator.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_random_state(stage: LiveStage, path: str) -> None:
+    """Restore what `random_state` saved at `path`, so a resumed run draws the same dropout,
+    masks and mixes as the run that was never stopped; a checkpoint without it (an older
+    one, or a rank the saving run did not have) leaves the seeded states as they are."""
+    if not os.path.isfile(path):
+        return
+    state = torch.load(path, weights_only=True)
+    torch.set_rng_state(state["torch"])
+    stage.data.mix_generator.set_state(state["mix"])
+    stage.data.mask_generator.set_state(state["mask"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def train_step(stage: LiveStage, progress: Progress, step: int, micro: int = 0):
@@ -425,6 +462,7 @@ def save_and_report(
     report together; Ray merges the ranks' files into one checkpoint."""
     with tempfile.TemporaryDirectory(prefix="distill-ckpt-") as tmp:
         stage.engine.save_checkpoint(tmp, tag=ENGINE_TAG, client_state={"step": step})
+        torch.save(random_state(stage), os.path.join(tmp, RNG_FILE.format(rank=stage.run.rank)))
         state = {"stage": stage.plan.name, "attempt": stage.run.attempt, "step": step}
         if final:
             _export(stage, tmp)

@@ -55,3 +55,34 @@ def test_loss_step_names_what_is_not_finite(teacher_dir, tiny_bert, tiny_tokeniz
     _, _, bad = loss_step(model, batch, targets)
     assert "loss" in bad and "hidden_mse" in bad
     assert "pooled_cosine" not in bad  # pooled vectors come from other layers' outputs
+
+
+def test_a_restored_random_state_draws_what_the_saved_run_drew_next(tmp_path):
+    from types import SimpleNamespace
+
+    from distill.cluster.worker_loop import random_state, set_random_state
+
+    data = SimpleNamespace(
+        mix_generator=torch.Generator().manual_seed(1), mask_generator=torch.Generator()
+    )
+    stage = SimpleNamespace(data=data)
+    torch.manual_seed(5)
+    torch.rand(3), torch.rand(2, generator=data.mix_generator)  # mid-run: states advanced
+    path = tmp_path / "rng.pt"
+    torch.save(random_state(stage), path)
+
+    def draws():
+        return (
+            torch.nn.functional.dropout(torch.ones(64), 0.5),  # dropout reads torch's state
+            torch.rand(4, generator=data.mix_generator),
+            torch.randint(0, 9, (4,), generator=data.mask_generator),
+        )
+
+    want = draws()
+    torch.manual_seed(99)  # a restarted worker: seeded afresh, other states
+    data.mix_generator.manual_seed(7), data.mask_generator.manual_seed(8)
+    assert not torch.equal(draws()[1], want[1])
+    set_random_state(stage, str(path))
+    for got, expected in zip(draws(), want, strict=True):
+        assert torch.equal(got, expected)
+    set_random_state(stage, str(tmp_path / "absent.pt"))  # an older checkpoint: untouched
