@@ -235,12 +235,12 @@ def _padded(requests: list[dict]) -> list[dict]:
     inputs and decoder inputs each to their own longest."""
     out = [{} for _ in requests]
     for group in (_INPUTS, _DECODER):
-        lengths = [int(r[k].shape[1]) for r in requests for k in group if k in r]
+        longest = max((int(r[k].shape[1]) for r in requests for k in group if k in r), default=0)
         for request, padded in zip(requests, out, strict=True):
             for key in group:
                 if key in request:
                     value = request[key]
-                    extra = max(lengths) - value.shape[1]
+                    extra = longest - value.shape[1]
                     padded[key] = torch.nn.functional.pad(value, (0, extra)) if extra else value
     return out
 
