@@ -311,10 +311,10 @@ class EncoderFamily(ModelFamily):
                 qkv_layers=model.objective.teacher_qkv_layers,
                 head=teacher.has_head,
             )
-        return forward_outputs(
+        return self.served_outputs(
             teacher,
+            teacher_head,
             teacher_view(batch),
-            head=teacher_head,
             qkv_layers=model.objective.teacher_qkv_layers,
             inputs_embeds=inputs_embeds,
         )
